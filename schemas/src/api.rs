@@ -1,0 +1,166 @@
+//! Request and response bodies of the REST API and of internal commands.
+//!
+//! Request bodies deny unknown fields: a typo in a field name is an error, not a silent default.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::events::Role;
+use crate::ids::{MessageId, OrganizationId, PartId, SessionId, UserId, WorkspaceId};
+use crate::message::{FinishReason, MessageError, ModelRef, TokenUsage};
+
+/// Longest name or title accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Most parts in one prompt.
+pub const MAX_PROMPT_PARTS: usize = 64;
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrganization {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    #[serde(rename = "userID")]
+    pub user_id: UserId,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub title: Option<String>,
+}
+
+/// A part of a prompt, as OpenCode's `TextPartInput` (ids are optional and assigned if absent).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PartInput {
+    Text { id: Option<PartId>, text: String },
+}
+
+/// OpenCode's `PromptInput`, reduced to what this service does today.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptInput {
+    #[serde(rename = "messageID")]
+    pub message_id: Option<MessageId>,
+    pub model: Option<ModelRef>,
+    pub parts: Vec<PartInput>,
+}
+
+/// Returned by every command: what was created and a token for read-your-writes.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct Accepted {
+    pub id: String,
+    /// Pass as `X-Consistency-Token` (or `?consistency=`) to a read to see this write.
+    #[serde(rename = "consistencyToken")]
+    pub consistency_token: String,
+}
+
+/// Returned by a prompt.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct PromptAccepted {
+    #[serde(rename = "sessionID")]
+    pub session_id: SessionId,
+    #[serde(rename = "userMessageID")]
+    pub user_message_id: MessageId,
+    #[serde(rename = "assistantMessageID")]
+    pub assistant_message_id: MessageId,
+    #[serde(rename = "consistencyToken")]
+    pub consistency_token: String,
+}
+
+/// Internal command from an LLM worker: a reply is finished (normally, aborted or failed).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteMessage {
+    #[serde(rename = "organizationID")]
+    pub organization_id: OrganizationId,
+    #[serde(rename = "workspaceID")]
+    pub workspace_id: WorkspaceId,
+    #[serde(rename = "sessionID")]
+    pub session_id: SessionId,
+    #[serde(rename = "messageID")]
+    pub message_id: MessageId,
+    #[serde(rename = "partID")]
+    pub part_id: PartId,
+    pub text: String,
+    pub finish: FinishReason,
+    pub error: Option<MessageError>,
+    pub tokens: TokenUsage,
+    pub attempt: u32,
+    /// The envelope id of the prompt event this answers.
+    #[serde(rename = "causationID")]
+    pub causation_id: String,
+}
+
+/// The command service's answer to an internal command.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CommandReply {
+    /// Recorded now.
+    Done,
+    /// Already recorded earlier (a retry); nothing changed.
+    AlreadyDone,
+    /// Rejected for good: retrying will not help.
+    Rejected { reason: String },
+    /// A transient failure: retry later.
+    Unavailable { reason: String },
+}
+
+/// A read-your-writes position: "the read model reflects this aggregate up to this sequence".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsistencyToken {
+    pub aggregate_id: String,
+    pub sequence: u64,
+}
+
+impl ConsistencyToken {
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.aggregate_id, self.sequence)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let (id, seq) = s.rsplit_once('.')?;
+        let valid_id = id.len() <= 64
+            && id.split_once('_').is_some()
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        valid_id.then_some(())?;
+        Some(Self {
+            aggregate_id: id.to_owned(),
+            sequence: seq.parse().ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_tokens_round_trip_and_reject_garbage() {
+        let t = ConsistencyToken {
+            aggregate_id: SessionId::new().to_string(),
+            sequence: 7,
+        };
+        assert_eq!(ConsistencyToken::decode(&t.encode()), Some(t));
+        assert_eq!(ConsistencyToken::decode("nonsense"), None);
+        assert_eq!(ConsistencyToken::decode("ses_x.-1"), None);
+        assert_eq!(ConsistencyToken::decode("a b.1"), None);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let r = serde_json::from_str::<CreateOrganization>(r#"{"name":"a","nmae":"b"}"#);
+        assert!(r.is_err());
+    }
+}

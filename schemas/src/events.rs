@@ -1,0 +1,231 @@
+//! Domain events, one enum per aggregate, versioned.
+//!
+//! Serialised as OpenCode frames its bus events, `{"type": "...", "properties": {...}}`, so the
+//! payload stored in the event store, carried on the bus and written to SSE is one shape.
+//! `event_type()` and `event_version()` are what the event store records; a change that is not
+//! backwards compatible gets a new version and an upcaster in the command service.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MessageId, OrganizationId, SessionId, UserId, WorkspaceId};
+use crate::message::{
+    FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage,
+};
+
+/// The version every event type currently has.
+pub const V1: &str = "1.0";
+
+/// Roles in an organization. Issue #3 adds the policy; for now every member may act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "properties")]
+pub enum OrganizationEvent {
+    #[serde(rename = "organization.created")]
+    Created {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        name: String,
+        #[serde(rename = "ownerID")]
+        owner_id: UserId,
+        time: i64,
+    },
+    #[serde(rename = "organization.member_added")]
+    MemberAdded {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "userID")]
+        user_id: UserId,
+        role: Role,
+        time: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "properties")]
+pub enum WorkspaceEvent {
+    #[serde(rename = "workspace.created")]
+    Created {
+        #[serde(rename = "workspaceID")]
+        workspace_id: WorkspaceId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        name: String,
+        #[serde(rename = "createdBy")]
+        created_by: UserId,
+        time: i64,
+    },
+}
+
+/// The user's side of a prompt, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserMessage {
+    pub id: MessageId,
+    #[serde(rename = "userID")]
+    pub user_id: UserId,
+    pub parts: Vec<Part>,
+    pub model: ModelRef,
+    pub time: i64,
+}
+
+/// The final state of an assistant reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AssistantCompletion {
+    pub id: MessageId,
+    #[serde(rename = "parentID")]
+    pub parent_id: MessageId,
+    pub parts: Vec<Part>,
+    pub finish: FinishReason,
+    pub error: Option<MessageError>,
+    pub tokens: TokenUsage,
+    pub model: ModelRef,
+    /// Which delivery of the prompt produced this reply (1 unless a worker died).
+    pub attempt: u32,
+    pub time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "properties")]
+pub enum SessionEvent {
+    #[serde(rename = "session.created")]
+    Created {
+        #[serde(rename = "sessionID")]
+        session_id: SessionId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "workspaceID")]
+        workspace_id: WorkspaceId,
+        title: String,
+        #[serde(rename = "createdBy")]
+        created_by: UserId,
+        time: i64,
+    },
+    /// A user prompted; an assistant reply with `assistantMessageID` is now owed.
+    #[serde(rename = "session.prompted")]
+    Prompted {
+        #[serde(rename = "sessionID")]
+        session_id: SessionId,
+        message: UserMessage,
+        #[serde(rename = "assistantMessageID")]
+        assistant_message_id: MessageId,
+    },
+    #[serde(rename = "session.status")]
+    StatusChanged {
+        #[serde(rename = "sessionID")]
+        session_id: SessionId,
+        status: SessionStatus,
+    },
+    /// A user asked to stop the reply in progress; the worker ends it as aborted.
+    #[serde(rename = "session.abort_requested")]
+    AbortRequested {
+        #[serde(rename = "sessionID")]
+        session_id: SessionId,
+        #[serde(rename = "messageID")]
+        message_id: MessageId,
+        #[serde(rename = "requestedBy")]
+        requested_by: UserId,
+        time: i64,
+    },
+    #[serde(rename = "message.completed")]
+    MessageCompleted {
+        #[serde(rename = "sessionID")]
+        session_id: SessionId,
+        message: AssistantCompletion,
+    },
+}
+
+/// Name and version of an event, as the event store and the bus envelope record them.
+pub trait EventName {
+    fn event_type(&self) -> &'static str;
+    fn event_version(&self) -> &'static str {
+        V1
+    }
+}
+
+impl EventName for OrganizationEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            OrganizationEvent::Created { .. } => "organization.created",
+            OrganizationEvent::MemberAdded { .. } => "organization.member_added",
+        }
+    }
+}
+
+impl EventName for WorkspaceEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            WorkspaceEvent::Created { .. } => "workspace.created",
+        }
+    }
+}
+
+impl EventName for SessionEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            SessionEvent::Created { .. } => "session.created",
+            SessionEvent::Prompted { .. } => "session.prompted",
+            SessionEvent::StatusChanged { .. } => "session.status",
+            SessionEvent::AbortRequested { .. } => "session.abort_requested",
+            SessionEvent::MessageCompleted { .. } => "message.completed",
+        }
+    }
+}
+
+#[cfg(feature = "cqrs")]
+mod cqrs_impls {
+    //! The cqrs-es trait, implemented here because of the orphan rule; only the command service
+    //! turns the `cqrs` feature on.
+    use super::*;
+
+    macro_rules! domain_event {
+        ($t:ty) => {
+            impl cqrs_es::DomainEvent for $t {
+                fn event_type(&self) -> String {
+                    EventName::event_type(self).to_owned()
+                }
+                fn event_version(&self) -> String {
+                    EventName::event_version(self).to_owned()
+                }
+            }
+        };
+    }
+    domain_event!(OrganizationEvent);
+    domain_event!(WorkspaceEvent);
+    domain_event!(SessionEvent);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_as_type_and_properties() {
+        let e = SessionEvent::StatusChanged {
+            session_id: SessionId::new(),
+            status: SessionStatus::Idle,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], e.event_type());
+        assert_eq!(v["properties"]["status"]["type"], "idle");
+        assert_eq!(serde_json::from_value::<SessionEvent>(v).unwrap(), e);
+    }
+}

@@ -1,0 +1,51 @@
+//! JSON Schemas of every bus message, generated from the Rust types. The files in
+//! `schemas/json/` are checked in for outside consumers; the test below fails when they drift
+//! (regenerate with `UPDATE_SCHEMAS=1 cargo test -p schemas`).
+
+use schemars::{JsonSchema, schema_for};
+
+use crate::api::CompleteMessage;
+use crate::envelope::Envelope;
+use crate::events::{OrganizationEvent, SessionEvent, WorkspaceEvent};
+use crate::live::LiveEvent;
+
+/// File name and pretty-printed schema of every bus message.
+pub fn all() -> Vec<(&'static str, String)> {
+    fn render<T: JsonSchema>() -> String {
+        let mut s = serde_json::to_string_pretty(&schema_for!(T)).expect("schemas serialise");
+        s.push('\n');
+        s
+    }
+    vec![
+        ("organization-event.json", render::<Envelope<OrganizationEvent>>()),
+        ("workspace-event.json", render::<Envelope<WorkspaceEvent>>()),
+        ("session-event.json", render::<Envelope<SessionEvent>>()),
+        ("live-event.json", render::<Envelope<LiveEvent>>()),
+        ("complete-message-command.json", render::<CompleteMessage>()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn checked_in_schemas_match_the_types() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("json");
+        let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
+        for (name, generated) in super::all() {
+            let path = dir.join(name);
+            if update {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &generated).unwrap();
+                continue;
+            }
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == generated,
+                "{} is out of date: run `UPDATE_SCHEMAS=1 cargo test -p schemas`",
+                path.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Message shapes shared by events and read models, named after OpenCode's (`message-v2.ts`):
+//! parts, token usage, model references, session status and message errors.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MessageId, PartId};
+
+/// A part of a message. Only text for now; reasoning and tool calls come later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Part {
+    Text {
+        id: PartId,
+        #[serde(rename = "messageID")]
+        message_id: MessageId,
+        text: String,
+    },
+}
+
+impl Part {
+    /// The text this part contributes to the conversation.
+    pub fn text(&self) -> &str {
+        match self {
+            Part::Text { text, .. } => text,
+        }
+    }
+}
+
+/// Which model answers, as OpenCode names it: `{providerID, modelID}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    #[serde(rename = "providerID")]
+    pub provider_id: String,
+    #[serde(rename = "modelID")]
+    pub model_id: String,
+}
+
+/// Token counts of one reply, as OpenCode reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenUsage {
+    pub input: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    pub cache: CacheUsage,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CacheUsage {
+    pub read: u64,
+    pub write: u64,
+}
+
+/// OpenCode's `SessionStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SessionStatus {
+    Idle,
+    Busy,
+}
+
+impl SessionStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionStatus::Idle => "idle",
+            SessionStatus::Busy => "busy",
+        }
+    }
+}
+
+/// Why an assistant message did not finish normally (OpenCode's `error.name`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MessageErrorName {
+    MessageAbortedError,
+    #[serde(rename = "APIError")]
+    ApiError,
+    ProviderAuthError,
+    UnknownError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct MessageError {
+    pub name: MessageErrorName,
+    pub message: String,
+}
+
+/// How an assistant reply ended, as reported by the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The model finished its answer.
+    Stop,
+    /// The model hit its output token limit.
+    Length,
+    /// A user aborted the reply.
+    Aborted,
+    /// The provider failed; see the message error.
+    Error,
+}

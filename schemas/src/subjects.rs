@@ -1,0 +1,90 @@
+//! NATS subject names. Every subject carries the organization, so a consumer can take one
+//! session, one workspace, one organization or everything with a wildcard:
+//!
+//! ```text
+//! oc.evt.<org>.<workspace|_>.<session|_>.<event>   domain events (from the outbox relay)
+//! oc.live.<org>.<workspace>.<session>.<event>      live events (from the LLM worker)
+//! oc.cmd.<name>                                    internal commands (request/reply, not stored)
+//! ```
+//! `<event>` is the event type with dots replaced by underscores, so it is one token.
+
+use crate::ids::{OrganizationId, SessionId, WorkspaceId};
+
+/// The JetStream stream holding domain and live events.
+pub const STREAM: &str = "OC_EVENTS";
+/// Subjects the stream captures.
+pub const STREAM_SUBJECTS: [&str; 2] = ["oc.evt.>", "oc.live.>"];
+/// Every domain event.
+pub const ALL_DOMAIN_EVENTS: &str = "oc.evt.>";
+/// Every prompt, whatever the tenant: what LLM workers consume.
+pub const ALL_PROMPTS: &str = "oc.evt.*.*.*.session_prompted";
+/// Every abort request, which workers watch to stop a reply in progress.
+pub const ALL_ABORTS: &str = "oc.evt.*.*.*.session_abort_requested";
+/// Internal command: an LLM worker reports a finished reply.
+pub const CMD_COMPLETE_MESSAGE: &str = "oc.cmd.complete_message";
+
+/// `_` stands for "not scoped to this level" (an organization event has no workspace).
+const NONE: &str = "_";
+
+fn token(event_type: &str) -> String {
+    event_type.replace('.', "_")
+}
+
+/// Where a domain event is published.
+pub fn domain_event(
+    org: &OrganizationId,
+    workspace: Option<&WorkspaceId>,
+    session: Option<&SessionId>,
+    event_type: &str,
+) -> String {
+    format!(
+        "oc.evt.{org}.{}.{}.{}",
+        workspace.map_or(NONE, |w| w.as_str()),
+        session.map_or(NONE, |s| s.as_str()),
+        token(event_type)
+    )
+}
+
+/// Where a live event is published.
+pub fn live_event(
+    org: &OrganizationId,
+    workspace: &WorkspaceId,
+    session: &SessionId,
+    event_type: &str,
+) -> String {
+    format!("oc.live.{org}.{workspace}.{session}.{}", token(event_type))
+}
+
+/// Both filters that together select everything about one session.
+pub fn session_filters(org: &OrganizationId, session: &SessionId) -> [String; 2] {
+    [
+        format!("oc.evt.{org}.*.{session}.>"),
+        format!("oc.live.{org}.*.{session}.>"),
+    ]
+}
+
+/// The session a subject is about, if it is a session subject.
+pub fn session_of(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    let (_oc, _kind, _org, _ws) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    parts.next().filter(|s| *s != NONE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_nest_by_tenant() {
+        let (o, w, s) = (OrganizationId::new(), WorkspaceId::new(), SessionId::new());
+        let subject = domain_event(&o, Some(&w), Some(&s), "session.prompted");
+        assert_eq!(subject, format!("oc.evt.{o}.{w}.{s}.session_prompted"));
+        assert_eq!(session_of(&subject), Some(s.as_str()));
+        let org_subject = domain_event(&o, None, None, "organization.created");
+        assert_eq!(session_of(&org_subject), None);
+        assert_eq!(
+            live_event(&o, &w, &s, "message.part.delta"),
+            format!("oc.live.{o}.{w}.{s}.message_part_delta")
+        );
+    }
+}
