@@ -1,1 +1,14 @@
-//! placeholder
+//! Plumbing every service shares, written once: configuration, telemetry, PostgreSQL and NATS
+//! connections, bearer-token authentication, problem+json errors, operational endpoints, the
+//! shutdown signal, and the mapping of a stored event to its bus envelope.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod problem;
+pub mod shutdown;
+pub mod stored_event;
+pub mod telemetry;

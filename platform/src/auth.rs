@@ -1,0 +1,242 @@
+//! Bearer-token authentication: every API request carries a JWT access token from the configured
+//! OpenID provider, validated here against the provider's published keys.
+//!
+//! What is checked: the signature, with the key named by `kid` from the issuer's JWKS (found by
+//! OpenID discovery); the algorithm, against a pinned list (so `none` and HS* are refused);
+//! `iss` exactly; `aud`; `exp` and `nbf`. Keys are cached; an unknown `kid` refetches the JWKS,
+//! at most once per `jwks_min_refresh_secs`, so signing-key rotation needs no restart.
+//! The token's (issuer, subject) is then mapped to our own `usr_…` id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
+use moka::future::Cache;
+use schemas::ids::UserId;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::config::AuthConfig;
+use crate::problem::Problem;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user_id: UserId,
+}
+
+/// Why a request is not authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("identity provider unavailable: {0}")]
+    ProviderUnavailable(String),
+    #[error("database unavailable: {0}")]
+    Database(String),
+}
+
+impl From<AuthError> for Problem {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing | AuthError::Invalid(_) => {
+                // Say why to the log, not to the caller.
+                tracing::debug!(error = %e, "rejected token");
+                Problem::unauthorized("a valid bearer token is required")
+            }
+            AuthError::ProviderUnavailable(_) | AuthError::Database(_) => {
+                tracing::warn!(error = %e, "cannot authenticate");
+                Problem::unavailable("authentication is temporarily unavailable")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+/// A verification key with the algorithm its JWK declares, if any.
+#[derive(Clone)]
+struct Key {
+    key: Arc<DecodingKey>,
+    alg: Option<String>,
+}
+
+pub struct Authenticator {
+    cfg: AuthConfig,
+    algorithms: Vec<Algorithm>,
+    http: reqwest::Client,
+    jwks_uri: tokio::sync::OnceCell<String>,
+    keys: Cache<String, Key>,
+    /// When the JWKS was last fetched; guards the refetch rate.
+    last_fetch: Mutex<Option<Instant>>,
+    users: Cache<String, UserId>,
+    db: deadpool_postgres::Pool,
+}
+
+impl Authenticator {
+    pub fn new(cfg: AuthConfig, db: deadpool_postgres::Pool) -> anyhow::Result<Self> {
+        let algorithms = cfg
+            .oidc_algorithms
+            .split(',')
+            .map(|a| a.trim().parse::<Algorithm>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("OC_OIDC_ALGORITHMS: {e}"))?;
+        anyhow::ensure!(
+            algorithms
+                .iter()
+                .all(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)),
+            "OC_OIDC_ALGORITHMS must not allow HMAC algorithms"
+        );
+        // No redirects: discovery and key URLs must not bounce us elsewhere (SSRF).
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self {
+            cfg,
+            algorithms,
+            http,
+            jwks_uri: tokio::sync::OnceCell::new(),
+            keys: Cache::builder().max_capacity(64).time_to_live(Duration::from_secs(24 * 3600)).build(),
+            last_fetch: Mutex::new(None),
+            users: Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build(),
+            db,
+        })
+    }
+
+    /// Validate a bearer token and map it to a user.
+    pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::Invalid(format!("algorithm {:?} not allowed", header.alg)));
+        }
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("no kid".into()))?;
+        let key = self.key(&kid).await?;
+        if key.alg.as_deref().is_some_and(|a| a != format!("{:?}", header.alg)) {
+            return Err(AuthError::Invalid("algorithm does not match the key".into()));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.set_issuer(&[&self.cfg.oidc_issuer]);
+        validation.set_audience(&[&self.cfg.oidc_audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let user_id = self.user_id(&data.claims.sub).await?;
+        Ok(AuthUser { user_id })
+    }
+
+    async fn key(&self, kid: &str) -> Result<Key, AuthError> {
+        if let Some(k) = self.keys.get(kid).await {
+            return Ok(k);
+        }
+        self.refresh_keys().await?;
+        self.keys
+            .get(kid)
+            .await
+            .ok_or_else(|| AuthError::Invalid("unknown signing key".into()))
+    }
+
+    /// Fetch the JWKS unless it was fetched within the minimum refresh interval (a flood of
+    /// tokens with made-up key ids must not become a flood of requests to the provider).
+    async fn refresh_keys(&self) -> Result<(), AuthError> {
+        let mut last = self.last_fetch.lock().await;
+        let min = Duration::from_secs(self.cfg.jwks_min_refresh_secs);
+        if last.is_some_and(|t| t.elapsed() < min) {
+            return Ok(());
+        }
+        let uri = self.jwks_uri().await?;
+        let body = self
+            .http
+            .get(uri)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| AuthError::ProviderUnavailable(e.to_string()))?
+            .bytes()
+            .await
+            .map_err(|e| AuthError::ProviderUnavailable(e.to_string()))?;
+        #[derive(Deserialize)]
+        struct Jwks {
+            keys: Vec<serde_json::Value>,
+        }
+        let jwks: Jwks = serde_json::from_slice(&body)
+            .map_err(|e| AuthError::ProviderUnavailable(format!("bad JWKS: {e}")))?;
+        for raw in jwks.keys {
+            // Keys we cannot use (other types, encryption keys) are skipped, not fatal.
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else { continue };
+            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else { continue };
+            let alg = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
+            self.keys.insert(kid, Key { key: Arc::new(key), alg }).await;
+        }
+        *last = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The JWKS location, from the issuer's discovery document (fetched once).
+    async fn jwks_uri(&self) -> Result<&String, AuthError> {
+        self.jwks_uri
+            .get_or_try_init(|| async {
+                use openidconnect::core::CoreProviderMetadata;
+                let issuer = openidconnect::IssuerUrl::new(self.cfg.oidc_issuer.clone())
+                    .map_err(|e| AuthError::ProviderUnavailable(e.to_string()))?;
+                let md = CoreProviderMetadata::discover_async(issuer, &self.http)
+                    .await
+                    .map_err(|e| AuthError::ProviderUnavailable(e.to_string()))?;
+                Ok(md.jwks_uri().url().to_string())
+            })
+            .await
+    }
+
+    /// Our id for the token's subject, created on first sight.
+    async fn user_id(&self, subject: &str) -> Result<UserId, AuthError> {
+        let db = self.db.clone();
+        let issuer = self.cfg.oidc_issuer.clone();
+        let subject_owned = subject.to_owned();
+        self.users
+            .try_get_with(subject.to_owned(), async move {
+                let client = db.get().await.map_err(|e| e.to_string())?;
+                let row = client
+                    .query_one(
+                        "INSERT INTO users (user_id, issuer, subject) VALUES ($1, $2, $3) \
+                         ON CONFLICT (issuer, subject) DO UPDATE SET issuer = EXCLUDED.issuer \
+                         RETURNING user_id",
+                        &[&UserId::new().as_str(), &issuer, &subject_owned],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let id: String = row.get(0);
+                id.parse::<UserId>().map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e: Arc<String>| AuthError::Database(e.to_string()))
+    }
+}
+
+impl FromRequest for AuthUser {
+    type Error = Problem;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Problem>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let auth = req.app_data::<web::Data<Authenticator>>().cloned();
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_owned());
+        Box::pin(async move {
+            let auth = auth.ok_or_else(|| Problem::internal(&"authenticator not configured"))?;
+            let token = token.ok_or(AuthError::Missing)?;
+            Ok(auth.authenticate(&token).await?)
+        })
+    }
+}

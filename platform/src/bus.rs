@@ -1,0 +1,53 @@
+//! NATS and JetStream: connecting, and the one stream every service shares.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use schemas::subjects;
+
+use crate::config::CommonConfig;
+
+/// Connect to NATS. The first connection is retried in the background, so a service starts (and
+/// reports not-ready) while NATS is down, and reconnects for ever after.
+pub async fn connect(cfg: &CommonConfig, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .event_callback(|event| async move {
+            tracing::info!(%event, "nats connection event");
+        })
+        .connect(&cfg.nats_url)
+        .await?;
+    Ok(client)
+}
+
+/// A JetStream context whose calls fail after `timeout` instead of hanging.
+pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build(client)
+}
+
+/// Create the events stream, or bring an existing one's settings up to date.
+pub async fn ensure_stream(js: &jetstream::Context, cfg: &CommonConfig) -> anyhow::Result<()> {
+    let config = stream::Config {
+        name: subjects::STREAM.into(),
+        subjects: subjects::STREAM_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(cfg.stream_max_age_secs),
+        duplicate_window: Duration::from_secs(cfg.stream_duplicate_window_secs),
+        allow_direct: true,
+        ..Default::default()
+    };
+    // get_or_create_stream ignores changed settings on an existing stream; this applies them.
+    js.create_or_update_stream(config).await?;
+    Ok(())
+}
+
+/// Whether the client is connected right now (for readiness).
+pub fn is_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}

@@ -1,0 +1,57 @@
+//! PostgreSQL: the deadpool pool used by projector, query service and identity lookups, and the
+//! migrations in `migrations/`, embedded and applied under sqlx's advisory lock.
+
+use std::time::Duration;
+
+use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+use crate::config::CommonConfig;
+
+/// How long a request waits for a connection before it gets a 503 instead of hanging.
+const POOL_WAIT: Duration = Duration::from_secs(3);
+
+/// A connection pool. Connections are made lazily, so this succeeds while PostgreSQL is down.
+pub fn pool(cfg: &CommonConfig) -> anyhow::Result<Pool> {
+    let mut pg = deadpool_postgres::Config::new();
+    pg.url = Some(cfg.database_url.clone());
+    pg.manager = Some(ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    });
+    pg.pool = Some(PoolConfig {
+        max_size: cfg.database_pool_size,
+        timeouts: Timeouts {
+            wait: Some(POOL_WAIT),
+            create: Some(POOL_WAIT),
+            recycle: Some(POOL_WAIT),
+        },
+        ..PoolConfig::default()
+    });
+    Ok(pg.create_pool(Some(Runtime::Tokio1), NoTls)?)
+}
+
+/// Apply pending migrations. Safe to run from several processes at once.
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(database_url).await?;
+    sqlx::migrate!("../migrations").run(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Apply migrations, retrying while PostgreSQL is not reachable yet (services may start first).
+pub async fn migrate_with_retry(database_url: &str, attempts: u32) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1.. {
+        match migrate(database_url).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < attempts => {
+                tracing::warn!(error = %e, attempt, "migrations failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the loop returns")
+}

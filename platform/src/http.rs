@@ -1,0 +1,110 @@
+//! HTTP plumbing shared by the services: body and path limits that answer with problem+json,
+//! the operational endpoints, and request metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{HttpResponse, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::problem::Problem;
+
+/// Largest JSON body accepted (prompts included).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// JSON, path and query extractors that reject bad input with problem+json.
+pub fn extractor_config(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_BODY_BYTES)
+            .content_type_required(true)
+            .error_handler(|err, _| Problem::from_json_error(&err).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| Problem::bad_request(format!("invalid path: {err}")).into()),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|err, _| Problem::bad_request(format!("invalid query: {err}")).into()),
+    );
+}
+
+/// Answers 404 problem+json for any route that does not exist.
+pub async fn not_found() -> Problem {
+    Problem::not_found()
+}
+
+/// A readiness probe: resolves to `Err(reason)` when a dependency is unreachable.
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Readiness of PostgreSQL (a `SELECT 1` through the pool) and NATS (connected).
+pub fn readiness(db: deadpool_postgres::Pool, nats: async_nats::Client) -> ReadinessCheck {
+    Arc::new(move || {
+        let (db, nats) = (db.clone(), nats.clone());
+        Box::pin(async move {
+            if !crate::bus::is_connected(&nats) {
+                return Err("nats is not connected".into());
+            }
+            let client = db.get().await.map_err(|e| format!("postgres: {e}"))?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| format!("postgres: {e}"))?;
+            Ok(())
+        })
+    })
+}
+
+/// `/healthz` (the process runs), `/readyz` (its dependencies answer), `/metrics`.
+pub fn ops_routes(cfg: &mut web::ServiceConfig, metrics: PrometheusHandle, ready: ReadinessCheck) {
+    cfg.app_data(web::Data::new(metrics))
+        .app_data(web::Data::new(ready))
+        .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics_endpoint));
+}
+
+async fn readyz(check: web::Data<ReadinessCheck>) -> Result<HttpResponse, Problem> {
+    match (check.get_ref())().await {
+        Ok(()) => Ok(HttpResponse::Ok().body("ready")),
+        Err(reason) => Err(Problem::unavailable(reason)),
+    }
+}
+
+async fn metrics_endpoint(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}
+
+/// Middleware (use with `wrap_fn`): records `http_request_duration_seconds` by route and status.
+pub fn record_request<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+) -> impl Future<Output = Result<ServiceResponse<B>, actix_web::Error>> + use<S, B>
+where
+    S: actix_web::dev::Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let fut = srv.call(req);
+    async move {
+        let res = fut.await?;
+        metrics::histogram!(
+            "http_request_duration_seconds",
+            "method" => method,
+            "route" => route,
+            "status" => res.status().as_u16().to_string(),
+        )
+        .record(start.elapsed().as_secs_f64());
+        Ok(res)
+    }
+}

@@ -1,0 +1,140 @@
+//! Errors as RFC 9457 `application/problem+json`, the one way every service answers a failure.
+//!
+//! Validation problems are 400/413/415, a missing (or another tenant's) resource 404, an
+//! optimistic-concurrency conflict that outlived its retries 409, an infrastructure outage 503
+//! with `Retry-After`. Anything else is an opaque 500 whose cause is logged, never sent.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError, error::JsonPayloadError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip)]
+    pub retry_after_secs: Option<u32>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, title: &'static str, detail: Option<String>) -> Self {
+        Self {
+            kind: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Bad Request", Some(detail.into()))
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", Some(detail.into()))
+    }
+
+    /// Also the answer for another tenant's resource, so the two cannot be told apart.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Not Found", None)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", Some(detail.into()))
+    }
+
+    pub fn payload_too_large(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload Too Large",
+            Some(detail.into()),
+        )
+    }
+
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Media Type",
+            Some(detail.into()),
+        )
+    }
+
+    /// A dependency (PostgreSQL, NATS, the identity provider) is unreachable: try again soon.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            Some(detail.into()),
+        );
+        p.retry_after_secs = Some(1);
+        p
+    }
+
+    /// Log the cause; tell the client nothing about it.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", None)
+    }
+
+    /// Map a JSON body error: oversize 413, wrong content type 415, the rest 400 with the reason.
+    pub fn from_json_error(err: &JsonPayloadError) -> Self {
+        match err {
+            JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+                Self::payload_too_large(format!("the body is larger than {limit} bytes"))
+            }
+            JsonPayloadError::ContentType => {
+                Self::unsupported_media_type("the body must be application/json")
+            }
+            JsonPayloadError::Deserialize(e) => Self::bad_request(format!("invalid JSON body: {e}")),
+            other => Self::bad_request(format!("unreadable body: {other}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.title)?;
+        if let Some(d) = &self.detail {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        res.content_type("application/problem+json");
+        if let Some(secs) = self.retry_after_secs {
+            res.insert_header(("Retry-After", secs.to_string()));
+        }
+        res.json(self)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Problem {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        tracing::warn!(error = %e, "database pool unavailable");
+        Problem::unavailable("the database is unavailable")
+    }
+}
+
+impl From<tokio_postgres::Error> for Problem {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.is_closed() || e.as_db_error().is_none() {
+            tracing::warn!(error = %e, "database unavailable");
+            Problem::unavailable("the database is unavailable")
+        } else {
+            Problem::internal(&e)
+        }
+    }
+}
