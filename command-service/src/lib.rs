@@ -1,1 +1,13 @@
-//! placeholder
+//! The command service: REST writes. Authenticates the caller, runs commands on event-sourced
+//! aggregates (cqrs-es on PostgreSQL), and relays committed events to JetStream via the outbox.
+#![forbid(unsafe_code)]
+
+pub mod aggregates;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod executor;
+pub mod internal;
+pub mod relay;
+pub mod routes;
+pub mod startup;

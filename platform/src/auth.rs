@@ -103,23 +103,41 @@ impl Authenticator {
             algorithms,
             http,
             jwks_uri: tokio::sync::OnceCell::new(),
-            keys: Cache::builder().max_capacity(64).time_to_live(Duration::from_secs(24 * 3600)).build(),
+            keys: Cache::builder()
+                .max_capacity(64)
+                .time_to_live(Duration::from_secs(24 * 3600))
+                .build(),
             last_fetch: Mutex::new(None),
-            users: Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build(),
+            users: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
             db,
         })
     }
 
     /// Validate a bearer token and map it to a user.
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(AuthError::Invalid(format!("algorithm {:?} not allowed", header.alg)));
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} not allowed",
+                header.alg
+            )));
         }
-        let kid = header.kid.ok_or_else(|| AuthError::Invalid("no kid".into()))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Invalid("no kid".into()))?;
         let key = self.key(&kid).await?;
-        if key.alg.as_deref().is_some_and(|a| a != format!("{:?}", header.alg)) {
-            return Err(AuthError::Invalid("algorithm does not match the key".into()));
+        if key
+            .alg
+            .as_deref()
+            .is_some_and(|a| a != format!("{:?}", header.alg))
+        {
+            return Err(AuthError::Invalid(
+                "algorithm does not match the key".into(),
+            ));
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
@@ -171,11 +189,25 @@ impl Authenticator {
             .map_err(|e| AuthError::ProviderUnavailable(format!("bad JWKS: {e}")))?;
         for raw in jwks.keys {
             // Keys we cannot use (other types, encryption keys) are skipped, not fatal.
-            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else { continue };
-            let Some(kid) = jwk.common.key_id.clone() else { continue };
-            let Ok(key) = DecodingKey::from_jwk(&jwk) else { continue };
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {
+                continue;
+            };
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+                continue;
+            };
             let alg = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
-            self.keys.insert(kid, Key { key: Arc::new(key), alg }).await;
+            self.keys
+                .insert(
+                    kid,
+                    Key {
+                        key: Arc::new(key),
+                        alg,
+                    },
+                )
+                .await;
         }
         *last = Some(Instant::now());
         Ok(())
@@ -231,7 +263,10 @@ impl FromRequest for AuthUser {
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(|t| t.trim().to_owned());
         Box::pin(async move {
             let auth = auth.ok_or_else(|| Problem::internal(&"authenticator not configured"))?;

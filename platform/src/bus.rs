@@ -34,7 +34,10 @@ pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
 pub async fn ensure_stream(js: &jetstream::Context, cfg: &CommonConfig) -> anyhow::Result<()> {
     let config = stream::Config {
         name: subjects::STREAM.into(),
-        subjects: subjects::STREAM_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+        subjects: subjects::STREAM_SUBJECTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(cfg.stream_max_age_secs),

@@ -35,8 +35,8 @@ pub fn extractor_config(cfg: &mut web::ServiceConfig) {
 }
 
 /// Answers 404 problem+json for any route that does not exist.
-pub async fn not_found() -> Problem {
-    Problem::not_found()
+pub async fn not_found() -> Result<HttpResponse, Problem> {
+    Err(Problem::not_found())
 }
 
 /// A readiness probe: resolves to `Err(reason)` when a dependency is unreachable.
@@ -65,7 +65,10 @@ pub fn readiness(db: deadpool_postgres::Pool, nats: async_nats::Client) -> Readi
 pub fn ops_routes(cfg: &mut web::ServiceConfig, metrics: PrometheusHandle, ready: ReadinessCheck) {
     cfg.app_data(web::Data::new(metrics))
         .app_data(web::Data::new(ready))
-        .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+        .route(
+            "/healthz",
+            web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+        )
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics_endpoint));
 }
@@ -89,7 +92,11 @@ pub fn record_request<S, B>(
     srv: &S,
 ) -> impl Future<Output = Result<ServiceResponse<B>, actix_web::Error>> + use<S, B>
 where
-    S: actix_web::dev::Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S: actix_web::dev::Service<
+            ServiceRequest,
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+        >,
     B: MessageBody,
 {
     let start = Instant::now();

@@ -36,7 +36,15 @@ impl Problem {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", Some(detail.into()))
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            Some(detail.into()),
+        )
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", Some(detail.into()))
     }
 
     /// Also the answer for another tenant's resource, so the two cannot be told apart.
@@ -78,19 +86,26 @@ impl Problem {
     /// Log the cause; tell the client nothing about it.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", None)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            None,
+        )
     }
 
     /// Map a JSON body error: oversize 413, wrong content type 415, the rest 400 with the reason.
     pub fn from_json_error(err: &JsonPayloadError) -> Self {
         match err {
-            JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+            JsonPayloadError::Overflow { limit }
+            | JsonPayloadError::OverflowKnownLength { limit, .. } => {
                 Self::payload_too_large(format!("the body is larger than {limit} bytes"))
             }
             JsonPayloadError::ContentType => {
                 Self::unsupported_media_type("the body must be application/json")
             }
-            JsonPayloadError::Deserialize(e) => Self::bad_request(format!("invalid JSON body: {e}")),
+            JsonPayloadError::Deserialize(e) => {
+                Self::bad_request(format!("invalid JSON body: {e}"))
+            }
             other => Self::bad_request(format!("unreadable body: {other}")),
         }
     }

@@ -29,11 +29,24 @@ impl StoredEvent {
     pub fn to_envelope(&self) -> anyhow::Result<(String, Envelope<Value>)> {
         let org: OrganizationId = self
             .meta(metadata::ORGANIZATION_ID)
-            .ok_or_else(|| anyhow::anyhow!("event {}:{} has no organization", self.aggregate_id, self.sequence))?
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "event {}:{} has no organization",
+                    self.aggregate_id,
+                    self.sequence
+                )
+            })?
             .parse()?;
-        let workspace = self.meta(metadata::WORKSPACE_ID).map(str::parse::<WorkspaceId>).transpose()?;
-        let session = self.meta(metadata::SESSION_ID).map(str::parse::<SessionId>).transpose()?;
-        let subject = subjects::domain_event(&org, workspace.as_ref(), session.as_ref(), &self.event_type);
+        let workspace = self
+            .meta(metadata::WORKSPACE_ID)
+            .map(str::parse::<WorkspaceId>)
+            .transpose()?;
+        let session = self
+            .meta(metadata::SESSION_ID)
+            .map(str::parse::<SessionId>)
+            .transpose()?;
+        let subject =
+            subjects::domain_event(&org, workspace.as_ref(), session.as_ref(), &self.event_type);
         let sequence = u64::try_from(self.sequence)?;
         let envelope = Envelope {
             id: event_id(&self.aggregate_id, sequence),

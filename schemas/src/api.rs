@@ -97,6 +97,8 @@ pub struct CompleteMessage {
     pub finish: FinishReason,
     pub error: Option<MessageError>,
     pub tokens: TokenUsage,
+    /// The model that actually answered.
+    pub model: ModelRef,
     pub attempt: u32,
     /// The envelope id of the prompt event this answers.
     #[serde(rename = "causationID")]

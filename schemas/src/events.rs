@@ -9,9 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, OrganizationId, SessionId, UserId, WorkspaceId};
-use crate::message::{
-    FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage,
-};
+use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage};
 
 /// The version every event type currently has.
 pub const V1: &str = "1.0";

@@ -1,0 +1,41 @@
+//! The aggregates: the consistency boundaries commands run against.
+
+mod organization;
+mod session;
+mod workspace;
+
+pub use organization::{Organization, OrganizationCommand};
+pub use session::{Session, SessionCommand};
+pub use workspace::{Workspace, WorkspaceCommand};
+
+use schemas::ids::{OrganizationId, SessionId, WorkspaceId};
+
+/// Where an aggregate's events belong; becomes event metadata and the bus subject.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    pub organization: Option<OrganizationId>,
+    pub workspace: Option<WorkspaceId>,
+    pub session: Option<SessionId>,
+}
+
+/// Implemented by every aggregate so the executor can label its events.
+pub trait Scoped {
+    fn scope(&self) -> Scope;
+}
+
+/// Reject empty or over-long names.
+pub(crate) fn valid_name(what: &str, name: &str) -> Result<String, crate::error::DomainError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(crate::error::DomainError::Invalid(format!(
+            "{what} must not be empty"
+        )));
+    }
+    if name.chars().count() > schemas::api::MAX_NAME_CHARS {
+        return Err(crate::error::DomainError::Invalid(format!(
+            "{what} is longer than {} characters",
+            schemas::api::MAX_NAME_CHARS
+        )));
+    }
+    Ok(name.to_owned())
+}

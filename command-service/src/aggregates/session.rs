@@ -1,0 +1,463 @@
+//! A session (conversation): its prompts and the one assistant reply each prompt is owed.
+//!
+//! A prompt is accepted only while no reply is running, and is answered by exactly one
+//! `message.completed`: a second completion for the same message (a worker that was presumed
+//! dead and finished anyway, or a retried report) is refused as `AlreadyDone`.
+
+use std::collections::HashSet;
+
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use schemas::api::CompleteMessage;
+use schemas::envelope::aggregate;
+use schemas::events::{AssistantCompletion, Role, SessionEvent, UserMessage};
+use schemas::ids::{MessageId, OrganizationId, SessionId, UserId, WorkspaceId};
+use schemas::message::{Part, SessionStatus};
+use serde::{Deserialize, Serialize};
+
+use super::{Scope, Scoped};
+use crate::directory::Services;
+use crate::error::DomainError;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Session {
+    id: Option<SessionId>,
+    organization_id: Option<OrganizationId>,
+    workspace_id: Option<WorkspaceId>,
+    /// The reply being generated, if any.
+    running: Option<RunningReply>,
+    /// Replies already completed, to recognise repeated completion reports.
+    completed: HashSet<MessageId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunningReply {
+    user_message: MessageId,
+    assistant_message: MessageId,
+    abort_requested: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum SessionCommand {
+    Create {
+        id: SessionId,
+        workspace: WorkspaceId,
+        title: Option<String>,
+        actor: UserId,
+    },
+    Prompt {
+        message: UserMessage,
+        assistant_message_id: MessageId,
+    },
+    Abort {
+        actor: UserId,
+    },
+    /// From an LLM worker: the reply is finished.
+    Complete {
+        report: CompleteMessage,
+    },
+}
+
+impl Session {
+    /// Fail with NotFound unless the session exists and `actor` may act in its organization.
+    async fn authorize(&self, services: &Services, actor: &UserId) -> Result<(), DomainError> {
+        let org = self.organization_id.as_ref().ok_or(DomainError::NotFound)?;
+        match services.directory.role_in(org, actor).await? {
+            None => Err(DomainError::NotFound),
+            Some(Role::Viewer) => Err(DomainError::Forbidden("viewers cannot prompt".into())),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn id(&self) -> Result<SessionId, DomainError> {
+        self.id.clone().ok_or(DomainError::NotFound)
+    }
+}
+
+impl Aggregate for Session {
+    const TYPE: &'static str = aggregate::SESSION;
+    type Command = SessionCommand;
+    type Event = SessionEvent;
+    type Error = DomainError;
+    type Services = Services;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), DomainError> {
+        match command {
+            SessionCommand::Create {
+                id,
+                workspace,
+                title,
+                actor,
+            } => {
+                if self.id.is_some() {
+                    return Err(DomainError::WrongState("the session already exists".into()));
+                }
+                let org = services
+                    .directory
+                    .workspace_org(&workspace)
+                    .await?
+                    .ok_or(DomainError::NotFound)?;
+                let time = schemas::now_ms();
+                self.organization_id = Some(org.clone());
+                self.authorize(services, &actor).await?;
+                let title = match title {
+                    Some(t) => super::valid_name("title", &t)?,
+                    None => format!("New session - {time}"),
+                };
+                let created = SessionEvent::Created {
+                    session_id: id,
+                    organization_id: org,
+                    workspace_id: workspace,
+                    title,
+                    created_by: actor,
+                    time,
+                };
+                sink.write(created, self).await;
+            }
+            SessionCommand::Prompt {
+                message,
+                assistant_message_id,
+            } => {
+                let session_id = self.id()?;
+                self.authorize(services, &message.user_id).await?;
+                if self.running.is_some() {
+                    return Err(DomainError::WrongState(
+                        "the session is busy: wait for the reply or abort it".into(),
+                    ));
+                }
+                if message.parts.is_empty()
+                    || message.parts.iter().all(|p| p.text().trim().is_empty())
+                {
+                    return Err(DomainError::Invalid(
+                        "a prompt needs at least one non-empty text part".into(),
+                    ));
+                }
+                if self.completed.contains(&message.id)
+                    || self.completed.contains(&assistant_message_id)
+                {
+                    return Err(DomainError::WrongState(
+                        "the message id is already used".into(),
+                    ));
+                }
+                let prompted = SessionEvent::Prompted {
+                    session_id: session_id.clone(),
+                    message,
+                    assistant_message_id,
+                };
+                sink.write(prompted, self).await;
+                let busy = SessionEvent::StatusChanged {
+                    session_id,
+                    status: SessionStatus::Busy,
+                };
+                sink.write(busy, self).await;
+            }
+            SessionCommand::Abort { actor } => {
+                let session_id = self.id()?;
+                self.authorize(services, &actor).await?;
+                let running = self
+                    .running
+                    .as_ref()
+                    .ok_or_else(|| DomainError::WrongState("no reply is running".into()))?;
+                if running.abort_requested {
+                    return Err(DomainError::AlreadyDone);
+                }
+                let event = SessionEvent::AbortRequested {
+                    session_id,
+                    message_id: running.assistant_message.clone(),
+                    requested_by: actor,
+                    time: schemas::now_ms(),
+                };
+                sink.write(event, self).await;
+            }
+            SessionCommand::Complete { report } => {
+                let session_id = self.id()?;
+                if self.completed.contains(&report.message_id) {
+                    return Err(DomainError::AlreadyDone);
+                }
+                let running = match &self.running {
+                    Some(r) if r.assistant_message == report.message_id => r,
+                    _ => return Err(DomainError::WrongState("no such reply is running".into())),
+                };
+                let completion = AssistantCompletion {
+                    id: report.message_id.clone(),
+                    parent_id: running.user_message.clone(),
+                    parts: vec![Part::Text {
+                        id: report.part_id,
+                        message_id: report.message_id,
+                        text: report.text,
+                    }],
+                    finish: report.finish,
+                    error: report.error,
+                    tokens: report.tokens,
+                    model: report.model,
+                    attempt: report.attempt,
+                    time: schemas::now_ms(),
+                };
+                let done = SessionEvent::MessageCompleted {
+                    session_id: session_id.clone(),
+                    message: completion,
+                };
+                sink.write(done, self).await;
+                let idle = SessionEvent::StatusChanged {
+                    session_id,
+                    status: SessionStatus::Idle,
+                };
+                sink.write(idle, self).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            SessionEvent::Created {
+                session_id,
+                organization_id,
+                workspace_id,
+                ..
+            } => {
+                self.id = Some(session_id);
+                self.organization_id = Some(organization_id);
+                self.workspace_id = Some(workspace_id);
+            }
+            SessionEvent::Prompted {
+                message,
+                assistant_message_id,
+                ..
+            } => {
+                self.running = Some(RunningReply {
+                    user_message: message.id,
+                    assistant_message: assistant_message_id,
+                    abort_requested: false,
+                });
+            }
+            SessionEvent::StatusChanged { .. } => {}
+            SessionEvent::AbortRequested { .. } => {
+                if let Some(r) = self.running.as_mut() {
+                    r.abort_requested = true;
+                }
+            }
+            SessionEvent::MessageCompleted { message, .. } => {
+                if let Some(r) = self.running.take() {
+                    self.completed.insert(r.user_message);
+                }
+                self.completed.insert(message.id);
+            }
+        }
+    }
+}
+
+impl Scoped for Session {
+    fn scope(&self) -> Scope {
+        Scope {
+            organization: self.organization_id.clone(),
+            workspace: self.workspace_id.clone(),
+            session: self.id.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cqrs_es::test::TestFramework;
+    use schemas::ids::PartId;
+    use schemas::message::ModelRef;
+    use schemas::message::{FinishReason, TokenUsage};
+
+    use super::*;
+    use crate::directory::fake::FakeDirectory;
+
+    struct World {
+        services: Services,
+        org: OrganizationId,
+        ws: WorkspaceId,
+        session: SessionId,
+        alice: UserId,
+    }
+
+    fn world() -> World {
+        let (org, ws, alice) = (OrganizationId::new(), WorkspaceId::new(), UserId::new());
+        let directory = FakeDirectory::default();
+        directory
+            .roles
+            .lock()
+            .unwrap()
+            .insert((org.clone(), alice.clone()), Role::Member);
+        directory
+            .workspaces
+            .lock()
+            .unwrap()
+            .insert(ws.clone(), org.clone());
+        World {
+            services: Services {
+                directory: Arc::new(directory),
+            },
+            org,
+            ws,
+            session: SessionId::new(),
+            alice,
+        }
+    }
+
+    fn created(w: &World) -> SessionEvent {
+        SessionEvent::Created {
+            session_id: w.session.clone(),
+            organization_id: w.org.clone(),
+            workspace_id: w.ws.clone(),
+            title: "t".into(),
+            created_by: w.alice.clone(),
+            time: 0,
+        }
+    }
+
+    fn user_message(user: &UserId) -> UserMessage {
+        let id = MessageId::new();
+        UserMessage {
+            parts: vec![Part::Text {
+                id: PartId::new(),
+                message_id: id.clone(),
+                text: "hi".into(),
+            }],
+            id,
+            user_id: user.clone(),
+            model: ModelRef {
+                provider_id: "default".into(),
+                model_id: "default".into(),
+            },
+            time: 0,
+        }
+    }
+
+    fn report(w: &World, user: &UserMessage, assistant: &MessageId) -> CompleteMessage {
+        CompleteMessage {
+            organization_id: w.org.clone(),
+            workspace_id: w.ws.clone(),
+            session_id: w.session.clone(),
+            message_id: assistant.clone(),
+            part_id: PartId::new(),
+            text: "hello".into(),
+            finish: FinishReason::Stop,
+            error: None,
+            tokens: TokenUsage::default(),
+            model: user.model.clone(),
+            attempt: 1,
+            causation_id: "x".into(),
+        }
+    }
+
+    #[test]
+    fn a_prompt_makes_the_session_busy_and_a_second_prompt_waits() {
+        let w = world();
+        let first = user_message(&w.alice);
+        let assistant = MessageId::new();
+        let events = TestFramework::<Session>::with(w.services.clone())
+            .given(vec![created(&w)])
+            .when(SessionCommand::Prompt {
+                message: first.clone(),
+                assistant_message_id: assistant.clone(),
+            })
+            .inspect_result()
+            .unwrap();
+        assert!(matches!(
+            events[1],
+            SessionEvent::StatusChanged {
+                status: SessionStatus::Busy,
+                ..
+            }
+        ));
+        let mut history = vec![created(&w)];
+        history.extend(events);
+        TestFramework::<Session>::with(w.services.clone())
+            .given(history)
+            .when(SessionCommand::Prompt {
+                message: user_message(&w.alice),
+                assistant_message_id: MessageId::new(),
+            })
+            .then_expect_error(DomainError::WrongState(
+                "the session is busy: wait for the reply or abort it".into(),
+            ));
+    }
+
+    #[test]
+    fn a_reply_completes_once() {
+        let w = world();
+        let user = user_message(&w.alice);
+        let assistant = MessageId::new();
+        let given = vec![
+            created(&w),
+            SessionEvent::Prompted {
+                session_id: w.session.clone(),
+                message: user.clone(),
+                assistant_message_id: assistant.clone(),
+            },
+        ];
+        let done = TestFramework::<Session>::with(w.services.clone())
+            .given(given.clone())
+            .when(SessionCommand::Complete {
+                report: report(&w, &user, &assistant),
+            })
+            .inspect_result()
+            .unwrap();
+        assert!(matches!(
+            done[1],
+            SessionEvent::StatusChanged {
+                status: SessionStatus::Idle,
+                ..
+            }
+        ));
+        let mut after = given;
+        after.extend(done);
+        TestFramework::<Session>::with(w.services.clone())
+            .given(after)
+            .when(SessionCommand::Complete {
+                report: report(&w, &user, &assistant),
+            })
+            .then_expect_error(DomainError::AlreadyDone);
+    }
+
+    #[test]
+    fn strangers_get_not_found_for_every_command() {
+        let w = world();
+        let mallory = UserId::new();
+        TestFramework::<Session>::with(w.services.clone())
+            .given(vec![created(&w)])
+            .when(SessionCommand::Prompt {
+                message: user_message(&mallory),
+                assistant_message_id: MessageId::new(),
+            })
+            .then_expect_error(DomainError::NotFound);
+        TestFramework::<Session>::with(w.services.clone())
+            .given(vec![created(&w)])
+            .when(SessionCommand::Abort {
+                actor: mallory.clone(),
+            })
+            .then_expect_error(DomainError::NotFound);
+        TestFramework::<Session>::with(w.services)
+            .given_no_previous_events()
+            .when(SessionCommand::Create {
+                id: SessionId::new(),
+                workspace: WorkspaceId::new(),
+                title: None,
+                actor: mallory,
+            })
+            .then_expect_error(DomainError::NotFound);
+    }
+
+    #[test]
+    fn abort_needs_a_running_reply() {
+        let w = world();
+        TestFramework::<Session>::with(w.services.clone())
+            .given(vec![created(&w)])
+            .when(SessionCommand::Abort {
+                actor: w.alice.clone(),
+            })
+            .then_expect_error(DomainError::WrongState("no reply is running".into()));
+    }
+}

@@ -1,0 +1,23 @@
+//! Settings of the command service (`OC_*` environment variables; see platform::config for the
+//! shared ones).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CommandConfig {
+    /// `OC_COMMAND_ADDR`: where the REST API listens. Port 0 picks a free port.
+    pub command_addr: String,
+    /// `OC_RELAY_ENABLED`: run the outbox relay in this instance. Several instances may; one
+    /// publishes at a time.
+    pub relay_enabled: bool,
+}
+
+impl Default for CommandConfig {
+    fn default() -> Self {
+        Self {
+            command_addr: "127.0.0.1:8081".into(),
+            relay_enabled: true,
+        }
+    }
+}

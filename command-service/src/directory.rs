@@ -1,0 +1,121 @@
+//! What aggregates may ask about the rest of the world while deciding: who is a member of an
+//! organization, and which organization a workspace belongs to. The answers come from the event
+//! store itself (the organization and workspace aggregates), so they are never stale.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{AggregateContext, EventStore};
+use postgres_es::PostgresEventRepository;
+use schemas::events::Role;
+use schemas::ids::{OrganizationId, UserId, WorkspaceId};
+
+use crate::aggregates::{Organization, Workspace};
+use crate::error::DomainError;
+
+#[async_trait]
+pub trait Directory: Send + Sync {
+    /// The user's role in the organization, or `None` if they are not a member (or it does not
+    /// exist).
+    async fn role_in(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+    ) -> Result<Option<Role>, DomainError>;
+    /// The organization a workspace belongs to, or `None` if it does not exist.
+    async fn workspace_org(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<OrganizationId>, DomainError>;
+}
+
+/// The services every aggregate gets in `handle`.
+#[derive(Clone)]
+pub struct Services {
+    pub directory: Arc<dyn Directory>,
+}
+
+/// Answers from the event store.
+pub struct EventStoreDirectory {
+    orgs: PersistedEventStore<PostgresEventRepository, Organization>,
+    workspaces: PersistedEventStore<PostgresEventRepository, Workspace>,
+}
+
+impl EventStoreDirectory {
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self {
+            orgs: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
+            workspaces: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool)),
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> DomainError {
+    DomainError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl Directory for EventStoreDirectory {
+    async fn role_in(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+    ) -> Result<Option<Role>, DomainError> {
+        let mut ctx = self
+            .orgs
+            .load_aggregate(org.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(ctx.aggregate().role_of(user))
+    }
+
+    async fn workspace_org(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<OrganizationId>, DomainError> {
+        let mut ctx = self
+            .workspaces
+            .load_aggregate(workspace.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(ctx.aggregate().organization_id.clone())
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! An in-memory directory for aggregate unit tests.
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct FakeDirectory {
+        pub roles: Mutex<HashMap<(OrganizationId, UserId), Role>>,
+        pub workspaces: Mutex<HashMap<WorkspaceId, OrganizationId>>,
+    }
+
+    #[async_trait]
+    impl Directory for FakeDirectory {
+        async fn role_in(
+            &self,
+            org: &OrganizationId,
+            user: &UserId,
+        ) -> Result<Option<Role>, DomainError> {
+            Ok(self
+                .roles
+                .lock()
+                .unwrap()
+                .get(&(org.clone(), user.clone()))
+                .copied())
+        }
+        async fn workspace_org(
+            &self,
+            ws: &WorkspaceId,
+        ) -> Result<Option<OrganizationId>, DomainError> {
+            Ok(self.workspaces.lock().unwrap().get(ws).cloned())
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Errors of the command side and their one mapping to HTTP.
+
+use cqrs_es::AggregateError;
+use platform::problem::Problem;
+
+/// What an aggregate can refuse a command with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// Missing, or in an organization the caller is not in (indistinguishable on purpose).
+    #[error("not found")]
+    NotFound,
+    /// The command itself is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Valid, but not in the aggregate's current state (a prompt while a reply runs).
+    #[error("{0}")]
+    WrongState(String),
+    /// The caller may see the resource but not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The command was already carried out (an idempotent retry).
+    #[error("already done")]
+    AlreadyDone,
+    /// A lookup the decision needs failed for infrastructure reasons.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A failed command, after retries.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// Concurrent writers kept winning the optimistic lock.
+    #[error("concurrent modification")]
+    Conflict,
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    #[error("unexpected: {0}")]
+    Unexpected(String),
+}
+
+impl From<AggregateError<DomainError>> for CommandError {
+    fn from(e: AggregateError<DomainError>) -> Self {
+        match e {
+            AggregateError::UserError(d) => CommandError::Domain(d),
+            AggregateError::AggregateConflict => CommandError::Conflict,
+            AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e.to_string()),
+            other => CommandError::Unexpected(other.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for Problem {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Domain(DomainError::NotFound) => Problem::not_found(),
+            CommandError::Domain(DomainError::Invalid(d)) => Problem::bad_request(d),
+            CommandError::Domain(DomainError::WrongState(d)) => Problem::conflict(d),
+            CommandError::Domain(DomainError::Forbidden(d)) => Problem::forbidden(d),
+            CommandError::Domain(DomainError::AlreadyDone) => {
+                Problem::conflict("the command was already carried out")
+            }
+            CommandError::Domain(DomainError::Unavailable(d)) | CommandError::Unavailable(d) => {
+                tracing::warn!(error = %d, "command failed on infrastructure");
+                Problem::unavailable("the event store is unavailable")
+            }
+            CommandError::Conflict => {
+                Problem::conflict("the resource was modified concurrently; retry the request")
+            }
+            CommandError::Unexpected(d) => Problem::internal(&d),
+        }
+    }
+}

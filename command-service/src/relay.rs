@@ -1,0 +1,135 @@
+//! The outbox relay: publishes committed events to JetStream, each exactly once, in order per
+//! aggregate, and deletes their outbox rows only after JetStream acknowledged them.
+//!
+//! - Exactly once: the `Nats-Msg-Id` is the event id (`<aggregateID>:<sequence>`), so a batch
+//!   re-published after a crash between publish and delete is dropped by JetStream's dedup window.
+//! - In order: rows are taken in `position` order and published one after another. An aggregate's
+//!   next event cannot be inserted before its previous one committed (the sequence primary key), so
+//!   its positions are increasing.
+//! - Several instances: a transaction-scoped advisory lock lets one relay work at a time; the
+//!   others find the lock taken and wait for the next wake-up, taking over if the holder dies.
+//! - Woken at commit: a trigger NOTIFYs `outbox`; a slow poll covers lost notifications.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use platform::stored_event::StoredEvent;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+/// Arbitrary but fixed: the advisory lock key that elects the active relay.
+const RELAY_LOCK_KEY: i64 = 0x6f63_7265_6c61_79; // "ocrelay"
+const BATCH: i64 = 256;
+const POLL: Duration = Duration::from_millis(500);
+
+pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationToken) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        if listener.is_none() {
+            listener = listen(&pool).await;
+        }
+        loop {
+            match publish_batch(&pool, &js).await {
+                Ok(n) if n == BATCH as usize => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay failed; will retry");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            woke = wait(&mut listener) => {
+                if !woke { listener = None; }
+            }
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut l = PgListener::connect_with(pool).await.ok()?;
+    l.listen("outbox").await.ok()?;
+    Some(l)
+}
+
+/// Wait for a notification or the poll interval. False if the listener broke.
+async fn wait(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => match tokio::time::timeout(POLL, l.recv()).await {
+            Ok(Ok(_)) | Err(_) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "outbox listener lost");
+                false
+            }
+        },
+        None => {
+            tokio::time::sleep(POLL).await;
+            false
+        }
+    }
+}
+
+/// Publish up to one batch. Returns how many events were published (0 if another relay holds
+/// the lock).
+pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RELAY_LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
+    let rows = sqlx::query(
+        "SELECT o.position, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
+                e.event_version, e.payload, e.metadata, \
+                (extract(epoch FROM e.recorded_at) * 1000)::bigint AS recorded_at_ms \
+         FROM outbox o JOIN events e USING (aggregate_type, aggregate_id, sequence) \
+         ORDER BY o.position LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut positions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let event = StoredEvent {
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+            recorded_at_ms: row.try_get("recorded_at_ms")?,
+        };
+        let (subject, envelope) = event.to_envelope()?;
+        let body = serde_json::to_vec(&envelope)?;
+        let ack = js
+            .send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(body.into())
+                    .message_id(&envelope.id),
+            )
+            .await?
+            .await?;
+        if ack.duplicate {
+            metrics::counter!("outbox_duplicates_total").increment(1);
+        }
+        positions.push(row.try_get::<i64, _>("position")?);
+    }
+    sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
+        .bind(&positions)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics::counter!("outbox_published_total").increment(positions.len() as u64);
+    metrics::histogram!("outbox_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    Ok(positions.len())
+}

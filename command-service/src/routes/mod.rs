@@ -1,0 +1,35 @@
+//! The REST write API. Every route authenticates the caller (bearer JWT) and runs one command.
+
+mod organizations;
+mod sessions;
+mod workspaces;
+
+use actix_web::web;
+use platform::auth::AuthUser;
+use schemas::ids::RequestId;
+
+use crate::executor::CommandContext;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/org", web::post().to(organizations::create))
+        .route(
+            "/org/{org}/member",
+            web::post().to(organizations::add_member),
+        )
+        .route("/org/{org}/workspace", web::post().to(workspaces::create))
+        .route("/workspace/{ws}/session", web::post().to(sessions::create))
+        .route(
+            "/session/{id}/prompt_async",
+            web::post().to(sessions::prompt),
+        )
+        .route("/session/{id}/abort", web::post().to(sessions::abort));
+}
+
+/// The command context of a user request.
+fn context(user: &AuthUser) -> CommandContext {
+    CommandContext {
+        actor: user.user_id.to_string(),
+        correlation_id: RequestId::new().to_string(),
+        causation_id: None,
+    }
+}

@@ -1,0 +1,109 @@
+//! `POST /workspace/{ws}/session`, `POST /session/{id}/prompt_async`, `POST /session/{id}/abort`.
+
+use actix_web::{HttpResponse, web};
+use platform::auth::AuthUser;
+use platform::problem::Problem;
+use schemas::api::{
+    Accepted, CreateSession, MAX_PROMPT_PARTS, PartInput, PromptAccepted, PromptInput,
+};
+use schemas::events::UserMessage;
+use schemas::ids::{MessageId, SessionId, WorkspaceId};
+use schemas::message::{ModelRef, Part};
+
+use super::context;
+use crate::aggregates::SessionCommand;
+use crate::startup::AppState;
+
+pub async fn create(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    workspace: web::Path<WorkspaceId>,
+    body: web::Json<CreateSession>,
+) -> Result<HttpResponse, Problem> {
+    let id = SessionId::new();
+    let command = SessionCommand::Create {
+        id: id.clone(),
+        workspace: workspace.into_inner(),
+        title: body.into_inner().title,
+        actor: user.user_id.clone(),
+    };
+    let token = state
+        .sessions
+        .execute(id.as_str(), command, &context(&user))
+        .await?;
+    Ok(HttpResponse::Created().json(Accepted {
+        id: id.to_string(),
+        consistency_token: token.encode(),
+    }))
+}
+
+/// Accept a prompt; the reply streams on the session's event stream.
+pub async fn prompt(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    session: web::Path<SessionId>,
+    body: web::Json<PromptInput>,
+) -> Result<HttpResponse, Problem> {
+    let input = body.into_inner();
+    if input.parts.len() > MAX_PROMPT_PARTS {
+        return Err(Problem::bad_request(format!(
+            "at most {MAX_PROMPT_PARTS} parts"
+        )));
+    }
+    let message_id = input.message_id.unwrap_or_default();
+    let parts = input
+        .parts
+        .into_iter()
+        .map(|p| match p {
+            PartInput::Text { id, text } => Part::Text {
+                id: id.unwrap_or_default(),
+                message_id: message_id.clone(),
+                text,
+            },
+        })
+        .collect();
+    let message = UserMessage {
+        id: message_id.clone(),
+        user_id: user.user_id.clone(),
+        parts,
+        model: input.model.unwrap_or_else(|| ModelRef {
+            provider_id: "default".into(),
+            model_id: "default".into(),
+        }),
+        time: schemas::now_ms(),
+    };
+    let assistant_message_id = MessageId::new();
+    let command = SessionCommand::Prompt {
+        message,
+        assistant_message_id: assistant_message_id.clone(),
+    };
+    let token = state
+        .sessions
+        .execute(session.as_str(), command, &context(&user))
+        .await?;
+    Ok(HttpResponse::Accepted().json(PromptAccepted {
+        session_id: session.into_inner(),
+        user_message_id: message_id,
+        assistant_message_id,
+        consistency_token: token.encode(),
+    }))
+}
+
+/// Ask the worker to stop the running reply; it ends as aborted with the text so far.
+pub async fn abort(
+    user: AuthUser,
+    state: web::Data<AppState>,
+    session: web::Path<SessionId>,
+) -> Result<HttpResponse, Problem> {
+    let command = SessionCommand::Abort {
+        actor: user.user_id.clone(),
+    };
+    let token = state
+        .sessions
+        .execute(session.as_str(), command, &context(&user))
+        .await?;
+    Ok(HttpResponse::Accepted().json(Accepted {
+        id: session.to_string(),
+        consistency_token: token.encode(),
+    }))
+}

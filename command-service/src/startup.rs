@@ -1,0 +1,138 @@
+//! Wiring: builds the command service from configuration and runs it until shutdown.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use platform::auth::Authenticator;
+use platform::config::{AuthConfig, CommonConfig};
+use platform::{bus, db, http};
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregates::{Organization, Session, Workspace};
+use crate::config::CommandConfig;
+use crate::directory::{EventStoreDirectory, Services};
+use crate::executor::Executor;
+use crate::{internal, relay, routes};
+
+/// What request handlers share.
+pub struct AppState {
+    pub organizations: Executor<Organization>,
+    pub workspaces: Executor<Workspace>,
+    pub sessions: Executor<Session>,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl Application {
+    pub async fn build(
+        common: CommonConfig,
+        auth: AuthConfig,
+        cfg: CommandConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        if common.run_migrations {
+            db::migrate_with_retry(&common.database_url, 30).await?;
+        }
+        let metrics = platform::telemetry::init_metrics("command-service")?;
+        // sqlx pool for the event store (postgres-es); deadpool for identity and readiness.
+        let pg = PgPoolOptions::new()
+            .max_connections(common.database_pool_size as u32)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(&common.database_url)?;
+        let pool = db::pool(&common)?;
+        let nats = bus::connect(&common, "command-service").await?;
+        let js = bus::jetstream(nats.clone());
+
+        let services = Services {
+            directory: Arc::new(EventStoreDirectory::new(pg.clone())),
+        };
+        let state = Arc::new(AppState {
+            organizations: Executor::new(pg.clone(), services.clone()),
+            workspaces: Executor::new(pg.clone(), services.clone()),
+            sessions: Executor::new(pg.clone(), services),
+        });
+        let authenticator = web::Data::new(Authenticator::new(auth, pool.clone())?);
+        let ready = http::readiness(pool, nats.clone());
+
+        let mut tasks = Vec::new();
+        if cfg.relay_enabled {
+            let (js, pg, stop, common) = (js.clone(), pg.clone(), shutdown.clone(), common.clone());
+            tasks.push(tokio::spawn(async move {
+                // The stream must exist before the first publish; NATS may still be starting.
+                while let Err(e) = bus::ensure_stream(&js, &common).await {
+                    tracing::warn!(error = %e, "cannot create the event stream yet");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                relay::run(pg, js, stop).await;
+            }));
+        }
+        {
+            let (nats, state, stop) = (nats.clone(), state.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = internal::run(nats, state, stop).await {
+                    tracing::error!(error = %e, "internal command listener stopped");
+                }
+            }));
+        }
+
+        let listener = TcpListener::bind(&cfg.command_addr)?;
+        let port = listener.local_addr()?.port();
+        let data = web::Data::from(state);
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(http::record_request)
+                .app_data(data.clone())
+                .app_data(authenticator.clone())
+                .configure(http::extractor_config)
+                .configure(|c| http::ops_routes(c, metrics.clone(), ready.clone()))
+                .configure(routes::configure)
+                .default_service(web::to(http::not_found))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(common.shutdown_grace_secs)
+        .run();
+        tracing::info!(port, "command-service listening");
+        Ok(Self {
+            port,
+            server,
+            tasks,
+            shutdown,
+            grace: common.shutdown_grace(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serve until the shutdown token fires, then let requests and the relay finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(self.grace, task).await;
+        }
+        Ok(())
+    }
+}
