@@ -1,1 +1,8 @@
-//! placeholder
+//! The projector: builds the PostgreSQL read models from domain events on JetStream, and can
+//! rebuild them from the event store.
+#![forbid(unsafe_code)]
+
+pub mod consumer;
+pub mod projection;
+pub mod rebuild;
+pub mod startup;

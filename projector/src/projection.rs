@@ -1,0 +1,139 @@
+//! How each domain event changes the read models. Idempotent by aggregate sequence: an event is
+//! applied only if it is the next one for its aggregate, checked and recorded in the same
+//! transaction as its effects, so a redelivered event changes nothing.
+
+use anyhow::Context;
+use deadpool_postgres::Transaction;
+use schemas::envelope::{Envelope, aggregate};
+use schemas::events::{OrganizationEvent, SessionEvent, WorkspaceEvent};
+use serde_json::{Value, json};
+
+/// What applying an event did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Already applied before (a redelivery or a replay).
+    Duplicate,
+    /// An earlier event of the aggregate is missing: retry later, when it has arrived.
+    Gap { expected: i64, got: i64 },
+}
+
+pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Outcome> {
+    let seq = i64::try_from(env.sequence.context("domain events have a sequence")?)?;
+    let claimed = if seq == 1 {
+        tx.execute(
+            "INSERT INTO rm_positions (aggregate_id, sequence) VALUES ($1, 1) ON CONFLICT DO NOTHING",
+            &[&env.aggregate_id],
+        )
+        .await?
+    } else {
+        tx.execute(
+            "UPDATE rm_positions SET sequence = $2 WHERE aggregate_id = $1 AND sequence = $2 - 1",
+            &[&env.aggregate_id, &seq],
+        )
+        .await?
+    };
+    if claimed == 0 {
+        let last: i64 = tx
+            .query_opt("SELECT sequence FROM rm_positions WHERE aggregate_id = $1", &[&env.aggregate_id])
+            .await?
+            .map_or(0, |r| r.get(0));
+        return Ok(if last >= seq { Outcome::Duplicate } else { Outcome::Gap { expected: last + 1, got: seq } });
+    }
+    let payload = env.payload.clone();
+    match env.aggregate_type.as_str() {
+        aggregate::ORGANIZATION => organization(tx, serde_json::from_value(payload)?).await?,
+        aggregate::WORKSPACE => workspace(tx, serde_json::from_value(payload)?).await?,
+        aggregate::SESSION => session(tx, env.time, serde_json::from_value(payload)?).await?,
+        other => anyhow::bail!("unknown aggregate type {other}"),
+    }
+    Ok(Outcome::Applied)
+}
+
+async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow::Result<()> {
+    match event {
+        OrganizationEvent::Created { organization_id, name, owner_id, time } => {
+            tx.execute(
+                "INSERT INTO rm_organizations (organization_id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)",
+                &[&organization_id.as_str(), &name, &owner_id.as_str(), &time],
+            )
+            .await?;
+        }
+        OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => {
+            tx.execute(
+                "INSERT INTO rm_members (organization_id, user_id, role, added_at) VALUES ($1, $2, $3, $4)",
+                &[&organization_id.as_str(), &user_id.as_str(), &role.as_str(), &time],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn workspace(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Result<()> {
+    match event {
+        WorkspaceEvent::Created { workspace_id, organization_id, name, created_by, time } => {
+            tx.execute(
+                "INSERT INTO rm_workspaces (workspace_id, organization_id, name, created_by, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&workspace_id.as_str(), &organization_id.as_str(), &name, &created_by.as_str(), &time],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow::Result<()> {
+    match event {
+        SessionEvent::Created { session_id, organization_id, workspace_id, title, created_by, time } => {
+            tx.execute(
+                "INSERT INTO rm_sessions (session_id, organization_id, workspace_id, title, status, created_by, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, 'idle', $5, $6, $6)",
+                &[&session_id.as_str(), &organization_id.as_str(), &workspace_id.as_str(), &title, &created_by.as_str(), &time],
+            )
+            .await?;
+        }
+        SessionEvent::Prompted { session_id, message, assistant_message_id } => {
+            let user_info = json!({
+                "id": message.id, "sessionID": session_id, "role": "user", "userID": message.user_id,
+                "time": { "created": message.time }, "model": message.model,
+            });
+            let assistant_info = json!({
+                "id": assistant_message_id, "sessionID": session_id, "role": "assistant",
+                "parentID": message.id, "time": { "created": message.time },
+            });
+            let stmt = "INSERT INTO rm_messages (message_id, organization_id, session_id, role, info, parts) \
+                        SELECT $1, organization_id, session_id, $2, $3, $4 FROM rm_sessions WHERE session_id = $5";
+            tx.execute(stmt, &[&message.id.as_str(), &"user", &user_info, &serde_json::to_value(&message.parts)?, &session_id.as_str()])
+                .await?;
+            tx.execute(stmt, &[&assistant_message_id.as_str(), &"assistant", &assistant_info, &json!([]), &session_id.as_str()])
+                .await?;
+        }
+        SessionEvent::StatusChanged { session_id, status } => {
+            tx.execute(
+                "UPDATE rm_sessions SET status = $2, updated_at = $3 WHERE session_id = $1",
+                &[&session_id.as_str(), &status.as_str(), &time],
+            )
+            .await?;
+        }
+        SessionEvent::AbortRequested { .. } => {}
+        SessionEvent::MessageCompleted { session_id, message } => {
+            let info = json!({
+                "id": message.id, "sessionID": session_id, "role": "assistant", "parentID": message.parent_id,
+                "providerID": message.model.provider_id, "modelID": message.model.model_id,
+                "time": { "completed": message.time }, "finish": message.finish, "error": message.error,
+                "tokens": message.tokens, "cost": 0, "attempt": message.attempt,
+            });
+            // Merge so `time.created` from the prompt survives.
+            tx.execute(
+                "UPDATE rm_messages SET info = info || ($2::jsonb - 'time') \
+                   || jsonb_build_object('time', (info->'time') || ($2::jsonb->'time')), parts = $3 \
+                 WHERE message_id = $1",
+                &[&message.id.as_str(), &info, &serde_json::to_value(&message.parts)?],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
