@@ -14,7 +14,11 @@ use crate::projection::{self, Outcome};
 
 pub const CONSUMER: &str = "projector";
 
-pub async fn run(js: jetstream::Context, pool: deadpool_postgres::Pool, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    js: jetstream::Context,
+    pool: deadpool_postgres::Pool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let stream = js.get_stream(subjects::STREAM).await?;
     let consumer = stream
         .get_or_create_consumer(
@@ -70,17 +74,24 @@ pub async fn handle(pool: &deadpool_postgres::Pool, msg: jetstream::Message) {
         }
         Ok(Outcome::Gap { expected, got }) => {
             tracing::warn!(id = %envelope.id, expected, got, "event arrived before its predecessor");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_millis(200)))).await;
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(200))))
+                .await;
         }
         Err(e) => {
             tracing::warn!(error = %e, id = %envelope.id, "projection failed; will retry");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
         }
     }
 }
 
 /// Apply one event in its own transaction.
-pub async fn project(pool: &deadpool_postgres::Pool, envelope: &Envelope<Value>) -> anyhow::Result<Outcome> {
+pub async fn project(
+    pool: &deadpool_postgres::Pool,
+    envelope: &Envelope<Value>,
+) -> anyhow::Result<Outcome> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let outcome = projection::apply(&tx, envelope).await?;

@@ -9,7 +9,12 @@ async fn main() -> anyhow::Result<()> {
     platform::telemetry::init_tracing(&common.log_format);
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => {
-            startup::run(common, config::load::<ProjectorConfig>()?, platform::shutdown::on_signal()).await
+            startup::run(
+                common,
+                config::load::<ProjectorConfig>()?,
+                platform::shutdown::on_signal(),
+            )
+            .await
         }
         Some("rebuild") => {
             platform::db::migrate(&common.database_url).await?;
@@ -18,6 +23,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("migrate") => platform::db::migrate(&common.database_url).await,
-        Some(other) => anyhow::bail!("unknown subcommand `{other}` (expected serve, rebuild or migrate)"),
+        Some(other) => {
+            anyhow::bail!("unknown subcommand `{other}` (expected serve, rebuild or migrate)")
+        }
     }
 }

@@ -15,7 +15,10 @@ pub enum Outcome {
     /// Already applied before (a redelivery or a replay).
     Duplicate,
     /// An earlier event of the aggregate is missing: retry later, when it has arrived.
-    Gap { expected: i64, got: i64 },
+    Gap {
+        expected: i64,
+        got: i64,
+    },
 }
 
 pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Outcome> {
@@ -35,10 +38,20 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
     };
     if claimed == 0 {
         let last: i64 = tx
-            .query_opt("SELECT sequence FROM rm_positions WHERE aggregate_id = $1", &[&env.aggregate_id])
+            .query_opt(
+                "SELECT sequence FROM rm_positions WHERE aggregate_id = $1",
+                &[&env.aggregate_id],
+            )
             .await?
             .map_or(0, |r| r.get(0));
-        return Ok(if last >= seq { Outcome::Duplicate } else { Outcome::Gap { expected: last + 1, got: seq } });
+        return Ok(if last >= seq {
+            Outcome::Duplicate
+        } else {
+            Outcome::Gap {
+                expected: last + 1,
+                got: seq,
+            }
+        });
     }
     let payload = env.payload.clone();
     match env.aggregate_type.as_str() {
@@ -52,14 +65,24 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
 
 async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow::Result<()> {
     match event {
-        OrganizationEvent::Created { organization_id, name, owner_id, time } => {
+        OrganizationEvent::Created {
+            organization_id,
+            name,
+            owner_id,
+            time,
+        } => {
             tx.execute(
                 "INSERT INTO rm_organizations (organization_id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)",
                 &[&organization_id.as_str(), &name, &owner_id.as_str(), &time],
             )
             .await?;
         }
-        OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => {
+        OrganizationEvent::MemberAdded {
+            organization_id,
+            user_id,
+            role,
+            time,
+        } => {
             tx.execute(
                 "INSERT INTO rm_members (organization_id, user_id, role, added_at) VALUES ($1, $2, $3, $4)",
                 &[&organization_id.as_str(), &user_id.as_str(), &role.as_str(), &time],
@@ -72,7 +95,13 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
 
 async fn workspace(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Result<()> {
     match event {
-        WorkspaceEvent::Created { workspace_id, organization_id, name, created_by, time } => {
+        WorkspaceEvent::Created {
+            workspace_id,
+            organization_id,
+            name,
+            created_by,
+            time,
+        } => {
             tx.execute(
                 "INSERT INTO rm_workspaces (workspace_id, organization_id, name, created_by, created_at) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -86,7 +115,14 @@ async fn workspace(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Resul
 
 async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow::Result<()> {
     match event {
-        SessionEvent::Created { session_id, organization_id, workspace_id, title, created_by, time } => {
+        SessionEvent::Created {
+            session_id,
+            organization_id,
+            workspace_id,
+            title,
+            created_by,
+            time,
+        } => {
             tx.execute(
                 "INSERT INTO rm_sessions (session_id, organization_id, workspace_id, title, status, created_by, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, 'idle', $5, $6, $6)",
@@ -94,7 +130,11 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             )
             .await?;
         }
-        SessionEvent::Prompted { session_id, message, assistant_message_id } => {
+        SessionEvent::Prompted {
+            session_id,
+            message,
+            assistant_message_id,
+        } => {
             let user_info = json!({
                 "id": message.id, "sessionID": session_id, "role": "user", "userID": message.user_id,
                 "time": { "created": message.time }, "model": message.model,
@@ -105,10 +145,28 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             });
             let stmt = "INSERT INTO rm_messages (message_id, organization_id, session_id, role, info, parts) \
                         SELECT $1, organization_id, session_id, $2, $3, $4 FROM rm_sessions WHERE session_id = $5";
-            tx.execute(stmt, &[&message.id.as_str(), &"user", &user_info, &serde_json::to_value(&message.parts)?, &session_id.as_str()])
-                .await?;
-            tx.execute(stmt, &[&assistant_message_id.as_str(), &"assistant", &assistant_info, &json!([]), &session_id.as_str()])
-                .await?;
+            tx.execute(
+                stmt,
+                &[
+                    &message.id.as_str(),
+                    &"user",
+                    &user_info,
+                    &serde_json::to_value(&message.parts)?,
+                    &session_id.as_str(),
+                ],
+            )
+            .await?;
+            tx.execute(
+                stmt,
+                &[
+                    &assistant_message_id.as_str(),
+                    &"assistant",
+                    &assistant_info,
+                    &json!([]),
+                    &session_id.as_str(),
+                ],
+            )
+            .await?;
         }
         SessionEvent::StatusChanged { session_id, status } => {
             tx.execute(
@@ -118,7 +176,10 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             .await?;
         }
         SessionEvent::AbortRequested { .. } => {}
-        SessionEvent::MessageCompleted { session_id, message } => {
+        SessionEvent::MessageCompleted {
+            session_id,
+            message,
+        } => {
             let info = json!({
                 "id": message.id, "sessionID": session_id, "role": "assistant", "parentID": message.parent_id,
                 "providerID": message.model.provider_id, "modelID": message.model.model_id,

@@ -7,7 +7,14 @@ use platform::stored_event::StoredEvent;
 use crate::projection::{self, Outcome};
 
 const PAGE: i64 = 1000;
-const READ_MODELS: &[&str] = &["rm_positions", "rm_organizations", "rm_members", "rm_workspaces", "rm_sessions", "rm_messages"];
+const READ_MODELS: &[&str] = &[
+    "rm_positions",
+    "rm_organizations",
+    "rm_members",
+    "rm_workspaces",
+    "rm_sessions",
+    "rm_messages",
+];
 
 /// Returns how many events were applied.
 pub async fn rebuild(pool: &deadpool_postgres::Pool) -> anyhow::Result<u64> {

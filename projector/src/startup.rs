@@ -18,11 +18,17 @@ pub struct ProjectorConfig {
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { projector_addr: "127.0.0.1:8083".into() }
+        Self {
+            projector_addr: "127.0.0.1:8083".into(),
+        }
     }
 }
 
-pub async fn run(common: CommonConfig, cfg: ProjectorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    common: CommonConfig,
+    cfg: ProjectorConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     if common.run_migrations {
         db::migrate_with_retry(&common.database_url, 30).await?;
     }
@@ -48,7 +54,9 @@ pub async fn run(common: CommonConfig, cfg: ProjectorConfig, shutdown: Cancellat
     while !shutdown.is_cancelled() {
         if let Err(e) = bus::ensure_stream(&js, &common).await {
             tracing::warn!(error = %e, "stream not available yet");
-        } else if let Err(e) = crate::consumer::run(js.clone(), pool.clone(), shutdown.clone()).await {
+        } else if let Err(e) =
+            crate::consumer::run(js.clone(), pool.clone(), shutdown.clone()).await
+        {
             tracing::warn!(error = %e, "projector consumer failed; restarting");
         }
         tokio::select! {

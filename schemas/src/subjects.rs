@@ -63,6 +63,13 @@ pub fn session_filters(org: &OrganizationId, session: &SessionId) -> [String; 2]
     ]
 }
 
+/// The (organization, workspace, session) tokens of an event subject, `_` where not scoped.
+pub fn scope_of(subject: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = subject.split('.');
+    let (_oc, _kind) = (parts.next()?, parts.next()?);
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
 /// The session a subject is about, if it is a session subject.
 pub fn session_of(subject: &str) -> Option<&str> {
     let mut parts = subject.split('.');
@@ -80,6 +87,10 @@ mod tests {
         let subject = domain_event(&o, Some(&w), Some(&s), "session.prompted");
         assert_eq!(subject, format!("oc.evt.{o}.{w}.{s}.session_prompted"));
         assert_eq!(session_of(&subject), Some(s.as_str()));
+        assert_eq!(
+            scope_of(&subject),
+            Some((o.as_str(), w.as_str(), s.as_str()))
+        );
         let org_subject = domain_event(&o, None, None, "organization.created");
         assert_eq!(session_of(&org_subject), None);
         assert_eq!(

@@ -1,0 +1,56 @@
+//! Settings of the LLM worker (`OC_*` environment variables).
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerConfig {
+    /// `OC_WORKER_ADDR`: where /healthz, /readyz and /metrics listen.
+    pub worker_addr: String,
+    /// `OC_PROVIDER_BASE_URL`: an OpenAI-compatible API base (…/v1).
+    pub provider_base_url: String,
+    /// `OC_PROVIDER_MODEL`: the model every prompt is answered with, for now.
+    pub provider_model: String,
+    /// `OC_PROVIDER_API_KEY`: sent as a bearer token; empty sends none. Never serialised.
+    #[serde(skip_serializing)]
+    pub provider_api_key: SecretString,
+    /// `OC_WORKER_CONCURRENCY`: replies generated at once by this instance.
+    pub worker_concurrency: usize,
+    /// `OC_PROVIDER_CONNECT_TIMEOUT_MS`: TCP/TLS connect to the provider.
+    pub provider_connect_timeout_ms: u64,
+    /// `OC_PROVIDER_FIRST_TOKEN_TIMEOUT_MS`: from request to the first streamed chunk.
+    pub provider_first_token_timeout_ms: u64,
+    /// `OC_PROVIDER_IDLE_TIMEOUT_MS`: longest silence between two chunks.
+    pub provider_idle_timeout_ms: u64,
+    /// `OC_DELTA_COALESCE_MS`: text arriving within this window after a published delta is sent
+    /// as one delta. The first delta of a reply is never held back.
+    pub delta_coalesce_ms: u64,
+    /// `OC_WORKER_MAX_DELIVER`: attempts at a prompt before it is given up as failed.
+    pub worker_max_deliver: i64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            worker_addr: "127.0.0.1:8084".into(),
+            provider_base_url: "http://127.0.0.1:8090/v1".into(),
+            provider_model: "fake-model".into(),
+            provider_api_key: SecretString::from(""),
+            worker_concurrency: 32,
+            provider_connect_timeout_ms: 5_000,
+            provider_first_token_timeout_ms: 60_000,
+            provider_idle_timeout_ms: 30_000,
+            delta_coalesce_ms: 5,
+            worker_max_deliver: 5,
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn coalesce(&self) -> Duration {
+        Duration::from_millis(self.delta_coalesce_ms)
+    }
+}

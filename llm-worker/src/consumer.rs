@@ -1,0 +1,72 @@
+//! The prompt consumer: a durable pull consumer shared by all worker instances. A message is
+//! fetched only when a generation slot is free, one at a time, so nothing waits in a local
+//! buffer while its ack deadline runs out (and gets generated twice).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use schemas::subjects;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::generation::Worker;
+
+pub const CONSUMER: &str = "llm-worker";
+/// How long JetStream waits for an ack or progress before redelivering to another worker.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn run(
+    worker: Worker,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let stream = worker.js.get_stream(subjects::STREAM).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                filter_subject: subjects::ALL_PROMPTS.into(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_deliver: worker.cfg.worker_max_deliver,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let slots = Arc::new(Semaphore::new(worker.cfg.worker_concurrency));
+    let result = loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            p = slots.clone().acquire_owned() => p?,
+        };
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            b = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => break Err(anyhow::anyhow!("fetch failed: {e}")),
+        };
+        match batch.next().await {
+            Some(Ok(msg)) => {
+                let (worker, stop) = (worker.clone(), shutdown.clone());
+                metrics::gauge!("worker_busy_slots").increment(1.0);
+                tokio::spawn(async move {
+                    worker.handle(msg, &stop).await;
+                    metrics::gauge!("worker_busy_slots").decrement(1.0);
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "fetch returned no message"),
+            None => {}
+        }
+    };
+    // Finish the replies in hand: wait until every slot is free again, up to the grace period.
+    let all = u32::try_from(worker.cfg.worker_concurrency).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace, slots.acquire_many(all)).await;
+    result
+}

@@ -1,0 +1,367 @@
+//! Answering one prompt: stream the reply from the provider, publish coalesced text deltas
+//! straight to JetStream, honour aborts, and report the final text, finish reason and usage to
+//! the command service. The prompt message is acked only after the report was recorded, so a
+//! worker that dies mid-reply leaves it to be redelivered: the next attempt announces itself
+//! with `message.started` (a new `attempt`), which tells clients to discard the partial text.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use schemas::api::{CommandReply, CompleteMessage};
+use schemas::envelope::{Envelope, aggregate};
+use schemas::events::{EventName, SessionEvent, UserMessage};
+use schemas::ids::{MessageId, OrganizationId, PartId, SessionId, WorkspaceId};
+use schemas::live::LiveEvent;
+use schemas::message::{FinishReason, MessageError, MessageErrorName, ModelRef, TokenUsage};
+use schemas::subjects;
+use tokio_util::sync::CancellationToken;
+
+use crate::aborts::Aborts;
+use crate::config::WorkerConfig;
+use crate::history;
+use crate::provider::{ChatMessage, Provider, ProviderError, ProviderEvent};
+
+/// How often a long generation tells JetStream it is still being worked on (< ack_wait).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Everything a worker needs to answer prompts.
+#[derive(Clone)]
+pub struct Worker {
+    pub js: jetstream::Context,
+    pub nats: async_nats::Client,
+    pub pool: deadpool_postgres::Pool,
+    pub provider: Provider,
+    pub aborts: Aborts,
+    pub cfg: WorkerConfig,
+}
+
+/// The prompt being answered, and where its events go.
+struct Job {
+    org: OrganizationId,
+    workspace: WorkspaceId,
+    session: SessionId,
+    message: UserMessage,
+    assistant: MessageId,
+    part: PartId,
+    attempt: u32,
+    sequence: u64,
+    prompt_event_id: String,
+    correlation_id: Option<String>,
+}
+
+/// How the reply ended.
+struct Reply {
+    text: String,
+    finish: FinishReason,
+    error: Option<MessageError>,
+    tokens: TokenUsage,
+}
+
+impl Worker {
+    /// Handle one prompt message from the durable consumer, acking it when done.
+    pub async fn handle(&self, msg: jetstream::Message, shutdown: &CancellationToken) {
+        let job = match self.job(&msg) {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                let _ = msg.ack().await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, subject = %msg.subject, "unreadable prompt event; terminating it");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let cancel = self.aborts.register(&job.assistant);
+        let reply = self.generate(&job, &msg, &cancel).await;
+        self.aborts.finish(&job.assistant);
+        metrics::counter!("generations_total", "finish" => format!("{:?}", reply.finish).to_lowercase()).increment(1);
+        match self.report(&job, reply, &msg, shutdown).await {
+            Ok(()) => {
+                if let Err(e) = msg.double_ack().await {
+                    tracing::warn!(error = %e, "ack of a reported prompt failed; a redelivery will find it done");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, message = %job.assistant, "could not report the reply; releasing the prompt");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+
+    fn job(&self, msg: &jetstream::Message) -> anyhow::Result<Option<Job>> {
+        let envelope: Envelope<SessionEvent> = serde_json::from_slice(&msg.payload)?;
+        let SessionEvent::Prompted {
+            session_id,
+            message,
+            assistant_message_id,
+        } = envelope.payload
+        else {
+            return Ok(None);
+        };
+        let (_, ws, _) =
+            subjects::scope_of(&msg.subject).ok_or_else(|| anyhow::anyhow!("bad subject"))?;
+        let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Some(Job {
+            org: envelope.organization_id,
+            workspace: ws.parse()?,
+            session: session_id,
+            message,
+            assistant: assistant_message_id,
+            part: PartId::new(),
+            attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            sequence: envelope.sequence.unwrap_or(0),
+            prompt_event_id: envelope.id,
+            correlation_id: envelope.correlation_id,
+        }))
+    }
+
+    async fn generate(
+        &self,
+        job: &Job,
+        msg: &jetstream::Message,
+        cancel: &CancellationToken,
+    ) -> Reply {
+        let mut reply = Reply {
+            text: String::new(),
+            finish: FinishReason::Stop,
+            error: None,
+            tokens: TokenUsage::default(),
+        };
+        let mut n = 0_u32;
+        let started = LiveEvent::MessageStarted {
+            session_id: job.session.clone(),
+            message_id: job.assistant.clone(),
+            part_id: job.part.clone(),
+            attempt: job.attempt,
+            time: schemas::now_ms(),
+        };
+        if let Err(e) = self.publish_live(job, &mut n, started).await {
+            return failed(
+                reply,
+                MessageErrorName::UnknownError,
+                format!("cannot publish: {e}"),
+            );
+        }
+        let mut messages =
+            match history::load(&self.pool, &job.session, job.sequence, &job.message.id).await {
+                Ok(h) => h,
+                Err(e) => {
+                    return failed(
+                        reply,
+                        MessageErrorName::UnknownError,
+                        format!("cannot read the conversation: {e}"),
+                    );
+                }
+            };
+        let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
+        messages.push(ChatMessage {
+            role: "user",
+            content: prompt.join("\n"),
+        });
+
+        let requested = Instant::now();
+        let mut stream = tokio::select! {
+            _ = cancel.cancelled() => return aborted(reply),
+            s = self.provider.stream(messages) => match s {
+                Ok(s) => s,
+                Err(e) => return provider_failed(reply, e),
+            },
+        };
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.tick().await;
+        // Text received but not yet published, and when it may be published.
+        let mut pending = String::new();
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut first_token = true;
+        loop {
+            let flush = async {
+                match flush_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    reply = aborted(reply);
+                    break;
+                }
+                _ = flush => {
+                    flush_at = None;
+                    if let Err(e) = self.publish_delta(job, &mut n, &mut pending).await {
+                        return failed(reply, MessageErrorName::UnknownError, format!("cannot publish: {e}"));
+                    }
+                }
+                _ = progress.tick() => {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+                event = stream.next() => match event {
+                    Some(Ok(ProviderEvent::Text(text))) => {
+                        metrics::counter!("tokens_streamed_total").increment(1);
+                        reply.text.push_str(&text);
+                        pending.push_str(&text);
+                        if first_token {
+                            first_token = false;
+                            metrics::histogram!("provider_first_token_seconds").record(requested.elapsed().as_secs_f64());
+                            // The first text goes out at once: time to first token is what users feel.
+                            if let Err(e) = self.publish_delta(job, &mut n, &mut pending).await {
+                                return failed(reply, MessageErrorName::UnknownError, format!("cannot publish: {e}"));
+                            }
+                        } else if flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + self.cfg.coalesce());
+                        }
+                    }
+                    Some(Ok(ProviderEvent::Finish(reason))) => {
+                        if reason == "length" {
+                            reply.finish = FinishReason::Length;
+                        }
+                    }
+                    Some(Ok(ProviderEvent::Usage(usage))) => reply.tokens = usage,
+                    Some(Err(e)) => {
+                        reply = provider_failed(reply, e);
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        if let Err(e) = self.publish_delta(job, &mut n, &mut pending).await {
+            tracing::warn!(error = %e, "last delta not published; the completed message carries the text");
+        }
+        reply
+    }
+
+    async fn publish_delta(
+        &self,
+        job: &Job,
+        n: &mut u32,
+        pending: &mut String,
+    ) -> anyhow::Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let delta = LiveEvent::PartDelta {
+            session_id: job.session.clone(),
+            message_id: job.assistant.clone(),
+            part_id: job.part.clone(),
+            field: "text".into(),
+            delta: std::mem::take(pending),
+            attempt: job.attempt,
+        };
+        self.publish_live(job, n, delta).await
+    }
+
+    /// Publish a live event and wait for JetStream to store it (keeps deltas in order).
+    async fn publish_live(&self, job: &Job, n: &mut u32, event: LiveEvent) -> anyhow::Result<()> {
+        *n += 1;
+        let event_type = event.event_type();
+        let envelope = Envelope {
+            id: format!("{}:{}:{}", job.assistant, job.attempt, n),
+            organization_id: job.org.clone(),
+            aggregate_type: aggregate::SESSION.into(),
+            aggregate_id: job.session.to_string(),
+            sequence: None,
+            event_type: event_type.into(),
+            event_version: event.event_version().into(),
+            time: schemas::now_ms(),
+            actor: Some("service:llm-worker".into()),
+            correlation_id: job.correlation_id.clone(),
+            causation_id: Some(job.prompt_event_id.clone()),
+            payload: event,
+        };
+        let subject = subjects::live_event(&job.org, &job.workspace, &job.session, event_type);
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(serde_json::to_vec(&envelope)?.into())
+            .message_id(&envelope.id);
+        self.js.send_publish(subject, publish).await?.await?;
+        Ok(())
+    }
+
+    /// Report the reply as a command, retrying while the command service is unreachable.
+    async fn report(
+        &self,
+        job: &Job,
+        reply: Reply,
+        msg: &jetstream::Message,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let command = CompleteMessage {
+            organization_id: job.org.clone(),
+            workspace_id: job.workspace.clone(),
+            session_id: job.session.clone(),
+            message_id: job.assistant.clone(),
+            part_id: job.part.clone(),
+            text: reply.text,
+            finish: reply.finish,
+            error: reply.error,
+            tokens: reply.tokens,
+            model: ModelRef {
+                provider_id: "openai-compatible".into(),
+                model_id: self.provider.model().into(),
+            },
+            attempt: job.attempt,
+            causation_id: job.prompt_event_id.clone(),
+        };
+        let body: bytes::Bytes = serde_json::to_vec(&command)?.into();
+        let mut delay = Duration::from_millis(50);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.nats
+                    .request(subjects::CMD_COMPLETE_MESSAGE, body.clone()),
+            )
+            .await;
+            let reason = match answer {
+                Ok(Ok(res)) => match serde_json::from_slice::<CommandReply>(&res.payload) {
+                    Ok(CommandReply::Done | CommandReply::AlreadyDone) => return Ok(()),
+                    Ok(CommandReply::Rejected { reason }) => {
+                        // Nothing a retry can change (say, the reply was already completed by
+                        // another attempt): drop ours.
+                        tracing::warn!(%reason, message = %job.assistant, "reply rejected");
+                        return Ok(());
+                    }
+                    Ok(CommandReply::Unavailable { reason }) => reason,
+                    Err(e) => format!("unreadable answer: {e}"),
+                },
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".into(),
+            };
+            if shutdown.is_cancelled() || Instant::now() > deadline {
+                anyhow::bail!("report failed: {reason}");
+            }
+            tracing::warn!(%reason, "report not accepted yet; retrying");
+            let _ = msg.ack_with(AckKind::Progress).await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+fn failed(mut reply: Reply, name: MessageErrorName, message: String) -> Reply {
+    reply.finish = FinishReason::Error;
+    reply.error = Some(MessageError { name, message });
+    reply
+}
+
+fn aborted(mut reply: Reply) -> Reply {
+    reply.finish = FinishReason::Aborted;
+    reply.error = Some(MessageError {
+        name: MessageErrorName::MessageAbortedError,
+        message: "aborted by the user".into(),
+    });
+    reply
+}
+
+fn provider_failed(reply: Reply, e: ProviderError) -> Reply {
+    let name = match e.status_code() {
+        Some(401 | 403) => MessageErrorName::ProviderAuthError,
+        _ => MessageErrorName::ApiError,
+    };
+    tracing::warn!(error = %e, "provider failed");
+    failed(reply, name, e.to_string())
+}

@@ -1,0 +1,67 @@
+//! The conversation so far, read from the read models. A prompt is only accepted once the
+//! previous reply completed, so waiting for the session's read model to reach the event just
+//! before the prompt guarantees the history is complete.
+
+use std::time::{Duration, Instant};
+
+use schemas::ids::{MessageId, SessionId};
+
+use crate::provider::ChatMessage;
+
+/// How long to wait for the projector to catch up before answering with what is there.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+pub async fn load(
+    pool: &deadpool_postgres::Pool,
+    session: &SessionId,
+    prompt_sequence: u64,
+    before: &MessageId,
+) -> anyhow::Result<Vec<ChatMessage>> {
+    let client = pool.get().await?;
+    let needed = i64::try_from(prompt_sequence)? - 1;
+    let deadline = Instant::now() + CATCH_UP;
+    let mut delay = Duration::from_millis(2);
+    loop {
+        let at: i64 = client
+            .query_opt(
+                "SELECT sequence FROM rm_positions WHERE aggregate_id = $1",
+                &[&session.as_str()],
+            )
+            .await?
+            .map_or(0, |r| r.get(0));
+        if at >= needed {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(%session, at, needed, "read model behind; answering with the history it has");
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+    let rows = client
+        .query(
+            "SELECT role, parts FROM rm_messages \
+             WHERE session_id = $1 AND message_id < $2 AND (role = 'user' OR info ? 'finish') \
+             ORDER BY message_id",
+            &[&session.as_str(), &before.as_str()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let role: String = row.get(0);
+            let parts: serde_json::Value = row.get(1);
+            let text: String = parts
+                .as_array()?
+                .iter()
+                .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            (!text.is_empty()).then(|| ChatMessage {
+                role: if role == "user" { "user" } else { "assistant" },
+                content: text,
+            })
+        })
+        .collect())
+}
