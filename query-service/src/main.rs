@@ -1,1 +1,19 @@
-fn main() {}
+//! `query-service`: serve reads and event streams until SIGTERM.
+
+use platform::config::{self, AuthConfig, CommonConfig};
+use query_service::config::QueryConfig;
+use query_service::startup::Application;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let common: CommonConfig = config::load()?;
+    platform::telemetry::init_tracing(&common.log_format);
+    let app = Application::build(
+        common,
+        config::load::<AuthConfig>()?,
+        config::load::<QueryConfig>()?,
+        platform::shutdown::on_signal(),
+    )
+    .await?;
+    app.run_until_stopped().await
+}

@@ -1,0 +1,169 @@
+//! The instance's one bus subscription, fanned out in process: an ordered JetStream consumer on
+//! the whole events stream, whose messages are handed to the SSE clients of the session they
+//! are about. Each frame carries its stream sequence, the SSE `id:` that makes streams resumable
+//! on any instance.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web_lab::sse;
+use async_nats::jetstream::{self, consumer};
+use bytestring::ByteString;
+use futures::StreamExt;
+use schemas::subjects;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// One event as SSE clients receive it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The JetStream stream sequence: the SSE `id:`.
+    pub seq: u64,
+    /// The event type: the SSE `event:`.
+    pub event: ByteString,
+    /// `{"type": …, "properties": …}`: the SSE `data:`, serialised once for every client.
+    pub data: ByteString,
+}
+
+impl Frame {
+    /// Decode a bus message into a frame (None for messages that are not events).
+    pub fn decode(seq: u64, payload: &[u8]) -> Option<Frame> {
+        #[derive(serde::Deserialize)]
+        struct Wire<'a> {
+            #[serde(rename = "eventType")]
+            event_type: &'a str,
+            #[serde(borrow)]
+            payload: &'a serde_json::value::RawValue,
+        }
+        let wire: Wire = serde_json::from_slice(payload).ok()?;
+        Some(Frame {
+            seq,
+            event: wire.event_type.into(),
+            data: wire.payload.get().into(),
+        })
+    }
+
+    pub fn to_sse(&self) -> sse::Event {
+        sse::Data::new(self.data.clone())
+            .event(self.event.clone())
+            .id(self.seq.to_string())
+            .into()
+    }
+}
+
+pub struct Hub {
+    sessions: Mutex<HashMap<String, broadcast::Sender<Arc<Frame>>>>,
+    /// The last stream sequence this instance has fanned out.
+    position: AtomicU64,
+    buffer: usize,
+}
+
+impl Hub {
+    pub fn new(buffer: usize) -> Arc<Self> {
+        Arc::new(Self {
+            sessions: Mutex::default(),
+            position: AtomicU64::new(0),
+            buffer,
+        })
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// Receive every frame about `session` published from now on.
+    pub fn subscribe(&self, session: &str) -> broadcast::Receiver<Arc<Frame>> {
+        let mut sessions = self.lock();
+        sessions
+            .entry(session.to_owned())
+            .or_insert_with(|| broadcast::channel(self.buffer).0)
+            .subscribe()
+    }
+
+    /// Forget sessions nobody listens to any more.
+    pub fn unsubscribe_idle(&self, session: &str) {
+        let mut sessions = self.lock();
+        if sessions
+            .get(session)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            sessions.remove(session);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<Frame>>>> {
+        // Nothing panics while holding the lock; recover from poisoning regardless.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, session: &str, frame: Frame) {
+        let seq = frame.seq;
+        if let Some(tx) = self.lock().get(session) {
+            let _ = tx.send(Arc::new(frame));
+        }
+        self.position.store(seq, Ordering::Release);
+    }
+
+    /// Follow the stream from its current end until shutdown, re-subscribing after failures.
+    pub async fn run(self: Arc<Self>, js: jetstream::Context, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.follow(&js, &shutdown).await {
+                tracing::warn!(error = %e, "event hub subscription failed; resubscribing");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+
+    async fn follow(
+        &self,
+        js: &jetstream::Context,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut stream = js.get_stream(subjects::STREAM).await?;
+        let last = stream.info().await?.state.last_sequence;
+        // Continue where we stopped; on first start, from the end of the stream.
+        let start = match self.position() {
+            0 => {
+                self.position.store(last, Ordering::Release);
+                last + 1
+            }
+            p => p + 1,
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                m = messages.next() => m,
+            };
+            let msg = match msg {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => anyhow::bail!(e),
+                None => anyhow::bail!("subscription ended"),
+            };
+            let seq = msg
+                .info()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .stream_sequence;
+            match (
+                subjects::session_of(&msg.subject),
+                Frame::decode(seq, &msg.payload),
+            ) {
+                (Some(session), Some(frame)) => self.publish(session, frame),
+                _ => self.position.store(seq, Ordering::Release),
+            }
+        }
+    }
+}

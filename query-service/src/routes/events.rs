@@ -1,0 +1,204 @@
+//! `GET /session/{id}/event`: the session's events as Server-Sent Events, live and resumable.
+//!
+//! - Every event has `id:` = its JetStream stream sequence, valid on every instance.
+//! - The first event, `server.connected`, carries the current position, so even a client that
+//!   saw nothing else can resume exactly.
+//! - `Last-Event-ID` (header, or `?lastEventID=` for clients that cannot set headers) resumes:
+//!   what was missed is replayed from JetStream, then the stream continues live, with no gap and
+//!   no duplicate (live frames already replayed are skipped by sequence).
+//! - If what was missed is no longer retained, `sync.reload` tells the client to reload the
+//!   session over REST before continuing live; it is never silently given a gap.
+//! - A client too slow for the per-session buffer gets `server.lagged` and is disconnected; it
+//!   resumes with its last id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, web};
+use actix_web_lab::sse;
+use async_nats::jetstream::consumer;
+use futures::StreamExt;
+use platform::auth::AuthUser;
+use platform::problem::Problem;
+use schemas::ids::{OrganizationId, SessionId};
+use schemas::subjects;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::access;
+use crate::hub::Frame;
+use crate::startup::AppState;
+
+/// Frames queued for one client's socket. Small: the per-session broadcast buffer is the slack.
+const CLIENT_QUEUE: usize = 32;
+/// Longest a replay may go without a message before it is taken as finished.
+const REPLAY_IDLE: Duration = Duration::from_secs(2);
+
+pub async fn stream(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<SessionId>,
+) -> Result<impl actix_web::Responder, Problem> {
+    let last_event_id = last_event_id(&req)?;
+    let org = {
+        let db = state.db.get().await?;
+        access::session(&db, &id, &user.user_id)
+            .await?
+            .organization_id
+    };
+    // Subscribe before reading the position: nothing published after it can be missed.
+    let live = state.hub.subscribe(id.as_str());
+    let position = state.hub.position();
+    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    let keep_alive = Duration::from_secs(state.cfg.sse_keep_alive_secs);
+    let state = state.into_inner();
+    let session = id.into_inner();
+    tokio::spawn(async move {
+        metrics::gauge!("sse_clients").increment(1.0);
+        let outcome = serve(&state, &org, &session, last_event_id, position, live, &tx).await;
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, %session, "sse stream ended");
+        }
+        metrics::gauge!("sse_clients").decrement(1.0);
+        state.hub.unsubscribe_idle(session.as_str());
+    });
+    Ok(sse::Sse::from_infallible_receiver(rx)
+        .with_keep_alive(keep_alive)
+        .with_retry_duration(Duration::from_secs(2)))
+}
+
+fn last_event_id(req: &HttpRequest) -> Result<Option<u64>, Problem> {
+    let raw = req
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            req.query_string()
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("lastEventID=").map(str::to_owned))
+        });
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            Problem::bad_request("Last-Event-ID must be an event id from this stream")
+        }),
+    }
+}
+
+fn control(event: &str, id: u64, data: serde_json::Value) -> sse::Event {
+    sse::Data::new(data.to_string())
+        .event(event.to_owned())
+        .id(id.to_string())
+        .into()
+}
+
+/// Feed one client until it goes away, lags, or the service shuts down.
+async fn serve(
+    state: &AppState,
+    org: &OrganizationId,
+    session: &SessionId,
+    resume_after: Option<u64>,
+    position: u64,
+    mut live: broadcast::Receiver<Arc<Frame>>,
+    tx: &mpsc::Sender<sse::Event>,
+) -> anyhow::Result<()> {
+    let mut sent = position;
+    if let Some(after) = resume_after {
+        sent = replay(state, org, session, after, position, tx).await?;
+    } else {
+        let hello = serde_json::json!({ "type": "server.connected", "properties": { "sessionID": session } });
+        tx.send(control("server.connected", position, hello))
+            .await?;
+    }
+    loop {
+        let frame = tokio::select! {
+            _ = state.shutdown.cancelled() => return Ok(()),
+            _ = tx.closed() => return Ok(()),
+            f = live.recv() => f,
+        };
+        match frame {
+            Ok(frame) if frame.seq <= sent => {} // already replayed
+            Ok(frame) => {
+                tx.send(frame.to_sse()).await?;
+                metrics::counter!("sse_events_sent_total").increment(1);
+                sent = frame.seq;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let body = serde_json::json!({ "type": "server.lagged", "properties": { "lastEventID": sent } });
+                let _ = tx.send(control("server.lagged", sent, body)).await;
+                metrics::counter!("sse_lagged_total").increment(1);
+                return Ok(());
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// Send what the client missed after `after`, up to at least `until`. Returns the last id sent.
+async fn replay(
+    state: &AppState,
+    org: &OrganizationId,
+    session: &SessionId,
+    after: u64,
+    until: u64,
+    tx: &mpsc::Sender<sse::Event>,
+) -> anyhow::Result<u64> {
+    let mut stream = state.js.get_stream(subjects::STREAM).await?;
+    let info = stream.info().await?.state.clone();
+    if after > info.last_sequence.max(until) {
+        // An id from the future (another deployment, or made up): start over.
+        return reload(session, until, tx).await;
+    }
+    if after + 1 < info.first_sequence {
+        return reload(session, until, tx).await;
+    }
+    if after >= until {
+        return Ok(after);
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subjects: subjects::session_filters(org, session).to_vec(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut sent = after;
+    loop {
+        let next = tokio::time::timeout(REPLAY_IDLE, messages.next()).await;
+        let msg = match next {
+            Err(_) | Ok(None) => break,
+            Ok(Some(m)) => m?,
+        };
+        let meta = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (seq, pending) = (meta.stream_sequence, meta.pending);
+        if let Some(frame) = Frame::decode(seq, &msg.payload) {
+            tx.send(frame.to_sse()).await?;
+            metrics::counter!("sse_events_replayed_total").increment(1);
+        }
+        sent = seq;
+        if pending == 0 || seq >= until {
+            break;
+        }
+    }
+    // Nothing of this session between the last replayed event and `until`: the client is
+    // caught up to `until` whatever it was sent.
+    Ok(sent.max(until))
+}
+
+async fn reload(
+    session: &SessionId,
+    position: u64,
+    tx: &mpsc::Sender<sse::Event>,
+) -> anyhow::Result<u64> {
+    let body = serde_json::json!({
+        "type": "sync.reload",
+        "properties": { "sessionID": session, "reason": "the events after your last id are no longer retained; reload the session" },
+    });
+    tx.send(control("sync.reload", position, body)).await?;
+    metrics::counter!("sse_reloads_total").increment(1);
+    Ok(position)
+}

@@ -1,0 +1,20 @@
+//! The REST read API and the session event stream.
+
+mod events;
+mod organizations;
+mod sessions;
+
+use actix_web::web;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/me", web::get().to(organizations::me))
+        .route("/org", web::get().to(organizations::list))
+        .route(
+            "/org/{org}/workspace",
+            web::get().to(organizations::workspaces),
+        )
+        .route("/workspace/{ws}/session", web::get().to(sessions::list))
+        .route("/session/{id}", web::get().to(sessions::get))
+        .route("/session/{id}/message", web::get().to(sessions::messages))
+        .route("/session/{id}/event", web::get().to(events::stream));
+}

@@ -1,0 +1,91 @@
+//! `GET /me`, `GET /org`, `GET /org/{org}/workspace`.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use platform::auth::AuthUser;
+use platform::problem::Problem;
+use schemas::ids::OrganizationId;
+use serde_json::json;
+
+use crate::page::{Page, PageQuery};
+use crate::startup::AppState;
+use crate::{access, consistency};
+
+pub async fn me(user: AuthUser) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "userID": user.user_id }))
+}
+
+/// The organizations the caller belongs to, with their role.
+pub async fn list(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Problem> {
+    consistency::wait_for(
+        &state.db,
+        consistency::token(&req)?,
+        state.cfg.consistency_wait(),
+    )
+    .await?;
+    let (limit, after) = (query.limit()?, query.after()?);
+    let db = state.db.get().await?;
+    let rows = db
+        .query(
+            "SELECT o.organization_id, o.name, o.owner_id, o.created_at, m.role \
+             FROM rm_members m JOIN rm_organizations o USING (organization_id) \
+             WHERE m.user_id = $1 AND o.organization_id > $2 \
+             ORDER BY o.organization_id LIMIT $3",
+            &[&user.user_id.as_str(), &after, &(limit + 1)],
+        )
+        .await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, String>(0), "name": r.get::<_, String>(1),
+                "ownerID": r.get::<_, String>(2), "time": { "created": r.get::<_, i64>(3) },
+                "role": r.get::<_, String>(4),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(Page::from_rows(items, limit, |i| {
+        i["id"].as_str().unwrap_or_default().to_owned()
+    })))
+}
+
+pub async fn workspaces(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    org: web::Path<OrganizationId>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Problem> {
+    consistency::wait_for(
+        &state.db,
+        consistency::token(&req)?,
+        state.cfg.consistency_wait(),
+    )
+    .await?;
+    let (limit, after) = (query.limit()?, query.after()?);
+    let db = state.db.get().await?;
+    access::organization(&db, &org, &user.user_id).await?;
+    let rows = db
+        .query(
+            "SELECT workspace_id, name, created_by, created_at FROM rm_workspaces \
+             WHERE organization_id = $1 AND workspace_id > $2 ORDER BY workspace_id LIMIT $3",
+            &[&org.as_str(), &after, &(limit + 1)],
+        )
+        .await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, String>(0), "organizationID": org.as_str(), "name": r.get::<_, String>(1),
+                "createdBy": r.get::<_, String>(2), "time": { "created": r.get::<_, i64>(3) },
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(Page::from_rows(items, limit, |i| {
+        i["id"].as_str().unwrap_or_default().to_owned()
+    })))
+}

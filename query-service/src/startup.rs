@@ -1,0 +1,111 @@
+//! Wiring: builds the query service from configuration and runs it until shutdown.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use async_nats::jetstream;
+use platform::auth::Authenticator;
+use platform::config::{AuthConfig, CommonConfig};
+use platform::{bus, db, http};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::QueryConfig;
+use crate::hub::Hub;
+use crate::routes;
+
+/// What request handlers share.
+pub struct AppState {
+    pub db: deadpool_postgres::Pool,
+    pub js: jetstream::Context,
+    pub hub: Arc<Hub>,
+    pub cfg: QueryConfig,
+    /// Fired at shutdown; open SSE streams end on it.
+    pub shutdown: CancellationToken,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    hub: JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(
+        common: CommonConfig,
+        auth: AuthConfig,
+        cfg: QueryConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        if common.run_migrations {
+            db::migrate_with_retry(&common.database_url, 30).await?;
+        }
+        let metrics = platform::telemetry::init_metrics("query-service")?;
+        let pool = db::pool(&common)?;
+        let nats = bus::connect(&common, "query-service").await?;
+        let js = bus::jetstream(nats.clone());
+        let hub = Hub::new(cfg.sse_session_buffer);
+        let hub_task = {
+            let (hub, js, stop, common) =
+                (hub.clone(), js.clone(), shutdown.clone(), common.clone());
+            tokio::spawn(async move {
+                if let Err(e) = bus::ensure_stream(&js, &common).await {
+                    tracing::warn!(error = %e, "cannot ensure the event stream; the hub will retry");
+                }
+                hub.run(js, stop).await;
+            })
+        };
+        let authenticator = web::Data::new(Authenticator::new(auth, pool.clone())?);
+        let ready = http::readiness(pool.clone(), nats);
+        let listener = TcpListener::bind(&cfg.query_addr)?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            db: pool,
+            js,
+            hub,
+            cfg,
+            shutdown: shutdown.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap_fn(http::record_request)
+                .app_data(state.clone())
+                .app_data(authenticator.clone())
+                .configure(http::extractor_config)
+                .configure(|c| http::ops_routes(c, metrics.clone(), ready.clone()))
+                .configure(routes::configure)
+                .default_service(web::to(http::not_found))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(common.shutdown_grace_secs)
+        .run();
+        tracing::info!(port, "query-service listening");
+        Ok(Self {
+            port,
+            server,
+            hub: hub_task,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        self.shutdown.cancel();
+        let _ = self.hub.await;
+        Ok(())
+    }
+}
