@@ -1,1 +1,166 @@
-fn main() {}
+//! A fake LLM provider for tests and demos: speaks the OpenAI chat-completions streaming format
+//! (`POST /v1/chat/completions`, `stream: true`, SSE `data:` chunks, `[DONE]`).
+//!
+//! Behaviour is controlled per request by a directive anywhere in the last user message, e.g.
+//! `[[fake tokens=50 ttft_ms=200 delay_ms=10 fault=cut:5]]`:
+//! - `tokens=N`: how many tokens to stream (default `FAKE_TOKENS`, else 20); token i is `"t{i} "`;
+//! - `text=word`: stream `word` N times instead;
+//! - `ttft_ms=N`: wait before the first token; `delay_ms=N`: wait between tokens;
+//! - `fault=http500|http401|http429`: answer with that HTTP error;
+//!   `fault=cut:N`: break the connection after N tokens (no `[DONE]`);
+//!   `fault=hang`: send headers, then nothing.
+//!
+//! `FAKE_ADDR` (default 127.0.0.1:8090) sets where it listens; it prints `listening on <addr>`.
+//! `GET /stats` counts the completions requested, so tests can see regenerations.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use serde::Deserialize;
+use serde_json::json;
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<Message>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    content: String,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Directive {
+    tokens: usize,
+    text: Option<String>,
+    ttft_ms: u64,
+    delay_ms: u64,
+    fault: Option<String>,
+}
+
+fn directive(prompt: &str) -> Directive {
+    let mut d = Directive {
+        tokens: std::env::var("FAKE_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(20),
+        ..Directive::default()
+    };
+    let Some(start) = prompt.find("[[fake") else { return d };
+    let body = &prompt[start + 6..];
+    let body = &body[..body.find("]]").unwrap_or(body.len())];
+    for kv in body.split_whitespace() {
+        let Some((k, v)) = kv.split_once('=') else { continue };
+        match k {
+            "tokens" => d.tokens = v.parse().unwrap_or(d.tokens),
+            "text" => d.text = Some(v.to_owned()),
+            "ttft_ms" => d.ttft_ms = v.parse().unwrap_or(0),
+            "delay_ms" => d.delay_ms = v.parse().unwrap_or(0),
+            "fault" => d.fault = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    d
+}
+
+fn chunk(model: &str, content: Option<&str>, finish: Option<&str>) -> Bytes {
+    let delta = content.map_or(json!({}), |c| json!({ "content": c }));
+    let body = json!({
+        "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+async fn completions(req: web::Json<ChatRequest>) -> HttpResponse {
+    REQUESTS.fetch_add(1, Ordering::Relaxed);
+    let prompt = req.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+    let d = directive(prompt);
+    match d.fault.as_deref() {
+        Some("http500") => return HttpResponse::InternalServerError().json(json!({"error": {"message": "fake failure"}})),
+        Some("http401") => return HttpResponse::Unauthorized().json(json!({"error": {"message": "bad key"}})),
+        Some("http429") => return HttpResponse::TooManyRequests().json(json!({"error": {"message": "slow down"}})),
+        _ => {}
+    }
+    if !req.stream {
+        return HttpResponse::BadRequest().json(json!({"error": {"message": "only streaming is faked"}}));
+    }
+    let cut_after = d.fault.as_deref().and_then(|f| f.strip_prefix("cut:")).and_then(|n| n.parse::<usize>().ok());
+    let hang = d.fault.as_deref() == Some("hang");
+    let prompt_tokens = req.messages.iter().map(|m| m.content.split_whitespace().count()).sum::<usize>();
+    let model = req.model.clone();
+    let tokens = d.tokens;
+    let body = stream::unfold(0_usize, move |i| {
+        let (d, model) = (d.clone(), model.clone());
+        async move {
+            if hang {
+                futures::future::pending::<()>().await;
+            }
+            let wait = if i == 0 { d.ttft_ms } else { d.delay_ms };
+            if wait > 0 && i <= tokens {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            if cut_after == Some(i) {
+                return Some((Err(std::io::Error::other("fake cut")), i + 1));
+            }
+            let bytes = if i < tokens {
+                let text = d.text.clone().unwrap_or_else(|| format!("t{i} "));
+                chunk(&model, Some(&text), None)
+            } else if i == tokens {
+                let mut b = chunk(&model, None, Some("stop")).to_vec();
+                let usage = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model, "choices": [],
+                    "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens } });
+                b.extend_from_slice(format!("data: {usage}\n\ndata: [DONE]\n\n").as_bytes());
+                Bytes::from(b)
+            } else {
+                return None;
+            };
+            Some((Ok(bytes), i + 1))
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body.boxed_local())
+}
+
+async fn stats() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "requests": REQUESTS.load(Ordering::Relaxed) }))
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::var("FAKE_ADDR").unwrap_or_else(|_| "127.0.0.1:8090".into());
+    let listener = std::net::TcpListener::bind(&addr)?;
+    println!("listening on {}", listener.local_addr()?);
+    HttpServer::new(|| {
+        App::new()
+            .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
+            .route("/v1/chat/completions", web::post().to(completions))
+            .route("/stats", web::get().to(stats))
+            .route("/healthz", web::get().to(|| async { "ok" }))
+    })
+    .listen(listener)?
+    .workers(2)
+    .run()
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives_are_parsed() {
+        let d = directive("hello [[fake tokens=3 ttft_ms=5 fault=cut:2]] bye");
+        assert_eq!((d.tokens, d.ttft_ms, d.fault.as_deref()), (3, 5, Some("cut:2")));
+        assert_eq!(directive("plain").fault, None);
+    }
+}

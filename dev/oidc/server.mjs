@@ -1,0 +1,69 @@
+// Development OpenID provider (npm oidc-provider) for `make up` and the tests.
+//
+// Issuer http://127.0.0.1:$OIDC_PORT (default 3000). Any login name is an account (alice, bob,
+// carol are the demo users); its subject is the name. Access tokens for the API resource
+// (urn:opencode:api) are RS256 JWTs with that audience. Keys and storage are ephemeral: each start
+// signs with a new key, so a restart invalidates issued tokens as a key rotation would. Never use this configuration in production.
+import crypto from 'node:crypto';
+import { Provider } from 'oidc-provider';
+
+const port = Number(process.env.OIDC_PORT || 3000);
+const issuer = process.env.OIDC_ISSUER || `http://127.0.0.1:${port}`;
+const audience = process.env.OIDC_AUDIENCE || 'urn:opencode:api';
+const ttl = Number(process.env.OIDC_ACCESS_TOKEN_TTL || 3600);
+
+// A fresh signing key per start (with a fresh kid), so a restart behaves like a key rotation.
+const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), use: 'sig', alg: 'RS256' };
+
+const provider = new Provider(issuer, {
+  jwks: { keys: [signingKey] },
+  clients: [
+    {
+      // Public client for scripts and the CLI (authorization code + PKCE, no secret).
+      client_id: 'oc-cli',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/callback'],
+    },
+    {
+      // Confidential client for the browser sign-in (issue #3).
+      client_id: 'oc-web',
+      client_secret: process.env.OIDC_WEB_SECRET || 'oc-web-secret',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1:8082/auth/callback'],
+    },
+  ],
+  scopes: ['openid', 'offline_access', 'email', 'profile'],
+  claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
+  features: {
+    devInteractions: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => audience,
+      useGrantedResource: () => true,
+      getResourceServerInfo: () => ({
+        scope: 'openid',
+        audience,
+        accessTokenFormat: 'jwt',
+        accessTokenTTL: ttl,
+        jwt: { sign: { alg: 'RS256' } },
+      }),
+    },
+  },
+  pkce: { required: () => true },
+  async findAccount(ctx, sub) {
+    return {
+      accountId: sub,
+      async claims() {
+        return { sub, email: `${sub}@example.test`, name: sub[0].toUpperCase() + sub.slice(1) };
+      },
+    };
+  },
+});
+
+provider.listen(port, '127.0.0.1', () => {
+  console.log(`oidc-provider listening on ${issuer}`);
+});
