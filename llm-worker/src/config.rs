@@ -30,6 +30,9 @@ pub struct WorkerConfig {
     pub delta_coalesce_ms: u64,
     /// `OC_WORKER_MAX_DELIVER`: attempts at a prompt before it is given up as failed.
     pub worker_max_deliver: i64,
+    /// `OC_WORKER_ACK_WAIT_SECS`: how long a silent worker keeps a prompt before JetStream hands
+    /// it to another worker (a live worker sends progress well within it).
+    pub worker_ack_wait_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -45,6 +48,7 @@ impl Default for WorkerConfig {
             provider_idle_timeout_ms: 30_000,
             delta_coalesce_ms: 5,
             worker_max_deliver: 5,
+            worker_ack_wait_secs: 30,
         }
     }
 }

@@ -14,8 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crate::generation::Worker;
 
 pub const CONSUMER: &str = "llm-worker";
-/// How long JetStream waits for an ack or progress before redelivering to another worker.
-const ACK_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(
     worker: Worker,
@@ -30,7 +28,7 @@ pub async fn run(
                 durable_name: Some(CONSUMER.into()),
                 filter_subject: subjects::ALL_PROMPTS.into(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
+                ack_wait: Duration::from_secs(worker.cfg.worker_ack_wait_secs),
                 max_deliver: worker.cfg.worker_max_deliver,
                 max_ack_pending: 10_000,
                 ..Default::default()

@@ -22,9 +22,6 @@ use crate::config::WorkerConfig;
 use crate::history;
 use crate::provider::{ChatMessage, Provider, ProviderError, ProviderEvent};
 
-/// How often a long generation tells JetStream it is still being worked on (< ack_wait).
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
 /// Everything a worker needs to answer prompts.
 #[derive(Clone)]
 pub struct Worker {
@@ -171,7 +168,9 @@ impl Worker {
                 Err(e) => return provider_failed(reply, e),
             },
         };
-        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        // Tell JetStream we are alive well within its ack deadline.
+        let every = Duration::from_secs(self.cfg.worker_ack_wait_secs.max(3) / 3);
+        let mut progress = tokio::time::interval(every);
         progress.tick().await;
         // Text received but not yet published, and when it may be published.
         let mut pending = String::new();

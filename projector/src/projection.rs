@@ -31,7 +31,7 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
         .await?
     } else {
         tx.execute(
-            "UPDATE rm_positions SET sequence = $2 WHERE aggregate_id = $1 AND sequence = $2 - 1",
+            "UPDATE rm_positions SET sequence = $2::bigint WHERE aggregate_id = $1 AND sequence = $2::bigint - 1",
             &[&env.aggregate_id, &seq],
         )
         .await?

@@ -1,0 +1,165 @@
+//! Typed calls to the REST API, as a client makes them.
+
+use serde_json::{Value, json};
+
+use crate::System;
+
+/// An HTTP answer: status, content type and JSON body (Null if none).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn is_problem(&self, status: u16) -> bool {
+        self.status == status && self.content_type.starts_with("application/problem+json")
+    }
+}
+
+async fn answer(res: reqwest::Response) -> Answer {
+    let status = res.status().as_u16();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let bytes = res.bytes().await.unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// A created resource's id and consistency token.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub id: String,
+    pub token: String,
+}
+
+impl System {
+    pub async fn post(&self, bearer: &str, path: &str, body: Value) -> Answer {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.command_url()))
+            .bearer_auth(bearer)
+            .json(&body)
+            .send()
+            .await
+            .expect("command service reachable");
+        answer(res).await
+    }
+
+    /// POST a raw body with a content type (for malformed input).
+    pub async fn post_raw(
+        &self,
+        bearer: &str,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Answer {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.command_url()))
+            .bearer_auth(bearer)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("command service reachable");
+        answer(res).await
+    }
+
+    /// GET from query-service instance `instance`, optionally with a consistency token.
+    pub async fn get_on(
+        &self,
+        instance: usize,
+        bearer: &str,
+        path: &str,
+        consistency: Option<&str>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.query[instance].url))
+            .bearer_auth(bearer);
+        if let Some(t) = consistency {
+            req = req.header("X-Consistency-Token", t);
+        }
+        answer(req.send().await.expect("query service reachable")).await
+    }
+
+    pub async fn get(&self, bearer: &str, path: &str, consistency: Option<&str>) -> Answer {
+        self.get_on(0, bearer, path, consistency).await
+    }
+
+    fn created(a: Answer, what: &str) -> Created {
+        assert_eq!(a.status, 201, "creating {what}: {a:?}");
+        Created {
+            id: a.body["id"].as_str().unwrap().to_owned(),
+            token: a.body["consistencyToken"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn create_org(&self, bearer: &str, name: &str) -> Created {
+        Self::created(
+            self.post(bearer, "/org", json!({ "name": name })).await,
+            "an organization",
+        )
+    }
+
+    pub async fn create_workspace(&self, bearer: &str, org: &str, name: &str) -> Created {
+        let a = self
+            .post(
+                bearer,
+                &format!("/org/{org}/workspace"),
+                json!({ "name": name }),
+            )
+            .await;
+        Self::created(a, "a workspace")
+    }
+
+    pub async fn create_session(&self, bearer: &str, workspace: &str) -> Created {
+        let a = self
+            .post(
+                bearer,
+                &format!("/workspace/{workspace}/session"),
+                json!({}),
+            )
+            .await;
+        Self::created(a, "a session")
+    }
+
+    /// An organization, workspace and session owned by `user`; returns (org, workspace, session).
+    pub async fn session_for(&self, user: &str) -> (Created, Created, Created) {
+        let token = self.token(user).await;
+        let org = self.create_org(&token, &format!("{user}'s org")).await;
+        let ws = self.create_workspace(&token, &org.id, "main").await;
+        let session = self.create_session(&token, &ws.id).await;
+        (org, ws, session)
+    }
+
+    /// Prompt; expects 202 and returns the body (`userMessageID`, `assistantMessageID`, …).
+    pub async fn prompt(&self, bearer: &str, session: &str, text: &str) -> Value {
+        let body = json!({ "parts": [{ "type": "text", "text": text }] });
+        let a = self
+            .post(bearer, &format!("/session/{session}/prompt_async"), body)
+            .await;
+        assert_eq!(a.status, 202, "prompt: {a:?}");
+        a.body
+    }
+
+    /// How many events the event store holds.
+    pub async fn event_count(&self) -> i64 {
+        self.db()
+            .await
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}

@@ -1,0 +1,133 @@
+//! An SSE client for the session event stream.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+
+/// One received event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+}
+
+impl Event {
+    pub fn seq(&self) -> u64 {
+        self.id.parse().expect("numeric event id")
+    }
+}
+
+type Inner = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
+
+pub struct SseClient {
+    inner: Inner,
+    pub retry: Option<Duration>,
+}
+
+impl SseClient {
+    /// Open `url` (a full stream URL), optionally resuming after `last_event_id`.
+    pub async fn connect(
+        url: &str,
+        bearer: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<SseClient, (u16, Value)> {
+        let http = reqwest::Client::new();
+        let mut req = http
+            .get(url)
+            .bearer_auth(bearer)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = req.send().await.expect("query service reachable");
+        if !res.status().is_success() {
+            let status = res.status().as_u16();
+            return Err((status, res.json().await.unwrap_or(Value::Null)));
+        }
+        let ct = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(ct.starts_with("text/event-stream"), "content type {ct}");
+        let inner = res
+            .bytes_stream()
+            .eventsource()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .boxed();
+        Ok(SseClient { inner, retry: None })
+    }
+
+    /// The next event, or panic after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Event {
+        loop {
+            let item = tokio::time::timeout(timeout, self.inner.next())
+                .await
+                .expect("an SSE event in time")
+                .expect("stream still open")
+                .expect("well-formed SSE");
+            if let Some(r) = item.retry {
+                self.retry = Some(r);
+            }
+            if item.event.is_empty() && item.data.is_empty() {
+                continue;
+            }
+            return Event {
+                id: item.id,
+                event: item.event,
+                data: serde_json::from_str(&item.data).unwrap_or(Value::String(item.data)),
+            };
+        }
+    }
+
+    /// Events up to and including the first one matching `done`.
+    pub async fn until(&mut self, timeout: Duration, done: impl Fn(&Event) -> bool) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            let e = self.next(timeout).await;
+            let stop = done(&e);
+            events.push(e);
+            if stop {
+                return events;
+            }
+        }
+    }
+
+    /// Whether the server ended the stream within `timeout`.
+    pub async fn ends_within(&mut self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.inner.next()).await,
+            Ok(None) | Ok(Some(Err(_)))
+        )
+    }
+}
+
+/// The concatenated text of the deltas of `message` in `events`, as a client would build it:
+/// a `message.started` with a new attempt discards what was built so far.
+pub fn reply_text(events: &[Event], message: &str) -> String {
+    let mut text = String::new();
+    let mut attempt = 0;
+    for e in events {
+        let p = &e.data["properties"];
+        if p["messageID"] != message {
+            continue;
+        }
+        match e.event.as_str() {
+            "message.started" => {
+                let a = p["attempt"].as_u64().unwrap_or(0);
+                if a != attempt {
+                    attempt = a;
+                    text.clear();
+                }
+            }
+            "message.part.delta" => text.push_str(p["delta"].as_str().unwrap_or_default()),
+            _ => {}
+        }
+    }
+    text
+}

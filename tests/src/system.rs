@@ -1,0 +1,325 @@
+//! The whole system for one test: dependencies and service processes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::process::{Proc, bin, free_port, repo_root};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SystemOptions {
+    /// Query-service instances (SSE resume across instances needs two).
+    pub query_instances: usize,
+    /// Whether the first command-service runs the outbox relay.
+    pub relay: bool,
+    /// Whether to start an LLM worker.
+    pub worker: bool,
+    /// The worker's ack wait: how soon a dead worker's prompt goes to another.
+    pub worker_ack_wait_secs: u64,
+}
+
+impl Default for SystemOptions {
+    fn default() -> Self {
+        Self {
+            query_instances: 1,
+            relay: true,
+            worker: true,
+            worker_ack_wait_secs: 30,
+        }
+    }
+}
+
+/// A service process and its base URL.
+pub struct Service {
+    pub proc: Proc,
+    pub url: String,
+}
+
+pub struct System {
+    // Field order is drop order: services stop before their dependencies.
+    pub command: Vec<Service>,
+    pub query: Vec<Service>,
+    pub projector: Option<Service>,
+    pub workers: Vec<Service>,
+    pub fake_provider: Proc,
+    pub provider_url: String,
+    pub oidc: Proc,
+    pub issuer: String,
+    pub nats: Proc,
+    pub nats_url: String,
+    nats_dir: PathBuf,
+    pub db_url: String,
+    db_name: String,
+    admin_url: String,
+    pub opts: SystemOptions,
+    pub http: reqwest::Client,
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+fn nats_server() -> String {
+    std::env::var("OC_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+impl System {
+    pub async fn start() -> System {
+        Self::start_with(SystemOptions::default()).await
+    }
+
+    pub async fn start_with(opts: SystemOptions) -> System {
+        let admin_url = std::env::var("OC_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let db_name = format!(
+            "oc_e2e_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+                % 1_000_000_000
+        );
+        admin(&admin_url, &format!("CREATE DATABASE {db_name}")).await;
+        let db_url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db_name}"),
+            None => panic!("OC_TEST_POSTGRES_URL must end with a database name"),
+        };
+
+        let nats_port = free_port();
+        let nats_dir = std::env::temp_dir().join(format!("oc-e2e-nats-{db_name}"));
+        let mut cmd = Command::new(nats_server());
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &nats_port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(&nats_dir);
+        let nats = Proc::spawn("nats-server", cmd);
+        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+
+        let oidc_port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(repo_root().join("dev/oidc/server.mjs"))
+            .env("OIDC_PORT", oidc_port.to_string());
+        let oidc = Proc::spawn("oidc-provider", cmd);
+        let issuer = format!("http://127.0.0.1:{oidc_port}");
+
+        let fake_port = free_port();
+        let mut cmd = Command::new(bin("fake-provider"));
+        cmd.env("FAKE_ADDR", format!("127.0.0.1:{fake_port}"));
+        let fake_provider = Proc::spawn("fake-provider", cmd);
+        let provider_url = format!("http://127.0.0.1:{fake_port}");
+
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut system = System {
+            command: Vec::new(),
+            query: Vec::new(),
+            projector: None,
+            workers: Vec::new(),
+            fake_provider,
+            provider_url,
+            oidc,
+            issuer,
+            nats,
+            nats_url,
+            nats_dir,
+            db_url,
+            db_name,
+            admin_url,
+            opts: opts.clone(),
+            http,
+            tokens: Mutex::default(),
+        };
+        system
+            .wait_http(&format!("{}/healthz", system.provider_url))
+            .await;
+        system
+            .wait_http(&format!(
+                "{}/.well-known/openid-configuration",
+                system.issuer
+            ))
+            .await;
+        let command = system.start_command(opts.relay).await;
+        system.command.push(command);
+        system.projector = Some(
+            system
+                .start_service("projector", "OC_PROJECTOR_ADDR", &[])
+                .await,
+        );
+        for _ in 0..opts.query_instances {
+            let q = system
+                .start_service("query-service", "OC_QUERY_ADDR", &[])
+                .await;
+            system.query.push(q);
+        }
+        if opts.worker {
+            let w = system.start_worker().await;
+            system.workers.push(w);
+        }
+        system
+    }
+
+    /// Environment every service process gets.
+    fn env(&self, cmd: &mut Command) {
+        let log = if std::env::var_os("OC_TEST_LOGS").is_some() {
+            "info"
+        } else {
+            "warn"
+        };
+        cmd.env("OC_DATABASE_URL", &self.db_url)
+            .env("OC_DATABASE_POOL_SIZE", "4")
+            .env("OC_NATS_URL", &self.nats_url)
+            .env("OC_OIDC_ISSUER", &self.issuer)
+            .env("OC_PROVIDER_BASE_URL", format!("{}/v1", self.provider_url))
+            .env(
+                "OC_WORKER_ACK_WAIT_SECS",
+                self.opts.worker_ack_wait_secs.to_string(),
+            )
+            .env("OC_SHUTDOWN_GRACE_SECS", "5")
+            .env("RUST_LOG", log);
+    }
+
+    /// Start a service binary listening on a fresh port, and wait until it is ready.
+    pub async fn start_service(
+        &self,
+        name: &str,
+        addr_var: &str,
+        extra: &[(&str, &str)],
+    ) -> Service {
+        let port = free_port();
+        let mut cmd = Command::new(bin(name));
+        self.env(&mut cmd);
+        cmd.env(addr_var, format!("127.0.0.1:{port}"));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let proc = Proc::spawn(name, cmd);
+        let url = format!("http://127.0.0.1:{port}");
+        self.wait_http(&format!("{url}/readyz")).await;
+        Service { proc, url }
+    }
+
+    pub async fn start_command(&self, relay: bool) -> Service {
+        let relay = if relay { "true" } else { "false" };
+        self.start_service(
+            "command-service",
+            "OC_COMMAND_ADDR",
+            &[("OC_RELAY_ENABLED", relay)],
+        )
+        .await
+    }
+
+    pub async fn start_worker(&self) -> Service {
+        self.start_service("llm-worker", "OC_WORKER_ADDR", &[])
+            .await
+    }
+
+    /// Wait until `url` answers 200.
+    pub async fn wait_http(&self, url: &str) {
+        let http = self.http.clone();
+        crate::eventually(
+            &format!("{url} to answer 200"),
+            Duration::from_secs(60),
+            || {
+                let (http, url) = (http.clone(), url.to_owned());
+                async move {
+                    let res = http
+                        .get(&url)
+                        .timeout(Duration::from_secs(2))
+                        .send()
+                        .await
+                        .ok()?;
+                    res.status().is_success().then_some(())
+                }
+            },
+        )
+        .await
+    }
+
+    /// A bearer token for a demo user, from the OpenID provider's real authorization-code flow.
+    pub async fn token(&self, user: &str) -> String {
+        let mut tokens = self.tokens.lock().await;
+        if let Some(t) = tokens.get(user) {
+            return t.clone();
+        }
+        let out = tokio::process::Command::new("node")
+            .arg(repo_root().join("dev/oidc/token.mjs"))
+            .arg(user)
+            .arg(&self.issuer)
+            .output()
+            .await
+            .expect("node runs");
+        assert!(
+            out.status.success(),
+            "token.mjs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        tokens.insert(user.to_owned(), token.clone());
+        token
+    }
+
+    /// A connection to this test's database.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .expect("db");
+        tokio::spawn(conn);
+        client
+    }
+
+    pub async fn nats(&self) -> async_nats::Client {
+        async_nats::connect(&self.nats_url).await.expect("nats")
+    }
+
+    pub fn command_url(&self) -> &str {
+        &self.command.last().expect("a command service").url
+    }
+
+    pub fn query_url(&self) -> &str {
+        &self.query[0].url
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.command.clear();
+        self.query.clear();
+        self.projector = None;
+        self.workers.clear();
+        self.nats.kill();
+        let _ = std::fs::remove_dir_all(&self.nats_dir);
+        let (url, name) = (self.admin_url.clone(), self.db_name.clone());
+        // Drop runs outside any runtime we may block; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(admin(
+                &url,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            ));
+        })
+        .join();
+    }
+}
+
+async fn admin(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
+    tokio::spawn(conn);
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}

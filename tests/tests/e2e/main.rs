@@ -1,0 +1,13 @@
+//! End-to-end tests of the whole system: real services as processes, real PostgreSQL, NATS
+//! JetStream, OpenID provider, and a fake LLM provider speaking the OpenAI streaming format.
+
+mod bad_input;
+mod durability;
+mod isolation;
+mod pipeline;
+mod resume;
+
+use std::time::Duration;
+
+/// Generous bound for anything that normally takes milliseconds (CI machines are slow).
+pub const WAIT: Duration = Duration::from_secs(30);

@@ -1,0 +1,194 @@
+//! A signed-in user prompts and watches the reply stream; reads reflect it.
+
+use e2e_tests::sse::{SseClient, reply_text};
+use e2e_tests::{System, eventually, fake_text};
+use serde_json::json;
+
+use crate::WAIT;
+
+#[tokio::test]
+async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
+    // Arrange
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (org, ws, session) = system.session_for("alice").await;
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
+    let mut stream = SseClient::connect(&url, &alice, None)
+        .await
+        .expect("stream opens");
+    let hello = stream.next(WAIT).await;
+    assert_eq!(hello.event, "server.connected");
+
+    // Act
+    let accepted = system
+        .prompt(&alice, &session.id, "hello [[fake tokens=12]]")
+        .await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap();
+    let events = stream
+        .until(WAIT, |e| {
+            e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
+        })
+        .await;
+
+    // Assert: the order a client relies on, ids strictly increasing.
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e.event.as_str())
+        .filter(|k| *k != "message.part.delta")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session.prompted",
+            "session.status",
+            "message.started",
+            "message.completed",
+            "session.status"
+        ]
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].seq() < w[1].seq()),
+        "ids increase"
+    );
+    assert!(events.iter().any(|e| e.event == "message.part.delta"));
+    let streamed = reply_text(&events, assistant);
+    assert_eq!(streamed, fake_text(12));
+    let completed = events
+        .iter()
+        .find(|e| e.event == "message.completed")
+        .unwrap();
+    let message = &completed.data["properties"]["message"];
+    assert_eq!(message["parts"][0]["text"], fake_text(12));
+    assert_eq!(message["finish"], "stop");
+    assert_eq!(message["tokens"]["output"], 12);
+    assert!(message["tokens"]["input"].as_u64().unwrap() > 0);
+
+    // The read models, with read-your-writes from the prompt's token.
+    let token = accepted["consistencyToken"].as_str().unwrap();
+    let sessions = system
+        .get(
+            &alice,
+            &format!("/workspace/{}/session", ws.id),
+            Some(&session.token),
+        )
+        .await;
+    assert_eq!(sessions.status, 200);
+    assert_eq!(sessions.body["items"][0]["id"], session.id);
+    let messages = system
+        .get(
+            &alice,
+            &format!("/session/{}/message", session.id),
+            Some(token),
+        )
+        .await;
+    assert_eq!(messages.body["items"][0]["info"]["role"], "user");
+    assert_eq!(
+        messages.body["items"][0]["parts"][0]["text"],
+        "hello [[fake tokens=12]]"
+    );
+    let path = format!("/session/{}/message", session.id);
+    let reply = eventually("the reply in the read model", WAIT, || async {
+        let a = system.get(&alice, &path, None).await;
+        let info = &a.body["items"][1]["info"];
+        (info["finish"] == "stop").then(|| a.body["items"][1].clone())
+    })
+    .await;
+    assert_eq!(reply["info"]["id"], assistant);
+    assert_eq!(reply["parts"][0]["text"], fake_text(12));
+    assert_eq!(reply["info"]["tokens"]["output"], 12);
+    let s = system
+        .get(&alice, &format!("/session/{}", session.id), None)
+        .await;
+    assert_eq!(s.body["status"]["type"], "idle");
+    let orgs = system.get(&alice, "/org", Some(&org.token)).await;
+    assert_eq!(orgs.body["items"][0]["role"], "owner");
+}
+
+#[tokio::test]
+async fn a_follow_up_prompt_sends_the_conversation_so_far() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
+    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    for prompt in ["first [[fake tokens=3]]", "second [[fake tokens=4]]"] {
+        system.prompt(&alice, &session.id, prompt).await;
+        let events = stream.until(WAIT, |e| e.event == "message.completed").await;
+        let done = events.last().unwrap();
+        assert_eq!(done.data["properties"]["message"]["finish"], "stop");
+    }
+    let path = format!("/session/{}/message", session.id);
+    let all = eventually("four messages", WAIT, || async {
+        let a = system.get(&alice, &path, None).await;
+        let items = a.body["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 4 && items[3]["info"]["finish"] == "stop").then_some(items)
+    })
+    .await;
+    // The second reply's input counted the whole history (user, assistant, user).
+    let first_input = all[1]["info"]["tokens"]["input"].as_u64().unwrap();
+    let second_input = all[3]["info"]["tokens"]["input"].as_u64().unwrap();
+    assert!(
+        second_input > first_input,
+        "history was sent: {first_input} then {second_input}"
+    );
+}
+
+#[tokio::test]
+async fn aborting_stops_the_reply_promptly_and_ends_it_as_aborted() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
+    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let accepted = system
+        .prompt(
+            &alice,
+            &session.id,
+            "long [[fake tokens=100000 delay_ms=20]]",
+        )
+        .await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap().to_owned();
+    let mut events = stream
+        .until(WAIT, |e| e.event == "message.part.delta")
+        .await;
+
+    let a = system
+        .post(&alice, &format!("/session/{}/abort", session.id), json!({}))
+        .await;
+    assert_eq!(a.status, 202, "{a:?}");
+    events.extend(stream.until(WAIT, |e| e.event == "message.completed").await);
+
+    let message = &events.last().unwrap().data["properties"]["message"];
+    assert_eq!(message["finish"], "aborted");
+    assert_eq!(message["error"]["name"], "MessageAbortedError");
+    let text = message["parts"][0]["text"].as_str().unwrap();
+    assert!(
+        !text.is_empty() && fake_text(100000).starts_with(text),
+        "partial text kept"
+    );
+    assert_eq!(
+        reply_text(&events, &assistant),
+        text,
+        "streamed text matches the final text"
+    );
+    // The session accepts a new prompt afterwards.
+    stream.until(WAIT, |e| e.event == "session.status").await;
+    system
+        .prompt(&alice, &session.id, "again [[fake tokens=2]]")
+        .await;
+}
