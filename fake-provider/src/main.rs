@@ -103,7 +103,8 @@ async fn completions(req: web::Json<ChatRequest>) -> HttpResponse {
             return HttpResponse::Unauthorized().json(json!({"error": {"message": "bad key"}}));
         }
         Some("http429") => {
-            return HttpResponse::TooManyRequests().json(json!({"error": {"message": "slow down"}}));
+            return HttpResponse::TooManyRequests()
+                .json(json!({"error": {"message": "slow down"}}));
         }
         _ => {}
     }

@@ -25,7 +25,6 @@ type Inner = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>
 
 pub struct SseClient {
     inner: Inner,
-    pub retry: Option<Duration>,
 }
 
 impl SseClient {
@@ -60,7 +59,7 @@ impl SseClient {
             .eventsource()
             .map(|r| r.map_err(|e| e.to_string()))
             .boxed();
-        Ok(SseClient { inner, retry: None })
+        Ok(SseClient { inner })
     }
 
     /// The next event, or panic after `timeout`.
@@ -71,9 +70,6 @@ impl SseClient {
                 .expect("an SSE event in time")
                 .expect("stream still open")
                 .expect("well-formed SSE");
-            if let Some(r) = item.retry {
-                self.retry = Some(r);
-            }
             if item.event.is_empty() && item.data.is_empty() {
                 continue;
             }
