@@ -12,19 +12,93 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
     let prompt = format!("/session/{}/prompt_async", session.id);
 
     let cases: Vec<(&str, String, &str, Vec<u8>, u16)> = vec![
-        ("malformed JSON", "/org".into(), "application/json", b"{\"name\": ".to_vec(), 400),
-        ("unknown field", "/org".into(), "application/json", br#"{"name":"a","nmae":"b"}"#.to_vec(), 400),
-        ("wrong type", "/org".into(), "application/json", br#"{"name":5}"#.to_vec(), 400),
-        ("empty name", "/org".into(), "application/json", br#"{"name":"  "}"#.to_vec(), 400),
-        ("not JSON", "/org".into(), "text/plain", b"name=a".to_vec(), 415),
-        ("oversize body", prompt.clone(), "application/json",
-            serde_json::to_vec(&json!({ "parts": [{ "type": "text", "text": "x".repeat(300 * 1024) }] })).unwrap(), 413),
-        ("empty prompt", prompt.clone(), "application/json", br#"{"parts":[]}"#.to_vec(), 400),
-        ("unknown part type", prompt.clone(), "application/json", br#"{"parts":[{"type":"tool","text":"x"}]}"#.to_vec(), 400),
-        ("bad session id", "/session/ses_nope/prompt_async".into(), "application/json", br#"{"parts":[{"type":"text","text":"x"}]}"#.to_vec(), 400),
-        ("wrong id kind", format!("/session/{}/prompt_async", ws.id), "application/json", br#"{"parts":[{"type":"text","text":"x"}]}"#.to_vec(), 400),
-        ("bad workspace id", "/workspace/wrk_!!/session".into(), "application/json", b"{}".to_vec(), 400),
-        ("abort with nothing running", format!("/session/{}/abort", session.id), "application/json", b"{}".to_vec(), 409),
+        (
+            "malformed JSON",
+            "/org".into(),
+            "application/json",
+            b"{\"name\": ".to_vec(),
+            400,
+        ),
+        (
+            "unknown field",
+            "/org".into(),
+            "application/json",
+            br#"{"name":"a","nmae":"b"}"#.to_vec(),
+            400,
+        ),
+        (
+            "wrong type",
+            "/org".into(),
+            "application/json",
+            br#"{"name":5}"#.to_vec(),
+            400,
+        ),
+        (
+            "empty name",
+            "/org".into(),
+            "application/json",
+            br#"{"name":"  "}"#.to_vec(),
+            400,
+        ),
+        (
+            "not JSON",
+            "/org".into(),
+            "text/plain",
+            b"name=a".to_vec(),
+            415,
+        ),
+        (
+            "oversize body",
+            prompt.clone(),
+            "application/json",
+            serde_json::to_vec(
+                &json!({ "parts": [{ "type": "text", "text": "x".repeat(300 * 1024) }] }),
+            )
+            .unwrap(),
+            413,
+        ),
+        (
+            "empty prompt",
+            prompt.clone(),
+            "application/json",
+            br#"{"parts":[]}"#.to_vec(),
+            400,
+        ),
+        (
+            "unknown part type",
+            prompt.clone(),
+            "application/json",
+            br#"{"parts":[{"type":"tool","text":"x"}]}"#.to_vec(),
+            400,
+        ),
+        (
+            "bad session id",
+            "/session/ses_nope/prompt_async".into(),
+            "application/json",
+            br#"{"parts":[{"type":"text","text":"x"}]}"#.to_vec(),
+            400,
+        ),
+        (
+            "wrong id kind",
+            format!("/session/{}/prompt_async", ws.id),
+            "application/json",
+            br#"{"parts":[{"type":"text","text":"x"}]}"#.to_vec(),
+            400,
+        ),
+        (
+            "bad workspace id",
+            "/workspace/wrk_!!/session".into(),
+            "application/json",
+            b"{}".to_vec(),
+            400,
+        ),
+        (
+            "abort with nothing running",
+            format!("/session/{}/abort", session.id),
+            "application/json",
+            b"{}".to_vec(),
+            409,
+        ),
     ];
     for (what, path, content_type, body, status) in cases {
         let a = system.post_raw(&alice, &path, content_type, body).await;
@@ -35,8 +109,16 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
     assert_eq!(system.event_count().await, before, "nothing was written");
 
     // Wrong state: a second prompt while the first reply runs.
-    system.prompt(&alice, &session.id, "[[fake tokens=1000 delay_ms=20]]").await;
-    let busy = system.post(&alice, &prompt, json!({ "parts": [{ "type": "text", "text": "x" }] })).await;
+    system
+        .prompt(&alice, &session.id, "[[fake tokens=1000 delay_ms=20]]")
+        .await;
+    let busy = system
+        .post(
+            &alice,
+            &prompt,
+            json!({ "parts": [{ "type": "text", "text": "x" }] }),
+        )
+        .await;
     assert!(busy.is_problem(409), "{busy:?}");
 
     // Reads: bad ids, bad cursors and limits, bad consistency tokens.
@@ -45,7 +127,10 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
         (format!("/session/{}/message?limit=0", session.id), 400),
         (format!("/session/{}/message?cursor=%%%", session.id), 400),
         (format!("/session/{}/message?bogus=1", session.id), 400),
-        (format!("/workspace/{}/session?consistency=garbage", ws.id), 400),
+        (
+            format!("/workspace/{}/session?consistency=garbage", ws.id),
+            400,
+        ),
         ("/no/such/route".to_string(), 404),
     ] {
         let a = system.get(&alice, &path, None).await;

@@ -1,1 +1,324 @@
-//! TODO
+//! Nothing is lost or doubled when processes die: outbox, projection and generation.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use e2e_tests::process::bin;
+use e2e_tests::sse::{SseClient, reply_text};
+use e2e_tests::{System, SystemOptions, eventually, fake_text};
+use futures::StreamExt;
+
+use crate::WAIT;
+
+/// Every domain event id on the bus, in stream order.
+async fn bus_event_ids(system: &System) -> Vec<String> {
+    let js = async_nats::jetstream::new(system.nats().await);
+    let stream = js.get_stream(schemas::subjects::STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: schemas::subjects::ALL_DOMAIN_EVENTS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut ids = Vec::new();
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_secs(1), messages.next()).await
+    {
+        let envelope: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        ids.push(envelope["id"].as_str().unwrap().to_owned());
+        if msg.info().unwrap().pending == 0 {
+            break;
+        }
+    }
+    ids
+}
+
+/// Every stored event id, as `<aggregateID>:<sequence>`.
+async fn stored_event_ids(system: &System) -> HashSet<String> {
+    let rows = system
+        .db()
+        .await
+        .query("SELECT aggregate_id, sequence FROM events", &[])
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| format!("{}:{}", r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .collect()
+}
+
+/// The bus holds each stored event exactly once, each aggregate's in sequence order.
+async fn assert_bus_matches_store(system: &System) {
+    let stored = stored_event_ids(system).await;
+    let on_bus = eventually("every stored event on the bus", WAIT, || async {
+        let ids = bus_event_ids(system).await;
+        (ids.len() >= stored.len()).then_some(ids)
+    })
+    .await;
+    assert_eq!(on_bus.len(), stored.len(), "no duplicates on the bus");
+    assert_eq!(on_bus.iter().cloned().collect::<HashSet<_>>(), stored);
+    let mut last: std::collections::HashMap<&str, u64> = Default::default();
+    for id in &on_bus {
+        let (aggregate, seq) = id.rsplit_once(':').unwrap();
+        let seq: u64 = seq.parse().unwrap();
+        let prev = last.insert(aggregate, seq).unwrap_or(0);
+        assert_eq!(seq, prev + 1, "{aggregate} in order");
+    }
+}
+
+#[tokio::test]
+async fn events_committed_by_a_killed_command_service_are_published_by_the_next_one() {
+    // The first command service commits but never publishes (its relay is off), then dies.
+    let mut system = System::start_with(SystemOptions {
+        relay: false,
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let accepted = system
+        .prompt(&alice, &session.id, "[[fake tokens=5]]")
+        .await;
+    system.command[0].proc.kill();
+    system.command.clear();
+
+    let replacement = system.start_command(true).await;
+    system.command.push(replacement);
+
+    let path = format!("/session/{}/message", session.id);
+    let token = accepted["consistencyToken"].as_str().unwrap();
+    assert_eq!(system.get(&alice, &path, Some(token)).await.status, 200);
+    let reply = eventually("the reply to the stranded prompt", WAIT, || async {
+        let a = system.get(&alice, &path, None).await;
+        (a.body["items"][1]["info"]["finish"] == "stop").then(|| a.body["items"][1].clone())
+    })
+    .await;
+    assert_eq!(reply["parts"][0]["text"], fake_text(5));
+    assert_bus_matches_store(&system).await;
+}
+
+#[tokio::test]
+async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let accepted = system
+        .prompt(&alice, &session.id, "[[fake tokens=3]]")
+        .await;
+    let path = format!("/session/{}/message", session.id);
+    eventually("the reply", WAIT, || async {
+        let a = system
+            .get(
+                &alice,
+                &path,
+                Some(accepted["consistencyToken"].as_str().unwrap()),
+            )
+            .await;
+        (a.body["items"][1]["info"]["finish"] == "stop").then_some(())
+    })
+    .await;
+    // As if the relay died after publishing but before deleting its outbox rows.
+    let db = system.db().await;
+    db.execute(
+        "INSERT INTO outbox (position, aggregate_type, aggregate_id, sequence) \
+         SELECT position, aggregate_type, aggregate_id, sequence FROM events",
+        &[],
+    )
+    .await
+    .unwrap();
+    eventually("the outbox drained again", WAIT, || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    assert_bus_matches_store(&system).await;
+}
+
+/// The read models as one comparable value.
+async fn read_models(system: &System) -> serde_json::Value {
+    let db = system.db().await;
+    let mut all = serde_json::Map::new();
+    for table in [
+        "rm_positions",
+        "rm_organizations",
+        "rm_members",
+        "rm_workspaces",
+        "rm_sessions",
+        "rm_messages",
+    ] {
+        let sql =
+            format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM {table} t");
+        let text: String = db.query_one(&sql, &[]).await.unwrap().get(0);
+        all.insert(table.into(), serde_json::from_str(&text).unwrap());
+    }
+    all.into()
+}
+
+#[tokio::test]
+async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same_read_models() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
+    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    for text in ["one [[fake tokens=3]]", "two [[fake tokens=4]]"] {
+        system.prompt(&alice, &session.id, text).await;
+        stream
+            .until(WAIT, |e| {
+                e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
+            })
+            .await;
+    }
+    let path = format!("/session/{}", session.id);
+    let settled = || async {
+        let a = system.get(&alice, &path, None).await;
+        let n: i64 = system
+            .db()
+            .await
+            .query_one(
+                "SELECT count(*) FROM rm_messages WHERE info ? 'finish'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (a.body["status"]["type"] == "idle" && n == 2).then_some(())
+    };
+    eventually("both replies projected", WAIT, settled).await;
+    let live = read_models(&system).await;
+
+    // Redeliver every domain event (new message ids, so JetStream stores them again).
+    let js = async_nats::jetstream::new(system.nats().await);
+    let rows = system
+        .db()
+        .await
+        .query(
+            "SELECT aggregate_id, sequence FROM events ORDER BY position",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    let stream_info = js.get_stream(schemas::subjects::STREAM).await.unwrap();
+    let mut replayed = 0;
+    for seq in 1..=stream_info.cached_info().state.last_sequence {
+        let Ok(raw) = stream_info.get_raw_message(seq).await else {
+            continue;
+        };
+        if raw.subject.starts_with("oc.evt.") {
+            js.publish(raw.subject.to_string(), raw.payload.clone())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            replayed += 1;
+        }
+    }
+    assert_eq!(replayed, rows.len());
+    // The projector has consumed them all when its consumer has nothing pending.
+    let consumer_name = "projector";
+    eventually("the redeliveries consumed", WAIT, || async {
+        let mut c: async_nats::jetstream::consumer::PullConsumer = js
+            .get_consumer_from_stream(consumer_name, schemas::subjects::STREAM)
+            .await
+            .ok()?;
+        let info = c.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        read_models(&system).await,
+        live,
+        "redelivery changed nothing"
+    );
+
+    let out = tokio::process::Command::new(bin("projector"))
+        .arg("rebuild")
+        .env("OC_DATABASE_URL", &system.db_url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rebuild failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read_models(&system).await,
+        live,
+        "rebuild gives the live read models"
+    );
+}
+
+#[tokio::test]
+async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
+    let mut system = System::start_with(SystemOptions {
+        worker_ack_wait_secs: 2,
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
+    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let accepted = system
+        .prompt(&alice, &session.id, "[[fake tokens=30 delay_ms=30]]")
+        .await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap();
+    let mut events = Vec::new();
+    while events
+        .iter()
+        .filter(|e: &&e2e_tests::sse::Event| e.event == "message.part.delta")
+        .count()
+        < 3
+    {
+        events.push(stream.next(WAIT).await);
+    }
+    system.workers[0].proc.kill();
+    let replacement = system.start_worker().await;
+    system.workers.push(replacement);
+
+    events.extend(stream.until(WAIT, |e| e.event == "message.completed").await);
+    let attempts: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event == "message.started")
+        .map(|e| e.data["properties"]["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 2],
+        "the second attempt tells clients to discard the first"
+    );
+    assert_eq!(reply_text(&events, assistant), fake_text(30));
+    let message = &events.last().unwrap().data["properties"]["message"];
+    assert_eq!(message["attempt"], 2);
+    assert_eq!(message["parts"][0]["text"], fake_text(30));
+    // Exactly one completion is stored.
+    let n: i64 = system
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_type = 'message.completed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}

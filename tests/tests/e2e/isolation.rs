@@ -15,31 +15,68 @@ async fn a_user_of_another_organization_gets_404_for_everything_and_changes_noth
     let before = system.event_count().await;
     // Wait until alice's resources are visible to alice, so a 404 for bob is not just lag.
     let alice = system.token("alice").await;
-    assert_eq!(system.get(&alice, &format!("/session/{}", alice_session.id), Some(&alice_session.token)).await.status, 200);
+    assert_eq!(
+        system
+            .get(
+                &alice,
+                &format!("/session/{}", alice_session.id),
+                Some(&alice_session.token)
+            )
+            .await
+            .status,
+        200
+    );
 
     let missing_ws = WorkspaceId::new();
     let missing_session = SessionId::new();
     let reads = [
-        (format!("/org/{}/workspace", alice_org.id), format!("/org/{}/workspace", "org_01JZZZZZZZZZZZZZZZZZZZZZZZ")),
-        (format!("/workspace/{}/session", alice_ws.id), format!("/workspace/{missing_ws}/session")),
-        (format!("/session/{}", alice_session.id), format!("/session/{missing_session}")),
-        (format!("/session/{}/message", alice_session.id), format!("/session/{missing_session}/message")),
+        (
+            format!("/org/{}/workspace", alice_org.id),
+            format!("/org/{}/workspace", "org_01JZZZZZZZZZZZZZZZZZZZZZZZ"),
+        ),
+        (
+            format!("/workspace/{}/session", alice_ws.id),
+            format!("/workspace/{missing_ws}/session"),
+        ),
+        (
+            format!("/session/{}", alice_session.id),
+            format!("/session/{missing_session}"),
+        ),
+        (
+            format!("/session/{}/message", alice_session.id),
+            format!("/session/{missing_session}/message"),
+        ),
     ];
     for (theirs, missing) in &reads {
         let a = system.get(&bob, theirs, None).await;
         let b = system.get(&bob, missing, None).await;
         assert!(a.is_problem(404), "{theirs}: {a:?}");
-        assert_eq!((a.status, &a.body), (b.status, &b.body), "another tenant's {theirs} looks missing");
+        assert_eq!(
+            (a.status, &a.body),
+            (b.status, &b.body),
+            "another tenant's {theirs} looks missing"
+        );
     }
     let stream = format!("{}/session/{}/event", system.query_url(), alice_session.id);
-    let Err((status, _)) = SseClient::connect(&stream, &bob, None).await else { panic!("bob streamed alice's session") };
+    let Err((status, _)) = SseClient::connect(&stream, &bob, None).await else {
+        panic!("bob streamed alice's session")
+    };
     assert_eq!(status, 404);
 
     let writes = [
-        (format!("/org/{}/workspace", alice_org.id), json!({ "name": "intruder" })),
-        (format!("/org/{}/member", alice_org.id), json!({ "userID": "usr_01JZZZZZZZZZZZZZZZZZZZZZZZ", "role": "owner" })),
+        (
+            format!("/org/{}/workspace", alice_org.id),
+            json!({ "name": "intruder" }),
+        ),
+        (
+            format!("/org/{}/member", alice_org.id),
+            json!({ "userID": "usr_01JZZZZZZZZZZZZZZZZZZZZZZZ", "role": "owner" }),
+        ),
         (format!("/workspace/{}/session", alice_ws.id), json!({})),
-        (format!("/session/{}/prompt_async", alice_session.id), json!({ "parts": [{ "type": "text", "text": "hi" }] })),
+        (
+            format!("/session/{}/prompt_async", alice_session.id),
+            json!({ "parts": [{ "type": "text", "text": "hi" }] }),
+        ),
         (format!("/session/{}/abort", alice_session.id), json!({})),
     ];
     for (path, body) in writes {
@@ -50,7 +87,12 @@ async fn a_user_of_another_organization_gets_404_for_everything_and_changes_noth
 
     // Bob's listing shows only his own organization.
     let orgs = system.get(&bob, "/org", Some(&bob_org.token)).await;
-    let ids: Vec<&str> = orgs.body["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = orgs.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [bob_org.id.as_str()]);
 }
 
@@ -62,10 +104,18 @@ async fn a_member_added_by_the_owner_can_work_in_the_organization() {
     let bob = system.token("bob").await;
     let me = system.get(&bob, "/me", None).await;
     let bob_id = me.body["userID"].as_str().unwrap();
-    let added = system.post(&alice, &format!("/org/{}/member", org.id), json!({ "userID": bob_id, "role": "member" })).await;
+    let added = system
+        .post(
+            &alice,
+            &format!("/org/{}/member", org.id),
+            json!({ "userID": bob_id, "role": "member" }),
+        )
+        .await;
     assert_eq!(added.status, 201, "{added:?}");
     let token = added.body["consistencyToken"].as_str().unwrap();
-    let list = system.get(&bob, &format!("/org/{}/workspace", org.id), Some(token)).await;
+    let list = system
+        .get(&bob, &format!("/org/{}/workspace", org.id), Some(token))
+        .await;
     assert_eq!(list.body["items"][0]["id"], ws.id);
     system.create_session(&bob, &ws.id).await;
 }
@@ -79,14 +129,30 @@ async fn requests_without_a_valid_token_are_401() {
     forged.pop();
     forged.push(if alice.ends_with('A') { 'B' } else { 'A' });
     for bad in ["", "not-a-jwt", forged.as_str()] {
-        let r = system.http.get(format!("{}/session/{}", system.query_url(), session.id)).bearer_auth(bad).send().await.unwrap();
+        let r = system
+            .http
+            .get(format!("{}/session/{}", system.query_url(), session.id))
+            .bearer_auth(bad)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "token {bad:?}");
         let w = system.post(bad, "/org", json!({ "name": "x" })).await;
         assert!(w.is_problem(401), "{w:?}");
     }
-    let r = system.http.get(format!("{}/org", system.query_url())).send().await.unwrap();
+    let r = system
+        .http
+        .get(format!("{}/org", system.query_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     // Operational endpoints stay open for probes.
-    let r = system.http.get(format!("{}/healthz", system.query_url())).send().await.unwrap();
+    let r = system
+        .http
+        .get(format!("{}/healthz", system.query_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
