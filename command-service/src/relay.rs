@@ -19,7 +19,7 @@ use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 /// Arbitrary but fixed: the advisory lock key that elects the active relay.
-const RELAY_LOCK_KEY: i64 = 0x6f63_7265_6c61_79; // "ocrelay"
+const RELAY_LOCK_KEY: i64 = 0x006f_6372_656c_6179; // "ocrelay" in ASCII
 const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_millis(500);
 
