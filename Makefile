@@ -1,0 +1,31 @@
+# The two commands of the README: `make up` (the whole system) and `make test` (every test).
+.PHONY: up down token test lint schemas
+
+up:
+	@dev/up.sh
+
+down:
+	@dev/down.sh
+
+# A bearer token for a demo user (alice, bob, carol, or any name): make token USER=alice
+token:
+	@node dev/oidc/token.mjs $(USER) $${OC_OIDC_ISSUER:-http://127.0.0.1:3000}
+
+# Installs/starts PostgreSQL, NATS 2.10+ and the OpenID provider's package if missing, builds the
+# service binaries the end-to-end tests start, and runs every test.
+test:
+	@eval "$$(dev/deps.sh)" && \
+	cargo build --workspace --bins && \
+	if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		cargo test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+
+# Regenerate the checked-in JSON Schemas after changing bus types.
+schemas:
+	UPDATE_SCHEMAS=1 cargo test -p schemas json_schema
