@@ -41,16 +41,12 @@ pub async fn run(
             _ = shutdown.cancelled() => break Ok(()),
             p = slots.clone().acquire_owned() => p?,
         };
-        let batch = tokio::select! {
+        let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            b = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
+            n = next_message(&consumer) => n,
         };
-        let mut batch = match batch {
-            Ok(b) => b,
-            Err(e) => break Err(anyhow::anyhow!("fetch failed: {e}")),
-        };
-        match batch.next().await {
-            Some(Ok(msg)) => {
+        match next {
+            Ok(Some(msg)) => {
                 let (worker, stop) = (worker.clone(), shutdown.clone());
                 metrics::gauge!("worker_busy_slots").increment(1.0);
                 tokio::spawn(async move {
@@ -59,12 +55,33 @@ pub async fn run(
                     drop(permit);
                 });
             }
-            Some(Err(e)) => tracing::debug!(error = %e, "fetch returned no message"),
-            None => {}
+            Ok(None) => {}
+            Err(e) => break Err(e),
         }
     };
     // Finish the replies in hand: wait until every slot is free again, up to the grace period.
     let all = u32::try_from(worker.cfg.worker_concurrency).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(grace, slots.acquire_many(all)).await;
     result
+}
+
+/// One prompt, or None if none arrived within the pull's expiry.
+async fn next_message(
+    consumer: &jetstream::consumer::PullConsumer,
+) -> anyhow::Result<Option<jetstream::Message>> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("fetch failed: {e}"))?;
+    match batch.next().await {
+        Some(Ok(msg)) => Ok(Some(msg)),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "fetch returned no message");
+            Ok(None)
+        }
+        None => Ok(None),
+    }
 }

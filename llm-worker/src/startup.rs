@@ -36,6 +36,7 @@ pub async fn run(
     .listen(listener)?
     .workers(1)
     .disable_signals()
+    .shutdown_timeout(common.shutdown_grace_secs)
     .run();
     let handle = server.handle();
     let server = tokio::spawn(server);

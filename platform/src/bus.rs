@@ -14,6 +14,11 @@ pub async fn connect(cfg: &CommonConfig, name: &str) -> anyhow::Result<async_nat
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
+        // Retry soon after an outage ends: at most one second between attempts (the default
+        // backs off to several seconds, which is how long recovery would then lag).
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(1000))
+        })
         .connection_timeout(Duration::from_secs(2))
         .event_callback(|event| async move {
             tracing::info!(%event, "nats connection event");

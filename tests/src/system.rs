@@ -51,6 +51,7 @@ pub struct System {
     pub issuer: String,
     pub nats: Proc,
     pub nats_url: String,
+    nats_port: u16,
     nats_dir: PathBuf,
     pub db_url: String,
     db_name: String,
@@ -130,6 +131,7 @@ impl System {
             issuer,
             nats,
             nats_url,
+            nats_port,
             nats_dir,
             db_url,
             db_name,
@@ -168,7 +170,7 @@ impl System {
     }
 
     /// Environment every service process gets.
-    fn env(&self, cmd: &mut Command) {
+    pub fn env(&self, cmd: &mut Command) {
         let log = if std::env::var_os("OC_TEST_LOGS").is_some() {
             "info"
         } else {
@@ -276,6 +278,11 @@ impl System {
         client
     }
 
+    /// Start NATS again after `self.nats.kill()`, on the same port and store.
+    pub fn restart_nats(&mut self) {
+        self.nats = spawn_nats(self.nats_port, &self.nats_dir);
+    }
+
     pub async fn nats(&self) -> async_nats::Client {
         async_nats::connect(&self.nats_url).await.expect("nats")
     }
@@ -311,6 +318,13 @@ impl Drop for System {
         })
         .join();
     }
+}
+
+fn spawn_nats(port: u16, dir: &std::path::Path) -> Proc {
+    let mut cmd = Command::new(nats_server());
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir);
+    Proc::spawn("nats-server", cmd)
 }
 
 async fn admin(url: &str, sql: &str) {

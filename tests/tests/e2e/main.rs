@@ -4,6 +4,7 @@
 mod bad_input;
 mod durability;
 mod isolation;
+mod outages;
 mod pipeline;
 mod resume;
 
