@@ -70,6 +70,7 @@ impl Worker {
                 return;
             }
         };
+        tracing::debug!(message = %job.assistant, attempt = job.attempt, "answering a prompt");
         let cancel = self.aborts.register(&job.assistant);
         let reply = self.generate(&job, &msg, &cancel).await;
         self.aborts.finish(&job.assistant);
@@ -160,6 +161,7 @@ impl Worker {
             content: prompt.join("\n"),
         });
 
+        tracing::debug!(turns = messages.len(), "calling the provider");
         let requested = Instant::now();
         let mut stream = tokio::select! {
             _ = cancel.cancelled() => return aborted(reply),

@@ -111,26 +111,30 @@ impl Provider {
         let sse = res.bytes_stream().eventsource();
         // Unfold rather than a task: dropping the stream (an abort) drops the HTTP response at
         // once, which closes the connection and stops the provider generating (and billing).
-        let state = (sse, first, VecDeque::new(), false);
+        let state = (sse, false, VecDeque::new(), false);
         let stream = futures::stream::unfold(
             state,
-            move |(mut sse, timeout, mut queue, done)| async move {
+            move |(mut sse, started, mut queue, done)| async move {
                 loop {
                     if let Some(item) = queue.pop_front() {
-                        return Some((item, (sse, idle, queue, done)));
+                        return Some((item, (sse, true, queue, done)));
                     }
                     if done {
                         return None;
                     }
-                    let event = match tokio::time::timeout(timeout, sse.next()).await {
-                        Err(_) if timeout == first => Err(ProviderError::FirstTokenTimeout(first)),
-                        Err(_) => Err(ProviderError::IdleTimeout(idle)),
+                    let (limit, timed_out) = if started {
+                        (idle, ProviderError::IdleTimeout(idle))
+                    } else {
+                        (first, ProviderError::FirstTokenTimeout(first))
+                    };
+                    let event = match tokio::time::timeout(limit, sse.next()).await {
+                        Err(_) => Err(timed_out),
                         Ok(None) => Err(ProviderError::Stream("ended without [DONE]".into())),
                         Ok(Some(Err(e))) => Err(ProviderError::Stream(e.to_string())),
                         Ok(Some(Ok(event))) => Ok(event),
                     };
                     match event {
-                        Err(e) => return Some((Err(e), (sse, idle, queue, true))),
+                        Err(e) => return Some((Err(e), (sse, started, queue, true))),
                         Ok(e) if e.data.trim() == "[DONE]" => return None,
                         Ok(e) => queue.extend(parse_chunk(&e.data)),
                     }

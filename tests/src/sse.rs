@@ -86,6 +86,9 @@ impl SseClient {
         let mut events = Vec::new();
         loop {
             let e = self.next(timeout).await;
+            if std::env::var_os("OC_TEST_LOGS").is_some() {
+                eprintln!("sse: {} {} {}", e.id, e.event, e.data);
+            }
             let stop = done(&e);
             events.push(e);
             if stop {

@@ -20,6 +20,8 @@ pub struct SystemOptions {
     pub worker: bool,
     /// The worker's ack wait: how soon a dead worker's prompt goes to another.
     pub worker_ack_wait_secs: u64,
+    /// Extra environment for the worker (timeouts, delivery limits).
+    pub worker_env: Vec<(&'static str, String)>,
 }
 
 impl Default for SystemOptions {
@@ -29,6 +31,7 @@ impl Default for SystemOptions {
             relay: true,
             worker: true,
             worker_ack_wait_secs: 30,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -171,10 +174,10 @@ impl System {
 
     /// Environment every service process gets.
     pub fn env(&self, cmd: &mut Command) {
-        let log = if std::env::var_os("OC_TEST_LOGS").is_some() {
-            "info"
-        } else {
-            "warn"
+        let log = match std::env::var("RUST_LOG") {
+            Ok(filter) => filter,
+            Err(_) if std::env::var_os("OC_TEST_LOGS").is_some() => "info".into(),
+            Err(_) => "warn".into(),
         };
         cmd.env("OC_DATABASE_URL", &self.db_url)
             .env("OC_DATABASE_POOL_SIZE", "4")
@@ -220,7 +223,13 @@ impl System {
     }
 
     pub async fn start_worker(&self) -> Service {
-        self.start_service("llm-worker", "OC_WORKER_ADDR", &[])
+        let env: Vec<(&str, &str)> = self
+            .opts
+            .worker_env
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        self.start_service("llm-worker", "OC_WORKER_ADDR", &env)
             .await
     }
 

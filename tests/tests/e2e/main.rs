@@ -6,6 +6,7 @@ mod durability;
 mod isolation;
 mod outages;
 mod pipeline;
+mod provider_faults;
 mod resume;
 
 use std::time::Duration;

@@ -1,0 +1,63 @@
+//! A failing provider ends the reply as an error the user can see, and frees the session.
+
+use e2e_tests::sse::{Event, SseClient};
+use e2e_tests::{System, SystemOptions};
+
+use crate::WAIT;
+
+async fn reply_to(system: &System, prompt: &str) -> Vec<Event> {
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
+    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    system.prompt(&alice, &session.id, prompt).await;
+    stream
+        .until(WAIT, |e| {
+            e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
+        })
+        .await
+}
+
+fn completed(events: &[Event]) -> &serde_json::Value {
+    &events
+        .iter()
+        .find(|e| e.event == "message.completed")
+        .expect("a completion")
+        .data["properties"]["message"]
+}
+
+#[tokio::test]
+async fn provider_errors_cuts_and_silence_end_the_reply_as_an_error() {
+    let system = System::start_with(SystemOptions {
+        worker_env: vec![
+            ("OC_PROVIDER_FIRST_TOKEN_TIMEOUT_MS", "1000".into()),
+            ("OC_PROVIDER_IDLE_TIMEOUT_MS", "1000".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let cases = [
+        ("[[fake fault=http500]]", "APIError", "HTTP 500"),
+        ("[[fake fault=http401]]", "ProviderAuthError", "HTTP 401"),
+        (
+            "[[fake tokens=10 delay_ms=20 fault=cut:3]]",
+            "APIError",
+            "stream",
+        ),
+        ("[[fake fault=hang]]", "APIError", "first token"),
+        ("[[fake tokens=5 delay_ms=3000]]", "APIError", "idle"),
+    ];
+    for (prompt, name, says) in cases {
+        let events = reply_to(&system, prompt).await;
+        let message = completed(&events);
+        assert_eq!(message["finish"], "error", "{prompt}");
+        assert_eq!(message["error"]["name"], name, "{prompt}");
+        let text = message["error"]["message"].as_str().unwrap();
+        assert!(text.contains(says), "{prompt}: {text}");
+    }
+}
