@@ -58,7 +58,10 @@ struct Reply {
 impl Worker {
     /// Handle one prompt message from the durable consumer, acking it when done.
     pub async fn handle(&self, msg: jetstream::Message, shutdown: &CancellationToken) {
-        let job = match self.job(&msg) {
+        let attempt = msg
+            .info()
+            .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
+        let job = match job(&msg.subject, &msg.payload, attempt) {
             Ok(Some(job)) => job,
             Ok(None) => {
                 let _ = msg.ack().await;
@@ -75,7 +78,7 @@ impl Worker {
         let reply = self.generate(&job, &msg, &cancel).await;
         self.aborts.finish(&job.assistant);
         metrics::counter!("generations_total", "finish" => format!("{:?}", reply.finish).to_lowercase()).increment(1);
-        match self.report(&job, reply, &msg, shutdown).await {
+        match self.report(&job, reply, Some(&msg), shutdown).await {
             Ok(()) => {
                 if let Err(e) = msg.double_ack().await {
                     tracing::warn!(error = %e, "ack of a reported prompt failed; a redelivery will find it done");
@@ -90,31 +93,31 @@ impl Worker {
         }
     }
 
-    fn job(&self, msg: &jetstream::Message) -> anyhow::Result<Option<Job>> {
-        let envelope: Envelope<SessionEvent> = serde_json::from_slice(&msg.payload)?;
-        let SessionEvent::Prompted {
-            session_id,
-            message,
-            assistant_message_id,
-        } = envelope.payload
-        else {
-            return Ok(None);
+    /// End a reply that no worker finished within the allowed deliveries, as failed, so the
+    /// session does not stay busy for ever. `payload` is the prompt event.
+    pub async fn give_up(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Some(job) = job(subject, payload, attempts)? else {
+            return Ok(());
         };
-        let (_, ws, _) =
-            subjects::scope_of(&msg.subject).ok_or_else(|| anyhow::anyhow!("bad subject"))?;
-        let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Some(Job {
-            org: envelope.organization_id,
-            workspace: ws.parse()?,
-            session: session_id,
-            message,
-            assistant: assistant_message_id,
-            part: PartId::new(),
-            attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX),
-            sequence: envelope.sequence.unwrap_or(0),
-            prompt_event_id: envelope.id,
-            correlation_id: envelope.correlation_id,
-        }))
+        tracing::warn!(message = %job.assistant, attempts, "giving up on a reply no worker finished");
+        let reply = Reply {
+            text: String::new(),
+            finish: FinishReason::Stop,
+            error: None,
+            tokens: TokenUsage::default(),
+        };
+        let reply = failed(
+            reply,
+            MessageErrorName::UnknownError,
+            format!("no worker finished the reply after {attempts} attempts"),
+        );
+        self.report(&job, reply, None, shutdown).await
     }
 
     async fn generate(
@@ -144,17 +147,24 @@ impl Worker {
                 format!("cannot publish: {e}"),
             );
         }
-        let mut messages =
-            match history::load(&self.pool, &job.session, job.sequence, &job.message.id).await {
-                Ok(h) => h,
-                Err(e) => {
-                    return failed(
-                        reply,
-                        MessageErrorName::UnknownError,
-                        format!("cannot read the conversation: {e}"),
-                    );
-                }
-            };
+        let conversation = history::load(
+            &self.pool,
+            &job.session,
+            job.sequence,
+            &job.message.id,
+            &job.assistant,
+        );
+        let mut messages = match conversation.await {
+            Ok(c) if c.abort_requested => return aborted(reply),
+            Ok(c) => c.turns,
+            Err(e) => {
+                return failed(
+                    reply,
+                    MessageErrorName::UnknownError,
+                    format!("cannot read the conversation: {e}"),
+                );
+            }
+        };
         let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
         messages.push(ChatMessage {
             role: "user",
@@ -282,12 +292,13 @@ impl Worker {
         Ok(())
     }
 
-    /// Report the reply as a command, retrying while the command service is unreachable.
+    /// Report the reply as a command, retrying while the command service is unreachable. The
+    /// prompt message, if any, is kept alive with progress acks meanwhile.
     async fn report(
         &self,
         job: &Job,
         reply: Reply,
-        msg: &jetstream::Message,
+        msg: Option<&jetstream::Message>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let command = CompleteMessage {
@@ -336,11 +347,39 @@ impl Worker {
                 anyhow::bail!("report failed: {reason}");
             }
             tracing::warn!(%reason, "report not accepted yet; retrying");
-            let _ = msg.ack_with(AckKind::Progress).await;
+            if let Some(msg) = msg {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// The prompt a bus message asks to answer (None for other events).
+fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job>> {
+    let envelope: Envelope<SessionEvent> = serde_json::from_slice(payload)?;
+    let SessionEvent::Prompted {
+        session_id,
+        message,
+        assistant_message_id,
+    } = envelope.payload
+    else {
+        return Ok(None);
+    };
+    let (_, ws, _) = subjects::scope_of(subject).ok_or_else(|| anyhow::anyhow!("bad subject"))?;
+    Ok(Some(Job {
+        org: envelope.organization_id,
+        workspace: ws.parse()?,
+        session: session_id,
+        message,
+        assistant: assistant_message_id,
+        part: PartId::new(),
+        attempt,
+        sequence: envelope.sequence.unwrap_or(0),
+        prompt_event_id: envelope.id,
+        correlation_id: envelope.correlation_id,
+    }))
 }
 
 fn failed(mut reply: Reply, name: MessageErrorName, message: String) -> Reply {

@@ -11,12 +11,21 @@ use crate::provider::ChatMessage;
 /// How long to wait for the projector to catch up before answering with what is there.
 const CATCH_UP: Duration = Duration::from_secs(5);
 
+/// What the worker needs to know before answering.
+pub struct Conversation {
+    /// The turns before the prompt, oldest first.
+    pub turns: Vec<ChatMessage>,
+    /// The user already asked to stop this reply (before this worker got to it).
+    pub abort_requested: bool,
+}
+
 pub async fn load(
     pool: &deadpool_postgres::Pool,
     session: &SessionId,
     prompt_sequence: u64,
     before: &MessageId,
-) -> anyhow::Result<Vec<ChatMessage>> {
+    reply: &MessageId,
+) -> anyhow::Result<Conversation> {
     let client = pool.get().await?;
     let needed = i64::try_from(prompt_sequence)? - 1;
     let deadline = Instant::now() + CATCH_UP;
@@ -47,7 +56,14 @@ pub async fn load(
             &[&session.as_str(), &before.as_str()],
         )
         .await?;
-    Ok(rows
+    let abort_requested = client
+        .query_opt(
+            "SELECT 1 FROM rm_messages WHERE message_id = $1 AND (info->>'abortRequested')::boolean",
+            &[&reply.as_str()],
+        )
+        .await?
+        .is_some();
+    let turns = rows
         .iter()
         .filter_map(|row| {
             let role: String = row.get(0);
@@ -63,5 +79,9 @@ pub async fn load(
                 content: text,
             })
         })
-        .collect())
+        .collect();
+    Ok(Conversation {
+        turns,
+        abort_requested,
+    })
 }

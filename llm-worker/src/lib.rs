@@ -6,6 +6,7 @@ pub mod aborts;
 pub mod config;
 pub mod consumer;
 pub mod generation;
+pub mod give_up;
 pub mod history;
 pub mod provider;
 pub mod startup;

@@ -51,6 +51,7 @@ pub async fn run(
         aborts,
         cfg,
     };
+    let give_up = tokio::spawn(crate::give_up::listen(worker.clone(), shutdown.clone()));
     while !shutdown.is_cancelled() {
         let outcome = match bus::ensure_stream(&js, &common).await {
             Ok(()) => {
@@ -67,6 +68,7 @@ pub async fn run(
         }
     }
     let _ = listener.await;
+    let _ = give_up.await;
     handle.stop(true).await;
     let _ = server.await;
     Ok(())

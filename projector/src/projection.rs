@@ -175,7 +175,14 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             )
             .await?;
         }
-        SessionEvent::AbortRequested { .. } => {}
+        SessionEvent::AbortRequested { message_id, .. } => {
+            // Recorded so a worker that starts (or restarts) this reply later stops at once.
+            tx.execute(
+                "UPDATE rm_messages SET info = info || '{\"abortRequested\": true}'::jsonb WHERE message_id = $1",
+                &[&message_id.as_str()],
+            )
+            .await?;
+        }
         SessionEvent::MessageCompleted {
             session_id,
             message,

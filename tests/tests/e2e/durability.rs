@@ -322,3 +322,99 @@ async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+#[tokio::test]
+async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
+    let mut system = System::start_with(SystemOptions {
+        worker_ack_wait_secs: 2,
+        worker_env: vec![("OC_WORKER_MAX_DELIVER", "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
+    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    system
+        .prompt(&alice, &session.id, "[[fake tokens=100 delay_ms=30]]")
+        .await;
+    stream
+        .until(WAIT, |e| e.event == "message.part.delta")
+        .await;
+    system.workers[0].proc.kill(); // its only allowed delivery dies with it
+    let replacement = system.start_worker().await;
+    system.workers.push(replacement);
+
+    let events = stream
+        .until(WAIT, |e| {
+            e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
+        })
+        .await;
+    let done = events
+        .iter()
+        .find(|e| e.event == "message.completed")
+        .unwrap();
+    let message = &done.data["properties"]["message"];
+    assert_eq!(message["finish"], "error");
+    assert!(
+        message["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 1 attempts"),
+        "{message}"
+    );
+    assert!(
+        !events.iter().any(|e| e.event == "message.started"),
+        "not regenerated beyond the limit"
+    );
+    system
+        .prompt(&alice, &session.id, "[[fake tokens=2]]")
+        .await;
+}
+
+#[tokio::test]
+async fn an_abort_made_while_no_worker_runs_the_reply_is_honoured_when_one_starts() {
+    let mut system = System::start_with(SystemOptions {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
+    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    system
+        .prompt(&alice, &session.id, "[[fake tokens=1000 delay_ms=20]]")
+        .await;
+    let abort = system
+        .post(
+            &alice,
+            &format!("/session/{}/abort", session.id),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(abort.status, 202);
+    stream
+        .until(WAIT, |e| e.event == "session.abort_requested")
+        .await;
+
+    let worker = system.start_worker().await;
+    system.workers.push(worker);
+    let events = stream.until(WAIT, |e| e.event == "message.completed").await;
+    let message = &events.last().unwrap().data["properties"]["message"];
+    assert_eq!(message["finish"], "aborted");
+    assert!(
+        !events.iter().any(|e| e.event == "message.part.delta"),
+        "nothing generated"
+    );
+}
