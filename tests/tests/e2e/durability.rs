@@ -418,3 +418,43 @@ async fn an_abort_made_while_no_worker_runs_the_reply_is_honoured_when_one_start
         "nothing generated"
     );
 }
+
+#[tokio::test]
+async fn two_command_services_relay_every_event_once_and_concurrent_writes_all_land() {
+    let mut system = System::start().await;
+    let second = system.start_command(true).await;
+    system.command.push(second);
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Acme").await;
+
+    // Concurrent writes to one aggregate, spread over both instances: optimistic-lock conflicts
+    // are retried, so every one lands.
+    let mut users = Vec::new();
+    for name in ["bob", "carol", "dave", "erin"] {
+        let token = system.token(name).await;
+        let me = system.get(&token, "/me", None).await;
+        users.push(me.body["userID"].as_str().unwrap().to_owned());
+    }
+    let adds = users.iter().enumerate().map(|(i, user)| {
+        let url = format!("{}/org/{}/member", system.command[i % 2].url, org.id);
+        let req = system.http.post(url).bearer_auth(&alice).json(&serde_json::json!({ "userID": user, "role": "member" }));
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(adds).await;
+    assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
+    let db = system.db().await;
+    let seqs: Vec<i64> = db
+        .query("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence", &[&org.id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<i64>>(), "created + owner + four members, no gaps");
+
+    for _ in 0..3 {
+        let ws = system.create_workspace(&alice, &org.id, "w").await;
+        system.create_session(&alice, &ws.id).await;
+    }
+    assert_bus_matches_store(&system).await;
+}
