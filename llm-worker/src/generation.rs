@@ -16,6 +16,7 @@ use schemas::live::LiveEvent;
 use schemas::message::{FinishReason, MessageError, MessageErrorName, ModelRef, TokenUsage};
 use schemas::subjects;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::aborts::Aborts;
 use crate::config::WorkerConfig;
@@ -73,7 +74,17 @@ impl Worker {
                 return;
             }
         };
-        tracing::debug!(message = %job.assistant, attempt = job.attempt, "answering a prompt");
+        let span = tracing::info_span!(
+            "prompt",
+            message = %job.assistant,
+            attempt = job.attempt,
+            correlation_id = job.correlation_id.as_deref().unwrap_or_default(),
+        );
+        self.answer(job, msg, shutdown).instrument(span).await;
+    }
+
+    async fn answer(&self, job: Job, msg: jetstream::Message, shutdown: &CancellationToken) {
+        tracing::debug!("answering a prompt");
         let cancel = self.aborts.register(&job.assistant);
         let reply = self.generate(&job, &msg, &cancel).await;
         self.aborts.finish(&job.assistant);

@@ -86,7 +86,42 @@ async fn metrics_endpoint(handle: web::Data<PrometheusHandle>) -> HttpResponse {
         .body(handle.render())
 }
 
-/// Middleware (use with `wrap_fn`): records `http_request_duration_seconds` by route and status.
+/// The id of the request being handled: the caller's `X-Request-Id` if it is a sane token,
+/// otherwise a fresh `req_…`. Echoed in the response, logged on every line of the request, and
+/// recorded as the correlation id of the events the request causes.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    fn from_header(req: &ServiceRequest) -> Self {
+        let given = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64)
+            .filter(|v| {
+                v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        RequestId(given.map_or_else(|| schemas::ids::RequestId::new().to_string(), str::to_owned))
+    }
+}
+
+impl actix_web::FromRequest for RequestId {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        use actix_web::HttpMessage;
+        let id = req.extensions().get::<RequestId>().cloned();
+        std::future::ready(Ok(
+            id.unwrap_or_else(|| RequestId(schemas::ids::RequestId::new().to_string()))
+        ))
+    }
+}
+
+/// Middleware (use with `wrap_fn`): gives each request an id and a tracing span, and records
+/// `http_request_duration_seconds` by route and status.
 pub fn record_request<S, B>(
     req: ServiceRequest,
     srv: &S,
@@ -99,12 +134,23 @@ where
         >,
     B: MessageBody,
 {
+    use actix_web::HttpMessage;
+    use tracing::Instrument;
     let start = Instant::now();
     let method = req.method().to_string();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let fut = srv.call(req);
+    let id = RequestId::from_header(&req);
+    let span = tracing::info_span!("request", %method, %route, request_id = %id.0);
+    req.extensions_mut().insert(id.clone());
+    let fut = srv.call(req).instrument(span);
     async move {
-        let res = fut.await?;
+        let mut res = fut.await?;
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id.0) {
+            res.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-request-id"),
+                value,
+            );
+        }
         metrics::histogram!(
             "http_request_duration_seconds",
             "method" => method,

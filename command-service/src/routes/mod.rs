@@ -6,7 +6,7 @@ mod workspaces;
 
 use actix_web::web;
 use platform::auth::AuthUser;
-use schemas::ids::RequestId;
+use platform::http::RequestId;
 
 use crate::executor::CommandContext;
 
@@ -25,11 +25,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/session/{id}/abort", web::post().to(sessions::abort));
 }
 
-/// The command context of a user request.
-fn context(user: &AuthUser) -> CommandContext {
+/// The command context of a user request: the request id becomes the events' correlation id.
+fn context(user: &AuthUser, request: &RequestId) -> CommandContext {
     CommandContext {
         actor: user.user_id.to_string(),
-        correlation_id: RequestId::new().to_string(),
+        correlation_id: request.0.clone(),
         causation_id: None,
     }
 }

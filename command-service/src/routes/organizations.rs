@@ -2,6 +2,7 @@
 
 use actix_web::{HttpResponse, web};
 use platform::auth::AuthUser;
+use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{Accepted, AddMember, CreateOrganization};
 use schemas::ids::OrganizationId;
@@ -12,6 +13,7 @@ use crate::startup::AppState;
 
 pub async fn create(
     user: AuthUser,
+    request: RequestId,
     state: web::Data<AppState>,
     body: web::Json<CreateOrganization>,
 ) -> Result<HttpResponse, Problem> {
@@ -23,7 +25,7 @@ pub async fn create(
     };
     let token = state
         .organizations
-        .execute(id.as_str(), command, &context(&user))
+        .execute(id.as_str(), command, &context(&user, &request))
         .await?;
     Ok(HttpResponse::Created().json(Accepted {
         id: id.to_string(),
@@ -33,6 +35,7 @@ pub async fn create(
 
 pub async fn add_member(
     user: AuthUser,
+    request: RequestId,
     state: web::Data<AppState>,
     org: web::Path<OrganizationId>,
     body: web::Json<AddMember>,
@@ -45,7 +48,7 @@ pub async fn add_member(
     };
     let token = state
         .organizations
-        .execute(org.as_str(), command, &context(&user))
+        .execute(org.as_str(), command, &context(&user, &request))
         .await?;
     Ok(HttpResponse::Created().json(Accepted {
         id: body.user_id.to_string(),

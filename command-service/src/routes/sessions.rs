@@ -2,6 +2,7 @@
 
 use actix_web::{HttpResponse, web};
 use platform::auth::AuthUser;
+use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{
     Accepted, CreateSession, MAX_PROMPT_PARTS, PartInput, PromptAccepted, PromptInput,
@@ -16,6 +17,7 @@ use crate::startup::AppState;
 
 pub async fn create(
     user: AuthUser,
+    request: RequestId,
     state: web::Data<AppState>,
     workspace: web::Path<WorkspaceId>,
     body: web::Json<CreateSession>,
@@ -29,7 +31,7 @@ pub async fn create(
     };
     let token = state
         .sessions
-        .execute(id.as_str(), command, &context(&user))
+        .execute(id.as_str(), command, &context(&user, &request))
         .await?;
     Ok(HttpResponse::Created().json(Accepted {
         id: id.to_string(),
@@ -40,6 +42,7 @@ pub async fn create(
 /// Accept a prompt; the reply streams on the session's event stream.
 pub async fn prompt(
     user: AuthUser,
+    request: RequestId,
     state: web::Data<AppState>,
     session: web::Path<SessionId>,
     body: web::Json<PromptInput>,
@@ -79,7 +82,7 @@ pub async fn prompt(
     };
     let token = state
         .sessions
-        .execute(session.as_str(), command, &context(&user))
+        .execute(session.as_str(), command, &context(&user, &request))
         .await?;
     Ok(HttpResponse::Accepted().json(PromptAccepted {
         session_id: session.into_inner(),
@@ -92,6 +95,7 @@ pub async fn prompt(
 /// Ask the worker to stop the running reply; it ends as aborted with the text so far.
 pub async fn abort(
     user: AuthUser,
+    request: RequestId,
     state: web::Data<AppState>,
     session: web::Path<SessionId>,
 ) -> Result<HttpResponse, Problem> {
@@ -100,7 +104,7 @@ pub async fn abort(
     };
     let token = state
         .sessions
-        .execute(session.as_str(), command, &context(&user))
+        .execute(session.as_str(), command, &context(&user, &request))
         .await?;
     Ok(HttpResponse::Accepted().json(Accepted {
         id: session.to_string(),

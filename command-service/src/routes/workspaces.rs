@@ -2,6 +2,7 @@
 
 use actix_web::{HttpResponse, web};
 use platform::auth::AuthUser;
+use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{Accepted, CreateWorkspace};
 use schemas::ids::{OrganizationId, WorkspaceId};
@@ -12,6 +13,7 @@ use crate::startup::AppState;
 
 pub async fn create(
     user: AuthUser,
+    request: RequestId,
     state: web::Data<AppState>,
     org: web::Path<OrganizationId>,
     body: web::Json<CreateWorkspace>,
@@ -25,7 +27,7 @@ pub async fn create(
     };
     let token = state
         .workspaces
-        .execute(id.as_str(), command, &context(&user))
+        .execute(id.as_str(), command, &context(&user, &request))
         .await?;
     Ok(HttpResponse::Created().json(Accepted {
         id: id.to_string(),

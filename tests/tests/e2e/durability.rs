@@ -437,20 +437,31 @@ async fn two_command_services_relay_every_event_once_and_concurrent_writes_all_l
     }
     let adds = users.iter().enumerate().map(|(i, user)| {
         let url = format!("{}/org/{}/member", system.command[i % 2].url, org.id);
-        let req = system.http.post(url).bearer_auth(&alice).json(&serde_json::json!({ "userID": user, "role": "member" }));
+        let req = system
+            .http
+            .post(url)
+            .bearer_auth(&alice)
+            .json(&serde_json::json!({ "userID": user, "role": "member" }));
         async move { req.send().await.unwrap().status().as_u16() }
     });
     let statuses = futures::future::join_all(adds).await;
     assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
     let db = system.db().await;
     let seqs: Vec<i64> = db
-        .query("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence", &[&org.id])
+        .query(
+            "SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+            &[&org.id],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(seqs, (1..=6).collect::<Vec<i64>>(), "created + owner + four members, no gaps");
+    assert_eq!(
+        seqs,
+        (1..=6).collect::<Vec<i64>>(),
+        "created + owner + four members, no gaps"
+    );
 
     for _ in 0..3 {
         let ws = system.create_workspace(&alice, &org.id, "w").await;

@@ -192,3 +192,48 @@ async fn aborting_stops_the_reply_promptly_and_ends_it_as_aborted() {
         .prompt(&alice, &session.id, "again [[fake tokens=2]]")
         .await;
 }
+
+#[tokio::test]
+async fn a_request_id_follows_the_request_into_the_events() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let res = system
+        .http
+        .post(format!("{}/org", system.command_url()))
+        .bearer_auth(&alice)
+        .header("X-Request-Id", "trace-me-123")
+        .json(&json!({ "name": "Acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-me-123");
+    let id = res.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rows = system
+        .db()
+        .await
+        .query("SELECT metadata->>'correlation_id', metadata->>'actor' FROM events WHERE aggregate_id = $1", &[&id])
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert_eq!(row.get::<_, String>(0), "trace-me-123");
+        assert!(row.get::<_, String>(1).starts_with("usr_"));
+    }
+    // Without one, the service makes one.
+    let res = system
+        .http
+        .get(format!("{}/org", system.query_url()))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
+}
