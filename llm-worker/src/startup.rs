@@ -51,6 +51,7 @@ pub async fn run(
         aborts,
         cfg,
     };
+    bus::report_consumer_lag(js.clone(), consumer::CONSUMER, shutdown.clone());
     let give_up = tokio::spawn(crate::give_up::listen(worker.clone(), shutdown.clone()));
     while !shutdown.is_cancelled() {
         let outcome = match bus::ensure_stream(&js, &common).await {

@@ -59,3 +59,35 @@ pub async fn ensure_stream(js: &jetstream::Context, cfg: &CommonConfig) -> anyho
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
+
+/// Publish a durable consumer's backlog as gauges every few seconds, until shutdown:
+/// `consumer_pending_messages` (not yet delivered) and `consumer_ack_pending_messages` (delivered,
+/// not yet acknowledged).
+pub fn report_consumer_lag(
+    js: jetstream::Context,
+    consumer: &'static str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let consumer_info = async {
+                let mut c: jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(consumer, subjects::STREAM)
+                    .await
+                    .ok()?;
+                c.info().await.ok().cloned()
+            };
+            if let Some(info) = consumer_info.await {
+                metrics::gauge!("consumer_pending_messages", "consumer" => consumer)
+                    .set(info.num_pending as f64);
+                metrics::gauge!("consumer_ack_pending_messages", "consumer" => consumer)
+                    .set(info.num_ack_pending as f64);
+            }
+        }
+    })
+}

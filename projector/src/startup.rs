@@ -51,6 +51,7 @@ pub async fn run(
     let handle = server.handle();
     let server = tokio::spawn(server);
 
+    bus::report_consumer_lag(js.clone(), crate::consumer::CONSUMER, shutdown.clone());
     // Keep consuming across NATS outages: re-create the consumer after a failure.
     while !shutdown.is_cancelled() {
         if let Err(e) = bus::ensure_stream(&js, &common).await {
