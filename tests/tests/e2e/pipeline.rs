@@ -243,24 +243,68 @@ async fn every_service_reports_health_readiness_and_its_metrics() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!("{}/session/{}/event?consistency={}", system.query_url(), session.id, session.token);
+    let url = format!(
+        "{}/session/{}/event?consistency={}",
+        system.query_url(),
+        session.id,
+        session.token
+    );
     let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
-    system.prompt(&alice, &session.id, "[[fake tokens=3]]").await;
+    system
+        .prompt(&alice, &session.id, "[[fake tokens=3]]")
+        .await;
     stream.until(WAIT, |e| e.event == "message.completed").await;
 
     let services = [
-        (system.command_url().to_owned(), vec!["http_request_duration_seconds", "commands_total", "outbox_published_total"]),
-        (system.query_url().to_owned(), vec!["http_request_duration_seconds", "sse_clients", "sse_events_sent_total"]),
-        (system.projector.as_ref().unwrap().url.clone(), vec!["events_projected_total", "projection_lag_seconds"]),
-        (system.workers[0].url.clone(), vec!["tokens_streamed_total", "provider_first_token_seconds", "generations_total"]),
+        (
+            system.command_url().to_owned(),
+            vec![
+                "http_request_duration_seconds",
+                "commands_total",
+                "outbox_published_total",
+            ],
+        ),
+        (
+            system.query_url().to_owned(),
+            vec![
+                "http_request_duration_seconds",
+                "sse_clients",
+                "sse_events_sent_total",
+            ],
+        ),
+        (
+            system.projector.as_ref().unwrap().url.clone(),
+            vec!["events_projected_total", "projection_lag_seconds"],
+        ),
+        (
+            system.workers[0].url.clone(),
+            vec![
+                "tokens_streamed_total",
+                "provider_first_token_seconds",
+                "generations_total",
+            ],
+        ),
     ];
     for (base, series) in services {
         for probe in ["healthz", "readyz"] {
-            let r = system.http.get(format!("{base}/{probe}")).send().await.unwrap();
+            let r = system
+                .http
+                .get(format!("{base}/{probe}"))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200, "{base}/{probe}");
         }
         let text = eventually("metrics", WAIT, || async {
-            let t = system.http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+            let t = system
+                .http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
             series.iter().all(|s| t.contains(s)).then_some(t)
         })
         .await;
