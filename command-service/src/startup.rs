@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use platform::auth::Authenticator;
 use platform::config::{AuthConfig, CommonConfig};
 use platform::{bus, db, http};
@@ -92,20 +92,18 @@ impl Application {
         let listener = TcpListener::bind(&cfg.command_addr)?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(state);
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap_fn(http::record_request)
-                .app_data(data.clone())
+        let spec = http::ServerSpec {
+            listener,
+            metrics,
+            ready,
+            shutdown_grace_secs: common.shutdown_grace_secs,
+            workers: None,
+        };
+        let server = http::serve(spec, move |c| {
+            c.app_data(data.clone())
                 .app_data(authenticator.clone())
-                .configure(http::extractor_config)
-                .configure(|c| http::ops_routes(c, metrics.clone(), ready.clone()))
-                .configure(routes::configure)
-                .default_service(web::to(http::not_found))
-        })
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(common.shutdown_grace_secs)
-        .run();
+                .configure(routes::configure);
+        })?;
         tracing::info!(port, "command-service listening");
         Ok(Self {
             port,

@@ -161,3 +161,45 @@ where
         Ok(res)
     }
 }
+
+/// What every service's HTTP server shares: operational endpoints, request ids and metrics,
+/// problem+json for bad input and unknown routes, no signal handling of its own (the process's
+/// shutdown token stops it), and a bounded graceful shutdown.
+pub struct ServerSpec {
+    pub listener: std::net::TcpListener,
+    pub metrics: PrometheusHandle,
+    pub ready: ReadinessCheck,
+    pub shutdown_grace_secs: u64,
+    /// Worker threads; `None` uses one per core.
+    pub workers: Option<usize>,
+}
+
+/// Start serving `routes` (the service's own API; nothing for ops-only services).
+pub fn serve<F>(spec: ServerSpec, routes: F) -> std::io::Result<actix_web::dev::Server>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let ServerSpec {
+        listener,
+        metrics,
+        ready,
+        shutdown_grace_secs,
+        workers,
+    } = spec;
+    let mut server = actix_web::HttpServer::new(move || {
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        actix_web::App::new()
+            .wrap_fn(record_request)
+            .configure(extractor_config)
+            .configure(move |c| ops_routes(c, metrics, ready))
+            .configure(routes.clone())
+            .default_service(web::to(not_found))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(shutdown_grace_secs);
+    if let Some(n) = workers {
+        server = server.workers(n);
+    }
+    Ok(server.run())
+}

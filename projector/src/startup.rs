@@ -3,7 +3,6 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
 use platform::config::CommonConfig;
 use platform::{bus, db, http};
 use serde::{Deserialize, Serialize};
@@ -38,16 +37,14 @@ pub async fn run(
     let js = bus::jetstream(nats.clone());
     let ready = http::readiness(pool.clone(), nats);
     let listener = TcpListener::bind(&cfg.projector_addr)?;
-    let server = HttpServer::new(move || {
-        App::new()
-            .configure(|c| http::ops_routes(c, metrics.clone(), ready.clone()))
-            .default_service(web::to(http::not_found))
-    })
-    .listen(listener)?
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(common.shutdown_grace_secs)
-    .run();
+    let spec = http::ServerSpec {
+        listener,
+        metrics,
+        ready,
+        shutdown_grace_secs: common.shutdown_grace_secs,
+        workers: Some(1),
+    };
+    let server = http::serve(spec, |_| {})?;
     let handle = server.handle();
     let server = tokio::spawn(server);
 

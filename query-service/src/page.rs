@@ -42,9 +42,10 @@ impl PageQuery {
     }
 }
 
+/// One page of a list: its items and where the next page starts.
 #[derive(Debug, Serialize)]
-pub struct Page<T> {
-    pub items: Vec<T>,
+pub struct Page {
+    pub items: Vec<serde_json::Value>,
     pub cursor: Cursor,
 }
 
@@ -53,17 +54,44 @@ pub struct Cursor {
     pub next: Option<String>,
 }
 
-impl<T> Page<T> {
-    /// A page from `limit + 1` fetched rows: the extra row only says there is more.
-    pub fn from_rows(mut items: Vec<T>, limit: i64, id_of: impl Fn(&T) -> String) -> Self {
+impl Page {
+    /// A page from `limit + 1` fetched items: the extra one only says there is more. The cursor
+    /// is the id found at JSON pointer `id` (e.g. `/id`) in the page's last item.
+    pub fn of(mut items: Vec<serde_json::Value>, limit: i64, id: &str) -> Self {
         let more = items.len() as i64 > limit;
-        items.truncate(limit as usize);
-        let next = more
-            .then(|| items.last().map(|i| URL_SAFE_NO_PAD.encode(id_of(i))))
-            .flatten();
+        items.truncate(usize::try_from(limit).unwrap_or(0));
+        let last_id = items
+            .last()
+            .and_then(|i| i.pointer(id))
+            .and_then(|v| v.as_str());
+        let next = last_id.filter(|_| more).map(|i| URL_SAFE_NO_PAD.encode(i));
         Page {
             items,
             cursor: Cursor { next },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_page_has_a_cursor_only_when_there_is_more() {
+        let items = |n: usize| {
+            (0..n)
+                .map(|i| json!({ "id": format!("x{i}") }))
+                .collect::<Vec<_>>()
+        };
+        let full = Page::of(items(3), 2, "/id");
+        assert_eq!(full.items.len(), 2);
+        let q = PageQuery {
+            limit: None,
+            cursor: full.cursor.next.clone(),
+            consistency: None,
+        };
+        assert_eq!(q.after().unwrap(), "x1");
+        assert!(Page::of(items(2), 2, "/id").cursor.next.is_none());
     }
 }

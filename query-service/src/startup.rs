@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpServer, web};
+use actix_web::web;
 use async_nats::jetstream;
 use platform::auth::Authenticator;
 use platform::config::{AuthConfig, CommonConfig};
@@ -24,6 +24,19 @@ pub struct AppState {
     pub cfg: QueryConfig,
     /// Fired at shutdown; open SSE streams end on it.
     pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// A database connection for a read, once the read models reflect the request's
+    /// consistency token (if it carries one).
+    pub async fn reader(
+        &self,
+        req: &actix_web::HttpRequest,
+    ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
+        let token = crate::consistency::token(req)?;
+        crate::consistency::wait_for(&self.db, token, self.cfg.consistency_wait()).await?;
+        Ok(self.db.get().await?)
+    }
 }
 
 pub struct Application {
@@ -69,20 +82,18 @@ impl Application {
             cfg,
             shutdown: shutdown.clone(),
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap_fn(http::record_request)
-                .app_data(state.clone())
+        let spec = http::ServerSpec {
+            listener,
+            metrics,
+            ready,
+            shutdown_grace_secs: common.shutdown_grace_secs,
+            workers: None,
+        };
+        let server = http::serve(spec, move |c| {
+            c.app_data(state.clone())
                 .app_data(authenticator.clone())
-                .configure(http::extractor_config)
-                .configure(|c| http::ops_routes(c, metrics.clone(), ready.clone()))
-                .configure(routes::configure)
-                .default_service(web::to(http::not_found))
-        })
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(common.shutdown_grace_secs)
-        .run();
+                .configure(routes::configure);
+        })?;
         tracing::info!(port, "query-service listening");
         Ok(Self {
             port,

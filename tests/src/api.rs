@@ -163,3 +163,25 @@ impl System {
             .get(0)
     }
 }
+
+impl System {
+    /// The event stream URL of `session` on query-service `instance`. It carries the session's
+    /// consistency token, so opening it right after creating the session finds it.
+    pub fn stream_url(&self, instance: usize, session: &Created) -> String {
+        format!(
+            "{}/session/{}/event?consistency={}",
+            self.query[instance].url, session.id, session.token
+        )
+    }
+
+    /// Open `session`'s event stream as `bearer` and read past `server.connected`.
+    pub async fn watch(&self, bearer: &str, session: &Created) -> crate::sse::SseClient {
+        let url = self.stream_url(0, session);
+        let mut stream = crate::sse::SseClient::connect(&url, bearer, None)
+            .await
+            .expect("the stream opens");
+        let hello = stream.next(std::time::Duration::from_secs(30)).await;
+        assert_eq!(hello.event, "server.connected");
+        stream
+    }
+}

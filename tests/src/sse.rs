@@ -130,3 +130,8 @@ pub fn reply_text(events: &[Event], message: &str) -> String {
     }
     text
 }
+
+/// Whether `e` says the session became idle (a reply ended).
+pub fn is_idle(e: &Event) -> bool {
+    e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
+}

@@ -24,9 +24,9 @@ use schemas::ids::{OrganizationId, SessionId};
 use schemas::subjects;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::access;
 use crate::hub::Frame;
 use crate::startup::AppState;
-use crate::{access, consistency};
 
 /// Frames queued for one client's socket. Small: the per-session broadcast buffer is the slack.
 const CLIENT_QUEUE: usize = 32;
@@ -40,14 +40,8 @@ pub async fn stream(
     id: web::Path<SessionId>,
 ) -> Result<impl actix_web::Responder, Problem> {
     let last_event_id = last_event_id(&req)?;
-    consistency::wait_for(
-        &state.db,
-        consistency::token(&req)?,
-        state.cfg.consistency_wait(),
-    )
-    .await?;
     let org = {
-        let db = state.db.get().await?;
+        let db = state.reader(&req).await?;
         access::session(&db, &id, &user.user_id)
             .await?
             .organization_id

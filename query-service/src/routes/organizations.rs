@@ -6,9 +6,9 @@ use platform::problem::Problem;
 use schemas::ids::OrganizationId;
 use serde_json::json;
 
+use crate::access;
 use crate::page::{Page, PageQuery};
 use crate::startup::AppState;
-use crate::{access, consistency};
 
 pub async fn me(user: AuthUser) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "userID": user.user_id }))
@@ -21,14 +21,8 @@ pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
-    consistency::wait_for(
-        &state.db,
-        consistency::token(&req)?,
-        state.cfg.consistency_wait(),
-    )
-    .await?;
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.db.get().await?;
+    let db = state.reader(&req).await?;
     let rows = db
         .query(
             "SELECT o.organization_id, o.name, o.owner_id, o.created_at, m.role \
@@ -48,9 +42,7 @@ pub async fn list(
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(Page::from_rows(items, limit, |i| {
-        i["id"].as_str().unwrap_or_default().to_owned()
-    })))
+    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
 }
 
 pub async fn workspaces(
@@ -60,14 +52,8 @@ pub async fn workspaces(
     org: web::Path<OrganizationId>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
-    consistency::wait_for(
-        &state.db,
-        consistency::token(&req)?,
-        state.cfg.consistency_wait(),
-    )
-    .await?;
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.db.get().await?;
+    let db = state.reader(&req).await?;
     access::organization(&db, &org, &user.user_id).await?;
     let rows = db
         .query(
@@ -85,7 +71,5 @@ pub async fn workspaces(
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(Page::from_rows(items, limit, |i| {
-        i["id"].as_str().unwrap_or_default().to_owned()
-    })))
+    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
 }

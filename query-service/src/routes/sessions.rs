@@ -6,9 +6,9 @@ use platform::problem::Problem;
 use schemas::ids::{SessionId, WorkspaceId};
 use serde_json::{Value, json};
 
+use crate::access;
 use crate::page::{Page, PageQuery};
 use crate::startup::AppState;
-use crate::{access, consistency};
 
 /// OpenCode's `Session` shape, from an `rm_sessions` row.
 fn session_json(r: &tokio_postgres::Row) -> Value {
@@ -31,14 +31,8 @@ pub async fn list(
     ws: web::Path<WorkspaceId>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
-    consistency::wait_for(
-        &state.db,
-        consistency::token(&req)?,
-        state.cfg.consistency_wait(),
-    )
-    .await?;
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.db.get().await?;
+    let db = state.reader(&req).await?;
     let workspace = access::workspace(&db, &ws, &user.user_id).await?;
     let org: String = workspace.get("organization_id");
     let rows = db
@@ -49,9 +43,7 @@ pub async fn list(
         )
         .await?;
     let items = rows.iter().map(session_json).collect();
-    Ok(HttpResponse::Ok().json(Page::from_rows(items, limit, |i| {
-        i["id"].as_str().unwrap_or_default().to_owned()
-    })))
+    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
 }
 
 pub async fn get(
@@ -60,13 +52,7 @@ pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<SessionId>,
 ) -> Result<HttpResponse, Problem> {
-    consistency::wait_for(
-        &state.db,
-        consistency::token(&req)?,
-        state.cfg.consistency_wait(),
-    )
-    .await?;
-    let db = state.db.get().await?;
+    let db = state.reader(&req).await?;
     let session = access::session(&db, &id, &user.user_id).await?;
     Ok(HttpResponse::Ok().json(session_json(&session.row)))
 }
@@ -79,14 +65,8 @@ pub async fn messages(
     id: web::Path<SessionId>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
-    consistency::wait_for(
-        &state.db,
-        consistency::token(&req)?,
-        state.cfg.consistency_wait(),
-    )
-    .await?;
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.db.get().await?;
+    let db = state.reader(&req).await?;
     let session = access::session(&db, &id, &user.user_id).await?;
     let rows = db
         .query(
@@ -105,7 +85,5 @@ pub async fn messages(
         .iter()
         .map(|r| json!({ "info": r.get::<_, Value>(1), "parts": r.get::<_, Value>(2) }))
         .collect();
-    Ok(HttpResponse::Ok().json(Page::from_rows(items, limit, |i| {
-        i["info"]["id"].as_str().unwrap_or_default().to_owned()
-    })))
+    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/info/id")))
 }

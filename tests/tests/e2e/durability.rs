@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use e2e_tests::process::bin;
-use e2e_tests::sse::{SseClient, reply_text};
+use e2e_tests::sse::{is_idle, reply_text};
 use e2e_tests::{System, SystemOptions, eventually, fake_text};
 use futures::StreamExt;
 
@@ -165,20 +165,10 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     for text in ["one [[fake tokens=3]]", "two [[fake tokens=4]]"] {
         system.prompt(&alice, &session.id, text).await;
-        stream
-            .until(WAIT, |e| {
-                e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
-            })
-            .await;
+        stream.until(WAIT, is_idle).await;
     }
     let path = format!("/session/{}", session.id);
     let settled = || async {
@@ -270,13 +260,7 @@ async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
     .await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     let accepted = system
         .prompt(&alice, &session.id, "[[fake tokens=30 delay_ms=30]]")
         .await;
@@ -333,13 +317,7 @@ async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
     .await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     system
         .prompt(&alice, &session.id, "[[fake tokens=100 delay_ms=30]]")
         .await;
@@ -350,11 +328,7 @@ async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
     let replacement = system.start_worker().await;
     system.workers.push(replacement);
 
-    let events = stream
-        .until(WAIT, |e| {
-            e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
-        })
-        .await;
+    let events = stream.until(WAIT, is_idle).await;
     let done = events
         .iter()
         .find(|e| e.event == "message.completed")
@@ -386,13 +360,7 @@ async fn an_abort_made_while_no_worker_runs_the_reply_is_honoured_when_one_start
     .await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     system
         .prompt(&alice, &session.id, "[[fake tokens=1000 delay_ms=20]]")
         .await;

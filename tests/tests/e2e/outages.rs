@@ -103,13 +103,7 @@ async fn a_worker_asked_to_stop_finishes_the_reply_in_hand() {
     let mut system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     system
         .prompt(&alice, &session.id, "[[fake tokens=20 delay_ms=40]]")
         .await;

@@ -1,6 +1,6 @@
 //! A signed-in user prompts and watches the reply stream; reads reflect it.
 
-use e2e_tests::sse::{SseClient, reply_text};
+use e2e_tests::sse::{SseClient, is_idle, reply_text};
 use e2e_tests::{System, eventually, fake_text};
 use serde_json::json;
 
@@ -12,12 +12,7 @@ async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (org, ws, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
+    let url = system.stream_url(0, &session);
     let mut stream = SseClient::connect(&url, &alice, None)
         .await
         .expect("stream opens");
@@ -29,11 +24,7 @@ async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
         .prompt(&alice, &session.id, "hello [[fake tokens=12]]")
         .await;
     let assistant = accepted["assistantMessageID"].as_str().unwrap();
-    let events = stream
-        .until(WAIT, |e| {
-            e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
-        })
-        .await;
+    let events = stream.until(WAIT, is_idle).await;
 
     // Assert: the order a client relies on, ids strictly increasing.
     let kinds: Vec<&str> = events
@@ -114,13 +105,7 @@ async fn a_follow_up_prompt_sends_the_conversation_so_far() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     for prompt in ["first [[fake tokens=3]]", "second [[fake tokens=4]]"] {
         system.prompt(&alice, &session.id, prompt).await;
         let events = stream.until(WAIT, |e| e.event == "message.completed").await;
@@ -148,13 +133,7 @@ async fn aborting_stops_the_reply_promptly_and_ends_it_as_aborted() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     let accepted = system
         .prompt(
             &alice,
@@ -243,13 +222,7 @@ async fn every_service_reports_health_readiness_and_its_metrics() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     system
         .prompt(&alice, &session.id, "[[fake tokens=3]]")
         .await;

@@ -1,6 +1,6 @@
 //! A failing provider ends the reply as an error the user can see, and frees the session.
 
-use e2e_tests::sse::{Event, SseClient};
+use e2e_tests::sse::{Event, is_idle};
 use e2e_tests::{System, SystemOptions};
 
 use crate::WAIT;
@@ -8,19 +8,9 @@ use crate::WAIT;
 async fn reply_to(system: &System, prompt: &str) -> Vec<Event> {
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
-    let mut stream = SseClient::connect(&url, &alice, None).await.unwrap();
+    let mut stream = system.watch(&alice, &session).await;
     system.prompt(&alice, &session.id, prompt).await;
-    stream
-        .until(WAIT, |e| {
-            e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
-        })
-        .await
+    stream.until(WAIT, is_idle).await
 }
 
 fn completed(events: &[Event]) -> &serde_json::Value {

@@ -2,14 +2,10 @@
 
 use std::collections::HashSet;
 
-use e2e_tests::sse::{Event, SseClient, reply_text};
+use e2e_tests::sse::{Event, SseClient, is_idle, reply_text};
 use e2e_tests::{System, SystemOptions, fake_text};
 
 use crate::WAIT;
-
-fn is_idle(e: &Event) -> bool {
-    e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
-}
 
 #[tokio::test]
 async fn a_client_that_reconnects_to_another_instance_gets_exactly_what_it_missed() {
@@ -20,14 +16,7 @@ async fn a_client_that_reconnects_to_another_instance_gets_exactly_what_it_misse
     .await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let path = format!(
-        "/session/{}/event?consistency={}",
-        session.id, session.token
-    );
-    let mut first = SseClient::connect(&format!("{}{path}", system.query[0].url), &alice, None)
-        .await
-        .unwrap();
-    first.next(WAIT).await; // server.connected
+    let mut first = system.watch(&alice, &session).await;
 
     let accepted = system
         .prompt(&alice, &session.id, "[[fake tokens=60 delay_ms=15]]")
@@ -45,13 +34,9 @@ async fn a_client_that_reconnects_to_another_instance_gets_exactly_what_it_misse
     let last_id = seen.last().unwrap().id.clone();
     drop(first); // the connection drops mid-reply
 
-    let mut second = SseClient::connect(
-        &format!("{}{path}", system.query[1].url),
-        &alice,
-        Some(&last_id),
-    )
-    .await
-    .unwrap();
+    let mut second = SseClient::connect(&system.stream_url(1, &session), &alice, Some(&last_id))
+        .await
+        .unwrap();
     let rest = second.until(WAIT, is_idle).await;
 
     let all: Vec<Event> = seen.into_iter().chain(rest).collect();
@@ -79,12 +64,7 @@ async fn a_client_that_missed_a_whole_reply_gets_all_of_it_on_reconnect() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
+    let url = system.stream_url(0, &session);
     let mut live = SseClient::connect(&url, &alice, None).await.unwrap();
     let connected = live.next(WAIT).await;
     assert_eq!(connected.event, "server.connected");
@@ -118,12 +98,7 @@ async fn a_client_whose_missed_events_are_gone_is_told_to_reload() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
+    let url = system.stream_url(0, &session);
     let mut live = SseClient::connect(&url, &alice, None).await.unwrap();
     let connected = live.next(WAIT).await;
     system
@@ -159,12 +134,7 @@ async fn a_malformed_last_event_id_is_a_bad_request() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
+    let url = system.stream_url(0, &session);
     let Err((status, body)) = SseClient::connect(&url, &alice, Some("yesterday")).await else {
         panic!("a malformed Last-Event-ID must be refused");
     };
@@ -177,12 +147,7 @@ async fn the_stream_says_how_soon_to_reconnect_and_is_not_buffered() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let url = format!(
-        "{}/session/{}/event?consistency={}",
-        system.query_url(),
-        session.id,
-        session.token
-    );
+    let url = system.stream_url(0, &session);
     let mut res = system
         .http
         .get(&url)
