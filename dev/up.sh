@@ -29,9 +29,10 @@ start() { # name port command...
 psql -h 127.0.0.1 -U postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'opencode'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE opencode"
 
-echo "building…"
-cargo build --quiet --workspace --bins
-bin=target/debug
+profile=${PROFILE:-debug}   # `make up PROFILE=release` for optimised binaries
+echo "building ($profile)…"
+if [ "$profile" = release ]; then cargo build --quiet --release --workspace --bins; else cargo build --quiet --workspace --bins; fi
+bin=target/$profile
 echo "starting:"
 start nats "$NATS_PORT" "$OC_TEST_NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$state/nats"
 start oidc "$OIDC_PORT" env OIDC_PORT="$OIDC_PORT" node dev/oidc/server.mjs

@@ -5,6 +5,7 @@
 // (urn:opencode:api) are RS256 JWTs with that audience. Keys and storage are ephemeral: each start
 // signs with a new key, so a restart invalidates issued tokens as a key rotation would. Never use this configuration in production.
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import { Provider } from 'oidc-provider';
 
 const port = Number(process.env.OIDC_PORT || 3000);
@@ -15,6 +16,16 @@ const ttl = Number(process.env.OIDC_ACCESS_TOKEN_TTL || 3600);
 // A fresh signing key per start (with a fresh kid), so a restart behaves like a key rotation.
 const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), use: 'sig', alg: 'RS256' };
+
+// For tests of token validation only: write the signing key (and a spare key the provider never
+// publishes) where the test can read them, so it can forge tokens the service must refuse.
+if (process.env.OIDC_TEST_KEYS_OUT) {
+  const spare = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+  const pem = (k) => k.export({ type: 'pkcs8', format: 'pem' });
+  const publicPem = crypto.createPublicKey(privateKey).export({ type: 'spki', format: 'pem' });
+  const keys = { kid: signingKey.kid, privatePem: pem(privateKey), publicPem, spare: { kid: crypto.randomUUID(), privatePem: pem(spare) } };
+  fs.writeFileSync(process.env.OIDC_TEST_KEYS_OUT, JSON.stringify(keys), { mode: 0o600 });
+}
 
 const provider = new Provider(issuer, {
   jwks: { keys: [signingKey] },

@@ -98,6 +98,7 @@ impl Authenticator {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(5))
             .build()?;
+        let max_age = Duration::from_secs(cfg.jwks_max_age_secs);
         Ok(Self {
             cfg,
             algorithms,
@@ -105,7 +106,7 @@ impl Authenticator {
             jwks_uri: tokio::sync::OnceCell::new(),
             keys: Cache::builder()
                 .max_capacity(64)
-                .time_to_live(Duration::from_secs(24 * 3600))
+                .time_to_live(max_age)
                 .build(),
             last_fetch: Mutex::new(None),
             users: Cache::builder()
@@ -187,6 +188,7 @@ impl Authenticator {
         }
         let jwks: Jwks = serde_json::from_slice(&body)
             .map_err(|e| AuthError::ProviderUnavailable(format!("bad JWKS: {e}")))?;
+        let mut published = std::collections::HashSet::new();
         for raw in jwks.keys {
             // Keys we cannot use (other types, encryption keys) are skipped, not fatal.
             let Ok(jwk) = serde_json::from_value::<Jwk>(raw) else {
@@ -199,6 +201,7 @@ impl Authenticator {
                 continue;
             };
             let alg = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
+            published.insert(kid.clone());
             self.keys
                 .insert(
                     kid,
@@ -208,6 +211,12 @@ impl Authenticator {
                     },
                 )
                 .await;
+        }
+        // A key the issuer no longer publishes is revoked: stop trusting it now.
+        for (kid, _) in self.keys.iter() {
+            if !published.contains(kid.as_str()) {
+                self.keys.invalidate(kid.as_str()).await;
+            }
         }
         *last = Some(Instant::now());
         Ok(())

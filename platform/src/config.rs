@@ -76,6 +76,9 @@ pub struct AuthConfig {
     pub oidc_algorithms: String,
     /// `OC_JWKS_MIN_REFRESH_SECS`: least time between two JWKS fetches caused by unknown key ids.
     pub jwks_min_refresh_secs: u64,
+    /// `OC_JWKS_MAX_AGE_SECS`: how long a fetched key is trusted before the JWKS is fetched
+    /// again; a key the issuer stopped publishing is refused after at most this long.
+    pub jwks_max_age_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -85,6 +88,7 @@ impl Default for AuthConfig {
             oidc_audience: "urn:opencode:api".into(),
             oidc_algorithms: "RS256,ES256,PS256".into(),
             jwks_min_refresh_secs: 10,
+            jwks_max_age_secs: 300,
         }
     }
 }

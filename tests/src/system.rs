@@ -22,6 +22,8 @@ pub struct SystemOptions {
     pub worker_ack_wait_secs: u64,
     /// Extra environment for the worker (timeouts, delivery limits).
     pub worker_env: Vec<(&'static str, String)>,
+    /// Extra environment for every service.
+    pub service_env: Vec<(&'static str, String)>,
 }
 
 impl Default for SystemOptions {
@@ -32,6 +34,7 @@ impl Default for SystemOptions {
             worker: true,
             worker_ack_wait_secs: 30,
             worker_env: Vec::new(),
+            service_env: Vec::new(),
         }
     }
 }
@@ -52,6 +55,9 @@ pub struct System {
     pub provider_url: String,
     pub oidc: Proc,
     pub issuer: String,
+    oidc_port: u16,
+    /// Where the OpenID provider wrote its signing keys (for token-forging tests).
+    pub oidc_keys: PathBuf,
     pub nats: Proc,
     pub nats_url: String,
     nats_port: u16,
@@ -107,10 +113,8 @@ impl System {
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
         let oidc_port = free_port();
-        let mut cmd = Command::new("node");
-        cmd.arg(repo_root().join("dev/oidc/server.mjs"))
-            .env("OIDC_PORT", oidc_port.to_string());
-        let oidc = Proc::spawn("oidc-provider", cmd);
+        let oidc_keys = std::env::temp_dir().join(format!("oc-e2e-oidc-{db_name}.json"));
+        let oidc = spawn_oidc(oidc_port, &oidc_keys);
         let issuer = format!("http://127.0.0.1:{oidc_port}");
 
         let fake_port = free_port();
@@ -132,6 +136,8 @@ impl System {
             provider_url,
             oidc,
             issuer,
+            oidc_port,
+            oidc_keys,
             nats,
             nats_url,
             nats_port,
@@ -190,6 +196,9 @@ impl System {
             )
             .env("OC_SHUTDOWN_GRACE_SECS", "5")
             .env("RUST_LOG", log);
+        for (k, v) in &self.opts.service_env {
+            cmd.env(k, v);
+        }
     }
 
     /// Start a service binary listening on a fresh port, and wait until it is ready.
@@ -287,6 +296,16 @@ impl System {
         client
     }
 
+    /// Restart the OpenID provider on the same port: it signs with a new key from now on (a key
+    /// rotation), and tokens it issued before no longer verify.
+    pub async fn rotate_oidc_key(&mut self) {
+        self.oidc.kill();
+        self.oidc = spawn_oidc(self.oidc_port, &self.oidc_keys);
+        self.tokens.lock().await.clear();
+        self.wait_http(&format!("{}/.well-known/openid-configuration", self.issuer))
+            .await;
+    }
+
     /// Start NATS again after `self.nats.kill()`, on the same port and store.
     pub fn restart_nats(&mut self) {
         self.nats = spawn_nats(self.nats_port, &self.nats_dir);
@@ -313,6 +332,7 @@ impl Drop for System {
         self.workers.clear();
         self.nats.kill();
         let _ = std::fs::remove_dir_all(&self.nats_dir);
+        let _ = std::fs::remove_file(&self.oidc_keys);
         let (url, name) = (self.admin_url.clone(), self.db_name.clone());
         // Drop runs outside any runtime we may block; use a thread with its own.
         let _ = std::thread::spawn(move || {
@@ -327,6 +347,15 @@ impl Drop for System {
         })
         .join();
     }
+}
+
+fn spawn_oidc(port: u16, keys_out: &std::path::Path) -> Proc {
+    let _ = std::fs::remove_file(keys_out);
+    let mut cmd = Command::new("node");
+    cmd.arg(repo_root().join("dev/oidc/server.mjs"))
+        .env("OIDC_PORT", port.to_string())
+        .env("OIDC_TEST_KEYS_OUT", keys_out);
+    Proc::spawn("oidc-provider", cmd)
 }
 
 fn spawn_nats(port: u16, dir: &std::path::Path) -> Proc {

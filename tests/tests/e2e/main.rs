@@ -8,6 +8,7 @@ mod outages;
 mod pipeline;
 mod provider_faults;
 mod resume;
+mod tokens;
 
 use std::time::Duration;
 
