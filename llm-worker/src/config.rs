@@ -30,6 +30,10 @@ pub struct WorkerConfig {
     pub delta_coalesce_ms: u64,
     /// `OC_WORKER_MAX_DELIVER`: attempts at a prompt before it is given up as failed.
     pub worker_max_deliver: i64,
+    /// `OC_MAX_REPLY_BYTES`: a reply that grows past this many bytes of text is stopped and ends
+    /// with `finish: "length"`. Keeps every event and command well under NATS's 1 MiB payload
+    /// limit (the final text travels in one message).
+    pub max_reply_bytes: usize,
     /// `OC_WORKER_ACK_WAIT_SECS`: how long a silent worker keeps a prompt before JetStream hands
     /// it to another worker (a live worker sends progress well within it).
     pub worker_ack_wait_secs: u64,
@@ -49,6 +53,7 @@ impl Default for WorkerConfig {
             delta_coalesce_ms: 5,
             worker_max_deliver: 5,
             worker_ack_wait_secs: 30,
+            max_reply_bytes: 512 * 1024,
         }
     }
 }

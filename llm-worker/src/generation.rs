@@ -222,10 +222,20 @@ impl Worker {
                     let _ = msg.ack_with(AckKind::Progress).await;
                 }
                 event = stream.next() => match event {
-                    Some(Ok(ProviderEvent::Text(text))) => {
+                    Some(Ok(ProviderEvent::Text(mut text))) => {
                         metrics::counter!("tokens_streamed_total").increment(1);
+                        let room = self.cfg.max_reply_bytes.saturating_sub(reply.text.len());
+                        let full = text.len() >= room;
+                        if full {
+                            text.truncate(floor_char_boundary(&text, room));
+                        }
                         reply.text.push_str(&text);
                         pending.push_str(&text);
+                        if full {
+                            // Dropping the stream closes the provider connection: no more tokens billed.
+                            reply.finish = FinishReason::Length;
+                            break;
+                        }
                         if first_token {
                             first_token = false;
                             metrics::histogram!("provider_first_token_seconds").record(requested.elapsed().as_secs_f64());
@@ -330,6 +340,14 @@ impl Worker {
             causation_id: job.prompt_event_id.clone(),
         };
         let body: bytes::Bytes = serde_json::to_vec(&command)?.into();
+        let limit = usize::try_from(self.nats.server_info().max_payload).unwrap_or(usize::MAX);
+        if body.len() > limit {
+            // Cannot succeed by retrying; OC_MAX_REPLY_BYTES is set too high for this server.
+            anyhow::bail!(
+                "the report is {} bytes, over the bus limit of {limit}",
+                body.len()
+            );
+        }
         let mut delay = Duration::from_millis(50);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -391,6 +409,14 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
         prompt_event_id: envelope.id,
         correlation_id: envelope.correlation_id,
     }))
+}
+
+/// The largest index ≤ `at` that is a char boundary of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(0)
 }
 
 fn failed(mut reply: Reply, name: MessageErrorName, message: String) -> Reply {

@@ -135,3 +135,40 @@ pub fn reply_text(events: &[Event], message: &str) -> String {
 pub fn is_idle(e: &Event) -> bool {
     e.event == "session.status" && e.data["properties"]["status"]["type"] == "idle"
 }
+
+impl SseClient {
+    /// Open a stream whose socket accepts only a few kilobytes unread, like a client on a slow
+    /// link: the server must then either hold what it cannot send or let the client go.
+    pub async fn connect_slow(url: &str, bearer: &str) -> SseClient {
+        use http_body_util::BodyExt;
+        let url = reqwest::Url::parse(url).expect("a URL");
+        let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+            .parse()
+            .unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.expect("connect");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let target = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+        let req = hyper::Request::get(target)
+            .header(
+                "host",
+                format!("{}:{}", url.host_str().unwrap(), url.port().unwrap()),
+            )
+            .header("authorization", format!("Bearer {bearer}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let res = sender.send_request(req).await.expect("response");
+        assert_eq!(res.status(), 200);
+        let body = res.into_body().into_data_stream();
+        let inner = body
+            .eventsource()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .boxed();
+        SseClient { inner }
+    }
+}

@@ -51,3 +51,17 @@ async fn provider_errors_cuts_and_silence_end_the_reply_as_an_error() {
         assert!(text.contains(says), "{prompt}: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_reply_longer_than_the_limit_stops_with_finish_length() {
+    let system = System::start_with(SystemOptions {
+        worker_env: vec![("OC_MAX_REPLY_BYTES", "1000".into())],
+        ..Default::default()
+    })
+    .await;
+    let events = reply_to(&system, "[[fake tokens=100000]]").await;
+    let message = completed(&events);
+    assert_eq!(message["finish"], "length");
+    let text = message["parts"][0]["text"].as_str().unwrap();
+    assert_eq!(text, &e2e_tests::fake_text(100000)[..1000]);
+}

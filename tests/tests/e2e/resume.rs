@@ -164,3 +164,58 @@ async fn the_stream_says_how_soon_to_reconnect_and_is_not_buffered() {
     let text = String::from_utf8_lossy(&first);
     assert!(text.starts_with("retry:"), "first bytes: {text}");
 }
+
+#[tokio::test]
+async fn a_client_too_slow_to_keep_up_is_dropped_with_a_position_it_can_resume_from() {
+    let system = System::start_with(SystemOptions {
+        service_env: vec![("OC_SSE_SESSION_BUFFER", "16".into())],
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut slow = SseClient::connect_slow(&system.stream_url(0, &session), &alice).await;
+    let mut watcher = system.watch(&alice, &session).await;
+    // Several megabytes in many frames: more than the server will buffer for one client.
+    let word = "y".repeat(100);
+    let prompt = format!("[[fake tokens=4000 text={word}]]");
+    let mut replies = Vec::new();
+    for _ in 0..8 {
+        let accepted = system.prompt(&alice, &session.id, &prompt).await;
+        replies.push(accepted["assistantMessageID"].as_str().unwrap().to_owned());
+        watcher.until(WAIT, is_idle).await;
+    }
+
+    let events = slow.until(WAIT, |e| e.event == "server.lagged").await;
+    assert!(
+        slow.ends_within(WAIT).await,
+        "the server closed the slow stream"
+    );
+    let resume_from = events.last().unwrap().data["properties"]["lastEventID"].to_string();
+    let mut again = SseClient::connect(&system.stream_url(0, &session), &alice, Some(&resume_from))
+        .await
+        .unwrap();
+    let last = replies.last().unwrap().clone();
+    let rest = again
+        .until(WAIT, |e| {
+            e.event == "message.completed" && e.data["properties"]["message"]["id"] == last
+        })
+        .await;
+    let all: Vec<Event> = events
+        .into_iter()
+        .filter(|e| e.event != "server.lagged")
+        .chain(rest)
+        .collect();
+    let ids: Vec<u64> = all.iter().map(Event::seq).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates"
+    );
+    for reply in &replies {
+        assert_eq!(
+            reply_text(&all, reply),
+            word.repeat(4000),
+            "nothing lost across the drop"
+        );
+    }
+}
