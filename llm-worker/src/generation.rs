@@ -340,7 +340,7 @@ impl Worker {
             causation_id: job.prompt_event_id.clone(),
         };
         let body: bytes::Bytes = serde_json::to_vec(&command)?.into();
-        let limit = usize::try_from(self.nats.server_info().max_payload).unwrap_or(usize::MAX);
+        let limit = self.nats.server_info().max_payload;
         if body.len() > limit {
             // Cannot succeed by retrying; OC_MAX_REPLY_BYTES is set too high for this server.
             anyhow::bail!(
