@@ -15,9 +15,6 @@ pub struct CommandConfig {
 
 impl Default for CommandConfig {
     fn default() -> Self {
-        Self {
-            command_addr: "127.0.0.1:8081".into(),
-            relay_enabled: true,
-        }
+        Self { command_addr: "127.0.0.1:8081".into(), relay_enabled: true }
     }
 }

@@ -62,11 +62,7 @@ impl Directory for EventStoreDirectory {
         org: &OrganizationId,
         user: &UserId,
     ) -> Result<Option<Role>, DomainError> {
-        let mut ctx = self
-            .orgs
-            .load_aggregate(org.as_str())
-            .await
-            .map_err(unavailable)?;
+        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
         Ok(ctx.aggregate().role_of(user))
     }
 
@@ -74,11 +70,8 @@ impl Directory for EventStoreDirectory {
         &self,
         workspace: &WorkspaceId,
     ) -> Result<Option<OrganizationId>, DomainError> {
-        let mut ctx = self
-            .workspaces
-            .load_aggregate(workspace.as_str())
-            .await
-            .map_err(unavailable)?;
+        let mut ctx =
+            self.workspaces.load_aggregate(workspace.as_str()).await.map_err(unavailable)?;
         Ok(ctx.aggregate().organization_id.clone())
     }
 }
@@ -104,12 +97,7 @@ pub mod fake {
             org: &OrganizationId,
             user: &UserId,
         ) -> Result<Option<Role>, DomainError> {
-            Ok(self
-                .roles
-                .lock()
-                .unwrap()
-                .get(&(org.clone(), user.clone()))
-                .copied())
+            Ok(self.roles.lock().unwrap().get(&(org.clone(), user.clone())).copied())
         }
         async fn workspace_org(
             &self,

@@ -95,15 +95,9 @@ where
             .map_err(AggregateError::UserError)?;
         let scope = aggregate.scope();
         let events = sink.collect().await;
-        let committed = self
-            .store
-            .commit(events, context, event_metadata(&scope, ctx))
-            .await?;
+        let committed = self.store.commit(events, context, event_metadata(&scope, ctx)).await?;
         let sequence = committed.last().map_or(0, |e| e.sequence as u64);
-        Ok(ConsistencyToken {
-            aggregate_id: id.to_owned(),
-            sequence,
-        })
+        Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })
     }
 }
 
@@ -117,18 +111,9 @@ fn event_metadata(
             m.insert(k.to_owned(), v);
         }
     };
-    put(
-        metadata::ORGANIZATION_ID,
-        scope.organization.as_ref().map(ToString::to_string),
-    );
-    put(
-        metadata::WORKSPACE_ID,
-        scope.workspace.as_ref().map(ToString::to_string),
-    );
-    put(
-        metadata::SESSION_ID,
-        scope.session.as_ref().map(ToString::to_string),
-    );
+    put(metadata::ORGANIZATION_ID, scope.organization.as_ref().map(ToString::to_string));
+    put(metadata::WORKSPACE_ID, scope.workspace.as_ref().map(ToString::to_string));
+    put(metadata::SESSION_ID, scope.session.as_ref().map(ToString::to_string));
     put(metadata::ACTOR, Some(ctx.actor.clone()));
     put(metadata::CORRELATION_ID, Some(ctx.correlation_id.clone()));
     put(metadata::CAUSATION_ID, ctx.causation_id.clone());

@@ -22,9 +22,8 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let requests = nats
-        .queue_subscribe(subjects::CMD_COMPLETE_MESSAGE, "command-service".into())
-        .await?;
+    let requests =
+        nats.queue_subscribe(subjects::CMD_COMPLETE_MESSAGE, "command-service".into()).await?;
     requests
         .take_until(shutdown.cancelled())
         .for_each_concurrent(CONCURRENCY, |msg| {
@@ -32,9 +31,7 @@ pub async fn run(
             async move {
                 let reply = match serde_json::from_slice::<CompleteMessage>(&msg.payload) {
                     Ok(report) => complete(&state, report).await,
-                    Err(e) => CommandReply::Rejected {
-                        reason: format!("invalid command: {e}"),
-                    },
+                    Err(e) => CommandReply::Rejected { reason: format!("invalid command: {e}") },
                 };
                 if let Some(to) = msg.reply {
                     let body = serde_json::to_vec(&reply).unwrap_or_default();
@@ -55,18 +52,10 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
         causation_id: Some(report.causation_id.clone()),
     };
     let id = report.session_id.to_string();
-    match state
-        .sessions
-        .execute(&id, SessionCommand::Complete { report }, &ctx)
-        .await
-    {
+    match state.sessions.execute(&id, SessionCommand::Complete { report }, &ctx).await {
         Ok(_) => CommandReply::Done,
         Err(CommandError::Domain(DomainError::AlreadyDone)) => CommandReply::AlreadyDone,
-        Err(CommandError::Domain(d)) => CommandReply::Rejected {
-            reason: d.to_string(),
-        },
-        Err(e) => CommandReply::Unavailable {
-            reason: e.to_string(),
-        },
+        Err(CommandError::Domain(d)) => CommandReply::Rejected { reason: d.to_string() },
+        Err(e) => CommandReply::Unavailable { reason: e.to_string() },
     }
 }

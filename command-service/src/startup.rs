@@ -54,9 +54,7 @@ impl Application {
         let nats = bus::connect(&common, "command-service").await?;
         let js = bus::jetstream(nats.clone());
 
-        let services = Services {
-            directory: Arc::new(EventStoreDirectory::new(pg.clone())),
-        };
+        let services = Services { directory: Arc::new(EventStoreDirectory::new(pg.clone())) };
         let state = Arc::new(AppState {
             organizations: Executor::new(pg.clone(), services.clone()),
             workspaces: Executor::new(pg.clone(), services.clone()),
@@ -100,18 +98,10 @@ impl Application {
             workers: None,
         };
         let server = http::serve(spec, move |c| {
-            c.app_data(data.clone())
-                .app_data(authenticator.clone())
-                .configure(routes::configure);
+            c.app_data(data.clone()).app_data(authenticator.clone()).configure(routes::configure);
         })?;
         tracing::info!(port, "command-service listening");
-        Ok(Self {
-            port,
-            server,
-            tasks,
-            shutdown,
-            grace: common.shutdown_grace(),
-        })
+        Ok(Self { port, server, tasks, shutdown, grace: common.shutdown_grace() })
     }
 
     pub fn port(&self) -> u16 {

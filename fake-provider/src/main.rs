@@ -49,10 +49,7 @@ struct Directive {
 
 fn directive(prompt: &str) -> Directive {
     let mut d = Directive {
-        tokens: std::env::var("FAKE_TOKENS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20),
+        tokens: std::env::var("FAKE_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(20),
         ..Directive::default()
     };
     let Some(start) = prompt.find("[[fake") else {
@@ -87,12 +84,8 @@ fn chunk(model: &str, content: Option<&str>, finish: Option<&str>) -> Bytes {
 
 async fn completions(req: web::Json<ChatRequest>) -> HttpResponse {
     REQUESTS.fetch_add(1, Ordering::Relaxed);
-    let prompt = req
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map_or("", |m| m.content.as_str());
+    let prompt =
+        req.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
     let d = directive(prompt);
     match d.fault.as_deref() {
         Some("http500") => {
@@ -118,11 +111,8 @@ async fn completions(req: web::Json<ChatRequest>) -> HttpResponse {
         .and_then(|f| f.strip_prefix("cut:"))
         .and_then(|n| n.parse::<usize>().ok());
     let hang = d.fault.as_deref() == Some("hang");
-    let prompt_tokens = req
-        .messages
-        .iter()
-        .map(|m| m.content.split_whitespace().count())
-        .sum::<usize>();
+    let prompt_tokens =
+        req.messages.iter().map(|m| m.content.split_whitespace().count()).sum::<usize>();
     let model = req.model.clone();
     let tokens = d.tokens;
     let body = stream::unfold(0_usize, move |i| {
@@ -189,10 +179,7 @@ mod tests {
     #[test]
     fn directives_are_parsed() {
         let d = directive("hello [[fake tokens=3 ttft_ms=5 fault=cut:2]] bye");
-        assert_eq!(
-            (d.tokens, d.ttft_ms, d.fault.as_deref()),
-            (3, 5, Some("cut:2"))
-        );
+        assert_eq!((d.tokens, d.ttft_ms, d.fault.as_deref()), (3, 5, Some("cut:2")));
         assert_eq!(directive("plain").fault, None);
     }
 }

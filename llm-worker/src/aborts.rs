@@ -73,8 +73,7 @@ impl Aborts {
             };
             match serde_json::from_slice::<Envelope<SessionEvent>>(&msg.payload) {
                 Ok(Envelope {
-                    payload: SessionEvent::AbortRequested { message_id, .. },
-                    ..
+                    payload: SessionEvent::AbortRequested { message_id, .. }, ..
                 }) => self.abort(message_id),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "unreadable abort event"),

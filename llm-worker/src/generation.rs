@@ -59,9 +59,7 @@ struct Reply {
 impl Worker {
     /// Handle one prompt message from the durable consumer, acking it when done.
     pub async fn handle(&self, msg: jetstream::Message, shutdown: &CancellationToken) {
-        let attempt = msg
-            .info()
-            .map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
+        let attempt = msg.info().map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
         let job = match job(&msg.subject, &msg.payload, attempt) {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -97,9 +95,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(error = %e, message = %job.assistant, "could not report the reply; releasing the prompt");
-                let _ = msg
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
         }
     }
@@ -152,19 +148,10 @@ impl Worker {
             time: schemas::now_ms(),
         };
         if let Err(e) = self.publish_live(job, &mut n, started).await {
-            return failed(
-                reply,
-                MessageErrorName::UnknownError,
-                format!("cannot publish: {e}"),
-            );
+            return failed(reply, MessageErrorName::UnknownError, format!("cannot publish: {e}"));
         }
-        let conversation = history::load(
-            &self.pool,
-            &job.session,
-            job.sequence,
-            &job.message.id,
-            &job.assistant,
-        );
+        let conversation =
+            history::load(&self.pool, &job.session, job.sequence, &job.message.id, &job.assistant);
         let mut messages = match conversation.await {
             Ok(c) if c.abort_requested => return aborted(reply),
             Ok(c) => c.turns,
@@ -177,10 +164,7 @@ impl Worker {
             }
         };
         let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
-        messages.push(ChatMessage {
-            role: "user",
-            content: prompt.join("\n"),
-        });
+        messages.push(ChatMessage { role: "user", content: prompt.join("\n") });
 
         tracing::debug!(turns = messages.len(), "calling the provider");
         let requested = Instant::now();
@@ -343,18 +327,14 @@ impl Worker {
         let limit = self.nats.server_info().max_payload;
         if body.len() > limit {
             // Cannot succeed by retrying; OC_MAX_REPLY_BYTES is set too high for this server.
-            anyhow::bail!(
-                "the report is {} bytes, over the bus limit of {limit}",
-                body.len()
-            );
+            anyhow::bail!("the report is {} bytes, over the bus limit of {limit}", body.len());
         }
         let mut delay = Duration::from_millis(50);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let answer = tokio::time::timeout(
                 Duration::from_secs(5),
-                self.nats
-                    .request(subjects::CMD_COMPLETE_MESSAGE, body.clone()),
+                self.nats.request(subjects::CMD_COMPLETE_MESSAGE, body.clone()),
             )
             .await;
             let reason = match answer {
@@ -388,11 +368,7 @@ impl Worker {
 /// The prompt a bus message asks to answer (None for other events).
 fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job>> {
     let envelope: Envelope<SessionEvent> = serde_json::from_slice(payload)?;
-    let SessionEvent::Prompted {
-        session_id,
-        message,
-        assistant_message_id,
-    } = envelope.payload
+    let SessionEvent::Prompted { session_id, message, assistant_message_id } = envelope.payload
     else {
         return Ok(None);
     };
@@ -413,10 +389,7 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
 
 /// The largest index ≤ `at` that is a char boundary of `s`.
 fn floor_char_boundary(s: &str, at: usize) -> usize {
-    (0..=at.min(s.len()))
-        .rev()
-        .find(|i| s.is_char_boundary(*i))
-        .unwrap_or(0)
+    (0..=at.min(s.len())).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0)
 }
 
 fn failed(mut reply: Reply, name: MessageErrorName, message: String) -> Reply {

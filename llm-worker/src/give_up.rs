@@ -17,14 +17,9 @@ struct Advisory {
 }
 
 pub async fn listen(worker: Worker, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let subject = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{CONSUMER}",
-        subjects::STREAM
-    );
-    let mut advisories = worker
-        .nats
-        .queue_subscribe(subject, "llm-worker".into())
-        .await?;
+    let subject =
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{CONSUMER}", subjects::STREAM);
+    let mut advisories = worker.nats.queue_subscribe(subject, "llm-worker".into()).await?;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -45,7 +40,5 @@ async fn handle(
     let stream = worker.js.get_stream(subjects::STREAM).await?;
     let prompt = stream.get_raw_message(advisory.stream_seq).await?;
     let attempts = u32::try_from(advisory.deliveries).unwrap_or(u32::MAX);
-    worker
-        .give_up(&prompt.subject, &prompt.payload, attempts, shutdown)
-        .await
+    worker.give_up(&prompt.subject, &prompt.payload, attempts, shutdown).await
 }

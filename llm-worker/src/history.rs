@@ -80,8 +80,5 @@ pub async fn load(
             })
         })
         .collect();
-    Ok(Conversation {
-        turns,
-        abort_requested,
-    })
+    Ok(Conversation { turns, abort_requested })
 }

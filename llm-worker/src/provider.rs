@@ -76,10 +76,7 @@ impl Provider {
 
     /// Start a streamed completion. The first-token timeout covers the response headers too.
     pub async fn stream(&self, messages: Vec<ChatMessage>) -> Result<EventStream, ProviderError> {
-        let url = format!(
-            "{}/chat/completions",
-            self.cfg.provider_base_url.trim_end_matches('/')
-        );
+        let url = format!("{}/chat/completions", self.cfg.provider_base_url.trim_end_matches('/'));
         let body = json!({
             "model": self.cfg.provider_model,
             "messages": messages,
@@ -99,22 +96,15 @@ impl Provider {
             .map_err(|e| ProviderError::Connect(e.to_string()))?;
         if !res.status().is_success() {
             let status = res.status().as_u16();
-            let body = res
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(500)
-                .collect();
+            let body = res.text().await.unwrap_or_default().chars().take(500).collect();
             return Err(ProviderError::Status { status, body });
         }
         let sse = res.bytes_stream().eventsource();
         // Unfold rather than a task: dropping the stream (an abort) drops the HTTP response at
         // once, which closes the connection and stops the provider generating (and billing).
         let state = (sse, false, VecDeque::new(), false);
-        let stream = futures::stream::unfold(
-            state,
-            move |(mut sse, started, mut queue, done)| async move {
+        let stream =
+            futures::stream::unfold(state, move |(mut sse, started, mut queue, done)| async move {
                 loop {
                     if let Some(item) = queue.pop_front() {
                         return Some((item, (sse, true, queue, done)));
@@ -139,8 +129,7 @@ impl Provider {
                         Ok(e) => queue.extend(parse_chunk(&e.data)),
                     }
                 }
-            },
-        );
+            });
         Ok(Box::pin(stream))
     }
 }
@@ -203,18 +192,13 @@ fn parse_chunk(data: &str) -> Vec<Result<ProviderEvent, ProviderError>> {
     }
     if let Some(u) = chunk.usage {
         let cached = u.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
-        let reasoning = u
-            .completion_tokens_details
-            .map_or(0, |d| d.reasoning_tokens);
+        let reasoning = u.completion_tokens_details.map_or(0, |d| d.reasoning_tokens);
         // As OpenCode: `input` excludes cached tokens for OpenAI-style usage.
         out.push(Ok(ProviderEvent::Usage(TokenUsage {
             input: u.prompt_tokens.saturating_sub(cached),
             output: u.completion_tokens,
             reasoning,
-            cache: CacheUsage {
-                read: cached,
-                write: 0,
-            },
+            cache: CacheUsage { read: cached, write: 0 },
         })));
     }
     out
@@ -234,24 +218,16 @@ mod tests {
             vec![ProviderEvent::Text("Hel".into())]
         );
         let fin = parse_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
-        assert_eq!(
-            fin[0].as_ref().unwrap(),
-            &ProviderEvent::Finish("stop".into())
-        );
+        assert_eq!(fin[0].as_ref().unwrap(), &ProviderEvent::Finish("stop".into()));
         let usage = parse_chunk(
             r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4}}}"#,
         );
-        let ProviderEvent::Usage(u) = usage[0].as_ref().unwrap() else {
-            panic!("usage expected")
-        };
+        let ProviderEvent::Usage(u) = usage[0].as_ref().unwrap() else { panic!("usage expected") };
         assert_eq!((u.input, u.output, u.cache.read), (6, 5, 4));
     }
 
     #[test]
     fn garbage_is_a_stream_error() {
-        assert!(matches!(
-            parse_chunk("{oops")[0],
-            Err(ProviderError::Stream(_))
-        ));
+        assert!(matches!(parse_chunk("{oops")[0], Err(ProviderError::Stream(_))));
     }
 }

@@ -104,10 +104,7 @@ impl Authenticator {
             algorithms,
             http,
             jwks_uri: tokio::sync::OnceCell::new(),
-            keys: Cache::builder()
-                .max_capacity(64)
-                .time_to_live(max_age)
-                .build(),
+            keys: Cache::builder().max_capacity(64).time_to_live(max_age).build(),
             last_fetch: Mutex::new(None),
             users: Cache::builder()
                 .max_capacity(100_000)
@@ -122,23 +119,12 @@ impl Authenticator {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(AuthError::Invalid(format!(
-                "algorithm {:?} not allowed",
-                header.alg
-            )));
+            return Err(AuthError::Invalid(format!("algorithm {:?} not allowed", header.alg)));
         }
-        let kid = header
-            .kid
-            .ok_or_else(|| AuthError::Invalid("no kid".into()))?;
+        let kid = header.kid.ok_or_else(|| AuthError::Invalid("no kid".into()))?;
         let key = self.key(&kid).await?;
-        if key
-            .alg
-            .as_deref()
-            .is_some_and(|a| a != format!("{:?}", header.alg))
-        {
-            return Err(AuthError::Invalid(
-                "algorithm does not match the key".into(),
-            ));
+        if key.alg.as_deref().is_some_and(|a| a != format!("{:?}", header.alg)) {
+            return Err(AuthError::Invalid("algorithm does not match the key".into()));
         }
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
@@ -157,10 +143,7 @@ impl Authenticator {
             return Ok(k);
         }
         self.refresh_keys().await?;
-        self.keys
-            .get(kid)
-            .await
-            .ok_or_else(|| AuthError::Invalid("unknown signing key".into()))
+        self.keys.get(kid).await.ok_or_else(|| AuthError::Invalid("unknown signing key".into()))
     }
 
     /// Fetch the JWKS unless it was fetched within the minimum refresh interval (a flood of
@@ -202,15 +185,7 @@ impl Authenticator {
             };
             let alg = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
             published.insert(kid.clone());
-            self.keys
-                .insert(
-                    kid,
-                    Key {
-                        key: Arc::new(key),
-                        alg,
-                    },
-                )
-                .await;
+            self.keys.insert(kid, Key { key: Arc::new(key), alg }).await;
         }
         // A key the issuer no longer publishes is revoked: stop trusting it now.
         for (kid, _) in self.keys.iter() {
@@ -272,10 +247,7 @@ impl FromRequest for AuthUser {
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(|t| t.trim().to_owned());
         Box::pin(async move {
             let auth = auth.ok_or_else(|| Problem::internal(&"authenticator not configured"))?;

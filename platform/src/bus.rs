@@ -30,19 +30,14 @@ pub async fn connect(cfg: &CommonConfig, name: &str) -> anyhow::Result<async_nat
 
 /// A JetStream context whose calls fail after `timeout` instead of hanging.
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
-    jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build(client)
+    jetstream::ContextBuilder::new().timeout(Duration::from_secs(5)).build(client)
 }
 
 /// Create the events stream, or bring an existing one's settings up to date.
 pub async fn ensure_stream(js: &jetstream::Context, cfg: &CommonConfig) -> anyhow::Result<()> {
     let config = stream::Config {
         name: subjects::STREAM.into(),
-        subjects: subjects::STREAM_SUBJECTS
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        subjects: subjects::STREAM_SUBJECTS.iter().map(|s| s.to_string()).collect(),
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(cfg.stream_max_age_secs),
@@ -76,10 +71,8 @@ pub fn report_consumer_lag(
                 _ = tick.tick() => {}
             }
             let consumer_info = async {
-                let mut c: jetstream::consumer::PullConsumer = js
-                    .get_consumer_from_stream(consumer, subjects::STREAM)
-                    .await
-                    .ok()?;
+                let mut c: jetstream::consumer::PullConsumer =
+                    js.get_consumer_from_stream(consumer, subjects::STREAM).await.ok()?;
                 c.info().await.ok().cloned()
             };
             if let Some(info) = consumer_info.await {

@@ -15,9 +15,7 @@ const POOL_WAIT: Duration = Duration::from_secs(3);
 pub fn pool(cfg: &CommonConfig) -> anyhow::Result<Pool> {
     let mut pg = deadpool_postgres::Config::new();
     pg.url = Some(cfg.database_url.clone());
-    pg.manager = Some(ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    });
+    pg.manager = Some(ManagerConfig { recycling_method: RecyclingMethod::Fast });
     pg.pool = Some(PoolConfig {
         max_size: cfg.database_pool_size,
         timeouts: Timeouts {

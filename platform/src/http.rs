@@ -52,10 +52,7 @@ pub fn readiness(db: deadpool_postgres::Pool, nats: async_nats::Client) -> Readi
                 return Err("nats is not connected".into());
             }
             let client = db.get().await.map_err(|e| format!("postgres: {e}"))?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| format!("postgres: {e}"))?;
+            client.simple_query("SELECT 1").await.map_err(|e| format!("postgres: {e}"))?;
             Ok(())
         })
     })
@@ -65,10 +62,7 @@ pub fn readiness(db: deadpool_postgres::Pool, nats: async_nats::Client) -> Readi
 pub fn ops_routes(cfg: &mut web::ServiceConfig, metrics: PrometheusHandle, ready: ReadinessCheck) {
     cfg.app_data(web::Data::new(metrics))
         .app_data(web::Data::new(ready))
-        .route(
-            "/healthz",
-            web::get().to(|| async { HttpResponse::Ok().body("ok") }),
-        )
+        .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics_endpoint));
 }
@@ -81,9 +75,7 @@ async fn readyz(check: web::Data<ReadinessCheck>) -> Result<HttpResponse, Proble
 }
 
 async fn metrics_endpoint(handle: web::Data<PrometheusHandle>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(handle.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(handle.render())
 }
 
 /// The id of the request being handled: the caller's `X-Request-Id` if it is a sane token,
@@ -99,10 +91,7 @@ impl RequestId {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 64)
-            .filter(|v| {
-                v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            });
+            .filter(|v| v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         RequestId(given.map_or_else(|| schemas::ids::RequestId::new().to_string(), str::to_owned))
     }
 }
@@ -146,10 +135,8 @@ where
     async move {
         let mut res = fut.await?;
         if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id.0) {
-            res.headers_mut().insert(
-                actix_web::http::header::HeaderName::from_static("x-request-id"),
-                value,
-            );
+            res.headers_mut()
+                .insert(actix_web::http::header::HeaderName::from_static("x-request-id"), value);
         }
         metrics::histogram!(
             "http_request_duration_seconds",
@@ -179,13 +166,7 @@ pub fn serve<F>(spec: ServerSpec, routes: F) -> std::io::Result<actix_web::dev::
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
-    let ServerSpec {
-        listener,
-        metrics,
-        ready,
-        shutdown_grace_secs,
-        workers,
-    } = spec;
+    let ServerSpec { listener, metrics, ready, shutdown_grace_secs, workers } = spec;
     let mut server = actix_web::HttpServer::new(move || {
         let (metrics, ready) = (metrics.clone(), ready.clone());
         actix_web::App::new()

@@ -22,13 +22,7 @@ pub struct Problem {
 
 impl Problem {
     fn new(status: StatusCode, title: &'static str, detail: Option<String>) -> Self {
-        Self {
-            kind: "about:blank",
-            title,
-            status: status.as_u16(),
-            detail,
-            retry_after_secs: None,
-        }
+        Self { kind: "about:blank", title, status: status.as_u16(), detail, retry_after_secs: None }
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -36,11 +30,7 @@ impl Problem {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            Some(detail.into()),
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", Some(detail.into()))
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -57,28 +47,17 @@ impl Problem {
     }
 
     pub fn payload_too_large(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Payload Too Large",
-            Some(detail.into()),
-        )
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", Some(detail.into()))
     }
 
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Unsupported Media Type",
-            Some(detail.into()),
-        )
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", Some(detail.into()))
     }
 
     /// A dependency (PostgreSQL, NATS, the identity provider) is unreachable: try again soon.
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        let mut p = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            Some(detail.into()),
-        );
+        let mut p =
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", Some(detail.into()));
         p.retry_after_secs = Some(1);
         p
     }
@@ -86,11 +65,7 @@ impl Problem {
     /// Log the cause; tell the client nothing about it.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            None,
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", None)
     }
 
     /// Map a JSON body error: oversize 413, wrong content type 415, the rest 400 with the reason.

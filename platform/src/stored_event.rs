@@ -30,21 +30,12 @@ impl StoredEvent {
         let org: OrganizationId = self
             .meta(metadata::ORGANIZATION_ID)
             .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "event {}:{} has no organization",
-                    self.aggregate_id,
-                    self.sequence
-                )
+                anyhow::anyhow!("event {}:{} has no organization", self.aggregate_id, self.sequence)
             })?
             .parse()?;
-        let workspace = self
-            .meta(metadata::WORKSPACE_ID)
-            .map(str::parse::<WorkspaceId>)
-            .transpose()?;
-        let session = self
-            .meta(metadata::SESSION_ID)
-            .map(str::parse::<SessionId>)
-            .transpose()?;
+        let workspace =
+            self.meta(metadata::WORKSPACE_ID).map(str::parse::<WorkspaceId>).transpose()?;
+        let session = self.meta(metadata::SESSION_ID).map(str::parse::<SessionId>).transpose()?;
         let subject =
             subjects::domain_event(&org, workspace.as_ref(), session.as_ref(), &self.event_type);
         let sequence = u64::try_from(self.sequence)?;

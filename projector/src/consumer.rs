@@ -74,15 +74,11 @@ pub async fn handle(pool: &deadpool_postgres::Pool, msg: jetstream::Message) {
         }
         Ok(Outcome::Gap { expected, got }) => {
             tracing::warn!(id = %envelope.id, expected, got, "event arrived before its predecessor");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_millis(200))))
-                .await;
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_millis(200)))).await;
         }
         Err(e) => {
             tracing::warn!(error = %e, id = %envelope.id, "projection failed; will retry");
-            let _ = msg
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
         }
     }
 }

@@ -47,10 +47,7 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
         return Ok(if last >= seq {
             Outcome::Duplicate
         } else {
-            Outcome::Gap {
-                expected: last + 1,
-                got: seq,
-            }
+            Outcome::Gap { expected: last + 1, got: seq }
         });
     }
     let payload = env.payload.clone();
@@ -65,24 +62,35 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
 
 async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow::Result<()> {
     match event {
-        OrganizationEvent::Created {
-            organization_id,
-            name,
-            owner_id,
-            time,
-        } => {
+        OrganizationEvent::Created { organization_id, name, owner_id, time } => {
             tx.execute(
                 "INSERT INTO rm_organizations (organization_id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)",
                 &[&organization_id.as_str(), &name, &owner_id.as_str(), &time],
             )
             .await?;
         }
-        OrganizationEvent::MemberAdded {
-            organization_id,
-            user_id,
-            role,
-            time,
-        } => {
+        OrganizationEvent::Renamed { organization_id, name, .. } => {
+            tx.execute(
+                "UPDATE rm_organizations SET name = $2 WHERE organization_id = $1",
+                &[&organization_id.as_str(), &name],
+            )
+            .await?;
+        }
+        OrganizationEvent::MemberRoleChanged { organization_id, user_id, role, .. } => {
+            tx.execute(
+                "UPDATE rm_members SET role = $3 WHERE organization_id = $1 AND user_id = $2",
+                &[&organization_id.as_str(), &user_id.as_str(), &role.as_str()],
+            )
+            .await?;
+        }
+        OrganizationEvent::MemberRemoved { organization_id, user_id, .. } => {
+            tx.execute(
+                "DELETE FROM rm_members WHERE organization_id = $1 AND user_id = $2",
+                &[&organization_id.as_str(), &user_id.as_str()],
+            )
+            .await?;
+        }
+        OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => {
             tx.execute(
                 "INSERT INTO rm_members (organization_id, user_id, role, added_at) VALUES ($1, $2, $3, $4)",
                 &[&organization_id.as_str(), &user_id.as_str(), &role.as_str(), &time],
@@ -95,13 +103,7 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
 
 async fn workspace(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Result<()> {
     match event {
-        WorkspaceEvent::Created {
-            workspace_id,
-            organization_id,
-            name,
-            created_by,
-            time,
-        } => {
+        WorkspaceEvent::Created { workspace_id, organization_id, name, created_by, time } => {
             tx.execute(
                 "INSERT INTO rm_workspaces (workspace_id, organization_id, name, created_by, created_at) \
                  VALUES ($1, $2, $3, $4, $5)",
@@ -130,11 +132,7 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             )
             .await?;
         }
-        SessionEvent::Prompted {
-            session_id,
-            message,
-            assistant_message_id,
-        } => {
+        SessionEvent::Prompted { session_id, message, assistant_message_id } => {
             let user_info = json!({
                 "id": message.id, "sessionID": session_id, "role": "user", "userID": message.user_id,
                 "time": { "created": message.time }, "model": message.model,
@@ -183,10 +181,7 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             )
             .await?;
         }
-        SessionEvent::MessageCompleted {
-            session_id,
-            message,
-        } => {
+        SessionEvent::MessageCompleted { session_id, message } => {
             let info = json!({
                 "id": message.id, "sessionID": session_id, "role": "assistant", "parentID": message.parent_id,
                 "providerID": message.model.provider_id, "modelID": message.model.model_id,

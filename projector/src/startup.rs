@@ -17,9 +17,7 @@ pub struct ProjectorConfig {
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self {
-            projector_addr: "127.0.0.1:8083".into(),
-        }
+        Self { projector_addr: "127.0.0.1:8083".into() }
     }
 }
 

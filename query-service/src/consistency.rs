@@ -41,17 +41,14 @@ pub async fn wait_for(
 ) -> Result<(), Problem> {
     let Some(token) = token else { return Ok(()) };
     let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached("SELECT sequence FROM rm_positions WHERE aggregate_id = $1")
-        .await?;
+    let stmt =
+        client.prepare_cached("SELECT sequence FROM rm_positions WHERE aggregate_id = $1").await?;
     let wanted = i64::try_from(token.sequence).unwrap_or(i64::MAX);
     let deadline = Instant::now() + max_wait;
     let mut delay = Duration::from_millis(1);
     loop {
-        let at: i64 = client
-            .query_opt(&stmt, &[&token.aggregate_id])
-            .await?
-            .map_or(0, |r| r.get(0));
+        let at: i64 =
+            client.query_opt(&stmt, &[&token.aggregate_id]).await?.map_or(0, |r| r.get(0));
         if at >= wanted {
             return Ok(());
         }

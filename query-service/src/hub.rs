@@ -38,18 +38,11 @@ impl Frame {
             payload: &'a serde_json::value::RawValue,
         }
         let wire: Wire = serde_json::from_slice(payload).ok()?;
-        Some(Frame {
-            seq,
-            event: wire.event_type.into(),
-            data: wire.payload.get().into(),
-        })
+        Some(Frame { seq, event: wire.event_type.into(), data: wire.payload.get().into() })
     }
 
     pub fn to_sse(&self) -> sse::Event {
-        sse::Data::new(self.data.clone())
-            .event(self.event.clone())
-            .id(self.seq.to_string())
-            .into()
+        sse::Data::new(self.data.clone()).event(self.event.clone()).id(self.seq.to_string()).into()
     }
 }
 
@@ -62,11 +55,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(buffer: usize) -> Arc<Self> {
-        Arc::new(Self {
-            sessions: Mutex::default(),
-            position: AtomicU64::new(0),
-            buffer,
-        })
+        Arc::new(Self { sessions: Mutex::default(), position: AtomicU64::new(0), buffer })
     }
 
     pub fn position(&self) -> u64 {
@@ -85,10 +74,7 @@ impl Hub {
     /// Forget sessions nobody listens to any more.
     pub fn unsubscribe_idle(&self, session: &str) {
         let mut sessions = self.lock();
-        if sessions
-            .get(session)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
+        if sessions.get(session).is_some_and(|tx| tx.receiver_count() == 0) {
             sessions.remove(session);
         }
     }
@@ -136,9 +122,7 @@ impl Hub {
         };
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
                 ..Default::default()
             })
             .await?;
@@ -153,14 +137,8 @@ impl Hub {
                 Some(Err(e)) => anyhow::bail!(e),
                 None => anyhow::bail!("subscription ended"),
             };
-            let seq = msg
-                .info()
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .stream_sequence;
-            match (
-                subjects::session_of(&msg.subject),
-                Frame::decode(seq, &msg.payload),
-            ) {
+            let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            match (subjects::session_of(&msg.subject), Frame::decode(seq, &msg.payload)) {
                 (Some(session), Some(frame)) => self.publish(session, frame),
                 _ => self.position.store(seq, Ordering::Release),
             }

@@ -23,9 +23,9 @@ impl PageQuery {
         match self.limit {
             None => Ok(DEFAULT_LIMIT),
             Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
-            Some(_) => Err(Problem::bad_request(format!(
-                "limit must be between 1 and {MAX_LIMIT}"
-            ))),
+            Some(_) => {
+                Err(Problem::bad_request(format!("limit must be between 1 and {MAX_LIMIT}")))
+            }
         }
     }
 
@@ -60,15 +60,9 @@ impl Page {
     pub fn of(mut items: Vec<serde_json::Value>, limit: i64, id: &str) -> Self {
         let more = items.len() as i64 > limit;
         items.truncate(usize::try_from(limit).unwrap_or(0));
-        let last_id = items
-            .last()
-            .and_then(|i| i.pointer(id))
-            .and_then(|v| v.as_str());
+        let last_id = items.last().and_then(|i| i.pointer(id)).and_then(|v| v.as_str());
         let next = last_id.filter(|_| more).map(|i| URL_SAFE_NO_PAD.encode(i));
-        Page {
-            items,
-            cursor: Cursor { next },
-        }
+        Page { items, cursor: Cursor { next } }
     }
 }
 
@@ -79,18 +73,10 @@ mod tests {
 
     #[test]
     fn a_page_has_a_cursor_only_when_there_is_more() {
-        let items = |n: usize| {
-            (0..n)
-                .map(|i| json!({ "id": format!("x{i}") }))
-                .collect::<Vec<_>>()
-        };
+        let items = |n: usize| (0..n).map(|i| json!({ "id": format!("x{i}") })).collect::<Vec<_>>();
         let full = Page::of(items(3), 2, "/id");
         assert_eq!(full.items.len(), 2);
-        let q = PageQuery {
-            limit: None,
-            cursor: full.cursor.next.clone(),
-            consistency: None,
-        };
+        let q = PageQuery { limit: None, cursor: full.cursor.next.clone(), consistency: None };
         assert_eq!(q.after().unwrap(), "x1");
         assert!(Page::of(items(2), 2, "/id").cursor.next.is_none());
     }

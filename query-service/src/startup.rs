@@ -75,13 +75,7 @@ impl Application {
         let ready = http::readiness(pool.clone(), nats);
         let listener = TcpListener::bind(&cfg.query_addr)?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState {
-            db: pool,
-            js,
-            hub,
-            cfg,
-            shutdown: shutdown.clone(),
-        });
+        let state = web::Data::new(AppState { db: pool, js, hub, cfg, shutdown: shutdown.clone() });
         let spec = http::ServerSpec {
             listener,
             metrics,
@@ -90,17 +84,10 @@ impl Application {
             workers: None,
         };
         let server = http::serve(spec, move |c| {
-            c.app_data(state.clone())
-                .app_data(authenticator.clone())
-                .configure(routes::configure);
+            c.app_data(state.clone()).app_data(authenticator.clone()).configure(routes::configure);
         })?;
         tracing::info!(port, "query-service listening");
-        Ok(Self {
-            port,
-            server,
-            hub: hub_task,
-            shutdown,
-        })
+        Ok(Self { port, server, hub: hub_task, shutdown })
     }
 
     pub fn port(&self) -> u16 {

@@ -30,6 +30,25 @@ pub struct AddMember {
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct RenameOrganization {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRole {
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferOwnership {
+    #[serde(rename = "userID")]
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
     pub name: String,
 }
@@ -137,10 +156,7 @@ impl ConsistencyToken {
             && id.split_once('_').is_some()
             && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         valid_id.then_some(())?;
-        Some(Self {
-            aggregate_id: id.to_owned(),
-            sequence: seq.parse().ok()?,
-        })
+        Some(Self { aggregate_id: id.to_owned(), sequence: seq.parse().ok()? })
     }
 }
 
@@ -150,10 +166,7 @@ mod tests {
 
     #[test]
     fn consistency_tokens_round_trip_and_reject_garbage() {
-        let t = ConsistencyToken {
-            aggregate_id: SessionId::new().to_string(),
-            sequence: 7,
-        };
+        let t = ConsistencyToken { aggregate_id: SessionId::new().to_string(), sequence: 7 };
         assert_eq!(ConsistencyToken::decode(&t.encode()), Some(t));
         assert_eq!(ConsistencyToken::decode("nonsense"), None);
         assert_eq!(ConsistencyToken::decode("ses_x.-1"), None);

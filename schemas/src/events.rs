@@ -14,7 +14,7 @@ use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, 
 /// The version every event type currently has.
 pub const V1: &str = "1.0";
 
-/// Roles in an organization. Issue #3 adds the policy; for now every member may act.
+/// Roles in an organization; what each may do is `policy::POLICY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -54,6 +54,30 @@ pub enum OrganizationEvent {
         #[serde(rename = "userID")]
         user_id: UserId,
         role: Role,
+        time: i64,
+    },
+    #[serde(rename = "organization.renamed")]
+    Renamed {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        name: String,
+        time: i64,
+    },
+    #[serde(rename = "organization.member_role_changed")]
+    MemberRoleChanged {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "userID")]
+        user_id: UserId,
+        role: Role,
+        time: i64,
+    },
+    #[serde(rename = "organization.member_removed")]
+    MemberRemoved {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "userID")]
+        user_id: UserId,
         time: i64,
     },
 }
@@ -164,6 +188,9 @@ impl EventName for OrganizationEvent {
         match self {
             OrganizationEvent::Created { .. } => "organization.created",
             OrganizationEvent::MemberAdded { .. } => "organization.member_added",
+            OrganizationEvent::Renamed { .. } => "organization.renamed",
+            OrganizationEvent::MemberRoleChanged { .. } => "organization.member_role_changed",
+            OrganizationEvent::MemberRemoved { .. } => "organization.member_removed",
         }
     }
 }

@@ -156,10 +156,7 @@ mod tests {
     #[test]
     fn wrong_prefix_and_garbage_are_rejected() {
         let m = MessageId::new();
-        assert_eq!(
-            m.as_str().parse::<SessionId>(),
-            Err(IdError::WrongPrefix { expected: "ses" })
-        );
+        assert_eq!(m.as_str().parse::<SessionId>(), Err(IdError::WrongPrefix { expected: "ses" }));
         assert_eq!(
             "ses_not-a-ulid".parse::<SessionId>(),
             Err(IdError::Malformed { prefix: "ses" })

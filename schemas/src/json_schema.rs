@@ -17,10 +17,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         s
     }
     vec![
-        (
-            "organization-event.json",
-            render::<Envelope<OrganizationEvent>>(),
-        ),
+        ("organization-event.json", render::<Envelope<OrganizationEvent>>()),
         ("workspace-event.json", render::<Envelope<WorkspaceEvent>>()),
         ("session-event.json", render::<Envelope<SessionEvent>>()),
         ("live-event.json", render::<Envelope<LiveEvent>>()),

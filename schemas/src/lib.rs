@@ -11,12 +11,11 @@ pub mod ids;
 pub mod json_schema;
 pub mod live;
 pub mod message;
+pub mod policy;
 pub mod subjects;
 
 /// Milliseconds since the Unix epoch, the time unit of every event (as in OpenCode).
 pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -57,10 +57,7 @@ pub fn live_event(
 
 /// Both filters that together select everything about one session.
 pub fn session_filters(org: &OrganizationId, session: &SessionId) -> [String; 2] {
-    [
-        format!("oc.evt.{org}.*.{session}.>"),
-        format!("oc.live.{org}.*.{session}.>"),
-    ]
+    [format!("oc.evt.{org}.*.{session}.>"), format!("oc.live.{org}.*.{session}.>")]
 }
 
 /// The (organization, workspace, session) tokens of an event subject, `_` where not scoped.
@@ -87,10 +84,7 @@ mod tests {
         let subject = domain_event(&o, Some(&w), Some(&s), "session.prompted");
         assert_eq!(subject, format!("oc.evt.{o}.{w}.{s}.session_prompted"));
         assert_eq!(session_of(&subject), Some(s.as_str()));
-        assert_eq!(
-            scope_of(&subject),
-            Some((o.as_str(), w.as_str(), s.as_str()))
-        );
+        assert_eq!(scope_of(&subject), Some((o.as_str(), w.as_str(), s.as_str())));
         let org_subject = domain_event(&o, None, None, "organization.created");
         assert_eq!(session_of(&org_subject), None);
         assert_eq!(

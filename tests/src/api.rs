@@ -28,11 +28,7 @@ async fn answer(res: reqwest::Response) -> Answer {
         .to_owned();
     let bytes = res.bytes().await.unwrap_or_default();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Answer {
-        status,
-        content_type,
-        body,
-    }
+    Answer { status, content_type, body }
 }
 
 /// A created resource's id and consistency token.
@@ -83,10 +79,8 @@ impl System {
         path: &str,
         consistency: Option<&str>,
     ) -> Answer {
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.query[instance].url))
-            .bearer_auth(bearer);
+        let mut req =
+            self.http.get(format!("{}{path}", self.query[instance].url)).bearer_auth(bearer);
         if let Some(t) = consistency {
             req = req.header("X-Consistency-Token", t);
         }
@@ -106,31 +100,16 @@ impl System {
     }
 
     pub async fn create_org(&self, bearer: &str, name: &str) -> Created {
-        Self::created(
-            self.post(bearer, "/org", json!({ "name": name })).await,
-            "an organization",
-        )
+        Self::created(self.post(bearer, "/org", json!({ "name": name })).await, "an organization")
     }
 
     pub async fn create_workspace(&self, bearer: &str, org: &str, name: &str) -> Created {
-        let a = self
-            .post(
-                bearer,
-                &format!("/org/{org}/workspace"),
-                json!({ "name": name }),
-            )
-            .await;
+        let a = self.post(bearer, &format!("/org/{org}/workspace"), json!({ "name": name })).await;
         Self::created(a, "a workspace")
     }
 
     pub async fn create_session(&self, bearer: &str, workspace: &str) -> Created {
-        let a = self
-            .post(
-                bearer,
-                &format!("/workspace/{workspace}/session"),
-                json!({}),
-            )
-            .await;
+        let a = self.post(bearer, &format!("/workspace/{workspace}/session"), json!({})).await;
         Self::created(a, "a session")
     }
 
@@ -146,21 +125,14 @@ impl System {
     /// Prompt; expects 202 and returns the body (`userMessageID`, `assistantMessageID`, …).
     pub async fn prompt(&self, bearer: &str, session: &str, text: &str) -> Value {
         let body = json!({ "parts": [{ "type": "text", "text": text }] });
-        let a = self
-            .post(bearer, &format!("/session/{session}/prompt_async"), body)
-            .await;
+        let a = self.post(bearer, &format!("/session/{session}/prompt_async"), body).await;
         assert_eq!(a.status, 202, "prompt: {a:?}");
         a.body
     }
 
     /// How many events the event store holds.
     pub async fn event_count(&self) -> i64 {
-        self.db()
-            .await
-            .query_one("SELECT count(*) FROM events", &[])
-            .await
-            .unwrap()
-            .get(0)
+        self.db().await.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0)
     }
 }
 
@@ -177,9 +149,8 @@ impl System {
     /// Open `session`'s event stream as `bearer` and read past `server.connected`.
     pub async fn watch(&self, bearer: &str, session: &Created) -> crate::sse::SseClient {
         let url = self.stream_url(0, session);
-        let mut stream = crate::sse::SseClient::connect(&url, bearer, None)
-            .await
-            .expect("the stream opens");
+        let mut stream =
+            crate::sse::SseClient::connect(&url, bearer, None).await.expect("the stream opens");
         let hello = stream.next(std::time::Duration::from_secs(30)).await;
         assert_eq!(hello.event, "server.connected");
         stream

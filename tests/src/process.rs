@@ -14,20 +14,11 @@ impl Proc {
         // Quiet unless asked: OC_TEST_LOGS=1 shows every process's output.
         let show = std::env::var_os("OC_TEST_LOGS").is_some();
         let out = || {
-            if show {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            }
+            if show { Stdio::inherit() } else { Stdio::null() }
         };
         cmd.stdout(out()).stderr(out()).stdin(Stdio::null());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_owned(),
-            child: Some(child),
-        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_owned(), child: Some(child) }
     }
 
     pub fn pid(&self) -> u32 {
@@ -51,9 +42,7 @@ impl Proc {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -86,8 +75,5 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }

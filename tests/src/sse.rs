@@ -35,10 +35,7 @@ impl SseClient {
         last_event_id: Option<&str>,
     ) -> Result<SseClient, (u16, Value)> {
         let http = reqwest::Client::new();
-        let mut req = http
-            .get(url)
-            .bearer_auth(bearer)
-            .header("accept", "text/event-stream");
+        let mut req = http.get(url).bearer_auth(bearer).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
@@ -54,11 +51,7 @@ impl SseClient {
             .unwrap_or_default()
             .to_owned();
         assert!(ct.starts_with("text/event-stream"), "content type {ct}");
-        let inner = res
-            .bytes_stream()
-            .eventsource()
-            .map(|r| r.map_err(|e| e.to_string()))
-            .boxed();
+        let inner = res.bytes_stream().eventsource().map(|r| r.map_err(|e| e.to_string())).boxed();
         Ok(SseClient { inner })
     }
 
@@ -142,9 +135,7 @@ impl SseClient {
     pub async fn connect_slow(url: &str, bearer: &str) -> SseClient {
         use http_body_util::BodyExt;
         let url = reqwest::Url::parse(url).expect("a URL");
-        let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
-            .parse()
-            .unwrap();
+        let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap()).parse().unwrap();
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
         let stream = socket.connect(addr).await.expect("connect");
@@ -155,20 +146,14 @@ impl SseClient {
         tokio::spawn(conn);
         let target = format!("{}?{}", url.path(), url.query().unwrap_or_default());
         let req = hyper::Request::get(target)
-            .header(
-                "host",
-                format!("{}:{}", url.host_str().unwrap(), url.port().unwrap()),
-            )
+            .header("host", format!("{}:{}", url.host_str().unwrap(), url.port().unwrap()))
             .header("authorization", format!("Bearer {bearer}"))
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
         let res = sender.send_request(req).await.expect("response");
         assert_eq!(res.status(), 200);
         let body = res.into_body().into_data_stream();
-        let inner = body
-            .eventsource()
-            .map(|r| r.map_err(|e| e.to_string()))
-            .boxed();
+        let inner = body.eventsource().map(|r| r.map_err(|e| e.to_string())).boxed();
         SseClient { inner }
     }
 }

@@ -85,10 +85,7 @@ impl System {
         let db_name = format!(
             "oc_e2e_{}_{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
                 % 1_000_000_000
         );
         admin(&admin_url, &format!("CREATE DATABASE {db_name}")).await;
@@ -100,15 +97,7 @@ impl System {
         let nats_port = free_port();
         let nats_dir = std::env::temp_dir().join(format!("oc-e2e-nats-{db_name}"));
         let mut cmd = Command::new(nats_server());
-        cmd.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &nats_port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(&nats_dir);
+        cmd.args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"]).arg(&nats_dir);
         let nats = Proc::spawn("nats-server", cmd);
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
@@ -123,10 +112,7 @@ impl System {
         let fake_provider = Proc::spawn("fake-provider", cmd);
         let provider_url = format!("http://127.0.0.1:{fake_port}");
 
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         let mut system = System {
             command: Vec::new(),
             query: Vec::new(),
@@ -149,26 +135,13 @@ impl System {
             http,
             tokens: Mutex::default(),
         };
-        system
-            .wait_http(&format!("{}/healthz", system.provider_url))
-            .await;
-        system
-            .wait_http(&format!(
-                "{}/.well-known/openid-configuration",
-                system.issuer
-            ))
-            .await;
+        system.wait_http(&format!("{}/healthz", system.provider_url)).await;
+        system.wait_http(&format!("{}/.well-known/openid-configuration", system.issuer)).await;
         let command = system.start_command(opts.relay).await;
         system.command.push(command);
-        system.projector = Some(
-            system
-                .start_service("projector", "OC_PROJECTOR_ADDR", &[])
-                .await,
-        );
+        system.projector = Some(system.start_service("projector", "OC_PROJECTOR_ADDR", &[]).await);
         for _ in 0..opts.query_instances {
-            let q = system
-                .start_service("query-service", "OC_QUERY_ADDR", &[])
-                .await;
+            let q = system.start_service("query-service", "OC_QUERY_ADDR", &[]).await;
             system.query.push(q);
         }
         if opts.worker {
@@ -190,10 +163,7 @@ impl System {
             .env("OC_NATS_URL", &self.nats_url)
             .env("OC_OIDC_ISSUER", &self.issuer)
             .env("OC_PROVIDER_BASE_URL", format!("{}/v1", self.provider_url))
-            .env(
-                "OC_WORKER_ACK_WAIT_SECS",
-                self.opts.worker_ack_wait_secs.to_string(),
-            )
+            .env("OC_WORKER_ACK_WAIT_SECS", self.opts.worker_ack_wait_secs.to_string())
             .env("OC_SHUTDOWN_GRACE_SECS", "5")
             .env("RUST_LOG", log);
         for (k, v) in &self.opts.service_env {
@@ -223,44 +193,26 @@ impl System {
 
     pub async fn start_command(&self, relay: bool) -> Service {
         let relay = if relay { "true" } else { "false" };
-        self.start_service(
-            "command-service",
-            "OC_COMMAND_ADDR",
-            &[("OC_RELAY_ENABLED", relay)],
-        )
-        .await
+        self.start_service("command-service", "OC_COMMAND_ADDR", &[("OC_RELAY_ENABLED", relay)])
+            .await
     }
 
     pub async fn start_worker(&self) -> Service {
-        let env: Vec<(&str, &str)> = self
-            .opts
-            .worker_env
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        self.start_service("llm-worker", "OC_WORKER_ADDR", &env)
-            .await
+        let env: Vec<(&str, &str)> =
+            self.opts.worker_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.start_service("llm-worker", "OC_WORKER_ADDR", &env).await
     }
 
     /// Wait until `url` answers 200.
     pub async fn wait_http(&self, url: &str) {
         let http = self.http.clone();
-        crate::eventually(
-            &format!("{url} to answer 200"),
-            Duration::from_secs(60),
-            || {
-                let (http, url) = (http.clone(), url.to_owned());
-                async move {
-                    let res = http
-                        .get(&url)
-                        .timeout(Duration::from_secs(2))
-                        .send()
-                        .await
-                        .ok()?;
-                    res.status().is_success().then_some(())
-                }
-            },
-        )
+        crate::eventually(&format!("{url} to answer 200"), Duration::from_secs(60), || {
+            let (http, url) = (http.clone(), url.to_owned());
+            async move {
+                let res = http.get(&url).timeout(Duration::from_secs(2)).send().await.ok()?;
+                res.status().is_success().then_some(())
+            }
+        })
         .await
     }
 
@@ -277,11 +229,7 @@ impl System {
             .output()
             .await
             .expect("node runs");
-        assert!(
-            out.status.success(),
-            "token.mjs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "token.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
         let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         tokens.insert(user.to_owned(), token.clone());
         token
@@ -289,9 +237,8 @@ impl System {
 
     /// A connection to this test's database.
     pub async fn db(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
-            .await
-            .expect("db");
+        let (client, conn) =
+            tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls).await.expect("db");
         tokio::spawn(conn);
         client
     }
@@ -302,8 +249,7 @@ impl System {
         self.oidc.kill();
         self.oidc = spawn_oidc(self.oidc_port, &self.oidc_keys);
         self.tokens.lock().await.clear();
-        self.wait_http(&format!("{}/.well-known/openid-configuration", self.issuer))
-            .await;
+        self.wait_http(&format!("{}/.well-known/openid-configuration", self.issuer)).await;
     }
 
     /// Start NATS again after `self.nats.kill()`, on the same port and store.
@@ -336,14 +282,8 @@ impl Drop for System {
         let (url, name) = (self.admin_url.clone(), self.db_name.clone());
         // Drop runs outside any runtime we may block; use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(admin(
-                &url,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            ));
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(admin(&url, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
         })
         .join();
     }
@@ -360,8 +300,7 @@ fn spawn_oidc(port: u16, keys_out: &std::path::Path) -> Proc {
 
 fn spawn_nats(port: u16, dir: &std::path::Path) -> Proc {
     let mut cmd = Command::new(nats_server());
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir);
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
     Proc::spawn("nats-server", cmd)
 }
 
@@ -370,8 +309,5 @@ async fn admin(url: &str, sql: &str) {
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
     tokio::spawn(conn);
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
 }

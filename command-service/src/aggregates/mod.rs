@@ -23,13 +23,30 @@ pub trait Scoped {
     fn scope(&self) -> Scope;
 }
 
+/// Fail unless `actor` may take `action` in `org`: NotFound for strangers (indistinguishable from
+/// a missing resource), Forbidden for members whose role does not allow it.
+pub(crate) async fn authorize(
+    services: &crate::directory::Services,
+    org: &OrganizationId,
+    actor: &schemas::ids::UserId,
+    action: schemas::policy::Action,
+) -> Result<(), crate::error::DomainError> {
+    use crate::error::DomainError;
+    use schemas::policy::{Decision, decide};
+    match decide(services.directory.role_in(org, actor).await?, action) {
+        Decision::Allowed => Ok(()),
+        Decision::Forbidden => {
+            Err(DomainError::Forbidden(format!("your role does not allow {action:?}")))
+        }
+        Decision::NotFound => Err(DomainError::NotFound),
+    }
+}
+
 /// Reject empty or over-long names.
 pub(crate) fn valid_name(what: &str, name: &str) -> Result<String, crate::error::DomainError> {
     let name = name.trim();
     if name.is_empty() {
-        return Err(crate::error::DomainError::Invalid(format!(
-            "{what} must not be empty"
-        )));
+        return Err(crate::error::DomainError::Invalid(format!("{what} must not be empty")));
     }
     if name.chars().count() > schemas::api::MAX_NAME_CHARS {
         return Err(crate::error::DomainError::Invalid(format!(

@@ -10,9 +10,10 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use schemas::api::CompleteMessage;
 use schemas::envelope::aggregate;
-use schemas::events::{AssistantCompletion, Role, SessionEvent, UserMessage};
+use schemas::events::{AssistantCompletion, SessionEvent, UserMessage};
 use schemas::ids::{MessageId, OrganizationId, SessionId, UserId, WorkspaceId};
 use schemas::message::{Part, SessionStatus};
+use schemas::policy::Action;
 use serde::{Deserialize, Serialize};
 
 use super::{Scope, Scoped};
@@ -59,14 +60,15 @@ pub enum SessionCommand {
 }
 
 impl Session {
-    /// Fail with NotFound unless the session exists and `actor` may act in its organization.
-    async fn authorize(&self, services: &Services, actor: &UserId) -> Result<(), DomainError> {
+    /// Fail unless the session exists and `actor` may take `action` in its organization.
+    async fn authorize(
+        &self,
+        services: &Services,
+        actor: &UserId,
+        action: Action,
+    ) -> Result<(), DomainError> {
         let org = self.organization_id.as_ref().ok_or(DomainError::NotFound)?;
-        match services.directory.role_in(org, actor).await? {
-            None => Err(DomainError::NotFound),
-            Some(Role::Viewer) => Err(DomainError::Forbidden("viewers cannot prompt".into())),
-            Some(_) => Ok(()),
-        }
+        super::authorize(services, org, actor, action).await
     }
 
     fn id(&self) -> Result<SessionId, DomainError> {
@@ -88,12 +90,7 @@ impl Aggregate for Session {
         sink: &EventSink<Self>,
     ) -> Result<(), DomainError> {
         match command {
-            SessionCommand::Create {
-                id,
-                workspace,
-                title,
-                actor,
-            } => {
+            SessionCommand::Create { id, workspace, title, actor } => {
                 if self.id.is_some() {
                     return Err(DomainError::WrongState("the session already exists".into()));
                 }
@@ -104,7 +101,7 @@ impl Aggregate for Session {
                     .ok_or(DomainError::NotFound)?;
                 let time = schemas::now_ms();
                 self.organization_id = Some(org.clone());
-                self.authorize(services, &actor).await?;
+                self.authorize(services, &actor, Action::CreateSession).await?;
                 let title = match title {
                     Some(t) => super::valid_name("title", &t)?,
                     None => format!("New session - {time}"),
@@ -119,12 +116,9 @@ impl Aggregate for Session {
                 };
                 sink.write(created, self).await;
             }
-            SessionCommand::Prompt {
-                message,
-                assistant_message_id,
-            } => {
+            SessionCommand::Prompt { message, assistant_message_id } => {
                 let session_id = self.id()?;
-                self.authorize(services, &message.user_id).await?;
+                self.authorize(services, &message.user_id, Action::Prompt).await?;
                 if self.running.is_some() {
                     return Err(DomainError::WrongState(
                         "the session is busy: wait for the reply or abort it".into(),
@@ -140,9 +134,7 @@ impl Aggregate for Session {
                 if self.completed.contains(&message.id)
                     || self.completed.contains(&assistant_message_id)
                 {
-                    return Err(DomainError::WrongState(
-                        "the message id is already used".into(),
-                    ));
+                    return Err(DomainError::WrongState("the message id is already used".into()));
                 }
                 let prompted = SessionEvent::Prompted {
                     session_id: session_id.clone(),
@@ -150,15 +142,12 @@ impl Aggregate for Session {
                     assistant_message_id,
                 };
                 sink.write(prompted, self).await;
-                let busy = SessionEvent::StatusChanged {
-                    session_id,
-                    status: SessionStatus::Busy,
-                };
+                let busy = SessionEvent::StatusChanged { session_id, status: SessionStatus::Busy };
                 sink.write(busy, self).await;
             }
             SessionCommand::Abort { actor } => {
                 let session_id = self.id()?;
-                self.authorize(services, &actor).await?;
+                self.authorize(services, &actor, Action::Prompt).await?;
                 let running = self
                     .running
                     .as_ref()
@@ -203,10 +192,7 @@ impl Aggregate for Session {
                     message: completion,
                 };
                 sink.write(done, self).await;
-                let idle = SessionEvent::StatusChanged {
-                    session_id,
-                    status: SessionStatus::Idle,
-                };
+                let idle = SessionEvent::StatusChanged { session_id, status: SessionStatus::Idle };
                 sink.write(idle, self).await;
             }
         }
@@ -215,21 +201,12 @@ impl Aggregate for Session {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            SessionEvent::Created {
-                session_id,
-                organization_id,
-                workspace_id,
-                ..
-            } => {
+            SessionEvent::Created { session_id, organization_id, workspace_id, .. } => {
                 self.id = Some(session_id);
                 self.organization_id = Some(organization_id);
                 self.workspace_id = Some(workspace_id);
             }
-            SessionEvent::Prompted {
-                message,
-                assistant_message_id,
-                ..
-            } => {
+            SessionEvent::Prompted { message, assistant_message_id, .. } => {
                 self.running = Some(RunningReply {
                     user_message: message.id,
                     assistant_message: assistant_message_id,
@@ -267,6 +244,7 @@ mod tests {
     use std::sync::Arc;
 
     use cqrs_es::test::TestFramework;
+    use schemas::events::Role;
     use schemas::ids::PartId;
     use schemas::message::ModelRef;
     use schemas::message::{FinishReason, TokenUsage};
@@ -285,20 +263,10 @@ mod tests {
     fn world() -> World {
         let (org, ws, alice) = (OrganizationId::new(), WorkspaceId::new(), UserId::new());
         let directory = FakeDirectory::default();
-        directory
-            .roles
-            .lock()
-            .unwrap()
-            .insert((org.clone(), alice.clone()), Role::Member);
-        directory
-            .workspaces
-            .lock()
-            .unwrap()
-            .insert(ws.clone(), org.clone());
+        directory.roles.lock().unwrap().insert((org.clone(), alice.clone()), Role::Member);
+        directory.workspaces.lock().unwrap().insert(ws.clone(), org.clone());
         World {
-            services: Services {
-                directory: Arc::new(directory),
-            },
+            services: Services { directory: Arc::new(directory) },
             org,
             ws,
             session: SessionId::new(),
@@ -327,10 +295,7 @@ mod tests {
             }],
             id,
             user_id: user.clone(),
-            model: ModelRef {
-                provider_id: "default".into(),
-                model_id: "default".into(),
-            },
+            model: ModelRef { provider_id: "default".into(), model_id: "default".into() },
             time: 0,
         }
     }
@@ -367,10 +332,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             events[1],
-            SessionEvent::StatusChanged {
-                status: SessionStatus::Busy,
-                ..
-            }
+            SessionEvent::StatusChanged { status: SessionStatus::Busy, .. }
         ));
         let mut history = vec![created(&w)];
         history.extend(events);
@@ -400,25 +362,15 @@ mod tests {
         ];
         let done = TestFramework::<Session>::with(w.services.clone())
             .given(given.clone())
-            .when(SessionCommand::Complete {
-                report: report(&w, &user, &assistant),
-            })
+            .when(SessionCommand::Complete { report: report(&w, &user, &assistant) })
             .inspect_result()
             .unwrap();
-        assert!(matches!(
-            done[1],
-            SessionEvent::StatusChanged {
-                status: SessionStatus::Idle,
-                ..
-            }
-        ));
+        assert!(matches!(done[1], SessionEvent::StatusChanged { status: SessionStatus::Idle, .. }));
         let mut after = given;
         after.extend(done);
         TestFramework::<Session>::with(w.services.clone())
             .given(after)
-            .when(SessionCommand::Complete {
-                report: report(&w, &user, &assistant),
-            })
+            .when(SessionCommand::Complete { report: report(&w, &user, &assistant) })
             .then_expect_error(DomainError::AlreadyDone);
     }
 
@@ -435,9 +387,7 @@ mod tests {
             .then_expect_error(DomainError::NotFound);
         TestFramework::<Session>::with(w.services.clone())
             .given(vec![created(&w)])
-            .when(SessionCommand::Abort {
-                actor: mallory.clone(),
-            })
+            .when(SessionCommand::Abort { actor: mallory.clone() })
             .then_expect_error(DomainError::NotFound);
         TestFramework::<Session>::with(w.services)
             .given_no_previous_events()
@@ -455,9 +405,7 @@ mod tests {
         let w = world();
         TestFramework::<Session>::with(w.services.clone())
             .given(vec![created(&w)])
-            .when(SessionCommand::Abort {
-                actor: w.alice.clone(),
-            })
+            .when(SessionCommand::Abort { actor: w.alice.clone() })
             .then_expect_error(DomainError::WrongState("no reply is running".into()));
     }
 }

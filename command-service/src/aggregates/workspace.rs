@@ -3,8 +3,9 @@
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use schemas::envelope::aggregate;
-use schemas::events::{Role, WorkspaceEvent};
+use schemas::events::WorkspaceEvent;
 use schemas::ids::{OrganizationId, UserId, WorkspaceId};
+use schemas::policy::Action;
 use serde::{Deserialize, Serialize};
 
 use super::{Scope, Scoped, valid_name};
@@ -19,12 +20,7 @@ pub struct Workspace {
 
 #[derive(Debug, Clone)]
 pub enum WorkspaceCommand {
-    Create {
-        id: WorkspaceId,
-        organization: OrganizationId,
-        name: String,
-        actor: UserId,
-    },
+    Create { id: WorkspaceId, organization: OrganizationId, name: String, actor: UserId },
 }
 
 impl Aggregate for Workspace {
@@ -41,26 +37,11 @@ impl Aggregate for Workspace {
         sink: &EventSink<Self>,
     ) -> Result<(), DomainError> {
         match command {
-            WorkspaceCommand::Create {
-                id,
-                organization,
-                name,
-                actor,
-            } => {
+            WorkspaceCommand::Create { id, organization, name, actor } => {
                 if self.id.is_some() {
-                    return Err(DomainError::WrongState(
-                        "the workspace already exists".into(),
-                    ));
+                    return Err(DomainError::WrongState("the workspace already exists".into()));
                 }
-                match services.directory.role_in(&organization, &actor).await? {
-                    None => return Err(DomainError::NotFound),
-                    Some(Role::Viewer) => {
-                        return Err(DomainError::Forbidden(
-                            "viewers cannot create workspaces".into(),
-                        ));
-                    }
-                    Some(_) => {}
-                }
+                super::authorize(services, &organization, &actor, Action::CreateWorkspace).await?;
                 let name = valid_name("name", &name)?;
                 let event = WorkspaceEvent::Created {
                     workspace_id: id,
@@ -77,11 +58,7 @@ impl Aggregate for Workspace {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            WorkspaceEvent::Created {
-                workspace_id,
-                organization_id,
-                ..
-            } => {
+            WorkspaceEvent::Created { workspace_id, organization_id, .. } => {
                 self.id = Some(workspace_id);
                 self.organization_id = Some(organization_id);
             }
@@ -104,6 +81,7 @@ mod tests {
     use std::sync::Arc;
 
     use cqrs_es::test::TestFramework;
+    use schemas::events::Role;
 
     use super::*;
     use crate::directory::fake::FakeDirectory;
@@ -112,14 +90,8 @@ mod tests {
     fn only_members_create_workspaces_and_strangers_see_not_found() {
         let (org, alice, mallory) = (OrganizationId::new(), UserId::new(), UserId::new());
         let directory = FakeDirectory::default();
-        directory
-            .roles
-            .lock()
-            .unwrap()
-            .insert((org.clone(), alice.clone()), Role::Member);
-        let services = Services {
-            directory: Arc::new(directory),
-        };
+        directory.roles.lock().unwrap().insert((org.clone(), alice.clone()), Role::Member);
+        let services = Services { directory: Arc::new(directory) };
         let id = WorkspaceId::new();
         TestFramework::<Workspace>::with(services.clone())
             .given_no_previous_events()
@@ -130,14 +102,9 @@ mod tests {
                 actor: mallory,
             })
             .then_expect_error(DomainError::NotFound);
-        let ok = TestFramework::<Workspace>::with(services)
-            .given_no_previous_events()
-            .when(WorkspaceCommand::Create {
-                id,
-                organization: org,
-                name: "w".into(),
-                actor: alice,
-            });
+        let ok = TestFramework::<Workspace>::with(services).given_no_previous_events().when(
+            WorkspaceCommand::Create { id, organization: org, name: "w".into(), actor: alice },
+        );
         assert_eq!(ok.inspect_result().unwrap().len(), 1);
     }
 }

@@ -12,16 +12,14 @@ use crate::executor::CommandContext;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/org", web::post().to(organizations::create))
-        .route(
-            "/org/{org}/member",
-            web::post().to(organizations::add_member),
-        )
+        .route("/org/{org}", web::patch().to(organizations::rename))
+        .route("/org/{org}/member", web::post().to(organizations::add_member))
+        .route("/org/{org}/member/{user}", web::put().to(organizations::change_role))
+        .route("/org/{org}/member/{user}", web::delete().to(organizations::remove_member))
+        .route("/org/{org}/transfer", web::post().to(organizations::transfer))
         .route("/org/{org}/workspace", web::post().to(workspaces::create))
         .route("/workspace/{ws}/session", web::post().to(sessions::create))
-        .route(
-            "/session/{id}/prompt_async",
-            web::post().to(sessions::prompt),
-        )
+        .route("/session/{id}/prompt_async", web::post().to(sessions::prompt))
         .route("/session/{id}/abort", web::post().to(sessions::abort));
 }
 

@@ -4,8 +4,10 @@ use actix_web::{HttpResponse, web};
 use platform::auth::AuthUser;
 use platform::http::RequestId;
 use platform::problem::Problem;
-use schemas::api::{Accepted, AddMember, CreateOrganization};
-use schemas::ids::OrganizationId;
+use schemas::api::{
+    Accepted, AddMember, ChangeRole, CreateOrganization, RenameOrganization, TransferOwnership,
+};
+use schemas::ids::{OrganizationId, UserId};
 
 use super::context;
 use crate::aggregates::OrganizationCommand;
@@ -23,14 +25,10 @@ pub async fn create(
         name: body.into_inner().name,
         actor: user.user_id.clone(),
     };
-    let token = state
-        .organizations
-        .execute(id.as_str(), command, &context(&user, &request))
-        .await?;
-    Ok(HttpResponse::Created().json(Accepted {
-        id: id.to_string(),
-        consistency_token: token.encode(),
-    }))
+    let token =
+        state.organizations.execute(id.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Created()
+        .json(Accepted { id: id.to_string(), consistency_token: token.encode() }))
 }
 
 pub async fn add_member(
@@ -46,12 +44,73 @@ pub async fn add_member(
         role: body.role,
         actor: user.user_id.clone(),
     };
-    let token = state
-        .organizations
-        .execute(org.as_str(), command, &context(&user, &request))
-        .await?;
-    Ok(HttpResponse::Created().json(Accepted {
-        id: body.user_id.to_string(),
-        consistency_token: token.encode(),
-    }))
+    let token =
+        state.organizations.execute(org.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Created()
+        .json(Accepted { id: body.user_id.to_string(), consistency_token: token.encode() }))
+}
+
+/// Run an organization command and answer 200 with the consistency token.
+async fn run(
+    state: &AppState,
+    org: &OrganizationId,
+    command: OrganizationCommand,
+    user: &AuthUser,
+    request: &RequestId,
+) -> Result<HttpResponse, Problem> {
+    let token = state.organizations.execute(org.as_str(), command, &context(user, request)).await?;
+    Ok(HttpResponse::Ok().json(Accepted { id: org.to_string(), consistency_token: token.encode() }))
+}
+
+pub async fn rename(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    org: web::Path<OrganizationId>,
+    body: web::Json<RenameOrganization>,
+) -> Result<HttpResponse, Problem> {
+    let command =
+        OrganizationCommand::Rename { name: body.into_inner().name, actor: user.user_id.clone() };
+    run(&state, &org, command, &user, &request).await
+}
+
+pub async fn change_role(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    path: web::Path<(OrganizationId, UserId)>,
+    body: web::Json<ChangeRole>,
+) -> Result<HttpResponse, Problem> {
+    let (org, member) = path.into_inner();
+    let command = OrganizationCommand::ChangeRole {
+        user: member,
+        role: body.into_inner().role,
+        actor: user.user_id.clone(),
+    };
+    run(&state, &org, command, &user, &request).await
+}
+
+pub async fn remove_member(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    path: web::Path<(OrganizationId, UserId)>,
+) -> Result<HttpResponse, Problem> {
+    let (org, member) = path.into_inner();
+    let command = OrganizationCommand::RemoveMember { user: member, actor: user.user_id.clone() };
+    run(&state, &org, command, &user, &request).await
+}
+
+pub async fn transfer(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    org: web::Path<OrganizationId>,
+    body: web::Json<TransferOwnership>,
+) -> Result<HttpResponse, Problem> {
+    let command = OrganizationCommand::TransferOwnership {
+        to: body.into_inner().user_id,
+        actor: user.user_id.clone(),
+    };
+    run(&state, &org, command, &user, &request).await
 }

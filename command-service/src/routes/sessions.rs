@@ -29,14 +29,9 @@ pub async fn create(
         title: body.into_inner().title,
         actor: user.user_id.clone(),
     };
-    let token = state
-        .sessions
-        .execute(id.as_str(), command, &context(&user, &request))
-        .await?;
-    Ok(HttpResponse::Created().json(Accepted {
-        id: id.to_string(),
-        consistency_token: token.encode(),
-    }))
+    let token = state.sessions.execute(id.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Created()
+        .json(Accepted { id: id.to_string(), consistency_token: token.encode() }))
 }
 
 /// Accept a prompt; the reply streams on the session's event stream.
@@ -49,20 +44,16 @@ pub async fn prompt(
 ) -> Result<HttpResponse, Problem> {
     let input = body.into_inner();
     if input.parts.len() > MAX_PROMPT_PARTS {
-        return Err(Problem::bad_request(format!(
-            "at most {MAX_PROMPT_PARTS} parts"
-        )));
+        return Err(Problem::bad_request(format!("at most {MAX_PROMPT_PARTS} parts")));
     }
     let message_id = input.message_id.unwrap_or_default();
     let parts = input
         .parts
         .into_iter()
         .map(|p| match p {
-            PartInput::Text { id, text } => Part::Text {
-                id: id.unwrap_or_default(),
-                message_id: message_id.clone(),
-                text,
-            },
+            PartInput::Text { id, text } => {
+                Part::Text { id: id.unwrap_or_default(), message_id: message_id.clone(), text }
+            }
         })
         .collect();
     let message = UserMessage {
@@ -76,14 +67,10 @@ pub async fn prompt(
         time: schemas::now_ms(),
     };
     let assistant_message_id = MessageId::new();
-    let command = SessionCommand::Prompt {
-        message,
-        assistant_message_id: assistant_message_id.clone(),
-    };
-    let token = state
-        .sessions
-        .execute(session.as_str(), command, &context(&user, &request))
-        .await?;
+    let command =
+        SessionCommand::Prompt { message, assistant_message_id: assistant_message_id.clone() };
+    let token =
+        state.sessions.execute(session.as_str(), command, &context(&user, &request)).await?;
     Ok(HttpResponse::Accepted().json(PromptAccepted {
         session_id: session.into_inner(),
         user_message_id: message_id,
@@ -99,15 +86,9 @@ pub async fn abort(
     state: web::Data<AppState>,
     session: web::Path<SessionId>,
 ) -> Result<HttpResponse, Problem> {
-    let command = SessionCommand::Abort {
-        actor: user.user_id.clone(),
-    };
-    let token = state
-        .sessions
-        .execute(session.as_str(), command, &context(&user, &request))
-        .await?;
-    Ok(HttpResponse::Accepted().json(Accepted {
-        id: session.to_string(),
-        consistency_token: token.encode(),
-    }))
+    let command = SessionCommand::Abort { actor: user.user_id.clone() };
+    let token =
+        state.sessions.execute(session.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Accepted()
+        .json(Accepted { id: session.to_string(), consistency_token: token.encode() }))
 }

@@ -25,12 +25,7 @@ pub async fn create(
         name: body.into_inner().name,
         actor: user.user_id.clone(),
     };
-    let token = state
-        .workspaces
-        .execute(id.as_str(), command, &context(&user, &request))
-        .await?;
-    Ok(HttpResponse::Created().json(Accepted {
-        id: id.to_string(),
-        consistency_token: token.encode(),
-    }))
+    let token = state.workspaces.execute(id.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Created()
+        .json(Accepted { id: id.to_string(), consistency_token: token.encode() }))
 }

@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::access;
 use crate::hub::Frame;
 use crate::startup::AppState;
+use schemas::policy::Action;
 
 /// Frames queued for one client's socket. Small: the per-session broadcast buffer is the slack.
 const CLIENT_QUEUE: usize = 32;
@@ -42,9 +43,7 @@ pub async fn stream(
     let last_event_id = last_event_id(&req)?;
     let org = {
         let db = state.reader(&req).await?;
-        access::session(&db, &id, &user.user_id)
-            .await?
-            .organization_id
+        access::session(&db, &id, &user.user_id, Action::Read).await?.organization_id
     };
     // Subscribe before reading the position: nothing published after it can be missed.
     let live = state.hub.subscribe(id.as_str());
@@ -87,10 +86,7 @@ fn last_event_id(req: &HttpRequest) -> Result<Option<u64>, Problem> {
 }
 
 fn control(event: &str, id: u64, data: serde_json::Value) -> sse::Event {
-    sse::Data::new(data.to_string())
-        .event(event.to_owned())
-        .id(id.to_string())
-        .into()
+    sse::Data::new(data.to_string()).event(event.to_owned()).id(id.to_string()).into()
 }
 
 /// Feed one client until it goes away, lags, or the service shuts down.
@@ -108,8 +104,7 @@ async fn serve(
         sent = replay(state, org, session, after, position, tx).await?;
     } else {
         let hello = serde_json::json!({ "type": "server.connected", "properties": { "sessionID": session } });
-        tx.send(control("server.connected", position, hello))
-            .await?;
+        tx.send(control("server.connected", position, hello)).await?;
     }
     loop {
         let frame = tokio::select! {
@@ -159,9 +154,7 @@ async fn replay(
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subjects: subjects::session_filters(org, session).to_vec(),
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            },
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 },
             ..Default::default()
         })
         .await?;

@@ -9,10 +9,8 @@ use actix_web::web;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/me", web::get().to(organizations::me))
         .route("/org", web::get().to(organizations::list))
-        .route(
-            "/org/{org}/workspace",
-            web::get().to(organizations::workspaces),
-        )
+        .route("/org/{org}/workspace", web::get().to(organizations::workspaces))
+        .route("/org/{org}/member", web::get().to(organizations::members))
         .route("/workspace/{ws}/session", web::get().to(sessions::list))
         .route("/session/{id}", web::get().to(sessions::get))
         .route("/session/{id}/message", web::get().to(sessions::messages))

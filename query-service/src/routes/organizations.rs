@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::access;
 use crate::page::{Page, PageQuery};
 use crate::startup::AppState;
+use schemas::policy::Action;
 
 pub async fn me(user: AuthUser) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "userID": user.user_id }))
@@ -45,6 +46,36 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
 }
 
+/// The organization's members and their roles.
+pub async fn members(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    org: web::Path<OrganizationId>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Problem> {
+    let (limit, after) = (query.limit()?, query.after()?);
+    let db = state.reader(&req).await?;
+    access::organization(&db, &org, &user.user_id, Action::Read).await?;
+    let rows = db
+        .query(
+            "SELECT user_id, role, added_at FROM rm_members \
+             WHERE organization_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+            &[&org.as_str(), &after, &(limit + 1)],
+        )
+        .await?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "userID": r.get::<_, String>(0), "role": r.get::<_, String>(1),
+                "time": { "added": r.get::<_, i64>(2) },
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/userID")))
+}
+
 pub async fn workspaces(
     user: AuthUser,
     req: HttpRequest,
@@ -54,7 +85,7 @@ pub async fn workspaces(
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
     let db = state.reader(&req).await?;
-    access::organization(&db, &org, &user.user_id).await?;
+    access::organization(&db, &org, &user.user_id, Action::Read).await?;
     let rows = db
         .query(
             "SELECT workspace_id, name, created_by, created_at FROM rm_workspaces \

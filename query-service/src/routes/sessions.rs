@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::access;
 use crate::page::{Page, PageQuery};
 use crate::startup::AppState;
+use schemas::policy::Action;
 
 /// OpenCode's `Session` shape, from an `rm_sessions` row.
 fn session_json(r: &tokio_postgres::Row) -> Value {
@@ -33,8 +34,8 @@ pub async fn list(
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
     let db = state.reader(&req).await?;
-    let workspace = access::workspace(&db, &ws, &user.user_id).await?;
-    let org: String = workspace.get("organization_id");
+    let workspace = access::workspace(&db, &ws, &user.user_id, Action::Read).await?;
+    let org = workspace.organization_id.as_str();
     let rows = db
         .query(
             "SELECT * FROM rm_sessions WHERE organization_id = $1 AND workspace_id = $2 \
@@ -53,7 +54,7 @@ pub async fn get(
     id: web::Path<SessionId>,
 ) -> Result<HttpResponse, Problem> {
     let db = state.reader(&req).await?;
-    let session = access::session(&db, &id, &user.user_id).await?;
+    let session = access::session(&db, &id, &user.user_id, Action::Read).await?;
     Ok(HttpResponse::Ok().json(session_json(&session.row)))
 }
 
@@ -67,18 +68,13 @@ pub async fn messages(
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
     let db = state.reader(&req).await?;
-    let session = access::session(&db, &id, &user.user_id).await?;
+    let session = access::session(&db, &id, &user.user_id, Action::Read).await?;
     let rows = db
         .query(
             "SELECT message_id, info, parts FROM rm_messages \
              WHERE organization_id = $1 AND session_id = $2 AND message_id > $3 \
              ORDER BY message_id LIMIT $4",
-            &[
-                &session.organization_id.as_str(),
-                &id.as_str(),
-                &after,
-                &(limit + 1),
-            ],
+            &[&session.organization_id.as_str(), &id.as_str(), &after, &(limit + 1)],
         )
         .await?;
     let items: Vec<Value> = rows

@@ -12,13 +12,7 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
     let prompt = format!("/session/{}/prompt_async", session.id);
 
     let cases: Vec<(&str, String, &str, Vec<u8>, u16)> = vec![
-        (
-            "malformed JSON",
-            "/org".into(),
-            "application/json",
-            b"{\"name\": ".to_vec(),
-            400,
-        ),
+        ("malformed JSON", "/org".into(), "application/json", b"{\"name\": ".to_vec(), 400),
         (
             "unknown field",
             "/org".into(),
@@ -26,27 +20,9 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
             br#"{"name":"a","nmae":"b"}"#.to_vec(),
             400,
         ),
-        (
-            "wrong type",
-            "/org".into(),
-            "application/json",
-            br#"{"name":5}"#.to_vec(),
-            400,
-        ),
-        (
-            "empty name",
-            "/org".into(),
-            "application/json",
-            br#"{"name":"  "}"#.to_vec(),
-            400,
-        ),
-        (
-            "not JSON",
-            "/org".into(),
-            "text/plain",
-            b"name=a".to_vec(),
-            415,
-        ),
+        ("wrong type", "/org".into(), "application/json", br#"{"name":5}"#.to_vec(), 400),
+        ("empty name", "/org".into(), "application/json", br#"{"name":"  "}"#.to_vec(), 400),
+        ("not JSON", "/org".into(), "text/plain", b"name=a".to_vec(), 415),
         (
             "oversize body",
             prompt.clone(),
@@ -57,13 +33,7 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
             .unwrap(),
             413,
         ),
-        (
-            "empty prompt",
-            prompt.clone(),
-            "application/json",
-            br#"{"parts":[]}"#.to_vec(),
-            400,
-        ),
+        ("empty prompt", prompt.clone(), "application/json", br#"{"parts":[]}"#.to_vec(), 400),
         (
             "unknown part type",
             prompt.clone(),
@@ -109,16 +79,9 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
     assert_eq!(system.event_count().await, before, "nothing was written");
 
     // Wrong state: a second prompt while the first reply runs.
-    system
-        .prompt(&alice, &session.id, "[[fake tokens=1000 delay_ms=20]]")
-        .await;
-    let busy = system
-        .post(
-            &alice,
-            &prompt,
-            json!({ "parts": [{ "type": "text", "text": "x" }] }),
-        )
-        .await;
+    system.prompt(&alice, &session.id, "[[fake tokens=1000 delay_ms=20]]").await;
+    let busy =
+        system.post(&alice, &prompt, json!({ "parts": [{ "type": "text", "text": "x" }] })).await;
     assert!(busy.is_problem(409), "{busy:?}");
 
     // Reads: bad ids, bad cursors and limits, bad consistency tokens.
@@ -127,10 +90,7 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
         (format!("/session/{}/message?limit=0", session.id), 400),
         (format!("/session/{}/message?cursor=%%%", session.id), 400),
         (format!("/session/{}/message?bogus=1", session.id), 400),
-        (
-            format!("/workspace/{}/session?consistency=garbage", ws.id),
-            400,
-        ),
+        (format!("/workspace/{}/session?consistency=garbage", ws.id), 400),
         ("/no/such/route".to_string(), 404),
     ] {
         let a = system.get(&alice, &path, None).await;

@@ -38,15 +38,9 @@ async fn bus_event_ids(system: &System) -> Vec<String> {
 
 /// Every stored event id, as `<aggregateID>:<sequence>`.
 async fn stored_event_ids(system: &System) -> HashSet<String> {
-    let rows = system
-        .db()
-        .await
-        .query("SELECT aggregate_id, sequence FROM events", &[])
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| format!("{}:{}", r.get::<_, String>(0), r.get::<_, i64>(1)))
-        .collect()
+    let rows =
+        system.db().await.query("SELECT aggregate_id, sequence FROM events", &[]).await.unwrap();
+    rows.iter().map(|r| format!("{}:{}", r.get::<_, String>(0), r.get::<_, i64>(1))).collect()
 }
 
 /// The bus holds each stored event exactly once, each aggregate's in sequence order.
@@ -71,16 +65,10 @@ async fn assert_bus_matches_store(system: &System) {
 #[tokio::test]
 async fn events_committed_by_a_killed_command_service_are_published_by_the_next_one() {
     // The first command service commits but never publishes (its relay is off), then dies.
-    let mut system = System::start_with(SystemOptions {
-        relay: false,
-        ..Default::default()
-    })
-    .await;
+    let mut system = System::start_with(SystemOptions { relay: false, ..Default::default() }).await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let accepted = system
-        .prompt(&alice, &session.id, "[[fake tokens=5]]")
-        .await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=5]]").await;
     system.command[0].proc.kill();
     system.command.clear();
 
@@ -104,18 +92,11 @@ async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
-    let accepted = system
-        .prompt(&alice, &session.id, "[[fake tokens=3]]")
-        .await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=3]]").await;
     let path = format!("/session/{}/message", session.id);
     eventually("the reply", WAIT, || async {
-        let a = system
-            .get(
-                &alice,
-                &path,
-                Some(accepted["consistencyToken"].as_str().unwrap()),
-            )
-            .await;
+        let a =
+            system.get(&alice, &path, Some(accepted["consistencyToken"].as_str().unwrap())).await;
         (a.body["items"][1]["info"]["finish"] == "stop").then_some(())
     })
     .await;
@@ -129,11 +110,7 @@ async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
     .await
     .unwrap();
     eventually("the outbox drained again", WAIT, || async {
-        let n: i64 = db
-            .query_one("SELECT count(*) FROM outbox", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = db.query_one("SELECT count(*) FROM outbox", &[]).await.unwrap().get(0);
         (n == 0).then_some(())
     })
     .await;
@@ -176,10 +153,7 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
         let n: i64 = system
             .db()
             .await
-            .query_one(
-                "SELECT count(*) FROM rm_messages WHERE info ? 'finish'",
-                &[],
-            )
+            .query_one("SELECT count(*) FROM rm_messages WHERE info ? 'finish'", &[])
             .await
             .unwrap()
             .get(0);
@@ -193,10 +167,7 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
     let rows = system
         .db()
         .await
-        .query(
-            "SELECT aggregate_id, sequence FROM events ORDER BY position",
-            &[],
-        )
+        .query("SELECT aggregate_id, sequence FROM events ORDER BY position", &[])
         .await
         .unwrap();
     assert!(!rows.is_empty());
@@ -207,11 +178,7 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
             continue;
         };
         if raw.subject.starts_with("oc.evt.") {
-            js.publish(raw.subject.to_string(), raw.payload.clone())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            js.publish(raw.subject.to_string(), raw.payload.clone()).await.unwrap().await.unwrap();
             replayed += 1;
         }
     }
@@ -219,19 +186,13 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
     // The projector has consumed them all when its consumer has nothing pending.
     let consumer_name = "projector";
     eventually("the redeliveries consumed", WAIT, || async {
-        let mut c: async_nats::jetstream::consumer::PullConsumer = js
-            .get_consumer_from_stream(consumer_name, schemas::subjects::STREAM)
-            .await
-            .ok()?;
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            js.get_consumer_from_stream(consumer_name, schemas::subjects::STREAM).await.ok()?;
         let info = c.info().await.ok()?;
         (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
     })
     .await;
-    assert_eq!(
-        read_models(&system).await,
-        live,
-        "redelivery changed nothing"
-    );
+    assert_eq!(read_models(&system).await, live, "redelivery changed nothing");
 
     let out = tokio::process::Command::new(bin("projector"))
         .arg("rebuild")
@@ -239,37 +200,21 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "rebuild failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        read_models(&system).await,
-        live,
-        "rebuild gives the live read models"
-    );
+    assert!(out.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_models(&system).await, live, "rebuild gives the live read models");
 }
 
 #[tokio::test]
 async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
-    let mut system = System::start_with(SystemOptions {
-        worker_ack_wait_secs: 2,
-        ..Default::default()
-    })
-    .await;
+    let mut system =
+        System::start_with(SystemOptions { worker_ack_wait_secs: 2, ..Default::default() }).await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    let accepted = system
-        .prompt(&alice, &session.id, "[[fake tokens=30 delay_ms=30]]")
-        .await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=30 delay_ms=30]]").await;
     let assistant = accepted["assistantMessageID"].as_str().unwrap();
     let mut events = Vec::new();
-    while events
-        .iter()
-        .filter(|e: &&e2e_tests::sse::Event| e.event == "message.part.delta")
-        .count()
+    while events.iter().filter(|e: &&e2e_tests::sse::Event| e.event == "message.part.delta").count()
         < 3
     {
         events.push(stream.next(WAIT).await);
@@ -284,11 +229,7 @@ async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
         .filter(|e| e.event == "message.started")
         .map(|e| e.data["properties"]["attempt"].as_u64().unwrap())
         .collect();
-    assert_eq!(
-        attempts,
-        [1, 2],
-        "the second attempt tells clients to discard the first"
-    );
+    assert_eq!(attempts, [1, 2], "the second attempt tells clients to discard the first");
     assert_eq!(reply_text(&events, assistant), fake_text(30));
     let message = &events.last().unwrap().data["properties"]["message"];
     assert_eq!(message["attempt"], 2);
@@ -297,10 +238,7 @@ async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
     let n: i64 = system
         .db()
         .await
-        .query_one(
-            "SELECT count(*) FROM events WHERE event_type = 'message.completed'",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM events WHERE event_type = 'message.completed'", &[])
         .await
         .unwrap()
         .get(0);
@@ -318,73 +256,46 @@ async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    system
-        .prompt(&alice, &session.id, "[[fake tokens=100 delay_ms=30]]")
-        .await;
-    stream
-        .until(WAIT, |e| e.event == "message.part.delta")
-        .await;
+    system.prompt(&alice, &session.id, "[[fake tokens=100 delay_ms=30]]").await;
+    stream.until(WAIT, |e| e.event == "message.part.delta").await;
     system.workers[0].proc.kill(); // its only allowed delivery dies with it
     let replacement = system.start_worker().await;
     system.workers.push(replacement);
 
     let events = stream.until(WAIT, is_idle).await;
-    let done = events
-        .iter()
-        .find(|e| e.event == "message.completed")
-        .unwrap();
+    let done = events.iter().find(|e| e.event == "message.completed").unwrap();
     let message = &done.data["properties"]["message"];
     assert_eq!(message["finish"], "error");
     assert!(
-        message["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("after 1 attempts"),
+        message["error"]["message"].as_str().unwrap().contains("after 1 attempts"),
         "{message}"
     );
     assert!(
         !events.iter().any(|e| e.event == "message.started"),
         "not regenerated beyond the limit"
     );
-    system
-        .prompt(&alice, &session.id, "[[fake tokens=2]]")
-        .await;
+    system.prompt(&alice, &session.id, "[[fake tokens=2]]").await;
 }
 
 #[tokio::test]
 async fn an_abort_made_while_no_worker_runs_the_reply_is_honoured_when_one_starts() {
-    let mut system = System::start_with(SystemOptions {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let mut system =
+        System::start_with(SystemOptions { worker: false, ..Default::default() }).await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    system
-        .prompt(&alice, &session.id, "[[fake tokens=1000 delay_ms=20]]")
-        .await;
-    let abort = system
-        .post(
-            &alice,
-            &format!("/session/{}/abort", session.id),
-            serde_json::json!({}),
-        )
-        .await;
+    system.prompt(&alice, &session.id, "[[fake tokens=1000 delay_ms=20]]").await;
+    let abort =
+        system.post(&alice, &format!("/session/{}/abort", session.id), serde_json::json!({})).await;
     assert_eq!(abort.status, 202);
-    stream
-        .until(WAIT, |e| e.event == "session.abort_requested")
-        .await;
+    stream.until(WAIT, |e| e.event == "session.abort_requested").await;
 
     let worker = system.start_worker().await;
     system.workers.push(worker);
     let events = stream.until(WAIT, |e| e.event == "message.completed").await;
     let message = &events.last().unwrap().data["properties"]["message"];
     assert_eq!(message["finish"], "aborted");
-    assert!(
-        !events.iter().any(|e| e.event == "message.part.delta"),
-        "nothing generated"
-    );
+    assert!(!events.iter().any(|e| e.event == "message.part.delta"), "nothing generated");
 }
 
 #[tokio::test]
@@ -416,20 +327,13 @@ async fn two_command_services_relay_every_event_once_and_concurrent_writes_all_l
     assert!(statuses.iter().all(|s| *s == 201), "{statuses:?}");
     let db = system.db().await;
     let seqs: Vec<i64> = db
-        .query(
-            "SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence",
-            &[&org.id],
-        )
+        .query("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence", &[&org.id])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(
-        seqs,
-        (1..=6).collect::<Vec<i64>>(),
-        "created + owner + four members, no gaps"
-    );
+    assert_eq!(seqs, (1..=6).collect::<Vec<i64>>(), "created + owner + four members, no gaps");
 
     for _ in 0..3 {
         let ws = system.create_workspace(&alice, &org.id, "w").await;

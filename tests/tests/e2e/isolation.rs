@@ -17,11 +17,7 @@ async fn a_user_of_another_organization_gets_404_for_everything_and_changes_noth
     let alice = system.token("alice").await;
     assert_eq!(
         system
-            .get(
-                &alice,
-                &format!("/session/{}", alice_session.id),
-                Some(&alice_session.token)
-            )
+            .get(&alice, &format!("/session/{}", alice_session.id), Some(&alice_session.token))
             .await
             .status,
         200
@@ -34,14 +30,8 @@ async fn a_user_of_another_organization_gets_404_for_everything_and_changes_noth
             format!("/org/{}/workspace", alice_org.id),
             format!("/org/{}/workspace", "org_01JZZZZZZZZZZZZZZZZZZZZZZZ"),
         ),
-        (
-            format!("/workspace/{}/session", alice_ws.id),
-            format!("/workspace/{missing_ws}/session"),
-        ),
-        (
-            format!("/session/{}", alice_session.id),
-            format!("/session/{missing_session}"),
-        ),
+        (format!("/workspace/{}/session", alice_ws.id), format!("/workspace/{missing_ws}/session")),
+        (format!("/session/{}", alice_session.id), format!("/session/{missing_session}")),
         (
             format!("/session/{}/message", alice_session.id),
             format!("/session/{missing_session}/message"),
@@ -64,10 +54,7 @@ async fn a_user_of_another_organization_gets_404_for_everything_and_changes_noth
     assert_eq!(status, 404);
 
     let writes = [
-        (
-            format!("/org/{}/workspace", alice_org.id),
-            json!({ "name": "intruder" }),
-        ),
+        (format!("/org/{}/workspace", alice_org.id), json!({ "name": "intruder" })),
         (
             format!("/org/{}/member", alice_org.id),
             json!({ "userID": "usr_01JZZZZZZZZZZZZZZZZZZZZZZZ", "role": "owner" }),
@@ -87,12 +74,8 @@ async fn a_user_of_another_organization_gets_404_for_everything_and_changes_noth
 
     // Bob's listing shows only his own organization.
     let orgs = system.get(&bob, "/org", Some(&bob_org.token)).await;
-    let ids: Vec<&str> = orgs.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> =
+        orgs.body["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [bob_org.id.as_str()]);
 }
 
@@ -113,9 +96,7 @@ async fn a_member_added_by_the_owner_can_work_in_the_organization() {
         .await;
     assert_eq!(added.status, 201, "{added:?}");
     let token = added.body["consistencyToken"].as_str().unwrap();
-    let list = system
-        .get(&bob, &format!("/org/{}/workspace", org.id), Some(token))
-        .await;
+    let list = system.get(&bob, &format!("/org/{}/workspace", org.id), Some(token)).await;
     assert_eq!(list.body["items"][0]["id"], ws.id);
     system.create_session(&bob, &ws.id).await;
 }
@@ -140,19 +121,9 @@ async fn requests_without_a_valid_token_are_401() {
         let w = system.post(bad, "/org", json!({ "name": "x" })).await;
         assert!(w.is_problem(401), "{w:?}");
     }
-    let r = system
-        .http
-        .get(format!("{}/org", system.query_url()))
-        .send()
-        .await
-        .unwrap();
+    let r = system.http.get(format!("{}/org", system.query_url())).send().await.unwrap();
     assert_eq!(r.status(), 401);
     // Operational endpoints stay open for probes.
-    let r = system
-        .http
-        .get(format!("{}/healthz", system.query_url()))
-        .send()
-        .await
-        .unwrap();
+    let r = system.http.get(format!("{}/healthz", system.query_url())).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }

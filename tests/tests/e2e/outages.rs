@@ -11,13 +11,7 @@ use serde_json::json;
 use crate::WAIT;
 
 async fn status(system: &System, url: &str) -> u16 {
-    match system
-        .http
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-    {
+    match system.http.get(url).timeout(Duration::from_secs(5)).send().await {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
     }
@@ -41,10 +35,7 @@ async fn while_nats_is_down_writes_are_kept_and_everything_recovers_when_it_retu
     let during = system.create_session(&alice, &ws.id).await;
 
     system.restart_nats();
-    for url in [
-        &system.command_url().to_owned(),
-        &system.query_url().to_owned(),
-    ] {
+    for url in [&system.command_url().to_owned(), &system.query_url().to_owned()] {
         let ready = format!("{url}/readyz");
         eventually("readiness to return", WAIT, || async {
             (status(&system, &ready).await == 200).then_some(())
@@ -74,12 +65,9 @@ async fn an_unreachable_database_gives_503_with_retry_after_not_a_hang() {
     let port = free_port();
     let mut cmd = Command::new(bin("command-service"));
     system.env(&mut cmd);
-    cmd.env(
-        "OC_DATABASE_URL",
-        format!("postgres://postgres@127.0.0.1:{}/nothing", free_port()),
-    )
-    .env("OC_RUN_MIGRATIONS", "false")
-    .env("OC_COMMAND_ADDR", format!("127.0.0.1:{port}"));
+    cmd.env("OC_DATABASE_URL", format!("postgres://postgres@127.0.0.1:{}/nothing", free_port()))
+        .env("OC_RUN_MIGRATIONS", "false")
+        .env("OC_COMMAND_ADDR", format!("127.0.0.1:{port}"));
     let _service = Proc::spawn("command-service", cmd);
     let url = format!("http://127.0.0.1:{port}");
     system.wait_http(&format!("{url}/healthz")).await;
@@ -104,21 +92,14 @@ async fn a_worker_asked_to_stop_finishes_the_reply_in_hand() {
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    system
-        .prompt(&alice, &session.id, "[[fake tokens=20 delay_ms=40]]")
-        .await;
-    stream
-        .until(WAIT, |e| e.event == "message.part.delta")
-        .await;
+    system.prompt(&alice, &session.id, "[[fake tokens=20 delay_ms=40]]").await;
+    stream.until(WAIT, |e| e.event == "message.part.delta").await;
 
     let exit = system.workers[0].proc.terminate();
     assert!(exit.success(), "clean exit: {exit:?}");
     let done = stream.until(WAIT, |e| e.event == "message.completed").await;
     let message = &done.last().unwrap().data["properties"]["message"];
     assert_eq!(message["finish"], "stop");
-    assert_eq!(
-        message["attempt"], 1,
-        "finished by the same worker, not regenerated"
-    );
+    assert_eq!(message["attempt"], 1, "finished by the same worker, not regenerated");
     assert_eq!(message["parts"][0]["text"], fake_text(20));
 }

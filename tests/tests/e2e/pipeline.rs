@@ -13,25 +13,18 @@ async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
     let alice = system.token("alice").await;
     let (org, ws, session) = system.session_for("alice").await;
     let url = system.stream_url(0, &session);
-    let mut stream = SseClient::connect(&url, &alice, None)
-        .await
-        .expect("stream opens");
+    let mut stream = SseClient::connect(&url, &alice, None).await.expect("stream opens");
     let hello = stream.next(WAIT).await;
     assert_eq!(hello.event, "server.connected");
 
     // Act
-    let accepted = system
-        .prompt(&alice, &session.id, "hello [[fake tokens=12]]")
-        .await;
+    let accepted = system.prompt(&alice, &session.id, "hello [[fake tokens=12]]").await;
     let assistant = accepted["assistantMessageID"].as_str().unwrap();
     let events = stream.until(WAIT, is_idle).await;
 
     // Assert: the order a client relies on, ids strictly increasing.
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e.event.as_str())
-        .filter(|k| *k != "message.part.delta")
-        .collect();
+    let kinds: Vec<&str> =
+        events.iter().map(|e| e.event.as_str()).filter(|k| *k != "message.part.delta").collect();
     assert_eq!(
         kinds,
         [
@@ -42,17 +35,11 @@ async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
             "session.status"
         ]
     );
-    assert!(
-        events.windows(2).all(|w| w[0].seq() < w[1].seq()),
-        "ids increase"
-    );
+    assert!(events.windows(2).all(|w| w[0].seq() < w[1].seq()), "ids increase");
     assert!(events.iter().any(|e| e.event == "message.part.delta"));
     let streamed = reply_text(&events, assistant);
     assert_eq!(streamed, fake_text(12));
-    let completed = events
-        .iter()
-        .find(|e| e.event == "message.completed")
-        .unwrap();
+    let completed = events.iter().find(|e| e.event == "message.completed").unwrap();
     let message = &completed.data["properties"]["message"];
     assert_eq!(message["parts"][0]["text"], fake_text(12));
     assert_eq!(message["finish"], "stop");
@@ -61,27 +48,14 @@ async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
 
     // The read models, with read-your-writes from the prompt's token.
     let token = accepted["consistencyToken"].as_str().unwrap();
-    let sessions = system
-        .get(
-            &alice,
-            &format!("/workspace/{}/session", ws.id),
-            Some(&session.token),
-        )
-        .await;
+    let sessions =
+        system.get(&alice, &format!("/workspace/{}/session", ws.id), Some(&session.token)).await;
     assert_eq!(sessions.status, 200);
     assert_eq!(sessions.body["items"][0]["id"], session.id);
-    let messages = system
-        .get(
-            &alice,
-            &format!("/session/{}/message", session.id),
-            Some(token),
-        )
-        .await;
+    let messages =
+        system.get(&alice, &format!("/session/{}/message", session.id), Some(token)).await;
     assert_eq!(messages.body["items"][0]["info"]["role"], "user");
-    assert_eq!(
-        messages.body["items"][0]["parts"][0]["text"],
-        "hello [[fake tokens=12]]"
-    );
+    assert_eq!(messages.body["items"][0]["parts"][0]["text"], "hello [[fake tokens=12]]");
     let path = format!("/session/{}/message", session.id);
     let reply = eventually("the reply in the read model", WAIT, || async {
         let a = system.get(&alice, &path, None).await;
@@ -92,9 +66,7 @@ async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
     assert_eq!(reply["info"]["id"], assistant);
     assert_eq!(reply["parts"][0]["text"], fake_text(12));
     assert_eq!(reply["info"]["tokens"]["output"], 12);
-    let s = system
-        .get(&alice, &format!("/session/{}", session.id), None)
-        .await;
+    let s = system.get(&alice, &format!("/session/{}", session.id), None).await;
     assert_eq!(s.body["status"]["type"], "idle");
     let orgs = system.get(&alice, "/org", Some(&org.token)).await;
     assert_eq!(orgs.body["items"][0]["role"], "owner");
@@ -122,10 +94,7 @@ async fn a_follow_up_prompt_sends_the_conversation_so_far() {
     // The second reply's input counted the whole history (user, assistant, user).
     let first_input = all[1]["info"]["tokens"]["input"].as_u64().unwrap();
     let second_input = all[3]["info"]["tokens"]["input"].as_u64().unwrap();
-    assert!(
-        second_input > first_input,
-        "history was sent: {first_input} then {second_input}"
-    );
+    assert!(second_input > first_input, "history was sent: {first_input} then {second_input}");
 }
 
 #[tokio::test]
@@ -134,21 +103,12 @@ async fn aborting_stops_the_reply_promptly_and_ends_it_as_aborted() {
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    let accepted = system
-        .prompt(
-            &alice,
-            &session.id,
-            "long [[fake tokens=100000 delay_ms=20]]",
-        )
-        .await;
+    let accepted =
+        system.prompt(&alice, &session.id, "long [[fake tokens=100000 delay_ms=20]]").await;
     let assistant = accepted["assistantMessageID"].as_str().unwrap().to_owned();
-    let mut events = stream
-        .until(WAIT, |e| e.event == "message.part.delta")
-        .await;
+    let mut events = stream.until(WAIT, |e| e.event == "message.part.delta").await;
 
-    let a = system
-        .post(&alice, &format!("/session/{}/abort", session.id), json!({}))
-        .await;
+    let a = system.post(&alice, &format!("/session/{}/abort", session.id), json!({})).await;
     assert_eq!(a.status, 202, "{a:?}");
     events.extend(stream.until(WAIT, |e| e.event == "message.completed").await);
 
@@ -156,20 +116,11 @@ async fn aborting_stops_the_reply_promptly_and_ends_it_as_aborted() {
     assert_eq!(message["finish"], "aborted");
     assert_eq!(message["error"]["name"], "MessageAbortedError");
     let text = message["parts"][0]["text"].as_str().unwrap();
-    assert!(
-        !text.is_empty() && fake_text(100000).starts_with(text),
-        "partial text kept"
-    );
-    assert_eq!(
-        reply_text(&events, &assistant),
-        text,
-        "streamed text matches the final text"
-    );
+    assert!(!text.is_empty() && fake_text(100000).starts_with(text), "partial text kept");
+    assert_eq!(reply_text(&events, &assistant), text, "streamed text matches the final text");
     // The session accepts a new prompt afterwards.
     stream.until(WAIT, |e| e.event == "session.status").await;
-    system
-        .prompt(&alice, &session.id, "again [[fake tokens=2]]")
-        .await;
+    system.prompt(&alice, &session.id, "again [[fake tokens=2]]").await;
 }
 
 #[tokio::test]
@@ -186,10 +137,7 @@ async fn a_request_id_follows_the_request_into_the_events() {
         .await
         .unwrap();
     assert_eq!(res.headers()["x-request-id"], "trace-me-123");
-    let id = res.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = res.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let rows = system
         .db()
         .await
@@ -209,12 +157,7 @@ async fn a_request_id_follows_the_request_into_the_events() {
         .send()
         .await
         .unwrap();
-    assert!(
-        res.headers()["x-request-id"]
-            .to_str()
-            .unwrap()
-            .starts_with("req_")
-    );
+    assert!(res.headers()["x-request-id"].to_str().unwrap().starts_with("req_"));
 }
 
 #[tokio::test]
@@ -223,27 +166,17 @@ async fn every_service_reports_health_readiness_and_its_metrics() {
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    system
-        .prompt(&alice, &session.id, "[[fake tokens=3]]")
-        .await;
+    system.prompt(&alice, &session.id, "[[fake tokens=3]]").await;
     stream.until(WAIT, |e| e.event == "message.completed").await;
 
     let services = [
         (
             system.command_url().to_owned(),
-            vec![
-                "http_request_duration_seconds",
-                "commands_total",
-                "outbox_published_total",
-            ],
+            vec!["http_request_duration_seconds", "commands_total", "outbox_published_total"],
         ),
         (
             system.query_url().to_owned(),
-            vec![
-                "http_request_duration_seconds",
-                "sse_clients",
-                "sse_events_sent_total",
-            ],
+            vec!["http_request_duration_seconds", "sse_clients", "sse_events_sent_total"],
         ),
         (
             system.projector.as_ref().unwrap().url.clone(),
@@ -251,33 +184,17 @@ async fn every_service_reports_health_readiness_and_its_metrics() {
         ),
         (
             system.workers[0].url.clone(),
-            vec![
-                "tokens_streamed_total",
-                "provider_first_token_seconds",
-                "generations_total",
-            ],
+            vec!["tokens_streamed_total", "provider_first_token_seconds", "generations_total"],
         ),
     ];
     for (base, series) in services {
         for probe in ["healthz", "readyz"] {
-            let r = system
-                .http
-                .get(format!("{base}/{probe}"))
-                .send()
-                .await
-                .unwrap();
+            let r = system.http.get(format!("{base}/{probe}")).send().await.unwrap();
             assert_eq!(r.status(), 200, "{base}/{probe}");
         }
         let text = eventually("metrics", WAIT, || async {
-            let t = system
-                .http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let t =
+                system.http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
             series.iter().all(|s| t.contains(s)).then_some(t)
         })
         .await;

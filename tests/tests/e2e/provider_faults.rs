@@ -14,11 +14,8 @@ async fn reply_to(system: &System, prompt: &str) -> Vec<Event> {
 }
 
 fn completed(events: &[Event]) -> &serde_json::Value {
-    &events
-        .iter()
-        .find(|e| e.event == "message.completed")
-        .expect("a completion")
-        .data["properties"]["message"]
+    &events.iter().find(|e| e.event == "message.completed").expect("a completion").data["properties"]
+        ["message"]
 }
 
 #[tokio::test]
@@ -34,11 +31,7 @@ async fn provider_errors_cuts_and_silence_end_the_reply_as_an_error() {
     let cases = [
         ("[[fake fault=http500]]", "APIError", "HTTP 500"),
         ("[[fake fault=http401]]", "ProviderAuthError", "HTTP 401"),
-        (
-            "[[fake tokens=10 delay_ms=20 fault=cut:3]]",
-            "APIError",
-            "stream",
-        ),
+        ("[[fake tokens=10 delay_ms=20 fault=cut:3]]", "APIError", "stream"),
         ("[[fake fault=hang]]", "APIError", "first token"),
         ("[[fake tokens=5 delay_ms=3000]]", "APIError", "idle"),
     ];

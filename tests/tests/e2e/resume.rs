@@ -9,54 +9,31 @@ use crate::WAIT;
 
 #[tokio::test]
 async fn a_client_that_reconnects_to_another_instance_gets_exactly_what_it_missed() {
-    let system = System::start_with(SystemOptions {
-        query_instances: 2,
-        ..Default::default()
-    })
-    .await;
+    let system =
+        System::start_with(SystemOptions { query_instances: 2, ..Default::default() }).await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut first = system.watch(&alice, &session).await;
 
-    let accepted = system
-        .prompt(&alice, &session.id, "[[fake tokens=60 delay_ms=15]]")
-        .await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=60 delay_ms=15]]").await;
     let assistant = accepted["assistantMessageID"].as_str().unwrap();
     let mut seen = Vec::new();
-    while seen
-        .iter()
-        .filter(|e: &&Event| e.event == "message.part.delta")
-        .count()
-        < 5
-    {
+    while seen.iter().filter(|e: &&Event| e.event == "message.part.delta").count() < 5 {
         seen.push(first.next(WAIT).await);
     }
     let last_id = seen.last().unwrap().id.clone();
     drop(first); // the connection drops mid-reply
 
-    let mut second = SseClient::connect(&system.stream_url(1, &session), &alice, Some(&last_id))
-        .await
-        .unwrap();
+    let mut second =
+        SseClient::connect(&system.stream_url(1, &session), &alice, Some(&last_id)).await.unwrap();
     let rest = second.until(WAIT, is_idle).await;
 
     let all: Vec<Event> = seen.into_iter().chain(rest).collect();
     let ids: Vec<u64> = all.iter().map(Event::seq).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] < w[1]),
-        "in order, no duplicates: {ids:?}"
-    );
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates: {ids:?}");
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), ids.len());
-    assert_eq!(
-        reply_text(&all, assistant),
-        fake_text(60),
-        "no delta lost or doubled"
-    );
-    assert_eq!(
-        all.iter()
-            .filter(|e| e.event == "message.completed")
-            .count(),
-        1
-    );
+    assert_eq!(reply_text(&all, assistant), fake_text(60), "no delta lost or doubled");
+    assert_eq!(all.iter().filter(|e| e.event == "message.completed").count(), 1);
 }
 
 #[tokio::test]
@@ -70,27 +47,17 @@ async fn a_client_that_missed_a_whole_reply_gets_all_of_it_on_reconnect() {
     assert_eq!(connected.event, "server.connected");
     drop(live);
 
-    let accepted = system
-        .prompt(&alice, &session.id, "[[fake tokens=8]]")
-        .await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=8]]").await;
     let assistant = accepted["assistantMessageID"].as_str().unwrap();
     // Watch the reply finish on a second connection, then catch up the first from its id.
-    let mut watcher = SseClient::connect(&url, &alice, Some(&connected.id))
-        .await
-        .unwrap();
+    let mut watcher = SseClient::connect(&url, &alice, Some(&connected.id)).await.unwrap();
     let replayed = watcher.until(WAIT, is_idle).await;
     assert_eq!(replayed[0].event, "session.prompted");
     assert_eq!(reply_text(&replayed, assistant), fake_text(8));
-    let mut again = SseClient::connect(&url, &alice, Some(&connected.id))
-        .await
-        .unwrap();
+    let mut again = SseClient::connect(&url, &alice, Some(&connected.id)).await.unwrap();
     let replayed_again = again.until(WAIT, is_idle).await;
     let ids = |v: &[Event]| v.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        ids(&replayed),
-        ids(&replayed_again),
-        "replay is deterministic"
-    );
+    assert_eq!(ids(&replayed), ids(&replayed_again), "replay is deterministic");
 }
 
 #[tokio::test]
@@ -101,29 +68,18 @@ async fn a_client_whose_missed_events_are_gone_is_told_to_reload() {
     let url = system.stream_url(0, &session);
     let mut live = SseClient::connect(&url, &alice, None).await.unwrap();
     let connected = live.next(WAIT).await;
-    system
-        .prompt(&alice, &session.id, "[[fake tokens=3]]")
-        .await;
+    system.prompt(&alice, &session.id, "[[fake tokens=3]]").await;
     live.until(WAIT, is_idle).await;
 
     // Retention runs out: the stream no longer holds what the client missed.
     let js = async_nats::jetstream::new(system.nats().await);
-    js.get_stream(schemas::subjects::STREAM)
-        .await
-        .unwrap()
-        .purge()
-        .await
-        .unwrap();
+    js.get_stream(schemas::subjects::STREAM).await.unwrap().purge().await.unwrap();
 
-    let mut resumed = SseClient::connect(&url, &alice, Some(&connected.id))
-        .await
-        .unwrap();
+    let mut resumed = SseClient::connect(&url, &alice, Some(&connected.id)).await.unwrap();
     let first = resumed.next(WAIT).await;
     assert_eq!(first.event, "sync.reload");
     // And it goes on live from there.
-    system
-        .prompt(&alice, &session.id, "[[fake tokens=2]]")
-        .await;
+    system.prompt(&alice, &session.id, "[[fake tokens=2]]").await;
     let after = resumed.until(WAIT, is_idle).await;
     assert!(after.iter().all(|e| e.seq() > first.seq()));
     assert!(after.iter().any(|e| e.event == "message.completed"));
@@ -148,19 +104,9 @@ async fn the_stream_says_how_soon_to_reconnect_and_is_not_buffered() {
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let url = system.stream_url(0, &session);
-    let mut res = system
-        .http
-        .get(&url)
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .unwrap();
+    let mut res = system.http.get(&url).bearer_auth(&alice).send().await.unwrap();
     assert_eq!(res.headers()["cache-control"], "no-cache");
-    let first = tokio::time::timeout(WAIT, res.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(WAIT, res.chunk()).await.unwrap().unwrap().unwrap();
     let text = String::from_utf8_lossy(&first);
     assert!(text.starts_with("retry:"), "first bytes: {text}");
 }
@@ -187,10 +133,7 @@ async fn a_client_too_slow_to_keep_up_is_dropped_with_a_position_it_can_resume_f
     }
 
     let events = slow.until(WAIT, |e| e.event == "server.lagged").await;
-    assert!(
-        slow.ends_within(WAIT).await,
-        "the server closed the slow stream"
-    );
+    assert!(slow.ends_within(WAIT).await, "the server closed the slow stream");
     let resume_from = events.last().unwrap().data["properties"]["lastEventID"].to_string();
     let mut again = SseClient::connect(&system.stream_url(0, &session), &alice, Some(&resume_from))
         .await
@@ -201,21 +144,11 @@ async fn a_client_too_slow_to_keep_up_is_dropped_with_a_position_it_can_resume_f
             e.event == "message.completed" && e.data["properties"]["message"]["id"] == last
         })
         .await;
-    let all: Vec<Event> = events
-        .into_iter()
-        .filter(|e| e.event != "server.lagged")
-        .chain(rest)
-        .collect();
+    let all: Vec<Event> =
+        events.into_iter().filter(|e| e.event != "server.lagged").chain(rest).collect();
     let ids: Vec<u64> = all.iter().map(Event::seq).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] < w[1]),
-        "in order, no duplicates"
-    );
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates");
     for reply in &replies {
-        assert_eq!(
-            reply_text(&all, reply),
-            word.repeat(4000),
-            "nothing lost across the drop"
-        );
+        assert_eq!(reply_text(&all, reply), word.repeat(4000), "nothing lost across the drop");
     }
 }

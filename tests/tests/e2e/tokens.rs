@@ -64,11 +64,7 @@ async fn status_with(system: &System, token: &str) -> u16 {
 
 #[tokio::test]
 async fn forged_expired_and_misdirected_tokens_are_refused() {
-    let system = System::start_with(SystemOptions {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let system = System::start_with(SystemOptions { worker: false, ..Default::default() }).await;
     let k = keys(&system).await;
     let good = good_claims(&system);
     assert_eq!(
@@ -79,20 +75,14 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
 
     let with = |patch: Value| {
         let mut c = good.clone();
-        c.as_object_mut()
-            .unwrap()
-            .extend(patch.as_object().unwrap().clone());
+        c.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
         sign(&c, &k.kid, &k.private_pem)
     };
     let hs256 = {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(k.kid.clone());
-        jsonwebtoken::encode(
-            &header,
-            &good,
-            &EncodingKey::from_secret(k.public_pem.as_bytes()),
-        )
-        .unwrap()
+        jsonwebtoken::encode(&header, &good, &EncodingKey::from_secret(k.public_pem.as_bytes()))
+            .unwrap()
     };
     let unsigned = {
         let header = URL_SAFE_NO_PAD
@@ -111,10 +101,7 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
     let cases = [
         ("expired", with(json!({ "exp": now() - 600 }))),
         ("not yet valid", with(json!({ "nbf": now() + 600 }))),
-        (
-            "wrong issuer",
-            with(json!({ "iss": "http://127.0.0.1:1/evil" })),
-        ),
+        ("wrong issuer", with(json!({ "iss": "http://127.0.0.1:1/evil" }))),
         ("wrong audience", with(json!({ "aud": "urn:someone-else" }))),
         ("no expiry", {
             let mut c = good.clone();
@@ -124,10 +111,7 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
         ("unsigned (alg none)", unsigned),
         ("HS256 keyed with the public key", hs256),
         ("tampered claims", tampered),
-        (
-            "signed by a key the issuer never published",
-            sign(&good, &k.spare_kid, &k.spare_pem),
-        ),
+        ("signed by a key the issuer never published", sign(&good, &k.spare_kid, &k.spare_pem)),
     ];
     for (what, token) in cases {
         let r = system
@@ -138,11 +122,7 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401, "{what}");
-        assert_eq!(
-            r.headers()["content-type"],
-            "application/problem+json",
-            "{what}"
-        );
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{what}");
         let w = system.post(&token, "/org", json!({ "name": "x" })).await;
         assert!(w.is_problem(401), "{what} on the command side: {w:?}");
     }
@@ -165,11 +145,9 @@ async fn a_signing_key_rotation_needs_no_restart_and_retires_the_old_key() {
     system.rotate_oidc_key().await;
     let after = system.token("alice").await;
     // The new key is fetched on first sight of its key id (within the refetch rate limit).
-    eventually(
-        "a token signed with the new key to be accepted",
-        WAIT,
-        || async { (status_with(&system, &after).await == 200).then_some(()) },
-    )
+    eventually("a token signed with the new key to be accepted", WAIT, || async {
+        (status_with(&system, &after).await == 200).then_some(())
+    })
     .await;
     // The retired key stops being trusted once its cached copy ages out.
     eventually("the old key to be refused", WAIT, || async {

@@ -1,0 +1,110 @@
+//! Who may do what: the one place a reader audits. Every command, query and event stream asks
+//! `allows(role, action)` for the caller's role in the resource's organization; a caller with no
+//! role there is answered "not found", one whose role does not allow the action "forbidden".
+
+use crate::events::Role;
+
+/// Everything a caller can ask to do, by the resource it touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// See the organization, its members, workspaces, sessions, messages and event streams.
+    Read,
+    /// Rename the organization.
+    RenameOrganization,
+    /// Add, remove or change the role of members who are not owners.
+    ManageMembers,
+    /// Make or unmake owners, and transfer ownership.
+    ManageOwners,
+    /// Create a workspace.
+    CreateWorkspace,
+    /// Start a session in a workspace.
+    CreateSession,
+    /// Prompt in a session, and abort its reply.
+    Prompt,
+    /// Read the organization's audit trail.
+    ReadAudit,
+}
+
+use Action::*;
+use Role::*;
+
+/// The policy: each action and the roles allowed to take it.
+pub const POLICY: &[(Action, &[Role])] = &[
+    (Read, &[Owner, Admin, Member, Viewer]),
+    (RenameOrganization, &[Owner, Admin]),
+    (ManageMembers, &[Owner, Admin]),
+    (ManageOwners, &[Owner]),
+    (CreateWorkspace, &[Owner, Admin, Member]),
+    (CreateSession, &[Owner, Admin, Member]),
+    (Prompt, &[Owner, Admin, Member]),
+    (ReadAudit, &[Owner, Admin]),
+];
+
+/// Whether `role` may take `action`. Actions missing from the table are allowed to nobody.
+pub fn allows(role: Role, action: Action) -> bool {
+    POLICY.iter().find(|(a, _)| *a == action).is_some_and(|(_, roles)| roles.contains(&role))
+}
+
+/// The outcome of asking the policy about a caller who may or may not be a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    /// A member whose role does not allow the action: 403.
+    Forbidden,
+    /// Not a member of the organization (or it does not exist): 404, indistinguishable.
+    NotFound,
+}
+
+pub fn decide(role: Option<Role>, action: Action) -> Decision {
+    match role {
+        None => Decision::NotFound,
+        Some(r) if allows(r, action) => Decision::Allowed,
+        Some(_) => Decision::Forbidden,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_is_in_the_table_once() {
+        let all = [
+            Read,
+            RenameOrganization,
+            ManageMembers,
+            ManageOwners,
+            CreateWorkspace,
+            CreateSession,
+            Prompt,
+            ReadAudit,
+        ];
+        for action in all {
+            assert_eq!(POLICY.iter().filter(|(a, _)| *a == action).count(), 1, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn roles_are_ordered_by_power() {
+        // Anything a weaker role may do, every stronger role may do too.
+        let order = [Viewer, Member, Admin, Owner];
+        for (action, _) in POLICY {
+            for w in order.windows(2) {
+                assert!(
+                    !allows(w[0], *action) || allows(w[1], *action),
+                    "{action:?}: {:?} < {:?}",
+                    w[0],
+                    w[1]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn strangers_are_not_found_and_viewers_only_read() {
+        assert_eq!(decide(None, Read), Decision::NotFound);
+        assert_eq!(decide(Some(Viewer), Read), Decision::Allowed);
+        assert_eq!(decide(Some(Viewer), Prompt), Decision::Forbidden);
+        assert_eq!(decide(Some(Admin), ManageOwners), Decision::Forbidden);
+    }
+}
