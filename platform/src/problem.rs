@@ -124,7 +124,9 @@ impl From<tokio_postgres::Error> for Problem {
             tracing::warn!(error = %e, "database unavailable");
             Problem::unavailable("the database is unavailable")
         } else {
-            Problem::internal(&e)
+            // The database's own message (constraint, permission, syntax) is in the source.
+            let detail = e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string());
+            Problem::internal(&detail)
         }
     }
 }

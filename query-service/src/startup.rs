@@ -18,6 +18,7 @@ use crate::routes;
 
 /// What request handlers share.
 pub struct AppState {
+    /// The read pool; take connections with `reader`, which binds them to the caller.
     pub db: deadpool_postgres::Pool,
     pub js: jetstream::Context,
     pub hub: Arc<Hub>,
@@ -27,15 +28,25 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A database connection for a read, once the read models reflect the request's
-    /// consistency token (if it carries one).
+    /// A database connection for `user`'s read, once the read models reflect the request's
+    /// consistency token (if it carries one). The connection reads as `oc_reader` on behalf of
+    /// `user`, so row-level security limits it to the user's organizations whatever it queries.
     pub async fn reader(
         &self,
         req: &actix_web::HttpRequest,
+        user: &schemas::ids::UserId,
     ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
         let token = crate::consistency::token(req)?;
         crate::consistency::wait_for(&self.db, token, self.cfg.consistency_wait()).await?;
-        Ok(self.db.get().await?)
+        let db = self.db.get().await?;
+        // Set on every checkout, so a pooled connection never reads as its previous user.
+        let stmt = db
+            .prepare_cached(
+                "SELECT set_config('role', 'oc_reader', false), set_config('oc.user_id', $1, false)",
+            )
+            .await?;
+        db.query_one(&stmt, &[&user.as_str()]).await?;
+        Ok(db)
     }
 }
 
@@ -71,7 +82,8 @@ impl Application {
                 hub.run(js, stop).await;
             })
         };
-        let authenticator = web::Data::new(Authenticator::new(auth, pool.clone())?);
+        // Identity lookups write (first sign-in); reads go through their own, restricted pool.
+        let authenticator = web::Data::new(Authenticator::new(auth, db::pool(&common)?)?);
         let ready = http::readiness(pool.clone(), nats);
         let listener = TcpListener::bind(&cfg.query_addr)?;
         let port = listener.local_addr()?.port();

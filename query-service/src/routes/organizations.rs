@@ -23,7 +23,7 @@ pub async fn list(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.reader(&req).await?;
+    let db = state.reader(&req, &user.user_id).await?;
     let rows = db
         .query(
             "SELECT o.organization_id, o.name, o.owner_id, o.created_at, m.role \
@@ -55,7 +55,7 @@ pub async fn members(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.reader(&req).await?;
+    let db = state.reader(&req, &user.user_id).await?;
     access::organization(&db, &org, &user.user_id, Action::Read).await?;
     let rows = db
         .query(
@@ -84,7 +84,7 @@ pub async fn workspaces(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.reader(&req).await?;
+    let db = state.reader(&req, &user.user_id).await?;
     access::organization(&db, &org, &user.user_id, Action::Read).await?;
     let rows = db
         .query(

@@ -127,3 +127,56 @@ async fn requests_without_a_valid_token_are_401() {
     let r = system.http.get(format!("{}/healthz", system.query_url())).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn row_level_security_holds_when_a_query_forgets_the_organization() {
+    let system = System::start().await;
+    let (_, _, alice_session) = system.session_for("alice").await;
+    let (_, _, bob_session) = system.session_for("bob").await;
+    let alice = system.token("alice").await;
+    let bob = system.token("bob").await;
+    // Both sessions are in the read models.
+    assert_eq!(
+        system
+            .get(&alice, &format!("/session/{}", alice_session.id), Some(&alice_session.token))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        system
+            .get(&bob, &format!("/session/{}", bob_session.id), Some(&bob_session.token))
+            .await
+            .status,
+        200
+    );
+    let bob_id = system.get(&bob, "/me", None).await.body["userID"].as_str().unwrap().to_owned();
+
+    // Read as the query service does, on bob's behalf, with queries that forget the scope.
+    let db = system.db().await;
+    db.execute(
+        "SELECT set_config('role', 'oc_reader', false), set_config('oc.user_id', $1, false)",
+        &[&bob_id],
+    )
+    .await
+    .unwrap();
+    let sessions: Vec<String> = db
+        .query("SELECT session_id FROM rm_sessions", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sessions, [bob_session.id.clone()], "only bob's organization is visible");
+    for table in ["rm_organizations", "rm_members", "rm_workspaces", "rm_messages"] {
+        let foreign: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {table} WHERE organization_id <> ALL (oc_caller_organizations())"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(foreign, 0, "{table}");
+    }
+    // And the restricted role cannot write.
+    let write = db.execute("DELETE FROM rm_sessions", &[]).await;
+    assert!(write.is_err(), "oc_reader cannot modify read models");
+}
