@@ -167,7 +167,7 @@ async fn row_level_security_holds_when_a_query_forgets_the_organization() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(sessions, [bob_session.id.clone()], "only bob's organization is visible");
+    assert_eq!(sessions, vec![bob_session.id.clone()], "only bob's organization is visible");
     for table in ["rm_organizations", "rm_members", "rm_workspaces", "rm_messages"] {
         let foreign: i64 = db
             .query_one(&format!("SELECT count(*) FROM {table} WHERE organization_id <> ALL (oc_caller_organizations())"), &[])
