@@ -2,6 +2,7 @@
 //! rebuild them from the event store.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod consumer;
 pub mod projection;
 pub mod rebuild;

@@ -57,6 +57,7 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
         aggregate::SESSION => session(tx, env.time, serde_json::from_value(payload)?).await?,
         other => anyhow::bail!("unknown aggregate type {other}"),
     }
+    crate::audit::record(tx, env).await?;
     Ok(Outcome::Applied)
 }
 

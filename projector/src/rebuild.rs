@@ -14,6 +14,7 @@ const READ_MODELS: &[&str] = &[
     "rm_workspaces",
     "rm_sessions",
     "rm_messages",
+    "rm_audit",
 ];
 
 /// Returns how many events were applied.

@@ -1,5 +1,6 @@
 //! The REST read API and the session event stream.
 
+mod audit;
 mod events;
 mod organizations;
 mod sessions;
@@ -11,6 +12,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org", web::get().to(organizations::list))
         .route("/org/{org}/workspace", web::get().to(organizations::workspaces))
         .route("/org/{org}/member", web::get().to(organizations::members))
+        .route("/org/{org}/audit", web::get().to(audit::list))
         .route("/workspace/{ws}/session", web::get().to(sessions::list))
         .route("/session/{id}", web::get().to(sessions::get))
         .route("/session/{id}/message", web::get().to(sessions::messages))

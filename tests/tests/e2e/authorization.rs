@@ -240,3 +240,50 @@ async fn a_removed_member_loses_access_and_the_last_owner_cannot_leave() {
         system.post(&c.member, &format!("/org/{}/workspace", org.id), json!({ "name": "x" })).await;
     assert!(a.is_problem(404), "{a:?}");
 }
+
+#[tokio::test]
+async fn admins_read_an_audit_trail_of_who_changed_what() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Acme").await;
+    let (c, _) = cast(&system, &org).await;
+    system.create_workspace(&c.admin, &org.id, "main").await;
+    let renamed = system
+        .http
+        .patch(format!("{}/org/{}", system.command_url(), org.id))
+        .bearer_auth(&c.admin)
+        .json(&json!({ "name": "Acme Corp" }))
+        .send()
+        .await
+        .unwrap();
+    let token: Value = renamed.json().await.unwrap();
+    let token = token["consistencyToken"].as_str().unwrap();
+
+    let path = format!("/org/{}/audit", org.id);
+    let audit = system.get(&c.admin, &path, Some(token)).await;
+    assert_eq!(audit.status, 200, "{audit:?}");
+    let items = audit.body["items"].as_array().unwrap();
+    // Newest first (entries in the same millisecond may come in either order).
+    let newest = items.iter().find(|i| i["type"] == "organization.renamed").unwrap();
+    assert!(items.iter().all(|i| i["time"].as_i64() <= newest["time"].as_i64()));
+    assert_eq!(newest["actor"], c.ids[1].as_str());
+    assert_eq!(newest["details"]["name"], "Acme Corp");
+    let types: Vec<&str> = items.iter().map(|i| i["type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"workspace.created"), "{types:?}");
+    assert_eq!(
+        types.iter().filter(|t| **t == "organization.member_added").count(),
+        4,
+        "owner + three"
+    );
+    assert!(items.iter().all(|i| i["details"].get("email").is_none()), "no personal data");
+
+    // Paging walks the same entries.
+    let first = system.get(&c.admin, &format!("{path}?limit=2"), None).await;
+    let next = first.body["cursor"]["next"].as_str().unwrap();
+    let second = system.get(&c.admin, &format!("{path}?limit=2&cursor={next}"), None).await;
+    assert_eq!(second.body["items"][0]["id"], items[2]["id"]);
+
+    assert!(system.get(&c.member, &path, None).await.is_problem(403));
+    assert!(system.get(&c.viewer, &path, None).await.is_problem(403));
+    assert!(system.get(&c.stranger, &path, None).await.is_problem(404));
+}

@@ -128,6 +128,7 @@ async fn read_models(system: &System) -> serde_json::Value {
         "rm_workspaces",
         "rm_sessions",
         "rm_messages",
+        "rm_audit",
     ] {
         let sql =
             format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM {table} t");

@@ -1,0 +1,59 @@
+//! `GET /org/{org}/audit`: who changed what in the organization, newest first (owners and
+//! admins only).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use platform::auth::AuthUser;
+use platform::problem::Problem;
+use schemas::ids::OrganizationId;
+use schemas::policy::Action;
+use serde_json::{Value, json};
+
+use crate::access;
+use crate::page::{Cursor, PageQuery};
+use crate::startup::AppState;
+
+pub async fn list(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    org: web::Path<OrganizationId>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Problem> {
+    let limit = query.limit()?;
+    // The cursor is "<time>|<event id>" of the last entry seen: entries are ordered by both.
+    let after = query.after()?;
+    let (before_time, before_id) = match after.split_once('|') {
+        None if after.is_empty() => (i64::MAX, String::new()),
+        Some((t, id)) => {
+            (t.parse().map_err(|_| Problem::bad_request("malformed cursor"))?, id.to_owned())
+        }
+        None => return Err(Problem::bad_request("malformed cursor")),
+    };
+    let db = state.reader(&req, &user.user_id).await?;
+    access::organization(&db, &org, &user.user_id, Action::ReadAudit).await?;
+    let rows = db
+        .query(
+            "SELECT event_id, time, actor, event_type, details FROM rm_audit \
+             WHERE organization_id = $1 AND (time, event_id) < ($2, $3) \
+             ORDER BY time DESC, event_id DESC LIMIT $4",
+            &[&org.as_str(), &before_time, &before_id, &(limit + 1)],
+        )
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<Value> = rows
+        .iter()
+        .take(usize::try_from(limit).unwrap_or(0))
+        .map(|r| {
+            json!({
+                "id": r.get::<_, String>(0), "time": r.get::<_, i64>(1), "actor": r.get::<_, Option<String>>(2),
+                "type": r.get::<_, String>(3), "details": r.get::<_, Value>(4),
+            })
+        })
+        .collect();
+    let next = items.last().filter(|_| more).map(|i| {
+        URL_SAFE_NO_PAD.encode(format!("{}|{}", i["time"], i["id"].as_str().unwrap_or_default()))
+    });
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "cursor": Cursor { next } })))
+}
