@@ -21,6 +21,8 @@ use crate::{internal, relay, routes};
 
 /// What request handlers share.
 pub struct AppState {
+    /// Identity and profile lookups (not the event store).
+    pub db: deadpool_postgres::Pool,
     pub organizations: Executor<Organization>,
     pub workspaces: Executor<Workspace>,
     pub sessions: Executor<Session>,
@@ -56,6 +58,7 @@ impl Application {
 
         let services = Services { directory: Arc::new(EventStoreDirectory::new(pg.clone())) };
         let state = Arc::new(AppState {
+            db: pool.clone(),
             organizations: Executor::new(pg.clone(), services.clone()),
             workspaces: Executor::new(pg.clone(), services.clone()),
             sessions: Executor::new(pg.clone(), services),

@@ -65,6 +65,13 @@ const provider = new Provider(issuer, {
     },
   },
   pkce: { required: () => true },
+  // Access tokens carry the user's email and name, as many company providers configure it, so
+  // the API learns them at first use without a userinfo call.
+  async extraTokenClaims(ctx, token) {
+    if (!token.accountId) return undefined;
+    const sub = token.accountId;
+    return { email: `${sub}@example.test`, name: sub[0].toUpperCase() + sub.slice(1) };
+  },
   async findAccount(ctx, sub) {
     return {
       accountId: sub,

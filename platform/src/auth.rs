@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::config::AuthConfig;
 use crate::problem::Problem;
+use crate::users::Profile;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ impl From<AuthError> for Problem {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    email: Option<String>,
+    name: Option<String>,
 }
 
 /// A verification key with the algorithm its JWK declares, if any.
@@ -75,7 +78,7 @@ pub struct Authenticator {
     keys: Cache<String, Key>,
     /// When the JWKS was last fetched; guards the refetch rate.
     last_fetch: Mutex<Option<Instant>>,
-    users: Cache<String, UserId>,
+    users: Cache<String, Option<UserId>>,
     db: deadpool_postgres::Pool,
 }
 
@@ -106,9 +109,10 @@ impl Authenticator {
             jwks_uri: tokio::sync::OnceCell::new(),
             keys: Cache::builder().max_capacity(64).time_to_live(max_age).build(),
             last_fetch: Mutex::new(None),
+            // Short-lived: an erasure or a changed email shows within a minute.
             users: Cache::builder()
                 .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(600))
+                .time_to_live(Duration::from_secs(60))
                 .build(),
             db,
         })
@@ -134,7 +138,7 @@ impl Authenticator {
         validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let user_id = self.user_id(&data.claims.sub).await?;
+        let user_id = self.user_id(&data.claims).await?;
         Ok(AuthUser { user_id })
     }
 
@@ -212,28 +216,38 @@ impl Authenticator {
             .await
     }
 
-    /// Our id for the token's subject, created on first sight.
-    async fn user_id(&self, subject: &str) -> Result<UserId, AuthError> {
-        let db = self.db.clone();
-        let issuer = self.cfg.oidc_issuer.clone();
-        let subject_owned = subject.to_owned();
-        self.users
-            .try_get_with(subject.to_owned(), async move {
+    /// Our id for the token's subject, created on first sight; refused if the account was
+    /// erased. Cached briefly, so an erasure takes effect everywhere within the cache's lifetime.
+    async fn user_id(&self, claims: &Claims) -> Result<UserId, AuthError> {
+        let (db, issuer) = (self.db.clone(), self.cfg.oidc_issuer.clone());
+        let (subject, profile) = (
+            claims.sub.clone(),
+            Profile { email: claims.email.clone(), name: claims.name.clone() },
+        );
+        let resolved = self
+            .users
+            .try_get_with(claims.sub.clone(), async move {
                 let client = db.get().await.map_err(|e| e.to_string())?;
-                let row = client
-                    .query_one(
-                        "INSERT INTO users (user_id, issuer, subject) VALUES ($1, $2, $3) \
-                         ON CONFLICT (issuer, subject) DO UPDATE SET issuer = EXCLUDED.issuer \
-                         RETURNING user_id",
-                        &[&UserId::new().as_str(), &issuer, &subject_owned],
-                    )
+                crate::users::resolve(&client, &issuer, &subject, &profile)
                     .await
-                    .map_err(|e| e.to_string())?;
-                let id: String = row.get(0);
-                id.parse::<UserId>().map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())
             })
             .await
-            .map_err(|e: Arc<String>| AuthError::Database(e.to_string()))
+            .map_err(|e: Arc<String>| AuthError::Database(e.to_string()))?;
+        resolved.ok_or_else(|| AuthError::Invalid("the account was erased".into()))
+    }
+
+    /// Forget a cached identity (after an erasure in this process).
+    pub async fn forget(&self, subject_of: &UserId) {
+        let stale: Vec<String> = self
+            .users
+            .iter()
+            .filter(|(_, v)| v.as_ref() == Some(subject_of))
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        for key in stale {
+            self.users.invalidate(&key).await;
+        }
     }
 }
 

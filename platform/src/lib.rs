@@ -12,3 +12,4 @@ pub mod problem;
 pub mod shutdown;
 pub mod stored_event;
 pub mod telemetry;
+pub mod users;

@@ -42,6 +42,11 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "Not Found", None)
     }
 
+    /// Well-formed, but refers to something that cannot be used (an unknown email).
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable Content", Some(detail.into()))
+    }
+
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "Conflict", Some(detail.into()))
     }

@@ -23,8 +23,10 @@ pub struct CreateOrganization {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    /// Who to add: their user id, or the email they signed in with (exactly one of the two).
     #[serde(rename = "userID")]
-    pub user_id: UserId,
+    pub user_id: Option<UserId>,
+    pub email: Option<String>,
     pub role: Role,
 }
 

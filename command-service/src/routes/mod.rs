@@ -1,5 +1,6 @@
 //! The REST write API. Every route authenticates the caller (bearer JWT) and runs one command.
 
+mod me;
 mod organizations;
 mod sessions;
 mod workspaces;
@@ -11,7 +12,8 @@ use platform::http::RequestId;
 use crate::executor::CommandContext;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/org", web::post().to(organizations::create))
+    cfg.route("/me", web::delete().to(me::erase))
+        .route("/org", web::post().to(organizations::create))
         .route("/org/{org}", web::patch().to(organizations::rename))
         .route("/org/{org}/member", web::post().to(organizations::add_member))
         .route("/org/{org}/member/{user}", web::put().to(organizations::change_role))

@@ -39,15 +39,27 @@ pub async fn add_member(
     body: web::Json<AddMember>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
+    let member = match (body.user_id, body.email) {
+        (Some(id), None) => id,
+        (None, Some(email)) => {
+            let db = state.db.get().await?;
+            platform::users::by_email(&db, email.trim()).await?.ok_or_else(|| {
+                Problem::unprocessable(
+                    "no one with that email has signed in yet; ask them to sign in first",
+                )
+            })?
+        }
+        _ => return Err(Problem::bad_request("give exactly one of userID and email")),
+    };
     let command = OrganizationCommand::AddMember {
-        user: body.user_id.clone(),
+        user: member.clone(),
         role: body.role,
         actor: user.user_id.clone(),
     };
     let token =
         state.organizations.execute(org.as_str(), command, &context(&user, &request)).await?;
     Ok(HttpResponse::Created()
-        .json(Accepted { id: body.user_id.to_string(), consistency_token: token.encode() }))
+        .json(Accepted { id: member.to_string(), consistency_token: token.encode() }))
 }
 
 /// Run an organization command and answer 200 with the consistency token.

@@ -11,8 +11,23 @@ use crate::page::{Page, PageQuery};
 use crate::startup::AppState;
 use schemas::policy::Action;
 
-pub async fn me(user: AuthUser) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "userID": user.user_id }))
+/// The caller: their id and the profile their identity provider last told us.
+pub async fn me(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let db = state.reader(&req, &user.user_id).await?;
+    let profile = db
+        .query_opt(
+            "SELECT email, display_name FROM user_profiles WHERE user_id = $1",
+            &[&user.user_id.as_str()],
+        )
+        .await?;
+    let (email, name): (Option<String>, Option<String>) =
+        profile.map_or((None, None), |r| (r.get(0), r.get(1)));
+    Ok(HttpResponse::Ok()
+        .json(json!({ "userID": user.user_id, "email": email, "displayName": name })))
 }
 
 /// The organizations the caller belongs to, with their role.
@@ -59,8 +74,9 @@ pub async fn members(
     access::organization(&db, &org, &user.user_id, Action::Read).await?;
     let rows = db
         .query(
-            "SELECT user_id, role, added_at FROM rm_members \
-             WHERE organization_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+            "SELECT m.user_id, m.role, m.added_at, p.email, p.display_name \
+             FROM rm_members m LEFT JOIN user_profiles p USING (user_id) \
+             WHERE m.organization_id = $1 AND m.user_id > $2 ORDER BY m.user_id LIMIT $3",
             &[&org.as_str(), &after, &(limit + 1)],
         )
         .await?;
@@ -70,6 +86,7 @@ pub async fn members(
             json!({
                 "userID": r.get::<_, String>(0), "role": r.get::<_, String>(1),
                 "time": { "added": r.get::<_, i64>(2) },
+                "email": r.get::<_, Option<String>>(3), "displayName": r.get::<_, Option<String>>(4),
             })
         })
         .collect();

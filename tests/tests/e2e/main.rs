@@ -6,6 +6,7 @@ mod bad_input;
 mod durability;
 mod isolation;
 mod outages;
+mod personal_data;
 mod pipeline;
 mod provider_faults;
 mod resume;
