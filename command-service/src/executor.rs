@@ -30,6 +30,9 @@ pub struct CommandContext {
     pub actor: String,
     pub correlation_id: String,
     pub causation_id: Option<String>,
+    /// For callers using an API key: the only organization the command may touch. Checked
+    /// against the aggregate after it decided, before anything is committed.
+    pub organization_scope: Option<schemas::ids::OrganizationId>,
 }
 
 pub struct Executor<A: Aggregate> {
@@ -94,6 +97,14 @@ where
             .await
             .map_err(AggregateError::UserError)?;
         let scope = aggregate.scope();
+        if ctx
+            .organization_scope
+            .as_ref()
+            .is_some_and(|allowed| scope.organization.as_ref() != Some(allowed))
+        {
+            // Outside the key's organization: as invisible as another tenant's resource.
+            return Err(AggregateError::UserError(DomainError::NotFound));
+        }
         let events = sink.collect().await;
         let committed = self.store.commit(events, context, event_metadata(&scope, ctx)).await?;
         let sequence = committed.last().map_or(0, |e| e.sequence as u64);

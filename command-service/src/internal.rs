@@ -50,6 +50,7 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
         actor: "service:llm-worker".into(),
         correlation_id: report.message_id.to_string(),
         causation_id: Some(report.causation_id.clone()),
+        organization_scope: None,
     };
     let id = report.session_id.to_string();
     match state.sessions.execute(&id, SessionCommand::Complete { report }, &ctx).await {

@@ -13,7 +13,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregates::{Organization, Session, Workspace};
+use crate::aggregates::{ApiKey, Organization, Session, Workspace};
 use crate::config::CommandConfig;
 use crate::directory::{EventStoreDirectory, Services};
 use crate::executor::Executor;
@@ -26,6 +26,7 @@ pub struct AppState {
     pub organizations: Executor<Organization>,
     pub workspaces: Executor<Workspace>,
     pub sessions: Executor<Session>,
+    pub api_keys: Executor<ApiKey>,
 }
 
 pub struct Application {
@@ -61,7 +62,8 @@ impl Application {
             db: pool.clone(),
             organizations: Executor::new(pg.clone(), services.clone()),
             workspaces: Executor::new(pg.clone(), services.clone()),
-            sessions: Executor::new(pg.clone(), services),
+            sessions: Executor::new(pg.clone(), services.clone()),
+            api_keys: Executor::new(pg.clone(), services),
         });
         let authenticator = web::Data::new(Authenticator::new(auth, pool.clone())?);
         let ready = http::readiness(pool, nats.clone());

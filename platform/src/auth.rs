@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use moka::future::Cache;
-use schemas::ids::UserId;
+use schemas::ids::{OrganizationId, UserId};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -25,6 +25,15 @@ use crate::users::Profile;
 #[derive(Debug, Clone)]
 pub struct AuthUser {
     pub user_id: UserId,
+    /// Set when the caller used a personal API key: the one organization it may act in.
+    pub scope: Option<OrganizationId>,
+}
+
+impl AuthUser {
+    /// Whether this caller may reach `org` at all (an API key reaches only its own).
+    pub fn reaches(&self, org: &OrganizationId) -> bool {
+        self.scope.as_ref().is_none_or(|s| s == org)
+    }
 }
 
 /// Why a request is not authenticated.
@@ -118,8 +127,17 @@ impl Authenticator {
         })
     }
 
-    /// Validate a bearer token and map it to a user.
+    /// Validate a bearer token (a JWT from the issuer, or a personal API key) and map it to a user.
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AuthError> {
+        if token.starts_with(crate::api_keys::PREFIX) {
+            let db = self.db.get().await.map_err(|e| AuthError::Database(e.to_string()))?;
+            let key = crate::api_keys::verify(&db, token)
+                .await
+                .map_err(|e| AuthError::Database(e.to_string()))?;
+            let key = key
+                .ok_or_else(|| AuthError::Invalid("unknown, expired or revoked API key".into()))?;
+            return Ok(AuthUser { user_id: key.user_id, scope: Some(key.organization_id) });
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if !self.algorithms.contains(&header.alg) {
@@ -139,7 +157,7 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let user_id = self.user_id(&data.claims).await?;
-        Ok(AuthUser { user_id })
+        Ok(AuthUser { user_id, scope: None })
     }
 
     async fn key(&self, kid: &str) -> Result<Key, AuthError> {

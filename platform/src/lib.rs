@@ -3,6 +3,7 @@
 //! shutdown signal, and the mapping of a stored event to its bus envelope.
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
 pub mod auth;
 pub mod bus;
 pub mod config;

@@ -1,4 +1,4 @@
-//! The audit trail: every organization and workspace event becomes a row admins can read — who,
+//! The audit trail: every organization, workspace and API-key event becomes a row admins can read — who,
 //! when, what changed. Written in the same transaction as the rest of the event's projection.
 
 use deadpool_postgres::Transaction;
@@ -7,7 +7,10 @@ use serde_json::Value;
 
 /// Record `env` if it is an auditable change.
 pub async fn record(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<()> {
-    if !matches!(env.aggregate_type.as_str(), aggregate::ORGANIZATION | aggregate::WORKSPACE) {
+    if !matches!(
+        env.aggregate_type.as_str(),
+        aggregate::ORGANIZATION | aggregate::WORKSPACE | aggregate::API_KEY
+    ) {
         return Ok(());
     }
     let details = env.payload.get("properties").cloned().unwrap_or(Value::Null);

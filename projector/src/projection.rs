@@ -5,7 +5,7 @@
 use anyhow::Context;
 use deadpool_postgres::Transaction;
 use schemas::envelope::{Envelope, aggregate};
-use schemas::events::{OrganizationEvent, SessionEvent, WorkspaceEvent};
+use schemas::events::{ApiKeyEvent, OrganizationEvent, SessionEvent, WorkspaceEvent};
 use serde_json::{Value, json};
 
 /// What applying an event did.
@@ -55,6 +55,7 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
         aggregate::ORGANIZATION => organization(tx, serde_json::from_value(payload)?).await?,
         aggregate::WORKSPACE => workspace(tx, serde_json::from_value(payload)?).await?,
         aggregate::SESSION => session(tx, env.time, serde_json::from_value(payload)?).await?,
+        aggregate::API_KEY => api_key(tx, serde_json::from_value(payload)?).await?,
         other => anyhow::bail!("unknown aggregate type {other}"),
     }
     crate::audit::record(tx, env).await?;
@@ -95,6 +96,27 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
             tx.execute(
                 "INSERT INTO rm_members (organization_id, user_id, role, added_at) VALUES ($1, $2, $3, $4)",
                 &[&organization_id.as_str(), &user_id.as_str(), &role.as_str(), &time],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn api_key(tx: &Transaction<'_>, event: ApiKeyEvent) -> anyhow::Result<()> {
+    match event {
+        ApiKeyEvent::Created { key_id, organization_id, user_id, name, expires_at, time } => {
+            tx.execute(
+                "INSERT INTO rm_api_keys (key_id, organization_id, user_id, name, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&key_id.as_str(), &organization_id.as_str(), &user_id.as_str(), &name, &time, &expires_at],
+            )
+            .await?;
+        }
+        ApiKeyEvent::Revoked { key_id, time, .. } => {
+            tx.execute(
+                "UPDATE rm_api_keys SET revoked_at = $2 WHERE key_id = $1",
+                &[&key_id.as_str(), &time],
             )
             .await?;
         }

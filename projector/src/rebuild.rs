@@ -15,6 +15,7 @@ const READ_MODELS: &[&str] = &[
     "rm_sessions",
     "rm_messages",
     "rm_audit",
+    "rm_api_keys",
 ];
 
 /// Returns how many events were applied.

@@ -2,9 +2,10 @@
 //! caller's membership*, then asks `schemas::policy` whether the caller's role may read it.
 //! Another organization's resource and a missing one are both "not found".
 
+use platform::auth::AuthUser;
 use platform::problem::Problem;
 use schemas::events::Role;
-use schemas::ids::{OrganizationId, SessionId, UserId, WorkspaceId};
+use schemas::ids::{OrganizationId, SessionId, WorkspaceId};
 use schemas::policy::{Action, Decision, decide};
 
 /// A resource the caller may read: its organization and its row.
@@ -19,7 +20,11 @@ fn role_of(row: Option<&tokio_postgres::Row>) -> Option<Role> {
 }
 
 /// Apply the policy to a row found with the caller's role (`caller_role`, NULL if not a member).
-fn check(row: Option<tokio_postgres::Row>, action: Action) -> Result<Granted, Problem> {
+fn check(
+    row: Option<tokio_postgres::Row>,
+    action: Action,
+    user: &AuthUser,
+) -> Result<Granted, Problem> {
     match decide(role_of(row.as_ref()), action) {
         Decision::Allowed => {}
         Decision::Forbidden => {
@@ -29,14 +34,18 @@ fn check(row: Option<tokio_postgres::Row>, action: Action) -> Result<Granted, Pr
     }
     let row = row.ok_or_else(Problem::not_found)?;
     let org: String = row.get("organization_id");
-    let organization_id = org.parse().map_err(|e| Problem::internal(&e))?;
+    let organization_id: OrganizationId = org.parse().map_err(|e| Problem::internal(&e))?;
+    // An API key reaches only its own organization; the rest is as if it did not exist.
+    if !user.reaches(&organization_id) {
+        return Err(Problem::not_found());
+    }
     Ok(Granted { organization_id, row })
 }
 
 pub async fn organization(
     db: &deadpool_postgres::Client,
     org: &OrganizationId,
-    user: &UserId,
+    user: &AuthUser,
     action: Action,
 ) -> Result<Granted, Problem> {
     let stmt = db
@@ -46,13 +55,13 @@ pub async fn organization(
              WHERE o.organization_id = $1",
         )
         .await?;
-    check(db.query_opt(&stmt, &[&org.as_str(), &user.as_str()]).await?, action)
+    check(db.query_opt(&stmt, &[&org.as_str(), &user.user_id.as_str()]).await?, action, user)
 }
 
 pub async fn workspace(
     db: &deadpool_postgres::Client,
     ws: &WorkspaceId,
-    user: &UserId,
+    user: &AuthUser,
     action: Action,
 ) -> Result<Granted, Problem> {
     let stmt = db
@@ -62,13 +71,13 @@ pub async fn workspace(
              WHERE w.workspace_id = $1",
         )
         .await?;
-    check(db.query_opt(&stmt, &[&ws.as_str(), &user.as_str()]).await?, action)
+    check(db.query_opt(&stmt, &[&ws.as_str(), &user.user_id.as_str()]).await?, action, user)
 }
 
 pub async fn session(
     db: &deadpool_postgres::Client,
     session: &SessionId,
-    user: &UserId,
+    user: &AuthUser,
     action: Action,
 ) -> Result<Granted, Problem> {
     let stmt = db
@@ -78,5 +87,5 @@ pub async fn session(
              WHERE s.session_id = $1",
         )
         .await?;
-    check(db.query_opt(&stmt, &[&session.as_str(), &user.as_str()]).await?, action)
+    check(db.query_opt(&stmt, &[&session.as_str(), &user.user_id.as_str()]).await?, action, user)
 }

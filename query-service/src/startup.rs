@@ -34,7 +34,7 @@ impl AppState {
     pub async fn reader(
         &self,
         req: &actix_web::HttpRequest,
-        user: &schemas::ids::UserId,
+        user: &platform::auth::AuthUser,
     ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
         let token = crate::consistency::token(req)?;
         crate::consistency::wait_for(&self.db, token, self.cfg.consistency_wait()).await?;
@@ -42,10 +42,12 @@ impl AppState {
         // Set on every checkout, so a pooled connection never reads as its previous user.
         let stmt = db
             .prepare_cached(
-                "SELECT set_config('role', 'oc_reader', false), set_config('oc.user_id', $1, false)",
+                "SELECT set_config('role', 'oc_reader', false), set_config('oc.user_id', $1, false), \
+                        set_config('oc.org_scope', $2, false)",
             )
             .await?;
-        db.query_one(&stmt, &[&user.as_str()]).await?;
+        let scope = user.scope.as_ref().map_or("", |o| o.as_str());
+        db.query_one(&stmt, &[&user.user_id.as_str(), &scope]).await?;
         Ok(db)
     }
 }

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::events::Role;
-use crate::ids::{MessageId, OrganizationId, PartId, SessionId, UserId, WorkspaceId};
+use crate::ids::{ApiKeyId, MessageId, OrganizationId, PartId, SessionId, UserId, WorkspaceId};
 use crate::message::{FinishReason, MessageError, ModelRef, TokenUsage};
 
 /// Longest name or title accepted, in characters.
@@ -76,6 +76,29 @@ pub struct PromptInput {
     pub message_id: Option<MessageId>,
     pub model: Option<ModelRef>,
     pub parts: Vec<PartInput>,
+}
+
+/// Longest lifetime of a personal API key, in days.
+pub const MAX_API_KEY_DAYS: u32 = 365;
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    /// Days until the key stops working (1 to 365, default 90).
+    #[serde(rename = "expiresInDays")]
+    pub expires_in_days: Option<u32>,
+}
+
+/// The new key. `key` is shown this once: only its hash is kept.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct ApiKeyCreated {
+    pub id: ApiKeyId,
+    pub key: String,
+    #[serde(rename = "expiresAt")]
+    pub expires_at: i64,
+    #[serde(rename = "consistencyToken")]
+    pub consistency_token: String,
 }
 
 /// Returned by every command: what was created and a token for read-your-writes.

@@ -10,6 +10,7 @@ pub mod aggregate {
     pub const ORGANIZATION: &str = "organization";
     pub const WORKSPACE: &str = "workspace";
     pub const SESSION: &str = "session";
+    pub const API_KEY: &str = "api_key";
 }
 
 /// A bus message. `P` is the payload enum (`SessionEvent`, `LiveEvent`, …).

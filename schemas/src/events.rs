@@ -8,7 +8,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{MessageId, OrganizationId, SessionId, UserId, WorkspaceId};
+use crate::ids::{ApiKeyId, MessageId, OrganizationId, SessionId, UserId, WorkspaceId};
 use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage};
 
 /// The version every event type currently has.
@@ -96,6 +96,42 @@ pub enum WorkspaceEvent {
         created_by: UserId,
         time: i64,
     },
+}
+
+/// A personal API key's life. No secret and no hash: those live only in the credential table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "properties")]
+pub enum ApiKeyEvent {
+    #[serde(rename = "api_key.created")]
+    Created {
+        #[serde(rename = "keyID")]
+        key_id: ApiKeyId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "userID")]
+        user_id: UserId,
+        name: String,
+        #[serde(rename = "expiresAt")]
+        expires_at: i64,
+        time: i64,
+    },
+    #[serde(rename = "api_key.revoked")]
+    Revoked {
+        #[serde(rename = "keyID")]
+        key_id: ApiKeyId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        time: i64,
+    },
+}
+
+impl EventName for ApiKeyEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            ApiKeyEvent::Created { .. } => "api_key.created",
+            ApiKeyEvent::Revoked { .. } => "api_key.revoked",
+        }
+    }
 }
 
 /// The user's side of a prompt, as recorded.
@@ -236,6 +272,7 @@ mod cqrs_impls {
     domain_event!(OrganizationEvent);
     domain_event!(WorkspaceEvent);
     domain_event!(SessionEvent);
+    domain_event!(ApiKeyEvent);
 }
 
 #[cfg(test)]

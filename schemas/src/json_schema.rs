@@ -6,7 +6,7 @@ use schemars::{JsonSchema, schema_for};
 
 use crate::api::CompleteMessage;
 use crate::envelope::Envelope;
-use crate::events::{OrganizationEvent, SessionEvent, WorkspaceEvent};
+use crate::events::{ApiKeyEvent, OrganizationEvent, SessionEvent, WorkspaceEvent};
 use crate::live::LiveEvent;
 
 /// File name and pretty-printed schema of every bus message.
@@ -21,6 +21,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("workspace-event.json", render::<Envelope<WorkspaceEvent>>()),
         ("session-event.json", render::<Envelope<SessionEvent>>()),
         ("live-event.json", render::<Envelope<LiveEvent>>()),
+        ("api-key-event.json", render::<Envelope<ApiKeyEvent>>()),
         ("complete-message-command.json", render::<CompleteMessage>()),
     ]
 }

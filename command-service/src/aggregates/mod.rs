@@ -1,9 +1,11 @@
 //! The aggregates: the consistency boundaries commands run against.
 
+mod api_key;
 mod organization;
 mod session;
 mod workspace;
 
+pub use api_key::{ApiKey, ApiKeyCommand};
 pub use organization::{Organization, OrganizationCommand};
 pub use session::{Session, SessionCommand};
 pub use workspace::{Workspace, WorkspaceCommand};

@@ -12,6 +12,11 @@ pub async fn erase(
     state: web::Data<AppState>,
     auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse, Problem> {
+    if user.scope.is_some() {
+        return Err(Problem::forbidden(
+            "an API key cannot erase its owner's account; sign in instead",
+        ));
+    }
     let mut db = state.db.get().await?;
     platform::users::erase(&mut db, &user.user_id).await?;
     auth.forget(&user.user_id).await;

@@ -1,5 +1,6 @@
 //! The REST write API. Every route authenticates the caller (bearer JWT) and runs one command.
 
+mod api_keys;
 mod me;
 mod organizations;
 mod sessions;
@@ -19,6 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/member/{user}", web::put().to(organizations::change_role))
         .route("/org/{org}/member/{user}", web::delete().to(organizations::remove_member))
         .route("/org/{org}/transfer", web::post().to(organizations::transfer))
+        .route("/org/{org}/api-key", web::post().to(api_keys::create))
+        .route("/api-key/{id}", web::delete().to(api_keys::revoke))
         .route("/org/{org}/workspace", web::post().to(workspaces::create))
         .route("/workspace/{ws}/session", web::post().to(sessions::create))
         .route("/session/{id}/prompt_async", web::post().to(sessions::prompt))
@@ -31,5 +34,6 @@ fn context(user: &AuthUser, request: &RequestId) -> CommandContext {
         actor: user.user_id.to_string(),
         correlation_id: request.0.clone(),
         causation_id: None,
+        organization_scope: user.scope.clone(),
     }
 }

@@ -31,8 +31,8 @@ pub async fn list(
         }
         None => return Err(Problem::bad_request("malformed cursor")),
     };
-    let db = state.reader(&req, &user.user_id).await?;
-    access::organization(&db, &org, &user.user_id, Action::ReadAudit).await?;
+    let db = state.reader(&req, &user).await?;
+    access::organization(&db, &org, &user, Action::ReadAudit).await?;
     let rows = db
         .query(
             "SELECT event_id, time, actor, event_type, details FROM rm_audit \

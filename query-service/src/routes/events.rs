@@ -42,8 +42,8 @@ pub async fn stream(
 ) -> Result<impl actix_web::Responder, Problem> {
     let last_event_id = last_event_id(&req)?;
     let org = {
-        let db = state.reader(&req, &user.user_id).await?;
-        access::session(&db, &id, &user.user_id, Action::Read).await?.organization_id
+        let db = state.reader(&req, &user).await?;
+        access::session(&db, &id, &user, Action::Read).await?.organization_id
     };
     // Subscribe before reading the position: nothing published after it can be missed.
     let live = state.hub.subscribe(id.as_str());

@@ -1,5 +1,6 @@
 //! The REST read API and the session event stream.
 
+mod api_keys;
 mod audit;
 mod events;
 mod organizations;
@@ -9,6 +10,7 @@ use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/me", web::get().to(organizations::me))
+        .route("/me/api-key", web::get().to(api_keys::mine))
         .route("/org", web::get().to(organizations::list))
         .route("/org/{org}/workspace", web::get().to(organizations::workspaces))
         .route("/org/{org}/member", web::get().to(organizations::members))

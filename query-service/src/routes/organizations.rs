@@ -17,7 +17,7 @@ pub async fn me(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
-    let db = state.reader(&req, &user.user_id).await?;
+    let db = state.reader(&req, &user).await?;
     let profile = db
         .query_opt(
             "SELECT email, display_name FROM user_profiles WHERE user_id = $1",
@@ -38,7 +38,7 @@ pub async fn list(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.reader(&req, &user.user_id).await?;
+    let db = state.reader(&req, &user).await?;
     let rows = db
         .query(
             "SELECT o.organization_id, o.name, o.owner_id, o.created_at, m.role \
@@ -70,8 +70,8 @@ pub async fn members(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.reader(&req, &user.user_id).await?;
-    access::organization(&db, &org, &user.user_id, Action::Read).await?;
+    let db = state.reader(&req, &user).await?;
+    access::organization(&db, &org, &user, Action::Read).await?;
     let rows = db
         .query(
             "SELECT m.user_id, m.role, m.added_at, p.email, p.display_name \
@@ -101,8 +101,8 @@ pub async fn workspaces(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.reader(&req, &user.user_id).await?;
-    access::organization(&db, &org, &user.user_id, Action::Read).await?;
+    let db = state.reader(&req, &user).await?;
+    access::organization(&db, &org, &user, Action::Read).await?;
     let rows = db
         .query(
             "SELECT workspace_id, name, created_by, created_at FROM rm_workspaces \

@@ -33,8 +33,8 @@ pub async fn list(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.reader(&req, &user.user_id).await?;
-    let workspace = access::workspace(&db, &ws, &user.user_id, Action::Read).await?;
+    let db = state.reader(&req, &user).await?;
+    let workspace = access::workspace(&db, &ws, &user, Action::Read).await?;
     let org = workspace.organization_id.as_str();
     let rows = db
         .query(
@@ -53,8 +53,8 @@ pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<SessionId>,
 ) -> Result<HttpResponse, Problem> {
-    let db = state.reader(&req, &user.user_id).await?;
-    let session = access::session(&db, &id, &user.user_id, Action::Read).await?;
+    let db = state.reader(&req, &user).await?;
+    let session = access::session(&db, &id, &user, Action::Read).await?;
     Ok(HttpResponse::Ok().json(session_json(&session.row)))
 }
 
@@ -67,8 +67,8 @@ pub async fn messages(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, after) = (query.limit()?, query.after()?);
-    let db = state.reader(&req, &user.user_id).await?;
-    let session = access::session(&db, &id, &user.user_id, Action::Read).await?;
+    let db = state.reader(&req, &user).await?;
+    let session = access::session(&db, &id, &user, Action::Read).await?;
     let rows = db
         .query(
             "SELECT message_id, info, parts FROM rm_messages \

@@ -129,6 +129,7 @@ async fn read_models(system: &System) -> serde_json::Value {
         "rm_sessions",
         "rm_messages",
         "rm_audit",
+        "rm_api_keys",
     ] {
         let sql =
             format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM {table} t");

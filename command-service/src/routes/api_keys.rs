@@ -1,0 +1,101 @@
+//! `POST /org/{org}/api-key` (create; the key is shown once) and `DELETE /api-key/{id}` (revoke).
+//!
+//! The credential row is the source of truth for authentication, so it is written first on
+//! create (and removed again if the event cannot be recorded) and revoked first on revoke (so a
+//! revocation holds even if recording its event must be retried).
+
+use actix_web::{HttpResponse, web};
+use platform::auth::AuthUser;
+use platform::http::RequestId;
+use platform::problem::Problem;
+use schemas::api::{Accepted, ApiKeyCreated, CreateApiKey, MAX_API_KEY_DAYS};
+use schemas::ids::{ApiKeyId, OrganizationId};
+
+use super::context;
+use crate::aggregates::ApiKeyCommand;
+use crate::error::{CommandError, DomainError};
+use crate::startup::AppState;
+
+const DEFAULT_DAYS: u32 = 90;
+
+/// Keys cannot mint or revoke keys: a leaked key must not be able to outlive its revocation.
+fn require_interactive(user: &AuthUser) -> Result<(), Problem> {
+    match user.scope {
+        Some(_) => Err(Problem::forbidden("API keys cannot manage API keys; sign in instead")),
+        None => Ok(()),
+    }
+}
+
+pub async fn create(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    org: web::Path<OrganizationId>,
+    body: web::Json<CreateApiKey>,
+) -> Result<HttpResponse, Problem> {
+    require_interactive(&user)?;
+    let body = body.into_inner();
+    let days = body.expires_in_days.unwrap_or(DEFAULT_DAYS);
+    if !(1..=MAX_API_KEY_DAYS).contains(&days) {
+        return Err(Problem::bad_request(format!(
+            "expiresInDays must be between 1 and {MAX_API_KEY_DAYS}"
+        )));
+    }
+    let expires_at = schemas::now_ms() + i64::from(days) * 24 * 3600 * 1000;
+    let id = ApiKeyId::new();
+    let key = platform::api_keys::generate(&id);
+    let db = state.db.get().await?;
+    db.execute(
+        "INSERT INTO api_keys (key_id, user_id, organization_id, secret_sha256, expires_at) \
+         VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0))",
+        &[&id.as_str(), &user.user_id.as_str(), &org.as_str(), &key.secret_sha256, &expires_at],
+    )
+    .await?;
+    let command = ApiKeyCommand::Create {
+        id: id.clone(),
+        organization: org.into_inner(),
+        name: body.name,
+        expires_at,
+        actor: user.user_id.clone(),
+    };
+    match state.api_keys.execute(id.as_str(), command, &context(&user, &request)).await {
+        Ok(token) => Ok(HttpResponse::Created().json(ApiKeyCreated {
+            id,
+            key: key.text,
+            expires_at,
+            consistency_token: token.encode(),
+        })),
+        Err(e) => {
+            // Not recorded: the key must not work.
+            db.execute("DELETE FROM api_keys WHERE key_id = $1", &[&id.as_str()]).await?;
+            Err(e.into())
+        }
+    }
+}
+
+pub async fn revoke(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    id: web::Path<ApiKeyId>,
+) -> Result<HttpResponse, Problem> {
+    require_interactive(&user)?;
+    let db = state.db.get().await?;
+    let revoked = db
+        .execute(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1 AND user_id = $2",
+            &[&id.as_str(), &user.user_id.as_str()],
+        )
+        .await?;
+    if revoked == 0 {
+        return Err(Problem::not_found());
+    }
+    let command = ApiKeyCommand::Revoke { actor: user.user_id.clone() };
+    let token = match state.api_keys.execute(id.as_str(), command, &context(&user, &request)).await
+    {
+        Ok(token) => token.encode(),
+        Err(CommandError::Domain(DomainError::AlreadyDone)) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(HttpResponse::Ok().json(Accepted { id: id.to_string(), consistency_token: token }))
+}

@@ -1,0 +1,39 @@
+//! `GET /me/api-key`: the caller's own API keys (never their secrets), newest first.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use platform::auth::AuthUser;
+use platform::problem::Problem;
+use serde_json::json;
+
+use crate::page::{Page, PageQuery};
+use crate::startup::AppState;
+
+pub async fn mine(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, Problem> {
+    let (limit, after) = (query.limit()?, query.after()?);
+    let db = state.reader(&req, &user).await?;
+    let rows = db
+        .query(
+            "SELECT key_id, organization_id, name, created_at, expires_at, revoked_at FROM rm_api_keys \
+             WHERE user_id = $1 AND ($2 = '' OR key_id < $2) ORDER BY key_id DESC LIMIT $3",
+            &[&user.user_id.as_str(), &after, &(limit + 1)],
+        )
+        .await?;
+    let now = schemas::now_ms();
+    let items = rows
+        .iter()
+        .map(|r| {
+            let (expires, revoked): (i64, Option<i64>) = (r.get(4), r.get(5));
+            json!({
+                "id": r.get::<_, String>(0), "organizationID": r.get::<_, String>(1), "name": r.get::<_, String>(2),
+                "time": { "created": r.get::<_, i64>(3), "expires": expires, "revoked": revoked },
+                "active": revoked.is_none() && expires > now,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
+}
