@@ -44,7 +44,8 @@ const provider = new Provider(issuer, {
       client_secret: process.env.OIDC_WEB_SECRET || 'oc-web-secret',
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
-      redirect_uris: ['http://127.0.0.1:8082/auth/callback'],
+      // The query service's sign-in callback(s); tests run it on other ports.
+      redirect_uris: (process.env.OIDC_WEB_REDIRECT_URIS || 'http://127.0.0.1:8082/auth/callback').split(','),
     },
   ],
   scopes: ['openid', 'offline_access', 'email', 'profile'],

@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use moka::future::Cache;
 use schemas::ids::{OrganizationId, UserId};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
 use crate::config::AuthConfig;
@@ -281,10 +282,34 @@ impl FromRequest for AuthUser {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(|t| t.trim().to_owned());
+        // Without a bearer token, a browser's login session cookie will do; a state-changing
+        // request must then also echo the session's CSRF token (a bearer token needs none: a
+        // browser never attaches it on its own).
+        let cookie = req.cookie(crate::login::SESSION_COOKIE).map(|c| c.value().to_owned());
+        let csrf = req
+            .headers()
+            .get(crate::login::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let needs_csrf = crate::login::is_state_changing(req.method());
         Box::pin(async move {
             let auth = auth.ok_or_else(|| Problem::internal(&"authenticator not configured"))?;
-            let token = token.ok_or(AuthError::Missing)?;
-            Ok(auth.authenticate(&token).await?)
+            if let Some(token) = token {
+                return Ok(auth.authenticate(&token).await?);
+            }
+            let cookie = cookie.ok_or(AuthError::Missing)?;
+            let db = auth.db.get().await.map_err(|e| AuthError::Database(e.to_string()))?;
+            let (user_id, expected) = crate::login::lookup(&db, &cookie)
+                .await
+                .map_err(|e| AuthError::Database(e.to_string()))?
+                .ok_or_else(|| AuthError::Invalid("no such login session".into()))?;
+            let csrf_ok = csrf.is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected.as_bytes())));
+            if needs_csrf && !csrf_ok {
+                return Err(Problem::forbidden(
+                    "missing or wrong X-CSRF-Token for a cookie-authenticated request",
+                ));
+            }
+            Ok(AuthUser { user_id, scope: None })
         })
     }
 }

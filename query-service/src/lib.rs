@@ -6,6 +6,7 @@ pub mod access;
 pub mod config;
 pub mod consistency;
 pub mod hub;
+pub mod login;
 pub mod page;
 pub mod routes;
 pub mod startup;

@@ -12,6 +12,7 @@ async fn main() -> anyhow::Result<()> {
         common,
         config::load::<AuthConfig>()?,
         config::load::<QueryConfig>()?,
+        config::load::<query_service::login::LoginConfig>()?,
         platform::shutdown::on_signal(),
     )
     .await?;

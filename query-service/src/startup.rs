@@ -23,6 +23,8 @@ pub struct AppState {
     pub js: jetstream::Context,
     pub hub: Arc<Hub>,
     pub cfg: QueryConfig,
+    /// Identity writes (users, login sessions): the default role, not the read role.
+    pub identity: deadpool_postgres::Pool,
     /// Fired at shutdown; open SSE streams end on it.
     pub shutdown: CancellationToken,
 }
@@ -64,6 +66,7 @@ impl Application {
         common: CommonConfig,
         auth: AuthConfig,
         cfg: QueryConfig,
+        login: crate::login::LoginConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         if common.run_migrations {
@@ -85,11 +88,20 @@ impl Application {
             })
         };
         // Identity lookups write (first sign-in); reads go through their own, restricted pool.
-        let authenticator = web::Data::new(Authenticator::new(auth, db::pool(&common)?)?);
+        let identity = db::pool(&common)?;
+        let login = web::Data::new(crate::login::Login::new(login, auth.oidc_issuer.clone())?);
+        let authenticator = web::Data::new(Authenticator::new(auth, identity.clone())?);
         let ready = http::readiness(pool.clone(), nats);
         let listener = TcpListener::bind(&cfg.query_addr)?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState { db: pool, js, hub, cfg, shutdown: shutdown.clone() });
+        let state = web::Data::new(AppState {
+            db: pool,
+            js,
+            hub,
+            cfg,
+            identity,
+            shutdown: shutdown.clone(),
+        });
         let spec = http::ServerSpec {
             listener,
             metrics,
@@ -98,7 +110,10 @@ impl Application {
             workers: None,
         };
         let server = http::serve(spec, move |c| {
-            c.app_data(state.clone()).app_data(authenticator.clone()).configure(routes::configure);
+            c.app_data(state.clone())
+                .app_data(authenticator.clone())
+                .app_data(login.clone())
+                .configure(routes::configure);
         })?;
         tracing::info!(port, "query-service listening");
         Ok(Self { port, server, hub: hub_task, shutdown })

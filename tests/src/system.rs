@@ -56,6 +56,7 @@ pub struct System {
     pub oidc: Proc,
     pub issuer: String,
     oidc_port: u16,
+    oidc_callbacks: String,
     /// Where the OpenID provider wrote its signing keys (for token-forging tests).
     pub oidc_keys: PathBuf,
     pub nats: Proc,
@@ -103,7 +104,14 @@ impl System {
 
         let oidc_port = free_port();
         let oidc_keys = std::env::temp_dir().join(format!("oc-e2e-oidc-{db_name}.json"));
-        let oidc = spawn_oidc(oidc_port, &oidc_keys);
+        // Query services get their ports now: the provider must know their sign-in callbacks.
+        let query_ports: Vec<u16> = (0..opts.query_instances).map(|_| free_port()).collect();
+        let callbacks = query_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}/auth/callback"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let oidc = spawn_oidc(oidc_port, &oidc_keys, &callbacks);
         let issuer = format!("http://127.0.0.1:{oidc_port}");
 
         let fake_port = free_port();
@@ -123,6 +131,7 @@ impl System {
             oidc,
             issuer,
             oidc_port,
+            oidc_callbacks: callbacks,
             oidc_keys,
             nats,
             nats_url,
@@ -140,8 +149,10 @@ impl System {
         let command = system.start_command(opts.relay).await;
         system.command.push(command);
         system.projector = Some(system.start_service("projector", "OC_PROJECTOR_ADDR", &[]).await);
-        for _ in 0..opts.query_instances {
-            let q = system.start_service("query-service", "OC_QUERY_ADDR", &[]).await;
+        for port in query_ports {
+            let callback = format!("http://127.0.0.1:{port}/auth/callback");
+            let env = [("OC_OIDC_REDIRECT_URL", callback.as_str())];
+            let q = system.start_service_at("query-service", "OC_QUERY_ADDR", port, &env).await;
             system.query.push(q);
         }
         if opts.worker {
@@ -178,7 +189,17 @@ impl System {
         addr_var: &str,
         extra: &[(&str, &str)],
     ) -> Service {
-        let port = free_port();
+        self.start_service_at(name, addr_var, free_port(), extra).await
+    }
+
+    /// Start a service binary listening on `port`, and wait until it is ready.
+    pub async fn start_service_at(
+        &self,
+        name: &str,
+        addr_var: &str,
+        port: u16,
+        extra: &[(&str, &str)],
+    ) -> Service {
         let mut cmd = Command::new(bin(name));
         self.env(&mut cmd);
         cmd.env(addr_var, format!("127.0.0.1:{port}"));
@@ -247,7 +268,7 @@ impl System {
     /// rotation), and tokens it issued before no longer verify.
     pub async fn rotate_oidc_key(&mut self) {
         self.oidc.kill();
-        self.oidc = spawn_oidc(self.oidc_port, &self.oidc_keys);
+        self.oidc = spawn_oidc(self.oidc_port, &self.oidc_keys, &self.oidc_callbacks);
         self.tokens.lock().await.clear();
         self.wait_http(&format!("{}/.well-known/openid-configuration", self.issuer)).await;
     }
@@ -289,12 +310,13 @@ impl Drop for System {
     }
 }
 
-fn spawn_oidc(port: u16, keys_out: &std::path::Path) -> Proc {
+fn spawn_oidc(port: u16, keys_out: &std::path::Path, callbacks: &str) -> Proc {
     let _ = std::fs::remove_file(keys_out);
     let mut cmd = Command::new("node");
     cmd.arg(repo_root().join("dev/oidc/server.mjs"))
         .env("OIDC_PORT", port.to_string())
-        .env("OIDC_TEST_KEYS_OUT", keys_out);
+        .env("OIDC_TEST_KEYS_OUT", keys_out)
+        .env("OIDC_WEB_REDIRECT_URIS", callbacks);
     Proc::spawn("oidc-provider", cmd)
 }
 

@@ -9,7 +9,10 @@ mod sessions;
 use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/me", web::get().to(organizations::me))
+    cfg.route("/auth/login", web::get().to(crate::login::start))
+        .route("/auth/callback", web::get().to(crate::login::callback))
+        .route("/auth/logout", web::post().to(crate::login::logout))
+        .route("/me", web::get().to(organizations::me))
         .route("/me/api-key", web::get().to(api_keys::mine))
         .route("/org", web::get().to(organizations::list))
         .route("/org/{org}/workspace", web::get().to(organizations::workspaces))

@@ -4,6 +4,7 @@
 mod api_keys;
 mod authorization;
 mod bad_input;
+mod browser;
 mod durability;
 mod isolation;
 mod outages;

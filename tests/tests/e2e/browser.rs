@@ -1,0 +1,142 @@
+//! Browser sign-in through the real OpenID provider (its development login form filled in by
+//! script), the login-session cookie, CSRF protection, and sign-out.
+
+use std::collections::HashMap;
+
+use e2e_tests::System;
+use reqwest::Url;
+use serde_json::json;
+
+/// A browser, reduced to what sign-in needs: a cookie jar and no automatic redirects.
+struct Browser {
+    http: reqwest::Client,
+    jar: HashMap<String, String>,
+}
+
+impl Browser {
+    fn new() -> Self {
+        let http =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Browser { http, jar: HashMap::new() }
+    }
+
+    fn cookies(&self) -> String {
+        self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        let res = req.header("cookie", self.cookies()).send().await.unwrap();
+        for set in res.headers().get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, attrs) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attrs.to_ascii_lowercase().contains("max-age=0") || value.is_empty() {
+                self.jar.remove(name.trim());
+            } else {
+                self.jar.insert(name.trim().to_owned(), value.to_owned());
+            }
+        }
+        res
+    }
+
+    async fn get(&mut self, url: &str) -> reqwest::Response {
+        let req = self.http.get(url);
+        self.send(req).await
+    }
+
+    /// Sign in as `user`; returns where the service finally sends the browser.
+    async fn sign_in(&mut self, system: &System, user: &str, return_to: &str) -> String {
+        let mut res =
+            self.get(&format!("{}/auth/login?returnTo={return_to}", system.query_url())).await;
+        for _ in 0..12 {
+            assert!(
+                res.status().is_redirection(),
+                "unexpected {}: {}",
+                res.status(),
+                res.text().await.unwrap()
+            );
+            let location = res.headers()["location"].to_str().unwrap().to_owned();
+            let next = Url::parse(&system.issuer).unwrap().join(&location).unwrap();
+            if next.path() == "/auth/callback" {
+                let done = self.get(next.as_str()).await;
+                assert_eq!(done.status(), 303, "callback: {}", done.text().await.unwrap());
+                return done.headers()["location"].to_str().unwrap().to_owned();
+            }
+            if next.path().starts_with("/interaction/") {
+                let page = self.get(next.as_str()).await.text().await.unwrap();
+                let form: Vec<(&str, &str)> = if page.contains("name=\"login\"") {
+                    vec![("prompt", "login"), ("login", user), ("password", "dev")]
+                } else {
+                    vec![("prompt", "consent")]
+                };
+                let req = self.http.post(next.as_str()).form(&form);
+                res = self.send(req).await;
+            } else {
+                res = self.get(next.as_str()).await;
+            }
+        }
+        panic!("sign-in did not finish");
+    }
+}
+
+#[tokio::test]
+async fn a_browser_signs_in_acts_with_csrf_protection_and_signs_out_for_good() {
+    let system = System::start().await;
+    let mut browser = Browser::new();
+    let landed = browser.sign_in(&system, "alice", "/welcome").await;
+    assert_eq!(landed, "/welcome");
+    assert!(browser.jar.contains_key("oc_session") && browser.jar.contains_key("oc_csrf"));
+    assert!(!browser.jar.contains_key("oc_login"), "the attempt cookie is cleared");
+
+    // The session is the same person as alice's bearer tokens.
+    let req = browser.http.get(format!("{}/me", system.query_url()));
+    let me: serde_json::Value = browser.send(req).await.json().await.unwrap();
+    let bearer = system.token("alice").await;
+    assert_eq!(me["userID"], system.get(&bearer, "/me", None).await.body["userID"]);
+
+    // Writes by cookie need the CSRF token; reads do not.
+    let create = |b: &Browser| {
+        b.http.post(format!("{}/org", system.command_url())).json(&json!({ "name": "Acme" }))
+    };
+    let refused = browser.send(create(&browser)).await;
+    assert_eq!(refused.status(), 403);
+    let wrong = create(&browser).header("x-csrf-token", "guess");
+    assert_eq!(browser.send(wrong).await.status(), 403);
+    let csrf = browser.jar["oc_csrf"].clone();
+    let ok = create(&browser).header("x-csrf-token", &csrf);
+    assert_eq!(browser.send(ok).await.status(), 201);
+
+    // Sign out; a copy of the cookie taken before is worthless afterwards.
+    let stolen = browser.jar["oc_session"].clone();
+    let req = browser
+        .http
+        .post(format!("{}/auth/logout", system.query_url()))
+        .header("x-csrf-token", &csrf);
+    assert_eq!(browser.send(req).await.status(), 204);
+    assert!(!browser.jar.contains_key("oc_session"));
+    let replay = reqwest::Client::new()
+        .get(format!("{}/me", system.query_url()))
+        .header("cookie", format!("oc_session={stolen}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 401);
+}
+
+#[tokio::test]
+async fn sign_in_refuses_foreign_redirects_and_callbacks_it_did_not_start() {
+    let system = System::start().await;
+    let mut browser = Browser::new();
+    for target in ["https://evil.example/", "//evil.example/"] {
+        let res =
+            browser.get(&format!("{}/auth/login?returnTo={target}", system.query_url())).await;
+        assert_eq!(res.status(), 400, "{target}");
+    }
+    // A callback this browser did not start (login CSRF) is refused.
+    let res = browser.get(&format!("{}/auth/callback?code=x&state=y", system.query_url())).await;
+    assert_eq!(res.status(), 400);
+    // The provider's refusal is reported, not followed.
+    let res =
+        browser.get(&format!("{}/auth/callback?error=access_denied", system.query_url())).await;
+    assert_eq!(res.status(), 400);
+}
