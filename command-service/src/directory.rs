@@ -8,8 +8,10 @@ use async_trait::async_trait;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateContext, EventStore};
 use postgres_es::PostgresEventRepository;
-use schemas::events::Role;
-use schemas::ids::{OrganizationId, UserId, WorkspaceId};
+use std::collections::{HashMap, HashSet};
+
+use schemas::events::{Role, WorkspaceRole};
+use schemas::ids::{OrganizationId, ProjectId, UserId, WorkspaceId};
 
 use crate::aggregates::{Organization, Workspace};
 use crate::error::DomainError;
@@ -23,11 +25,20 @@ pub trait Directory: Send + Sync {
         org: &OrganizationId,
         user: &UserId,
     ) -> Result<Option<Role>, DomainError>;
-    /// The organization a workspace belongs to, or `None` if it does not exist.
-    async fn workspace_org(
+    /// What commands need to know of a workspace, or `None` if it does not exist.
+    async fn workspace(
         &self,
         workspace: &WorkspaceId,
-    ) -> Result<Option<OrganizationId>, DomainError>;
+    ) -> Result<Option<WorkspaceView>, DomainError>;
+}
+
+/// What commands need to know of a workspace.
+#[derive(Debug, Clone)]
+pub struct WorkspaceView {
+    pub organization_id: OrganizationId,
+    pub archived: bool,
+    pub members: HashMap<UserId, WorkspaceRole>,
+    pub projects: HashSet<ProjectId>,
 }
 
 /// The services every aggregate gets in `handle`.
@@ -66,13 +77,13 @@ impl Directory for EventStoreDirectory {
         Ok(ctx.aggregate().role_of(user))
     }
 
-    async fn workspace_org(
+    async fn workspace(
         &self,
         workspace: &WorkspaceId,
-    ) -> Result<Option<OrganizationId>, DomainError> {
+    ) -> Result<Option<WorkspaceView>, DomainError> {
         let mut ctx =
             self.workspaces.load_aggregate(workspace.as_str()).await.map_err(unavailable)?;
-        Ok(ctx.aggregate().organization_id.clone())
+        Ok(ctx.aggregate().view())
     }
 }
 
@@ -87,7 +98,7 @@ pub mod fake {
     #[derive(Default)]
     pub struct FakeDirectory {
         pub roles: Mutex<HashMap<(OrganizationId, UserId), Role>>,
-        pub workspaces: Mutex<HashMap<WorkspaceId, OrganizationId>>,
+        pub workspaces: Mutex<HashMap<WorkspaceId, WorkspaceView>>,
     }
 
     #[async_trait]
@@ -99,10 +110,7 @@ pub mod fake {
         ) -> Result<Option<Role>, DomainError> {
             Ok(self.roles.lock().unwrap().get(&(org.clone(), user.clone())).copied())
         }
-        async fn workspace_org(
-            &self,
-            ws: &WorkspaceId,
-        ) -> Result<Option<OrganizationId>, DomainError> {
+        async fn workspace(&self, ws: &WorkspaceId) -> Result<Option<WorkspaceView>, DomainError> {
             Ok(self.workspaces.lock().unwrap().get(ws).cloned())
         }
     }

@@ -7,3 +7,4 @@ pub mod consumer;
 pub mod projection;
 pub mod rebuild;
 pub mod startup;
+pub mod workspaces;

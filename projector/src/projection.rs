@@ -5,7 +5,7 @@
 use anyhow::Context;
 use deadpool_postgres::Transaction;
 use schemas::envelope::{Envelope, aggregate};
-use schemas::events::{ApiKeyEvent, OrganizationEvent, SessionEvent, WorkspaceEvent};
+use schemas::events::{ApiKeyEvent, OrganizationEvent, SessionEvent};
 use serde_json::{Value, json};
 
 /// What applying an event did.
@@ -53,7 +53,9 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
     let payload = env.payload.clone();
     match env.aggregate_type.as_str() {
         aggregate::ORGANIZATION => organization(tx, serde_json::from_value(payload)?).await?,
-        aggregate::WORKSPACE => workspace(tx, serde_json::from_value(payload)?).await?,
+        aggregate::WORKSPACE => {
+            crate::workspaces::apply(tx, serde_json::from_value(payload)?).await?
+        }
         aggregate::SESSION => session(tx, env.time, serde_json::from_value(payload)?).await?,
         aggregate::API_KEY => api_key(tx, serde_json::from_value(payload)?).await?,
         other => anyhow::bail!("unknown aggregate type {other}"),
@@ -124,34 +126,22 @@ async fn api_key(tx: &Transaction<'_>, event: ApiKeyEvent) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn workspace(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Result<()> {
-    match event {
-        WorkspaceEvent::Created { workspace_id, organization_id, name, created_by, time } => {
-            tx.execute(
-                "INSERT INTO rm_workspaces (workspace_id, organization_id, name, created_by, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[&workspace_id.as_str(), &organization_id.as_str(), &name, &created_by.as_str(), &time],
-            )
-            .await?;
-        }
-    }
-    Ok(())
-}
-
 async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow::Result<()> {
     match event {
         SessionEvent::Created {
             session_id,
             organization_id,
             workspace_id,
+            project_id,
             title,
             created_by,
             time,
         } => {
+            let project = project_id.as_ref().map(|p| p.as_str());
             tx.execute(
-                "INSERT INTO rm_sessions (session_id, organization_id, workspace_id, title, status, created_by, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, 'idle', $5, $6, $6)",
-                &[&session_id.as_str(), &organization_id.as_str(), &workspace_id.as_str(), &title, &created_by.as_str(), &time],
+                "INSERT INTO rm_sessions (session_id, organization_id, workspace_id, project_id, title, status, created_by, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'idle', $6, $7, $7)",
+                &[&session_id.as_str(), &organization_id.as_str(), &workspace_id.as_str(), &project, &title, &created_by.as_str(), &time],
             )
             .await?;
         }

@@ -16,6 +16,8 @@ const READ_MODELS: &[&str] = &[
     "rm_messages",
     "rm_audit",
     "rm_api_keys",
+    "rm_workspace_members",
+    "rm_projects",
 ];
 
 /// Returns how many events were applied.

@@ -5,8 +5,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::events::Role;
-use crate::ids::{ApiKeyId, MessageId, OrganizationId, PartId, SessionId, UserId, WorkspaceId};
+use crate::events::{Role, WorkspaceRole};
+use crate::ids::{
+    ApiKeyId, MessageId, OrganizationId, PartId, ProjectId, SessionId, UserId, WorkspaceId,
+};
 use crate::message::{FinishReason, MessageError, ModelRef, TokenUsage};
 
 /// Longest name or title accepted, in characters.
@@ -59,6 +61,30 @@ pub struct CreateWorkspace {
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     pub title: Option<String>,
+    /// The workspace's Git project the session works on.
+    #[serde(rename = "projectID")]
+    pub project_id: Option<ProjectId>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameWorkspace {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetWorkspaceMember {
+    pub role: WorkspaceRole,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddProject {
+    #[serde(rename = "repositoryURL")]
+    pub repository_url: String,
+    #[serde(rename = "defaultBranch")]
+    pub default_branch: Option<String>,
 }
 
 /// A part of a prompt, as OpenCode's `TextPartInput` (ids are optional and assigned if absent).

@@ -8,7 +8,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ApiKeyId, MessageId, OrganizationId, SessionId, UserId, WorkspaceId};
+use crate::ids::{ApiKeyId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId};
 use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage};
 
 /// The version every event type currently has.
@@ -82,6 +82,36 @@ pub enum OrganizationEvent {
     },
 }
 
+/// Roles in a workspace, for organization members and viewers (owners and admins of the
+/// organization administer every workspace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceRole {
+    Admin,
+    Member,
+    Viewer,
+}
+
+impl WorkspaceRole {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WorkspaceRole::Admin => "admin",
+            WorkspaceRole::Member => "member",
+            WorkspaceRole::Viewer => "viewer",
+        }
+    }
+}
+
+/// A Git project: projects are identified by their repositories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Project {
+    pub id: ProjectId,
+    #[serde(rename = "repositoryURL")]
+    pub repository_url: String,
+    #[serde(rename = "defaultBranch")]
+    pub default_branch: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "properties")]
 pub enum WorkspaceEvent {
@@ -94,6 +124,55 @@ pub enum WorkspaceEvent {
         name: String,
         #[serde(rename = "createdBy")]
         created_by: UserId,
+        time: i64,
+    },
+    #[serde(rename = "workspace.renamed")]
+    Renamed {
+        #[serde(rename = "workspaceID")]
+        workspace_id: WorkspaceId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        name: String,
+        time: i64,
+    },
+    /// Read-only from now on: no new sessions or prompts.
+    #[serde(rename = "workspace.archived")]
+    Archived {
+        #[serde(rename = "workspaceID")]
+        workspace_id: WorkspaceId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        time: i64,
+    },
+    /// A user's workspace role, set or changed.
+    #[serde(rename = "workspace.member_set")]
+    MemberSet {
+        #[serde(rename = "workspaceID")]
+        workspace_id: WorkspaceId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "userID")]
+        user_id: UserId,
+        role: WorkspaceRole,
+        time: i64,
+    },
+    #[serde(rename = "workspace.member_removed")]
+    MemberRemoved {
+        #[serde(rename = "workspaceID")]
+        workspace_id: WorkspaceId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "userID")]
+        user_id: UserId,
+        time: i64,
+    },
+    #[serde(rename = "workspace.project_added")]
+    ProjectAdded {
+        #[serde(rename = "workspaceID")]
+        workspace_id: WorkspaceId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        project: Project,
         time: i64,
     },
 }
@@ -172,6 +251,9 @@ pub enum SessionEvent {
         organization_id: OrganizationId,
         #[serde(rename = "workspaceID")]
         workspace_id: WorkspaceId,
+        /// The Git project the session works on, if any (optional, so older events still read).
+        #[serde(rename = "projectID", default, skip_serializing_if = "Option::is_none")]
+        project_id: Option<ProjectId>,
         title: String,
         #[serde(rename = "createdBy")]
         created_by: UserId,
@@ -235,6 +317,11 @@ impl EventName for WorkspaceEvent {
     fn event_type(&self) -> &'static str {
         match self {
             WorkspaceEvent::Created { .. } => "workspace.created",
+            WorkspaceEvent::Renamed { .. } => "workspace.renamed",
+            WorkspaceEvent::Archived { .. } => "workspace.archived",
+            WorkspaceEvent::MemberSet { .. } => "workspace.member_set",
+            WorkspaceEvent::MemberRemoved { .. } => "workspace.member_removed",
+            WorkspaceEvent::ProjectAdded { .. } => "workspace.project_added",
         }
     }
 }

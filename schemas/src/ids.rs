@@ -136,6 +136,10 @@ prefixed_id!(
     UserId, "usr"
 );
 prefixed_id!(
+    /// A Git project in a workspace.
+    ProjectId, "prj"
+);
+prefixed_id!(
     /// A personal API key (the id is public; the secret is shown once and stored hashed).
     ApiKeyId, "key"
 );

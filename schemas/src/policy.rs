@@ -17,6 +17,8 @@ pub enum Action {
     ManageOwners,
     /// Create a workspace.
     CreateWorkspace,
+    /// Rename or archive a workspace, manage its members and projects.
+    ManageWorkspace,
     /// Start a session in a workspace.
     CreateSession,
     /// Prompt in a session, and abort its reply.
@@ -35,6 +37,7 @@ pub const POLICY: &[(Action, &[Role])] = &[
     (ManageMembers, &[Owner, Admin]),
     (ManageOwners, &[Owner]),
     (CreateWorkspace, &[Owner, Admin, Member]),
+    (ManageWorkspace, &[Owner, Admin]),
     (CreateSession, &[Owner, Admin, Member]),
     (Prompt, &[Owner, Admin, Member]),
     (ReadAudit, &[Owner, Admin]),
@@ -43,6 +46,22 @@ pub const POLICY: &[(Action, &[Role])] = &[
 /// Whether `role` may take `action`. Actions missing from the table are allowed to nobody.
 pub fn allows(role: Role, action: Action) -> bool {
     POLICY.iter().find(|(a, _)| *a == action).is_some_and(|(_, roles)| roles.contains(&role))
+}
+
+/// A caller's role inside a workspace: organization owners and admins keep theirs everywhere;
+/// a member acts with their workspace role (admin, member, or viewer if they have none); a
+/// viewer stays a viewer.
+pub fn effective_role(
+    org_role: Role,
+    workspace_role: Option<crate::events::WorkspaceRole>,
+) -> Role {
+    use crate::events::WorkspaceRole;
+    match (org_role, workspace_role) {
+        (Owner | Admin | Viewer, _) => org_role,
+        (Member, Some(WorkspaceRole::Admin)) => Admin,
+        (Member, Some(WorkspaceRole::Member)) => Member,
+        (Member, Some(WorkspaceRole::Viewer) | None) => Viewer,
+    }
 }
 
 /// The outcome of asking the policy about a caller who may or may not be a member.
@@ -75,6 +94,7 @@ mod tests {
             ManageMembers,
             ManageOwners,
             CreateWorkspace,
+            ManageWorkspace,
             CreateSession,
             Prompt,
             ReadAudit,

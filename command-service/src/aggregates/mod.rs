@@ -44,6 +44,27 @@ pub(crate) async fn authorize(
     }
 }
 
+/// Fail unless `actor` may take `action` in the workspace `view` (their organization role,
+/// refined by their workspace role; see `schemas::policy::effective_role`).
+pub(crate) async fn authorize_in_workspace(
+    services: &crate::directory::Services,
+    view: &crate::directory::WorkspaceView,
+    actor: &schemas::ids::UserId,
+    action: schemas::policy::Action,
+) -> Result<(), crate::error::DomainError> {
+    use crate::error::DomainError;
+    use schemas::policy::{Decision, decide, effective_role};
+    let org_role = services.directory.role_in(&view.organization_id, actor).await?;
+    let role = org_role.map(|r| effective_role(r, view.members.get(actor).copied()));
+    match decide(role, action) {
+        Decision::Allowed => Ok(()),
+        Decision::Forbidden => Err(DomainError::Forbidden(format!(
+            "your role in this workspace does not allow {action:?}"
+        ))),
+        Decision::NotFound => Err(DomainError::NotFound),
+    }
+}
+
 /// Reject empty or over-long names.
 pub(crate) fn valid_name(what: &str, name: &str) -> Result<String, crate::error::DomainError> {
     let name = name.trim();

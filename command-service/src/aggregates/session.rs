@@ -11,13 +11,13 @@ use cqrs_es::event_sink::EventSink;
 use schemas::api::CompleteMessage;
 use schemas::envelope::aggregate;
 use schemas::events::{AssistantCompletion, SessionEvent, UserMessage};
-use schemas::ids::{MessageId, OrganizationId, SessionId, UserId, WorkspaceId};
+use schemas::ids::{MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId};
 use schemas::message::{Part, SessionStatus};
 use schemas::policy::Action;
 use serde::{Deserialize, Serialize};
 
 use super::{Scope, Scoped};
-use crate::directory::Services;
+use crate::directory::{Services, WorkspaceView};
 use crate::error::DomainError;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -43,6 +43,7 @@ pub enum SessionCommand {
     Create {
         id: SessionId,
         workspace: WorkspaceId,
+        project: Option<ProjectId>,
         title: Option<String>,
         actor: UserId,
     },
@@ -60,15 +61,17 @@ pub enum SessionCommand {
 }
 
 impl Session {
-    /// Fail unless the session exists and `actor` may take `action` in its organization.
+    /// The session's workspace, once `actor` may take `action` in it.
     async fn authorize(
         &self,
         services: &Services,
         actor: &UserId,
         action: Action,
-    ) -> Result<(), DomainError> {
-        let org = self.organization_id.as_ref().ok_or(DomainError::NotFound)?;
-        super::authorize(services, org, actor, action).await
+    ) -> Result<WorkspaceView, DomainError> {
+        let workspace = self.workspace_id.as_ref().ok_or(DomainError::NotFound)?;
+        let view = services.directory.workspace(workspace).await?.ok_or(DomainError::NotFound)?;
+        super::authorize_in_workspace(services, &view, actor, action).await?;
+        Ok(view)
     }
 
     fn id(&self) -> Result<SessionId, DomainError> {
@@ -90,18 +93,21 @@ impl Aggregate for Session {
         sink: &EventSink<Self>,
     ) -> Result<(), DomainError> {
         match command {
-            SessionCommand::Create { id, workspace, title, actor } => {
+            SessionCommand::Create { id, workspace, project, title, actor } => {
                 if self.id.is_some() {
                     return Err(DomainError::WrongState("the session already exists".into()));
                 }
-                let org = services
-                    .directory
-                    .workspace_org(&workspace)
-                    .await?
-                    .ok_or(DomainError::NotFound)?;
-                let time = schemas::now_ms();
-                self.organization_id = Some(org.clone());
-                self.authorize(services, &actor, Action::CreateSession).await?;
+                let view =
+                    services.directory.workspace(&workspace).await?.ok_or(DomainError::NotFound)?;
+                super::authorize_in_workspace(services, &view, &actor, Action::CreateSession)
+                    .await?;
+                if view.archived {
+                    return Err(DomainError::WrongState("the workspace is archived".into()));
+                }
+                if project.as_ref().is_some_and(|p| !view.projects.contains(p)) {
+                    return Err(DomainError::Invalid("no such project in this workspace".into()));
+                }
+                let (time, org) = (schemas::now_ms(), view.organization_id);
                 let title = match title {
                     Some(t) => super::valid_name("title", &t)?,
                     None => format!("New session - {time}"),
@@ -110,6 +116,7 @@ impl Aggregate for Session {
                     session_id: id,
                     organization_id: org,
                     workspace_id: workspace,
+                    project_id: project,
                     title,
                     created_by: actor,
                     time,
@@ -118,7 +125,9 @@ impl Aggregate for Session {
             }
             SessionCommand::Prompt { message, assistant_message_id } => {
                 let session_id = self.id()?;
-                self.authorize(services, &message.user_id, Action::Prompt).await?;
+                if self.authorize(services, &message.user_id, Action::Prompt).await?.archived {
+                    return Err(DomainError::WrongState("the workspace is archived".into()));
+                }
                 if self.running.is_some() {
                     return Err(DomainError::WrongState(
                         "the session is busy: wait for the reply or abort it".into(),
@@ -264,7 +273,15 @@ mod tests {
         let (org, ws, alice) = (OrganizationId::new(), WorkspaceId::new(), UserId::new());
         let directory = FakeDirectory::default();
         directory.roles.lock().unwrap().insert((org.clone(), alice.clone()), Role::Member);
-        directory.workspaces.lock().unwrap().insert(ws.clone(), org.clone());
+        directory.workspaces.lock().unwrap().insert(
+            ws.clone(),
+            WorkspaceView {
+                organization_id: org.clone(),
+                archived: false,
+                members: [(alice.clone(), schemas::events::WorkspaceRole::Member)].into(),
+                projects: Default::default(),
+            },
+        );
         World {
             services: Services { directory: Arc::new(directory) },
             org,
@@ -279,6 +296,7 @@ mod tests {
             session_id: w.session.clone(),
             organization_id: w.org.clone(),
             workspace_id: w.ws.clone(),
+            project_id: None,
             title: "t".into(),
             created_by: w.alice.clone(),
             time: 0,
@@ -394,6 +412,7 @@ mod tests {
             .when(SessionCommand::Create {
                 id: SessionId::new(),
                 workspace: WorkspaceId::new(),
+                project: None,
                 title: None,
                 actor: mallory,
             })

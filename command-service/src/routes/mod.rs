@@ -23,6 +23,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/api-key", web::post().to(api_keys::create))
         .route("/api-key/{id}", web::delete().to(api_keys::revoke))
         .route("/org/{org}/workspace", web::post().to(workspaces::create))
+        .route("/workspace/{ws}", web::patch().to(workspaces::rename))
+        .route("/workspace/{ws}/archive", web::post().to(workspaces::archive))
+        .route("/workspace/{ws}/member/{user}", web::put().to(workspaces::set_member))
+        .route("/workspace/{ws}/member/{user}", web::delete().to(workspaces::remove_member))
+        .route("/workspace/{ws}/project", web::post().to(workspaces::add_project))
         .route("/workspace/{ws}/session", web::post().to(sessions::create))
         .route("/session/{id}/prompt_async", web::post().to(sessions::prompt))
         .route("/session/{id}/abort", web::post().to(sessions::abort));

@@ -23,10 +23,12 @@ pub async fn create(
     body: web::Json<CreateSession>,
 ) -> Result<HttpResponse, Problem> {
     let id = SessionId::new();
+    let body = body.into_inner();
     let command = SessionCommand::Create {
         id: id.clone(),
         workspace: workspace.into_inner(),
-        title: body.into_inner().title,
+        project: body.project_id,
+        title: body.title,
         actor: user.user_id.clone(),
     };
     let token = state.sessions.execute(id.as_str(), command, &context(&user, &request)).await?;

@@ -17,6 +17,7 @@ fn session_json(r: &tokio_postgres::Row) -> Value {
         "id": r.get::<_, String>("session_id"),
         "organizationID": r.get::<_, String>("organization_id"),
         "workspaceID": r.get::<_, String>("workspace_id"),
+        "projectID": r.get::<_, Option<String>>("project_id"),
         "title": r.get::<_, String>("title"),
         "status": { "type": r.get::<_, String>("status") },
         "createdBy": r.get::<_, String>("created_by"),

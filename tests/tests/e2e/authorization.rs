@@ -94,6 +94,7 @@ async fn every_endpoint_answers_each_role_as_the_policy_says() {
 
     // Reads: every role reads; the stranger finds nothing.
     for path in [
+        format!("/workspace/{}", ws.id),
         format!("/org/{}/workspace", org.id),
         format!("/org/{}/member", org.id),
         format!("/workspace/{}/session", ws.id),
@@ -126,11 +127,30 @@ async fn every_endpoint_answers_each_role_as_the_policy_says() {
             json!({ "name": "w" }),
             [201, 201, 201, 403, 404],
         ),
+        // Mia is an organization member but not in this workspace: she may not start sessions.
         (
             Method::POST,
             format!("/workspace/{}/session", ws.id),
             json!({}),
-            [201, 201, 201, 403, 404],
+            [201, 201, 403, 403, 404],
+        ),
+        (
+            Method::PATCH,
+            format!("/workspace/{}", ws.id),
+            json!({ "name": "renamed" }),
+            [200, 200, 403, 403, 404],
+        ),
+        (
+            Method::POST,
+            format!("/workspace/{}/project", ws.id),
+            json!({ "repositoryURL": "https://github.com/anomalyco/opencode.git" }),
+            [201, 201, 403, 403, 404],
+        ),
+        (
+            Method::PUT,
+            format!("/workspace/{}/member/{}", ws.id, c.ids[3]),
+            json!({ "role": "member" }),
+            [200, 200, 403, 403, 404],
         ),
         // Admins manage members but not owners; members and viewers manage nobody.
         (
@@ -150,6 +170,19 @@ async fn every_endpoint_answers_each_role_as_the_policy_says() {
             format!("/org/{}/transfer", org.id),
             json!({ "userID": c.ids[1] }),
             [200, 403, 403, 403, 404],
+        ),
+        // Last, as it ends the workspace's working life: archived, it takes no new sessions.
+        (
+            Method::POST,
+            format!("/workspace/{}/archive", ws.id),
+            json!({}),
+            [200, 200, 403, 403, 404],
+        ),
+        (
+            Method::POST,
+            format!("/workspace/{}/session", ws.id),
+            json!({}),
+            [409, 409, 403, 403, 404],
         ),
     ];
     // Run each case for every caller; the stranger and the forbidden go first, so the allowed
@@ -179,6 +212,14 @@ async fn prompting_and_aborting_follow_the_policy() {
     let w = system.command_url().to_owned();
     let prompt =
         json!({ "parts": [{ "type": "text", "text": "[[fake tokens=100000 delay_ms=20]]" }] });
+    // An organization member prompts only in workspaces they belong to.
+    let session = system.create_session(&alice, &ws.id).await;
+    let path = format!("/session/{}/prompt_async", session.id);
+    assert_eq!(call(&system, Method::POST, &w, &path, &c.member, Some(prompt.clone())).await, 403);
+    let join = format!("/workspace/{}/member/{}", ws.id, c.ids[2]);
+    let joined =
+        call(&system, Method::PUT, &w, &join, &alice, Some(json!({ "role": "member" }))).await;
+    assert_eq!(joined, 200);
     for (token, expected) in [(&c.viewer, 403), (&c.stranger, 404), (&c.member, 202)] {
         let session = system.create_session(&alice, &ws.id).await;
         let path = format!("/session/{}/prompt_async", session.id);

@@ -130,6 +130,8 @@ async fn read_models(system: &System) -> serde_json::Value {
         "rm_messages",
         "rm_audit",
         "rm_api_keys",
+        "rm_workspace_members",
+        "rm_projects",
     ] {
         let sql =
             format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM {table} t");

@@ -98,6 +98,18 @@ async fn a_member_added_by_the_owner_can_work_in_the_organization() {
     let token = added.body["consistencyToken"].as_str().unwrap();
     let list = system.get(&bob, &format!("/org/{}/workspace", org.id), Some(token)).await;
     assert_eq!(list.body["items"][0]["id"], ws.id);
+    // An organization member works in the workspaces they belong to.
+    let refused = system.post(&bob, &format!("/workspace/{}/session", ws.id), json!({})).await;
+    assert!(refused.is_problem(403), "{refused:?}");
+    let joined = system
+        .http
+        .put(format!("{}/workspace/{}/member/{bob_id}", system.command_url(), ws.id))
+        .bearer_auth(&alice)
+        .json(&json!({ "role": "member" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 200);
     system.create_session(&bob, &ws.id).await;
 }
 

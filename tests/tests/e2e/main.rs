@@ -13,6 +13,7 @@ mod pipeline;
 mod provider_faults;
 mod resume;
 mod tokens;
+mod workspaces;
 
 use std::time::Duration;
 
