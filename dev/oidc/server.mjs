@@ -34,7 +34,7 @@ const provider = new Provider(issuer, {
       // Public client for scripts and the CLI (authorization code + PKCE, no secret).
       client_id: 'oc-cli',
       token_endpoint_auth_method: 'none',
-      grant_types: ['authorization_code', 'refresh_token'],
+      grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
       response_types: ['code'],
       redirect_uris: ['http://127.0.0.1/callback'],
     },
@@ -52,6 +52,8 @@ const provider = new Provider(issuer, {
   claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
   features: {
     devInteractions: { enabled: true },
+    // Command-line sign-in: the OAuth device authorization grant (RFC 8628).
+    deviceFlow: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => audience,

@@ -59,6 +59,11 @@ impl Problem {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type", Some(detail.into()))
     }
 
+    /// The deployment does not offer this (e.g. the identity provider lacks a feature).
+    pub fn not_implemented(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "Not Implemented", Some(detail.into()))
+    }
+
     /// A dependency (PostgreSQL, NATS, the identity provider) is unreachable: try again soon.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut p =

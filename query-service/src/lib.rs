@@ -5,6 +5,7 @@
 pub mod access;
 pub mod config;
 pub mod consistency;
+pub mod device;
 pub mod hub;
 pub mod login;
 pub mod page;

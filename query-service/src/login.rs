@@ -36,6 +36,8 @@ pub struct LoginConfig {
     pub oidc_client_secret: SecretString,
     /// `OC_OIDC_REDIRECT_URL`: where the provider sends the browser back (`…/auth/callback`).
     pub oidc_redirect_url: String,
+    /// `OC_OIDC_DEVICE_CLIENT_ID`: the public client command-line sign-in uses.
+    pub oidc_device_client_id: String,
 }
 
 impl Default for LoginConfig {
@@ -44,6 +46,7 @@ impl Default for LoginConfig {
             oidc_client_id: "oc-web".into(),
             oidc_client_secret: SecretString::from("oc-web-secret"),
             oidc_redirect_url: "http://127.0.0.1:8082/auth/callback".into(),
+            oidc_device_client_id: "oc-cli".into(),
         }
     }
 }
@@ -51,9 +54,9 @@ impl Default for LoginConfig {
 /// What sign-in needs: settings, an HTTP client that never follows redirects (SSRF), and the
 /// provider's metadata, discovered on first use.
 pub struct Login {
-    cfg: LoginConfig,
-    issuer: String,
-    http: openidconnect::reqwest::Client,
+    pub(crate) cfg: LoginConfig,
+    pub(crate) issuer: String,
+    pub(crate) http: openidconnect::reqwest::Client,
     metadata: tokio::sync::OnceCell<CoreProviderMetadata>,
 }
 

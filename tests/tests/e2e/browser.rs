@@ -44,23 +44,22 @@ impl Browser {
         self.send(req).await
     }
 
-    /// Sign in as `user`; returns where the service finally sends the browser.
-    async fn sign_in(&mut self, system: &System, user: &str, return_to: &str) -> String {
-        let mut res =
-            self.get(&format!("{}/auth/login?returnTo={return_to}", system.query_url())).await;
+    /// Follow the provider's redirects, filling in its login and consent forms as `user`,
+    /// until a page (not a redirect) or a redirect back to our sign-in callback.
+    async fn drive(
+        &mut self,
+        system: &System,
+        mut res: reqwest::Response,
+        user: &str,
+    ) -> reqwest::Response {
         for _ in 0..12 {
-            assert!(
-                res.status().is_redirection(),
-                "unexpected {}: {}",
-                res.status(),
-                res.text().await.unwrap()
-            );
+            if !res.status().is_redirection() {
+                return res;
+            }
             let location = res.headers()["location"].to_str().unwrap().to_owned();
             let next = Url::parse(&system.issuer).unwrap().join(&location).unwrap();
             if next.path() == "/auth/callback" {
-                let done = self.get(next.as_str()).await;
-                assert_eq!(done.status(), 303, "callback: {}", done.text().await.unwrap());
-                return done.headers()["location"].to_str().unwrap().to_owned();
+                return res;
             }
             if next.path().starts_with("/interaction/") {
                 let page = self.get(next.as_str()).await.text().await.unwrap();
@@ -75,8 +74,57 @@ impl Browser {
                 res = self.get(next.as_str()).await;
             }
         }
-        panic!("sign-in did not finish");
+        panic!("the provider kept redirecting");
     }
+
+    /// Sign in as `user`; returns where the service finally sends the browser.
+    async fn sign_in(&mut self, system: &System, user: &str, return_to: &str) -> String {
+        let start =
+            self.get(&format!("{}/auth/login?returnTo={return_to}", system.query_url())).await;
+        let back = self.drive(system, start, user).await;
+        assert!(
+            back.status().is_redirection(),
+            "sign-in ended on a page: {}",
+            back.text().await.unwrap()
+        );
+        let location = back.headers()["location"].to_str().unwrap().to_owned();
+        let callback = Url::parse(&system.issuer).unwrap().join(&location).unwrap();
+        let done = self.get(callback.as_str()).await;
+        assert_eq!(done.status(), 303, "callback: {}", done.text().await.unwrap());
+        done.headers()["location"].to_str().unwrap().to_owned()
+    }
+
+    /// Submit the first form of `page` to `base`: its fields as they are, and `typed` as if the
+    /// user had typed them.
+    async fn submit_form(
+        &mut self,
+        base: &str,
+        page: &str,
+        typed: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let action =
+            attribute(page.split("<form").nth(1).expect("a form"), "action").unwrap_or_default();
+        let mut fields: Vec<(String, String)> = page
+            .split("<input")
+            .skip(1)
+            .map(|rest| rest.split('>').next().unwrap_or_default())
+            .filter_map(|tag| {
+                Some((attribute(tag, "name")?, attribute(tag, "value").unwrap_or_default()))
+            })
+            .filter(|(name, _)| !typed.iter().any(|(t, _)| t == name))
+            .collect();
+        fields.extend(typed.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let url = Url::parse(base).unwrap().join(&action).unwrap();
+        let req = self.http.post(url).form(&fields);
+        self.send(req).await
+    }
+}
+
+/// The value of `name="…"` in an HTML tag's text.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+    let len = tag[start..].find('"')?;
+    Some(tag[start..start + len].replace("&amp;", "&"))
 }
 
 #[tokio::test]
@@ -139,4 +187,47 @@ async fn sign_in_refuses_foreign_redirects_and_callbacks_it_did_not_start() {
     let res =
         browser.get(&format!("{}/auth/callback?error=access_denied", system.query_url())).await;
     assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn a_command_line_signs_in_with_the_device_flow() {
+    let system = System::start().await;
+    let cli = reqwest::Client::new();
+    let started: serde_json::Value = cli
+        .post(format!("{}/auth/device", system.query_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_code = started["deviceCode"].as_str().unwrap().to_owned();
+    let user_code = started["userCode"].as_str().unwrap().to_owned();
+    let poll = || {
+        cli.post(format!("{}/auth/device/token", system.query_url()))
+            .json(&json!({ "deviceCode": device_code }))
+            .send()
+    };
+    assert_eq!(poll().await.unwrap().status(), 202, "pending until the user approves");
+
+    // In a browser, the user enters the code, confirms it, signs in and consents.
+    let mut browser = Browser::new();
+    let link = started["verificationURI"].as_str().unwrap();
+    let page = browser.get(link).await.text().await.unwrap();
+    let confirm = browser.submit_form(link, &page, &[("user_code", &user_code)]).await;
+    assert_eq!(confirm.status(), 200);
+    let page = confirm.text().await.unwrap();
+    assert!(page.contains(&user_code), "the confirmation shows the code");
+    let confirmed = browser.submit_form(link, &page, &[]).await;
+    let done = browser.drive(&system, confirmed, "alice").await;
+    assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
+
+    let granted = poll().await.unwrap();
+    assert_eq!(granted.status(), 200);
+    let body: serde_json::Value = granted.json().await.unwrap();
+    let token = body["accessToken"].as_str().unwrap();
+    let me = system.get(token, "/me", None).await;
+    let alice = system.token("alice").await;
+    assert_eq!(me.body["userID"], system.get(&alice, "/me", None).await.body["userID"]);
+    assert_eq!(poll().await.unwrap().status(), 400, "a device code is used once");
 }
