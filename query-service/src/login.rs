@@ -57,7 +57,9 @@ pub struct Login {
     pub(crate) cfg: LoginConfig,
     pub(crate) issuer: String,
     pub(crate) http: openidconnect::reqwest::Client,
-    metadata: tokio::sync::OnceCell<CoreProviderMetadata>,
+    /// Discovery document with the provider's keys; re-fetched when it ages out or when an ID
+    /// token does not verify (the provider rotated its keys).
+    metadata: moka::future::Cache<(), std::sync::Arc<CoreProviderMetadata>>,
 }
 
 impl Login {
@@ -66,7 +68,9 @@ impl Login {
             .redirect(openidconnect::reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()?;
-        Ok(Self { cfg, issuer, http, metadata: tokio::sync::OnceCell::new() })
+        let metadata =
+            moka::future::Cache::builder().time_to_live(Duration::from_secs(300)).build();
+        Ok(Self { cfg, issuer, http, metadata })
     }
 
     async fn client(
@@ -84,21 +88,22 @@ impl Login {
     > {
         let metadata = self
             .metadata
-            .get_or_try_init(|| async {
+            .try_get_with((), async {
                 let issuer = IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
                 CoreProviderMetadata::discover_async(issuer, &self.http)
                     .await
+                    .map(std::sync::Arc::new)
                     .map_err(|e| e.to_string())
             })
             .await
-            .map_err(|e: String| {
+            .map_err(|e: std::sync::Arc<String>| {
                 tracing::warn!(error = %e, "OpenID discovery failed");
                 Problem::unavailable("the identity provider is unavailable")
             })?;
         let redirect = RedirectUrl::new(self.cfg.oidc_redirect_url.clone())
             .map_err(|e| Problem::internal(&e))?;
         Ok(CoreClient::from_provider_metadata(
-            metadata.clone(),
+            (*metadata).clone(),
             ClientId::new(self.cfg.oidc_client_id.clone()),
             Some(ClientSecret::new(self.cfg.oidc_client_secret.expose_secret().to_owned())),
         )
@@ -221,10 +226,20 @@ pub async fn callback(
         })?;
     let id_token = openidconnect::TokenResponse::id_token(&tokens)
         .ok_or_else(|| Problem::bad_request("the identity provider sent no ID token"))?;
-    let claims = id_token.claims(&client.id_token_verifier(), &Nonce::new(nonce)).map_err(|e| {
-        tracing::warn!(error = %e, "ID token rejected");
-        Problem::bad_request("the identity provider's ID token was not valid")
-    })?;
+    let nonce = Nonce::new(nonce);
+    let claims = match id_token.claims(&client.id_token_verifier(), &nonce) {
+        Ok(claims) => claims.clone(),
+        Err(first) => {
+            // Perhaps signed with a key published after our copy of the provider's keys: fetch
+            // them again, once, before refusing.
+            login.metadata.invalidate(&()).await;
+            let fresh = login.client().await?;
+            id_token.claims(&fresh.id_token_verifier(), &nonce).cloned().map_err(|e| {
+                tracing::warn!(error = %e, first = %first, "ID token rejected");
+                Problem::bad_request("the identity provider's ID token was not valid")
+            })?
+        }
+    };
     let profile = Profile {
         email: claims.email().map(|e| e.as_str().to_owned()),
         name: claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),

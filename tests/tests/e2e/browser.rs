@@ -231,3 +231,20 @@ async fn a_command_line_signs_in_with_the_device_flow() {
     assert_eq!(me.body["userID"], system.get(&alice, "/me", None).await.body["userID"]);
     assert_eq!(poll().await.unwrap().status(), 400, "a device code is used once");
 }
+
+#[tokio::test]
+async fn browser_sign_in_keeps_working_across_a_signing_key_rotation() {
+    let mut system = System::start().await;
+    let mut first = Browser::new();
+    assert_eq!(first.sign_in(&system, "alice", "/").await, "/");
+    system.rotate_oidc_key().await;
+    let mut second = Browser::new();
+    assert_eq!(
+        second.sign_in(&system, "alice", "/").await,
+        "/",
+        "the ID token signed with the new key verifies"
+    );
+    // The session made before the rotation is ours, not the provider's: it still works.
+    let req = first.http.get(format!("{}/me", system.query_url()));
+    assert_eq!(first.send(req).await.status(), 200);
+}
