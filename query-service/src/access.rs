@@ -42,20 +42,32 @@ fn check(
     Ok(Granted { organization_id, row })
 }
 
+/// Find `id` in `table` (keyed by `key`) together with the caller's role in its organization,
+/// then apply the policy. `table` and `key` are constants of this module, never user input.
+async fn find(
+    db: &deadpool_postgres::Client,
+    table: &str,
+    key: &str,
+    id: &str,
+    user: &AuthUser,
+    action: Action,
+) -> Result<Granted, Problem> {
+    let sql = format!(
+        "SELECT t.*, m.role AS caller_role FROM {table} t \
+         JOIN rm_members m ON m.organization_id = t.organization_id AND m.user_id = $2 \
+         WHERE t.{key} = $1"
+    );
+    let stmt = db.prepare_cached(&sql).await?;
+    check(db.query_opt(&stmt, &[&id, &user.user_id.as_str()]).await?, action, user)
+}
+
 pub async fn organization(
     db: &deadpool_postgres::Client,
     org: &OrganizationId,
     user: &AuthUser,
     action: Action,
 ) -> Result<Granted, Problem> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT o.*, m.role AS caller_role FROM rm_organizations o \
-             JOIN rm_members m ON m.organization_id = o.organization_id AND m.user_id = $2 \
-             WHERE o.organization_id = $1",
-        )
-        .await?;
-    check(db.query_opt(&stmt, &[&org.as_str(), &user.user_id.as_str()]).await?, action, user)
+    find(db, "rm_organizations", "organization_id", org.as_str(), user, action).await
 }
 
 pub async fn workspace(
@@ -64,14 +76,7 @@ pub async fn workspace(
     user: &AuthUser,
     action: Action,
 ) -> Result<Granted, Problem> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT w.*, m.role AS caller_role FROM rm_workspaces w \
-             JOIN rm_members m ON m.organization_id = w.organization_id AND m.user_id = $2 \
-             WHERE w.workspace_id = $1",
-        )
-        .await?;
-    check(db.query_opt(&stmt, &[&ws.as_str(), &user.user_id.as_str()]).await?, action, user)
+    find(db, "rm_workspaces", "workspace_id", ws.as_str(), user, action).await
 }
 
 pub async fn session(
@@ -80,12 +85,5 @@ pub async fn session(
     user: &AuthUser,
     action: Action,
 ) -> Result<Granted, Problem> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT s.*, m.role AS caller_role FROM rm_sessions s \
-             JOIN rm_members m ON m.organization_id = s.organization_id AND m.user_id = $2 \
-             WHERE s.session_id = $1",
-        )
-        .await?;
-    check(db.query_opt(&stmt, &[&session.as_str(), &user.user_id.as_str()]).await?, action, user)
+    find(db, "rm_sessions", "session_id", session.as_str(), user, action).await
 }
