@@ -8,7 +8,7 @@ use actix_web::dev::Server;
 use actix_web::web;
 use platform::auth::Authenticator;
 use platform::config::{AuthConfig, CommonConfig};
-use platform::{bus, db, http};
+use platform::{bus, http};
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,18 +44,13 @@ impl Application {
         cfg: CommandConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        if common.run_migrations {
-            db::migrate_with_retry(&common.database_url, 30).await?;
-        }
-        let metrics = platform::telemetry::init_metrics("command-service")?;
-        // sqlx pool for the event store (postgres-es); deadpool for identity and readiness.
+        let platform::startup::Foundation { metrics, db: pool, nats, js } =
+            platform::startup::foundation(&common, "command-service").await?;
+        // Besides the deadpool pool (identity, readiness): sqlx for the event store (postgres-es).
         let pg = PgPoolOptions::new()
             .max_connections(common.database_pool_size as u32)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&common.database_url)?;
-        let pool = db::pool(&common)?;
-        let nats = bus::connect(&common, "command-service").await?;
-        let js = bus::jetstream(nats.clone());
 
         let services = Services { directory: Arc::new(EventStoreDirectory::new(pg.clone())) };
         let state = Arc::new(AppState {
@@ -73,14 +68,13 @@ impl Application {
             let (js, pg, stop, common) = (js.clone(), pg.clone(), shutdown.clone(), common.clone());
             tasks.push(tokio::spawn(async move {
                 // The stream must exist before the first publish; NATS may still be starting.
-                while let Err(e) = bus::ensure_stream(&js, &common).await {
-                    tracing::warn!(error = %e, "cannot create the event stream yet");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
+                let stream = || bus::ensure_stream(&js, &common);
+                if platform::retry::until_stopped("creating the event stream", &stop, stream)
+                    .await
+                    .is_some()
+                {
+                    relay::run(pg, js, stop).await;
                 }
-                relay::run(pg, js, stop).await;
             }));
         }
         {
@@ -101,6 +95,7 @@ impl Application {
             ready,
             shutdown_grace_secs: common.shutdown_grace_secs,
             workers: None,
+            shutdown: shutdown.clone(),
         };
         let server = http::serve(spec, move |c| {
             c.app_data(data.clone()).app_data(authenticator.clone()).configure(routes::configure);
@@ -115,12 +110,6 @@ impl Application {
 
     /// Serve until the shutdown token fires, then let requests and the relay finish.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let stop = self.shutdown.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            handle.stop(true).await;
-        });
         self.server.await?;
         self.shutdown.cancel();
         for task in self.tasks {

@@ -38,18 +38,6 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
 }
 
 /// Apply migrations, retrying while PostgreSQL is not reachable yet (services may start first).
-pub async fn migrate_with_retry(database_url: &str, attempts: u32) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1.. {
-        match migrate(database_url).await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt < attempts => {
-                tracing::warn!(error = %e, attempt, "migrations failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    unreachable!("the loop returns")
+pub async fn migrate_with_retry(database_url: &str, attempts: usize) -> anyhow::Result<()> {
+    crate::retry::times("migrations", attempts, || migrate(database_url)).await
 }

@@ -159,6 +159,9 @@ pub struct ServerSpec {
     pub shutdown_grace_secs: u64,
     /// Worker threads; `None` uses one per core.
     pub workers: Option<usize>,
+    /// The process's shutdown signal: the server stops taking requests and finishes those in
+    /// hand (up to `shutdown_grace_secs`) when it fires.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Start serving `routes` (the service's own API; nothing for ops-only services).
@@ -166,7 +169,7 @@ pub fn serve<F>(spec: ServerSpec, routes: F) -> std::io::Result<actix_web::dev::
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
-    let ServerSpec { listener, metrics, ready, shutdown_grace_secs, workers } = spec;
+    let ServerSpec { listener, metrics, ready, shutdown_grace_secs, workers, shutdown } = spec;
     let mut server = actix_web::HttpServer::new(move || {
         let (metrics, ready) = (metrics.clone(), ready.clone());
         actix_web::App::new()
@@ -182,5 +185,11 @@ where
     if let Some(n) = workers {
         server = server.workers(n);
     }
-    Ok(server.run())
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        handle.stop(true).await;
+    });
+    Ok(server)
 }

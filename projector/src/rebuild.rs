@@ -7,24 +7,17 @@ use platform::stored_event::StoredEvent;
 use crate::projection::{self, Outcome};
 
 const PAGE: i64 = 1000;
-const READ_MODELS: &[&str] = &[
-    "rm_positions",
-    "rm_organizations",
-    "rm_members",
-    "rm_workspaces",
-    "rm_sessions",
-    "rm_messages",
-    "rm_audit",
-    "rm_api_keys",
-    "rm_workspace_members",
-    "rm_projects",
-];
+
+/// Every read-model table (by the `rm_` naming rule of `migrations/`), so a new read model is
+/// rebuilt without anyone remembering to list it.
+pub const READ_MODEL_TABLES: &str = "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'rm\\_%' ORDER BY 1";
 
 /// Returns how many events were applied.
 pub async fn rebuild(pool: &deadpool_postgres::Pool) -> anyhow::Result<u64> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    for table in READ_MODELS {
+    for row in tx.query(READ_MODEL_TABLES, &[]).await? {
+        let table: String = row.get(0);
         tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
     }
     let mut after = 0_i64;

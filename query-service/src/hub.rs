@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use actix_web_lab::sse;
 use async_nats::jetstream::{self, consumer};
@@ -94,15 +93,11 @@ impl Hub {
 
     /// Follow the stream from its current end until shutdown, re-subscribing after failures.
     pub async fn run(self: Arc<Self>, js: jetstream::Context, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            if let Err(e) = self.follow(&js, &shutdown).await {
-                tracing::warn!(error = %e, "event hub subscription failed; resubscribing");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        }
+        // `follow` returns Ok only at shutdown.
+        platform::retry::until_stopped("event hub subscription", &shutdown, || {
+            self.follow(&js, &shutdown)
+        })
+        .await;
     }
 
     async fn follow(

@@ -69,13 +69,8 @@ impl Application {
         login: crate::login::LoginConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        if common.run_migrations {
-            db::migrate_with_retry(&common.database_url, 30).await?;
-        }
-        let metrics = platform::telemetry::init_metrics("query-service")?;
-        let pool = db::pool(&common)?;
-        let nats = bus::connect(&common, "query-service").await?;
-        let js = bus::jetstream(nats.clone());
+        let platform::startup::Foundation { metrics, db: pool, nats, js } =
+            platform::startup::foundation(&common, "query-service").await?;
         let hub = Hub::new(cfg.sse_session_buffer);
         let hub_task = {
             let (hub, js, stop, common) =
@@ -108,6 +103,7 @@ impl Application {
             ready,
             shutdown_grace_secs: common.shutdown_grace_secs,
             workers: None,
+            shutdown: shutdown.clone(),
         };
         let server = http::serve(spec, move |c| {
             c.app_data(state.clone())
@@ -124,12 +120,6 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let stop = self.shutdown.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            handle.stop(true).await;
-        });
         self.server.await?;
         self.shutdown.cancel();
         let _ = self.hub.await;

@@ -121,22 +121,21 @@ async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
 async fn read_models(system: &System) -> serde_json::Value {
     let db = system.db().await;
     let mut all = serde_json::Map::new();
-    for table in [
-        "rm_positions",
-        "rm_organizations",
-        "rm_members",
-        "rm_workspaces",
-        "rm_sessions",
-        "rm_messages",
-        "rm_audit",
-        "rm_api_keys",
-        "rm_workspace_members",
-        "rm_projects",
-    ] {
+    // Every read model, by the `rm_` naming rule (the rebuild uses the same rule).
+    let tables = db
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'rm\\_%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(tables.len() >= 10, "the read models are found");
+    for row in tables {
+        let table: String = row.get(0);
         let sql =
             format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM {table} t");
         let text: String = db.query_one(&sql, &[]).await.unwrap().get(0);
-        all.insert(table.into(), serde_json::from_str(&text).unwrap());
+        all.insert(table, serde_json::from_str(&text).unwrap());
     }
     all.into()
 }

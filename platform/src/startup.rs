@@ -1,0 +1,31 @@
+//! What every service does first: apply migrations, install metrics, and connect to PostgreSQL
+//! and NATS. Each service then adds its own parts.
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::CommonConfig;
+use crate::{bus, db};
+
+/// The connections and handles every service starts from.
+pub struct Foundation {
+    pub metrics: PrometheusHandle,
+    pub db: deadpool_postgres::Pool,
+    pub nats: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+}
+
+/// Migrate (if configured), install the metrics recorder labelled `service`, and connect.
+/// Connections are lazy or retried, so this succeeds while dependencies are still starting.
+pub async fn foundation(
+    common: &CommonConfig,
+    service: &'static str,
+) -> anyhow::Result<Foundation> {
+    if common.run_migrations {
+        db::migrate_with_retry(&common.database_url, 30).await?;
+    }
+    let metrics = crate::telemetry::init_metrics(service)?;
+    let db = db::pool(common)?;
+    let nats = bus::connect(common, service).await?;
+    let js = bus::jetstream(nats.clone());
+    Ok(Foundation { metrics, db, nats, js })
+}
