@@ -145,14 +145,15 @@ impl Aggregate for Session {
                 {
                     return Err(DomainError::WrongState("the message id is already used".into()));
                 }
-                let prompted = SessionEvent::Prompted {
+                // Busy first: `session.prompted` is what starts a worker, so as the commit's last
+                // event everything the worker publishes is ordered after the whole commit.
+                let busy = SessionEvent::StatusChanged {
                     session_id: session_id.clone(),
-                    message,
-                    assistant_message_id,
+                    status: SessionStatus::Busy,
                 };
-                sink.write(prompted, self).await;
-                let busy = SessionEvent::StatusChanged { session_id, status: SessionStatus::Busy };
                 sink.write(busy, self).await;
+                let prompted = SessionEvent::Prompted { session_id, message, assistant_message_id };
+                sink.write(prompted, self).await;
             }
             SessionCommand::Abort { actor } => {
                 let session_id = self.id()?;
@@ -349,9 +350,10 @@ mod tests {
             .inspect_result()
             .unwrap();
         assert!(matches!(
-            events[1],
+            events[0],
             SessionEvent::StatusChanged { status: SessionStatus::Busy, .. }
         ));
+        assert!(matches!(events[1], SessionEvent::Prompted { .. }), "the worker's trigger is last");
         let mut history = vec![created(&w)];
         history.extend(events);
         TestFramework::<Session>::with(w.services.clone())

@@ -28,8 +28,8 @@ async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
     assert_eq!(
         kinds,
         [
-            "session.prompted",
             "session.status",
+            "session.prompted",
             "message.started",
             "message.completed",
             "session.status"

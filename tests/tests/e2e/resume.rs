@@ -52,7 +52,8 @@ async fn a_client_that_missed_a_whole_reply_gets_all_of_it_on_reconnect() {
     // Watch the reply finish on a second connection, then catch up the first from its id.
     let mut watcher = SseClient::connect(&url, &alice, Some(&connected.id)).await.unwrap();
     let replayed = watcher.until(WAIT, is_idle).await;
-    assert_eq!(replayed[0].event, "session.prompted");
+    assert_eq!(replayed[0].event, "session.status");
+    assert_eq!(replayed[1].event, "session.prompted");
     assert_eq!(reply_text(&replayed, assistant), fake_text(8));
     let mut again = SseClient::connect(&url, &alice, Some(&connected.id)).await.unwrap();
     let replayed_again = again.until(WAIT, is_idle).await;
