@@ -52,12 +52,46 @@ impl Drop for Proc {
     }
 }
 
-/// A port that was free a moment ago.
+/// A port for a process this test starts, reserved until the test process exits.
+///
+/// Asking the kernel for port 0 and closing it again races: until the child binds, the port can
+/// go to another test (tests run in parallel) or to any outgoing connection, and the child then
+/// fails to start or, worse, the test talks to another test's server. So ports come from below
+/// the kernel's ephemeral range (outgoing connections never use those) and each is claimed with a
+/// lock file every test process honours; the lock is released when the process exits.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    let dir = std::env::temp_dir().join("oc-e2e-ports");
+    std::fs::create_dir_all(&dir).expect("port lock directory");
+    let low = 15_000u32;
+    let high = ephemeral_start().max(low + 1_000);
+    let span = high - low;
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for i in 0..span {
+        let port = (low + seed.wrapping_add(i) % span) as u16;
+        let Ok(file) = std::fs::File::create(dir.join(format!("{port}.lock"))) else { continue };
+        if file.try_lock().is_err() {
+            continue; // another test holds it
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD_PORTS.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high}")
+}
+
+/// Lock files of the ports this process reserved; kept open (and so locked) until it exits.
+static HELD_PORTS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// The first port the kernel hands out for outgoing connections (Linux; 32768 elsewhere).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Where cargo put the workspace's binaries (next to this test binary's `deps/`).
