@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` (the whole system) and `make test` (every test).
-.PHONY: up down token test lint schemas
+.PHONY: up down token test lint schemas bench
 
 up:
 	@dev/up.sh
@@ -25,6 +25,12 @@ test:
 lint:
 	cargo fmt --all --check
 	cargo clippy --all-targets -- -D warnings
+
+# Benchmarks against release binaries (numbers go in docs/performance.md, never in tests).
+bench:
+	@eval "$$(dev/deps.sh)" && \
+	cargo build --release --workspace --bins && \
+	cargo bench -p e2e-tests
 
 # Regenerate the checked-in JSON Schemas after changing bus types.
 schemas:

@@ -3,9 +3,12 @@
 //!
 //! - Exactly once: the `Nats-Msg-Id` is the event id (`<aggregateID>:<sequence>`), so a batch
 //!   re-published after a crash between publish and delete is dropped by JetStream's dedup window.
-//! - In order: rows are taken in `position` order and published one after another. An aggregate's
-//!   next event cannot be inserted before its previous one committed (the sequence primary key), so
-//!   its positions are increasing.
+//! - In order: rows are taken in `position` order and sent in that order on one connection, which
+//!   JetStream stores in arrival order; the acks are awaited after the whole batch is sent
+//!   (pipelined: one round trip per batch, not per event). An aggregate's next event cannot be
+//!   inserted before its previous one committed (the sequence primary key), so its positions are
+//!   increasing. If any ack fails the batch stays in the outbox and is sent again; what JetStream
+//!   already stored is dropped as a duplicate.
 //! - Several instances: a transaction-scoped advisory lock lets one relay work at a time; the
 //!   others find the lock taken and wait for the next wake-up, taking over if the holder dies.
 //! - Woken at commit: a trigger NOTIFYs `outbox`; a slow poll covers lost notifications.
@@ -97,6 +100,7 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
         return Ok(0);
     }
     let mut positions = Vec::with_capacity(rows.len());
+    let mut acks = Vec::with_capacity(rows.len());
     for row in &rows {
         let event = StoredEvent {
             aggregate_type: row.try_get("aggregate_type")?,
@@ -110,19 +114,16 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
         };
         let (subject, envelope) = event.to_envelope()?;
         let body = serde_json::to_vec(&envelope)?;
-        let ack = js
-            .send_publish(
-                subject,
-                jetstream::message::PublishMessage::build()
-                    .payload(body.into())
-                    .message_id(&envelope.id),
-            )
-            .await?
-            .await?;
-        if ack.duplicate {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(body.into())
+            .message_id(&envelope.id);
+        acks.push(js.send_publish(subject, publish).await?);
+        positions.push(row.try_get::<i64, _>("position")?);
+    }
+    for ack in acks {
+        if ack.await?.duplicate {
             metrics::counter!("outbox_duplicates_total").increment(1);
         }
-        positions.push(row.try_get::<i64, _>("position")?);
     }
     sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
         .bind(&positions)

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
 use schemas::subjects;
 use tokio::sync::Semaphore;
@@ -41,11 +41,10 @@ pub async fn run(
             _ = shutdown.cancelled() => break Ok(()),
             p = slots.clone().acquire_owned() => p?,
         };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            n = next_message(&consumer) => n,
-        };
-        match next {
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
+        match next_message(&consumer, &shutdown).await {
             Ok(Some(msg)) => {
                 let (worker, stop) = (worker.clone(), shutdown.clone());
                 metrics::gauge!("worker_busy_slots").increment(1.0);
@@ -65,21 +64,42 @@ pub async fn run(
     result
 }
 
-/// One prompt, or None if none arrived within the pull's expiry.
+/// How long one pull request waits at the server for a prompt. It bounds how long a stopping
+/// worker takes to hand its pull back; an idle worker makes one request per period.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// One prompt, or None if none arrived within [`PULL_WAIT`] or shutdown began.
+///
+/// A waiting pull (`batch`), not a `fetch`: `fetch` is "no wait", so an idle worker would ask
+/// again and again without pause and keep a core busy.
 async fn next_message(
     consumer: &jetstream::consumer::PullConsumer,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<jetstream::Message>> {
     let mut batch = consumer
-        .fetch()
+        .batch()
         .max_messages(1)
-        .expires(Duration::from_secs(5))
+        .expires(PULL_WAIT)
         .messages()
         .await
-        .map_err(|e| anyhow::anyhow!("fetch failed: {e}"))?;
-    match batch.next().await {
+        .map_err(|e| anyhow::anyhow!("pull failed: {e}"))?;
+    let item = tokio::select! {
+        item = batch.next() => item,
+        _ = shutdown.cancelled() => {
+            // The pull stays open at the server until it expires; a prompt it delivers now must
+            // go straight back, not wait out its ack deadline in an inbox nobody reads.
+            while let Some(item) = batch.next().await {
+                if let Ok(msg) = item {
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+            return Ok(None);
+        }
+    };
+    match item {
         Some(Ok(msg)) => Ok(Some(msg)),
         Some(Err(e)) => {
-            tracing::debug!(error = %e, "fetch returned no message");
+            tracing::debug!(error = %e, "pull returned no message");
             Ok(None)
         }
         None => Ok(None),

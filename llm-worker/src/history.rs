@@ -1,9 +1,11 @@
 //! The conversation so far, read from the read models. A prompt is only accepted once the
-//! previous reply completed, so waiting for the session's read model to reach the event just
-//! before the prompt guarantees the history is complete.
+//! previous reply completed, so waiting for the session's read model to reach the last event
+//! before the prompt's commit guarantees the history is complete (and usually it already has:
+//! the wait does not include projecting the prompt itself).
 
 use std::time::{Duration, Instant};
 
+use schemas::events::PROMPT_COMMIT_EVENTS;
 use schemas::ids::{MessageId, SessionId};
 
 use crate::provider::ChatMessage;
@@ -27,7 +29,7 @@ pub async fn load(
     reply: &MessageId,
 ) -> anyhow::Result<Conversation> {
     let client = pool.get().await?;
-    let needed = i64::try_from(prompt_sequence)? - 1;
+    let needed = i64::try_from(prompt_sequence.saturating_sub(PROMPT_COMMIT_EVENTS))?;
     let deadline = Instant::now() + CATCH_UP;
     let mut delay = Duration::from_millis(2);
     loop {

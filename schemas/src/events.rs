@@ -240,6 +240,11 @@ pub struct AssistantCompletion {
     pub time: i64,
 }
 
+/// How many events the commit that accepts a prompt holds: `session.status{busy}`, then
+/// `session.prompted` (last, because it starts a worker). A prompt's sequence minus this is the
+/// session's last event before the prompt.
+pub const PROMPT_COMMIT_EVENTS: u64 = 2;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "properties")]
 pub enum SessionEvent {

@@ -354,6 +354,7 @@ mod tests {
             SessionEvent::StatusChanged { status: SessionStatus::Busy, .. }
         ));
         assert!(matches!(events[1], SessionEvent::Prompted { .. }), "the worker's trigger is last");
+        assert_eq!(events.len() as u64, schemas::events::PROMPT_COMMIT_EVENTS);
         let mut history = vec![created(&w)];
         history.extend(events);
         TestFramework::<Session>::with(w.services.clone())

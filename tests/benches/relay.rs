@@ -1,0 +1,49 @@
+//! Outbox relay throughput: how fast a backlog of committed events reaches JetStream.
+//!
+//! A command service with its relay off accepts `OC_BENCH_EVENTS` session creations (default
+//! 5,000), so they wait in the outbox; then a relaying command service starts and the time until
+//! the outbox is empty is measured. Run with `make bench` (release binaries); prints one line.
+
+use std::time::{Duration, Instant};
+
+use e2e_tests::{System, SystemOptions};
+use futures::StreamExt;
+
+#[tokio::main]
+async fn main() {
+    let events: usize =
+        std::env::var("OC_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    let mut system =
+        System::start_with(SystemOptions { relay: false, worker: false, ..Default::default() })
+            .await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "bench").await;
+    let ws = system.create_workspace(&alice, &org.id, "bench").await;
+    futures::stream::iter(0..events)
+        .for_each_concurrent(16, |_| async {
+            system.create_session(&alice, &ws.id).await;
+        })
+        .await;
+    let db = system.db().await;
+    let backlog: i64 = db.query_one("SELECT count(*) FROM outbox", &[]).await.unwrap().get(0);
+
+    let started = Instant::now();
+    let relay = system.start_command(true).await;
+    system.command.push(relay);
+    // A tight poll (not `eventually`, which backs off to 250 ms) so the time is exact.
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let left: i64 = db.query_one("SELECT count(*) FROM outbox", &[]).await.unwrap().get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outbox did not drain: {left} left");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "relay: {backlog} events published in {:.0} ms (including service start) = {:.0} events/s",
+        took.as_secs_f64() * 1e3,
+        backlog as f64 / took.as_secs_f64()
+    );
+}
