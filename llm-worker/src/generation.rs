@@ -44,6 +44,8 @@ struct Job {
     part: PartId,
     attempt: u32,
     sequence: u64,
+    /// When the prompt was committed (ms since the epoch).
+    committed_ms: i64,
     prompt_event_id: String,
     correlation_id: Option<String>,
 }
@@ -72,6 +74,9 @@ impl Worker {
                 return;
             }
         };
+        // Commit to pick-up: the relay, JetStream and waiting for a free slot.
+        let waited = (schemas::now_ms() - job.committed_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!("prompt_pickup_seconds").record(waited);
         let span = tracing::info_span!(
             "prompt",
             message = %job.assistant,
@@ -293,7 +298,9 @@ impl Worker {
         let publish = jetstream::message::PublishMessage::build()
             .payload(serde_json::to_vec(&envelope)?.into())
             .message_id(&envelope.id);
+        let started = std::time::Instant::now();
         self.js.send_publish(subject, publish).await?.await?;
+        metrics::histogram!("live_publish_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -382,6 +389,7 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
         part: PartId::new(),
         attempt,
         sequence: envelope.sequence.unwrap_or(0),
+        committed_ms: envelope.time,
         prompt_event_id: envelope.id,
         correlation_id: envelope.correlation_id,
     }))

@@ -28,11 +28,14 @@ pub async fn load(
     before: &MessageId,
     reply: &MessageId,
 ) -> anyhow::Result<Conversation> {
-    let client = pool.get().await?;
     let needed = i64::try_from(prompt_sequence.saturating_sub(PROMPT_COMMIT_EVENTS))?;
-    let deadline = Instant::now() + CATCH_UP;
+    let started = Instant::now();
+    let deadline = started + CATCH_UP;
     let mut delay = Duration::from_millis(2);
-    loop {
+    // The connection goes back to the pool while waiting: replies being generated outnumber the
+    // pool's connections, and a waiting reply must not hold one another reply needs.
+    let client = loop {
+        let client = pool.get().await?;
         let at: i64 = client
             .query_opt(
                 "SELECT sequence FROM rm_positions WHERE aggregate_id = $1",
@@ -41,15 +44,17 @@ pub async fn load(
             .await?
             .map_or(0, |r| r.get(0));
         if at >= needed {
-            break;
+            break client;
         }
         if Instant::now() >= deadline {
             tracing::warn!(%session, at, needed, "read model behind; answering with the history it has");
-            break;
+            break client;
         }
+        drop(client);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(100));
-    }
+    };
+    metrics::histogram!("history_wait_seconds").record(started.elapsed().as_secs_f64());
     let rows = client
         .query(
             "SELECT role, parts FROM rm_messages \

@@ -2,6 +2,8 @@
 //! when, what changed. Written in the same transaction as the rest of the event's projection.
 
 use deadpool_postgres::Transaction;
+
+use crate::projection::exec;
 use schemas::envelope::{Envelope, aggregate};
 use serde_json::Value;
 
@@ -14,7 +16,8 @@ pub async fn record(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resu
         return Ok(());
     }
     let details = env.payload.get("properties").cloned().unwrap_or(Value::Null);
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO rm_audit (event_id, organization_id, time, actor, event_type, details) \
          VALUES ($1, $2, $3, $4, $5, $6)",
         &[&env.id, &env.organization_id.as_str(), &env.time, &env.actor, &env.event_type, &details],

@@ -1,10 +1,15 @@
 //! The live projector: a durable JetStream consumer of every domain event, acked only after the
 //! read-model transaction committed. Several projector instances share the consumer.
+//!
+//! Events that have already arrived are projected together, in order, in one transaction: under
+//! load one commit covers many events instead of one commit (and one WAL flush) each; when idle
+//! a batch is the one event that came, and nothing waits to fill a batch. If a batch fails, its
+//! events are projected one by one, so one bad event holds up only itself.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use schemas::envelope::Envelope;
 use schemas::subjects;
 use serde_json::Value;
@@ -13,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::projection::{self, Outcome};
 
 pub const CONSUMER: &str = "projector";
+/// Most events projected in one transaction.
+const MAX_BATCH: usize = 128;
 
 pub async fn run(
     js: jetstream::Context,
@@ -39,8 +46,8 @@ pub async fn run(
             _ = shutdown.cancelled() => return Ok(()),
             next = messages.next() => next,
         };
-        let msg = match next {
-            Some(Ok(m)) => m,
+        let mut batch = match next {
+            Some(Ok(m)) => vec![m],
             Some(Err(e)) => {
                 // Heartbeat and reconnect hiccups arrive as items; keep going.
                 tracing::warn!(error = %e, "projector consumer error");
@@ -48,23 +55,60 @@ pub async fn run(
             }
             None => anyhow::bail!("consumer stream ended"),
         };
-        // Finish the message in hand even if shutdown arrives meanwhile.
-        handle(&pool, msg).await;
+        // Add what has already arrived, without waiting for more.
+        while batch.len() < MAX_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(m),
+                _ => break,
+            }
+        }
+        // Finish the messages in hand even if shutdown arrives meanwhile.
+        handle(&pool, batch).await;
     }
 }
 
-/// Project one bus message and acknowledge it accordingly.
-pub async fn handle(pool: &deadpool_postgres::Pool, msg: jetstream::Message) {
-    let envelope: Envelope<Value> = match serde_json::from_slice(&msg.payload) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, subject = %msg.subject, "unreadable event; terminating it");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return;
+/// Project bus messages, in order, and acknowledge each accordingly.
+pub async fn handle(pool: &deadpool_postgres::Pool, batch: Vec<jetstream::Message>) {
+    let mut events = Vec::with_capacity(batch.len());
+    for msg in batch {
+        match serde_json::from_slice::<Envelope<Value>>(&msg.payload) {
+            Ok(envelope) => events.push((msg, envelope)),
+            Err(e) => {
+                tracing::error!(error = %e, subject = %msg.subject, "unreadable event; terminating it");
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
         }
-    };
+    }
+    let envelopes: Vec<&Envelope<Value>> = events.iter().map(|(_, e)| e).collect();
+    match project_all(pool, &envelopes).await {
+        Ok(outcomes) => {
+            for ((msg, envelope), outcome) in events.into_iter().zip(outcomes) {
+                settle(msg, &envelope, Ok(outcome)).await;
+            }
+        }
+        Err(e) if events.len() == 1 => {
+            let (msg, envelope) = events.pop().expect("one event");
+            settle(msg, &envelope, Err(e)).await;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, events = events.len(), "batch failed; projecting one by one");
+            for (msg, envelope) in events {
+                let outcome = project_all(pool, &[&envelope]).await.map(|mut o| o.remove(0));
+                settle(msg, &envelope, outcome).await;
+            }
+        }
+    }
+}
+
+/// Acknowledge one projected message: done, or to be redelivered.
+async fn settle(
+    msg: jetstream::Message,
+    envelope: &Envelope<Value>,
+    outcome: anyhow::Result<Outcome>,
+) {
+    // Made to visible in the read model.
     let lag = (schemas::now_ms() - envelope.time).max(0) as f64 / 1000.0;
-    match project(pool, &envelope).await {
+    match outcome {
         Ok(Outcome::Applied) | Ok(Outcome::Duplicate) => {
             metrics::histogram!("projection_lag_seconds").record(lag);
             metrics::counter!("events_projected_total", "aggregate" => envelope.aggregate_type.clone()).increment(1);
@@ -83,14 +127,17 @@ pub async fn handle(pool: &deadpool_postgres::Pool, msg: jetstream::Message) {
     }
 }
 
-/// Apply one event in its own transaction.
-pub async fn project(
+/// Apply events, in order, in one transaction.
+pub async fn project_all(
     pool: &deadpool_postgres::Pool,
-    envelope: &Envelope<Value>,
-) -> anyhow::Result<Outcome> {
+    envelopes: &[&Envelope<Value>],
+) -> anyhow::Result<Vec<Outcome>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let outcome = projection::apply(&tx, envelope).await?;
+    let mut outcomes = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        outcomes.push(projection::apply(&tx, envelope).await?);
+    }
     tx.commit().await?;
-    Ok(outcome)
+    Ok(outcomes)
 }

@@ -7,6 +7,7 @@ use deadpool_postgres::Transaction;
 use schemas::envelope::{Envelope, aggregate};
 use schemas::events::{ApiKeyEvent, OrganizationEvent, SessionEvent};
 use serde_json::{Value, json};
+use tokio_postgres::types::ToSql;
 
 /// What applying an event did.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,13 +25,15 @@ pub enum Outcome {
 pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Outcome> {
     let seq = i64::try_from(env.sequence.context("domain events have a sequence")?)?;
     let claimed = if seq == 1 {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO rm_positions (aggregate_id, sequence) VALUES ($1, 1) ON CONFLICT DO NOTHING",
             &[&env.aggregate_id],
         )
         .await?
     } else {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE rm_positions SET sequence = $2::bigint WHERE aggregate_id = $1 AND sequence = $2::bigint - 1",
             &[&env.aggregate_id, &seq],
         )
@@ -67,35 +70,40 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
 async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow::Result<()> {
     match event {
         OrganizationEvent::Created { organization_id, name, owner_id, time } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO rm_organizations (organization_id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)",
                 &[&organization_id.as_str(), &name, &owner_id.as_str(), &time],
             )
             .await?;
         }
         OrganizationEvent::Renamed { organization_id, name, .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE rm_organizations SET name = $2 WHERE organization_id = $1",
                 &[&organization_id.as_str(), &name],
             )
             .await?;
         }
         OrganizationEvent::MemberRoleChanged { organization_id, user_id, role, .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE rm_members SET role = $3 WHERE organization_id = $1 AND user_id = $2",
                 &[&organization_id.as_str(), &user_id.as_str(), &role.as_str()],
             )
             .await?;
         }
         OrganizationEvent::MemberRemoved { organization_id, user_id, .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM rm_members WHERE organization_id = $1 AND user_id = $2",
                 &[&organization_id.as_str(), &user_id.as_str()],
             )
             .await?;
         }
         OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO rm_members (organization_id, user_id, role, added_at) VALUES ($1, $2, $3, $4)",
                 &[&organization_id.as_str(), &user_id.as_str(), &role.as_str(), &time],
             )
@@ -108,7 +116,8 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
 async fn api_key(tx: &Transaction<'_>, event: ApiKeyEvent) -> anyhow::Result<()> {
     match event {
         ApiKeyEvent::Created { key_id, organization_id, user_id, name, expires_at, time } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO rm_api_keys (key_id, organization_id, user_id, name, created_at, expires_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &[&key_id.as_str(), &organization_id.as_str(), &user_id.as_str(), &name, &time, &expires_at],
@@ -116,7 +125,8 @@ async fn api_key(tx: &Transaction<'_>, event: ApiKeyEvent) -> anyhow::Result<()>
             .await?;
         }
         ApiKeyEvent::Revoked { key_id, time, .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE rm_api_keys SET revoked_at = $2 WHERE key_id = $1",
                 &[&key_id.as_str(), &time],
             )
@@ -138,7 +148,8 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             time,
         } => {
             let project = project_id.as_ref().map(|p| p.as_str());
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO rm_sessions (session_id, organization_id, workspace_id, project_id, title, status, created_by, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, 'idle', $6, $7, $7)",
                 &[&session_id.as_str(), &organization_id.as_str(), &workspace_id.as_str(), &project, &title, &created_by.as_str(), &time],
@@ -156,7 +167,8 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             });
             let stmt = "INSERT INTO rm_messages (message_id, organization_id, session_id, role, info, parts) \
                         SELECT $1, organization_id, session_id, $2, $3, $4 FROM rm_sessions WHERE session_id = $5";
-            tx.execute(
+            exec(
+                tx,
                 stmt,
                 &[
                     &message.id.as_str(),
@@ -167,7 +179,8 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
                 ],
             )
             .await?;
-            tx.execute(
+            exec(
+                tx,
                 stmt,
                 &[
                     &assistant_message_id.as_str(),
@@ -180,7 +193,8 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             .await?;
         }
         SessionEvent::StatusChanged { session_id, status } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE rm_sessions SET status = $2, updated_at = $3 WHERE session_id = $1",
                 &[&session_id.as_str(), &status.as_str(), &time],
             )
@@ -188,7 +202,8 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
         }
         SessionEvent::AbortRequested { message_id, .. } => {
             // Recorded so a worker that starts (or restarts) this reply later stops at once.
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE rm_messages SET info = info || '{\"abortRequested\": true}'::jsonb WHERE message_id = $1",
                 &[&message_id.as_str()],
             )
@@ -202,7 +217,8 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
                 "tokens": message.tokens, "cost": 0, "attempt": message.attempt,
             });
             // Merge so `time.created` from the prompt survives.
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE rm_messages SET info = info || ($2::jsonb - 'time') \
                    || jsonb_build_object('time', (info->'time') || ($2::jsonb->'time')), parts = $3 \
                  WHERE message_id = $1",
@@ -212,4 +228,15 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
         }
     }
     Ok(())
+}
+
+/// Run `sql` as a statement prepared once per connection and cached: one round trip per
+/// execution instead of a prepare and an execute.
+pub(crate) async fn exec(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> anyhow::Result<u64> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&statement, params).await?)
 }

@@ -1,12 +1,15 @@
 //! Workspace events into `rm_workspaces`, `rm_workspace_members` and `rm_projects`.
 
 use deadpool_postgres::Transaction;
+
+use crate::projection::exec;
 use schemas::events::WorkspaceEvent;
 
 pub async fn apply(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Result<()> {
     match event {
         WorkspaceEvent::Created { workspace_id, organization_id, name, created_by, time } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO rm_workspaces (workspace_id, organization_id, name, created_by, created_at) \
                  VALUES ($1, $2, $3, $4, $5)",
                 &[&workspace_id.as_str(), &organization_id.as_str(), &name, &created_by.as_str(), &time],
@@ -14,21 +17,24 @@ pub async fn apply(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Resul
             .await?;
         }
         WorkspaceEvent::Renamed { workspace_id, name, .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE rm_workspaces SET name = $2 WHERE workspace_id = $1",
                 &[&workspace_id.as_str(), &name],
             )
             .await?;
         }
         WorkspaceEvent::Archived { workspace_id, .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE rm_workspaces SET archived = true WHERE workspace_id = $1",
                 &[&workspace_id.as_str()],
             )
             .await?;
         }
         WorkspaceEvent::MemberSet { workspace_id, organization_id, user_id, role, .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO rm_workspace_members (workspace_id, organization_id, user_id, role) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (workspace_id, user_id) DO UPDATE SET role = EXCLUDED.role",
                 &[&workspace_id.as_str(), &organization_id.as_str(), &user_id.as_str(), &role.as_str()],
@@ -36,14 +42,16 @@ pub async fn apply(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Resul
             .await?;
         }
         WorkspaceEvent::MemberRemoved { workspace_id, user_id, .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM rm_workspace_members WHERE workspace_id = $1 AND user_id = $2",
                 &[&workspace_id.as_str(), &user_id.as_str()],
             )
             .await?;
         }
         WorkspaceEvent::ProjectAdded { workspace_id, organization_id, project, time } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO rm_projects (project_id, workspace_id, organization_id, repository_url, default_branch, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &[

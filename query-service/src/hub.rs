@@ -35,8 +35,12 @@ impl Frame {
             event_type: &'a str,
             #[serde(borrow)]
             payload: &'a serde_json::value::RawValue,
+            time: i64,
         }
         let wire: Wire = serde_json::from_slice(payload).ok()?;
+        // Made to fanned out: how far behind the bus this instance's clients are.
+        let lag = (schemas::now_ms() - wire.time).max(0) as f64 / 1000.0;
+        metrics::histogram!("hub_lag_seconds").record(lag);
         Some(Frame { seq, event: wire.event_type.into(), data: wire.payload.get().into() })
     }
 

@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use e2e_tests::sse::SseClient;
 use e2e_tests::{System, SystemOptions};
 use futures::future::join_all;
 
@@ -21,6 +20,8 @@ async fn main() {
         std::env::var("OC_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let system = System::start_with(SystemOptions {
         worker_env: vec![("OC_WORKER_CONCURRENCY", (sessions * 2).to_string())],
+        // The services' default pool size, not the small one the tests use.
+        service_env: vec![("OC_DATABASE_POOL_SIZE", "16".into())],
         ..Default::default()
     })
     .await;
@@ -28,10 +29,60 @@ async fn main() {
     let org = system.create_org(&alice, "bench").await;
     let ws = system.create_workspace(&alice, &org.id, "bench").await;
 
-    let one = run(&system, &alice, &ws.id, 1, 60).await;
-    report("1 session", &one);
-    let many = run(&system, &alice, &ws.id, sessions, 20).await;
-    report(&format!("{sessions} sessions at once"), &many);
+    // Replies as fast as the fake provider can send them.
+    let instant = "bench [[fake tokens=20]]";
+    // Replies streaming for about a second, as a model's do.
+    let streaming = "bench [[fake tokens=50 delay_ms=20]]";
+    let one = run(&system, &alice, &ws.id, (1, 60), instant).await;
+    report("1 session, instant replies", &one);
+    let many = run(&system, &alice, &ws.id, (sessions, 8), streaming).await;
+    report(&format!("{sessions} sessions streaming at once"), &many);
+    let started = std::time::Instant::now();
+    let flood = run(&system, &alice, &ws.id, (sessions, 20), instant).await;
+    let took = started.elapsed().as_secs_f64();
+    report(&format!("{sessions} sessions, instant replies back to back"), &flood);
+    println!("  {} prompts answered in {took:.1} s", sessions * 20);
+    where_time_went(&system).await;
+}
+
+/// User plus system CPU time a process has used (Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
+/// The mean of every latency histogram the services export, over both scenarios: where the
+/// time went.
+async fn where_time_went(system: &System) {
+    let services = system.command.iter().chain(&system.query).chain(&system.projector);
+    println!("  this benchmark's client: {:.1} s of CPU", cpu_seconds(std::process::id()));
+    println!("  nats-server: {:.1} s of CPU", cpu_seconds(system.nats.pid()));
+    println!("  fake-provider: {:.1} s of CPU", cpu_seconds(system.fake_provider.pid()));
+    for service in services.chain(&system.workers) {
+        let url = service.url.as_str();
+        println!("  {} {url}: {:.1} s of CPU", service.proc.name, cpu_seconds(service.proc.pid()));
+        let text = system.http.get(format!("{url}/metrics")).send().await.unwrap().text().await;
+        let mut sums = std::collections::BTreeMap::<String, (f64, f64)>::new();
+        for line in text.unwrap_or_default().lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if let Some(series) =
+                name.strip_suffix("_sum").or_else(|| name.split_once("_sum{").map(|(n, _)| n))
+            {
+                sums.entry(series.to_owned()).or_default().0 += value;
+            } else if let Some(series) =
+                name.strip_suffix("_count").or_else(|| name.split_once("_count{").map(|(n, _)| n))
+            {
+                sums.entry(series.to_owned()).or_default().1 += value;
+            }
+        }
+        for (series, (sum, count)) in sums.into_iter().filter(|(_, (_, c))| *c > 0.0) {
+            println!("  {url} {series}: mean {:.2} ms over {count}", sum / count * 1e3);
+        }
+    }
 }
 
 /// `sessions` sessions each send `prompts` prompts one after another (each waits for its reply);
@@ -40,8 +91,8 @@ async fn run(
     system: &System,
     bearer: &str,
     ws: &str,
-    sessions: usize,
-    prompts: usize,
+    (sessions, prompts): (usize, usize),
+    prompt: &str,
 ) -> Vec<Sample> {
     let mut streams = Vec::new();
     for _ in 0..sessions {
@@ -53,7 +104,7 @@ async fn run(
         let mut samples = Vec::new();
         for i in 0..prompts {
             let start = Instant::now();
-            system.prompt(bearer, &session.id, "bench [[fake tokens=20]]").await;
+            system.prompt(bearer, &session.id, prompt).await;
             let accepted = start.elapsed();
             stream.until(WAIT, |e| e.event == "message.part.delta").await;
             let first = start.elapsed();

@@ -46,4 +46,19 @@ async fn main() {
         took.as_secs_f64() * 1e3,
         backlog as f64 / took.as_secs_f64()
     );
+    // The projector has been receiving them meanwhile: when has it projected every session?
+    loop {
+        let n: i64 = db.query_one("SELECT count(*) FROM rm_sessions", &[]).await.unwrap().get(0);
+        if n as usize >= events {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the projector did not catch up: {n} sessions");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "projector: all {events} sessions in the read model {:.0} ms after the relay started = {:.0} events/s",
+        took.as_secs_f64() * 1e3,
+        events as f64 / took.as_secs_f64()
+    );
 }
