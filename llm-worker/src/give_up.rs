@@ -1,7 +1,14 @@
 //! Prompts JetStream stopped delivering: when every allowed delivery of a prompt ended without an
-//! ack (its workers died), the server publishes a max-deliveries advisory. One worker (a queue
-//! group) takes it and ends the reply as failed, so the session does not stay busy for ever.
+//! ack (its workers died), the server publishes a max-deliveries advisory. A worker takes it and
+//! ends the reply as failed, so the session does not stay busy for ever.
+//!
+//! The advisory is a plain NATS message, lost if no worker were subscribed the instant it is
+//! sent; so a small stream of its own keeps it, and the workers share a durable consumer of that
+//! stream: an advisory waits for a worker, and is acked only once the reply has been ended.
 
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use futures::StreamExt;
 use schemas::subjects;
 use serde::Deserialize;
@@ -9,6 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::CONSUMER;
 use crate::generation::Worker;
+
+/// Keeps the prompt consumer's max-deliveries advisories until a worker has handled them.
+pub const ADVISORY_STREAM: &str = "OC_WORKER_ADVISORIES";
+const ADVISORY_CONSUMER: &str = "llm-worker-give-up";
+/// Attempts at ending one reply before the advisory is dropped (with an error logged).
+const MAX_ATTEMPTS: i64 = 10;
 
 #[derive(Deserialize)]
 struct Advisory {
@@ -19,14 +32,51 @@ struct Advisory {
 pub async fn listen(worker: Worker, shutdown: CancellationToken) -> anyhow::Result<()> {
     let subject =
         format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{CONSUMER}", subjects::STREAM);
-    let mut advisories = worker.nats.queue_subscribe(subject, "llm-worker".into()).await?;
+    worker
+        .js
+        .create_or_update_stream(stream::Config {
+            name: ADVISORY_STREAM.into(),
+            subjects: vec![subject],
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        })
+        .await?;
+    let stream = worker.js.get_stream(ADVISORY_STREAM).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            ADVISORY_CONSUMER,
+            pull::Config {
+                durable_name: Some(ADVISORY_CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                // Ending a reply retries its command for up to two minutes.
+                ack_wait: Duration::from_secs(180),
+                max_deliver: MAX_ATTEMPTS,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut advisories = consumer.messages().await?;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            m = advisories.next() => match m { Some(m) => m, None => return Ok(()) },
+            m = advisories.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "advisory consumer error");
+                    continue;
+                }
+                None => anyhow::bail!("advisory consumer ended"),
+            },
         };
-        if let Err(e) = handle(&worker, &msg.payload, &shutdown).await {
-            tracing::error!(error = %e, "cannot give up on an undelivered prompt");
+        match handle(&worker, &msg.payload, &shutdown).await {
+            Ok(()) => {
+                let _ = msg.ack().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot give up on an undelivered prompt; will retry");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            }
         }
     }
 }

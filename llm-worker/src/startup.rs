@@ -35,7 +35,16 @@ pub async fn run(
     let worker =
         Worker { js: js.clone(), nats, pool, provider: Provider::new(cfg.clone())?, aborts, cfg };
     bus::report_consumer_lag(js.clone(), consumer::CONSUMER, shutdown.clone());
-    let give_up = tokio::spawn(crate::give_up::listen(worker.clone(), shutdown.clone()));
+    let give_up = {
+        let (worker, shutdown) = (worker.clone(), shutdown.clone());
+        // `listen` returns Ok only at shutdown.
+        tokio::spawn(async move {
+            platform::retry::until_stopped("max-deliveries advisories", &shutdown, || {
+                crate::give_up::listen(worker.clone(), shutdown.clone())
+            })
+            .await
+        })
+    };
     // The consumer returns Ok only at shutdown (after finishing the replies in hand).
     platform::retry::until_stopped("prompt consumer", &shutdown, || async {
         bus::ensure_stream(&js, &common).await?;

@@ -281,6 +281,38 @@ async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
 }
 
 #[tokio::test]
+async fn a_reply_given_up_on_while_no_worker_runs_is_ended_when_one_starts() {
+    let mut system = System::start_with(SystemOptions {
+        worker_ack_wait_secs: 2,
+        worker_env: vec![("OC_WORKER_MAX_DELIVER", "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    system.prompt(&alice, &session.id, "[[fake tokens=100 delay_ms=30]]").await;
+    stream.until(WAIT, |e| e.event == "message.part.delta").await;
+    system.workers[0].proc.kill(); // its only allowed delivery dies with it, and no worker is left
+    system.workers.clear();
+
+    // JetStream gives up on the prompt while nobody listens; the advisory is kept for later.
+    let js = async_nats::jetstream::new(system.nats().await);
+    eventually("the max-deliveries advisory to be kept", WAIT, || async {
+        let mut advisories = js.get_stream("OC_WORKER_ADVISORIES").await.ok()?;
+        (advisories.info().await.ok()?.state.messages == 1).then_some(())
+    })
+    .await;
+    let worker = system.start_worker().await;
+    system.workers.push(worker);
+
+    let events = stream.until(WAIT, is_idle).await;
+    let done = events.iter().find(|e| e.event == "message.completed").unwrap();
+    assert_eq!(done.data["properties"]["message"]["finish"], "error");
+    system.prompt(&alice, &session.id, "[[fake tokens=2]]").await;
+}
+
+#[tokio::test]
 async fn an_abort_made_while_no_worker_runs_the_reply_is_honoured_when_one_starts() {
     let mut system =
         System::start_with(SystemOptions { worker: false, ..Default::default() }).await;
