@@ -99,7 +99,10 @@ async fn next_message(
     match item {
         Some(Ok(msg)) => Ok(Some(msg)),
         Some(Err(e)) => {
+            // A status instead of a message (say, the server had too many waiting pulls): pause
+            // a moment, so that one the server keeps sending cannot make this loop spin.
             tracing::debug!(error = %e, "pull returned no message");
+            tokio::time::sleep(Duration::from_millis(100)).await;
             Ok(None)
         }
         None => Ok(None),

@@ -59,6 +59,10 @@ pub async fn run(
         while batch.len() < MAX_BATCH {
             match messages.next().now_or_never() {
                 Some(Some(Ok(m))) => batch.push(m),
+                Some(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "projector consumer error");
+                    break;
+                }
                 _ => break,
             }
         }
@@ -78,6 +82,9 @@ pub async fn handle(pool: &deadpool_postgres::Pool, batch: Vec<jetstream::Messag
                 let _ = msg.ack_with(AckKind::Term).await;
             }
         }
+    }
+    if events.is_empty() {
+        return;
     }
     let envelopes: Vec<&Envelope<Value>> = events.iter().map(|(_, e)| e).collect();
     match project_all(pool, &envelopes).await {
