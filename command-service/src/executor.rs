@@ -16,6 +16,7 @@ use postgres_es::PostgresEventRepository;
 use schemas::api::ConsistencyToken;
 use schemas::envelope::metadata;
 
+use crate::aggregate_cache::AggregateCache;
 use crate::aggregates::Scoped;
 use crate::directory::Services;
 use crate::error::{CommandError, DomainError};
@@ -37,17 +38,19 @@ pub struct CommandContext {
 
 pub struct Executor<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
+    cache: AggregateCache<A>,
     services: Services,
 }
 
 impl<A> Executor<A>
 where
-    A: Aggregate<Services = Services, Error = DomainError> + Scoped,
+    A: Aggregate<Services = Services, Error = DomainError> + Scoped + Clone + 'static,
     A::Command: Clone,
 {
     pub fn new(pool: sqlx::PgPool, services: Services) -> Self {
         Self {
-            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool)),
+            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
+            cache: AggregateCache::new(pool),
             services,
         }
     }
@@ -89,7 +92,7 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<ConsistencyToken, AggregateError<DomainError>> {
-        let mut context = self.store.load_aggregate(id).await?;
+        let mut context = self.cache.load(&self.store, id).await?;
         let aggregate = context.aggregate();
         let sink = EventSink::default();
         aggregate
@@ -106,8 +109,11 @@ where
             return Err(AggregateError::UserError(DomainError::NotFound));
         }
         let events = sink.collect().await;
+        // The sink applied the events to the aggregate already: this is the state after commit.
+        let after = (context.aggregate().clone(), context.current_sequence + events.len());
         let committed = self.store.commit(events, context, event_metadata(&scope, ctx)).await?;
-        let sequence = committed.last().map_or(0, |e| e.sequence as u64);
+        self.cache.remember(id, after.0, after.1).await;
+        let sequence = committed.last().map_or(after.1, |e| e.sequence) as u64;
         Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })
     }
 }

@@ -2,6 +2,7 @@
 //! aggregates (cqrs-es on PostgreSQL), and relays committed events to JetStream via the outbox.
 #![forbid(unsafe_code)]
 
+pub mod aggregate_cache;
 pub mod aggregates;
 pub mod config;
 pub mod directory;

@@ -13,7 +13,7 @@ use super::{Scope, Scoped, valid_name};
 use crate::directory::Services;
 use crate::error::DomainError;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ApiKey {
     id: Option<ApiKeyId>,
     organization_id: Option<OrganizationId>,

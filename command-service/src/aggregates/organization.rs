@@ -16,7 +16,7 @@ use super::{Scope, Scoped, valid_name};
 use crate::directory::Services;
 use crate::error::DomainError;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Organization {
     id: Option<OrganizationId>,
     members: HashMap<UserId, Role>,

@@ -20,7 +20,7 @@ use super::{Scope, Scoped};
 use crate::directory::{Services, WorkspaceView};
 use crate::error::DomainError;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Session {
     id: Option<SessionId>,
     organization_id: Option<OrganizationId>,

@@ -15,7 +15,7 @@ use super::{Scope, Scoped, valid_name};
 use crate::directory::{Services, WorkspaceView};
 use crate::error::DomainError;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Workspace {
     pub id: Option<WorkspaceId>,
     pub organization_id: Option<OrganizationId>,

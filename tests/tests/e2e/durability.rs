@@ -370,6 +370,29 @@ async fn two_command_services_relay_every_event_once_and_concurrent_writes_all_l
         .collect();
     assert_eq!(seqs, (1..=6).collect::<Vec<i64>>(), "created + owner + four members, no gaps");
 
+    // Each instance keeps the organization as it last wrote it: a change made through one must
+    // be seen by the next command through the other (a command on a stale state would conflict
+    // on every retry and end in 409).
+    let frank = system.token("frank").await;
+    let frank = system.get(&frank, "/me", None).await.body["userID"].as_str().unwrap().to_owned();
+    let members = |i: usize| format!("{}/org/{}/member", system.command[i].url, org.id);
+    let body = serde_json::json!({ "userID": frank, "role": "member" });
+    let added = system.http.post(members(1)).bearer_auth(&alice).json(&body).send().await.unwrap();
+    assert_eq!(added.status(), 201);
+    for (i, role) in [(0, "admin"), (1, "viewer"), (0, "member")] {
+        let body = serde_json::json!({ "role": role });
+        let url = format!("{}/{frank}", members(i));
+        let changed = system.http.put(url).bearer_auth(&alice).json(&body).send().await.unwrap();
+        assert!(changed.status().is_success(), "{role} through instance {i}: {}", changed.status());
+    }
+    let path = format!("/org/{}/member", org.id);
+    eventually("frank's last role in the read model", WAIT, || async {
+        let a = system.get(&alice, &path, None).await;
+        let items = a.body["items"].as_array().cloned().unwrap_or_default();
+        (items.iter().find(|m| m["userID"] == frank.as_str())?["role"] == "member").then_some(())
+    })
+    .await;
+
     for _ in 0..3 {
         let ws = system.create_workspace(&alice, &org.id, "w").await;
         system.create_session(&alice, &ws.id).await;
