@@ -25,6 +25,11 @@ async fn main() {
         ..Default::default()
     })
     .await;
+    let services = system.command.iter().chain(&system.query).chain(&system.projector);
+    for service in services.chain(&system.workers) {
+        let rss = resident_mb(service.proc.pid());
+        println!("idle {}: {rss:.1} MB resident", service.proc.name);
+    }
     let alice = system.token("alice").await;
     let org = system.create_org(&alice, "bench").await;
     let ws = system.create_workspace(&alice, &org.id, "bench").await;
@@ -46,6 +51,16 @@ async fn main() {
 }
 
 /// User plus system CPU time a process has used (Linux).
+/// Resident memory of a process in MB (Linux `VmRSS`).
+fn resident_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .map_or(0.0, |v| v.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap_or(0.0));
+    kb / 1024.0
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime and stime are 12th and 13th.

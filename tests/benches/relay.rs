@@ -30,16 +30,8 @@ async fn main() {
     let started = Instant::now();
     let relay = system.start_command(true).await;
     system.command.push(relay);
-    // A tight poll (not `eventually`, which backs off to 250 ms) so the time is exact.
     let deadline = started + Duration::from_secs(600);
-    loop {
-        let left: i64 = db.query_one("SELECT count(*) FROM outbox", &[]).await.unwrap().get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the outbox did not drain: {left} left");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    poll(&db, "SELECT count(*) FROM outbox", |left| left == 0, deadline).await;
     let took = started.elapsed();
     println!(
         "relay: {backlog} events published in {:.0} ms (including service start) = {:.0} events/s",
@@ -47,18 +39,30 @@ async fn main() {
         backlog as f64 / took.as_secs_f64()
     );
     // The projector has been receiving them meanwhile: when has it projected every session?
-    loop {
-        let n: i64 = db.query_one("SELECT count(*) FROM rm_sessions", &[]).await.unwrap().get(0);
-        if n as usize >= events {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the projector did not catch up: {n} sessions");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let all = events as i64;
+    poll(&db, "SELECT count(*) FROM rm_sessions", |n| n >= all, deadline).await;
     let took = started.elapsed();
     println!(
         "projector: all {events} sessions in the read model {:.0} ms after the relay started = {:.0} events/s",
         took.as_secs_f64() * 1e3,
         events as f64 / took.as_secs_f64()
     );
+}
+
+/// Wait until the count `sql` returns satisfies `done`. A tight poll (not `eventually`, which
+/// backs off to 250 ms), so the time measured is exact.
+async fn poll(
+    db: &tokio_postgres::Client,
+    sql: &str,
+    done: impl Fn(i64) -> bool,
+    deadline: Instant,
+) {
+    loop {
+        let n: i64 = db.query_one(sql, &[]).await.unwrap().get(0);
+        if done(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out: {sql} is {n}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

@@ -4,8 +4,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
+use e2e_tests::api::Created;
 use e2e_tests::process::bin;
-use e2e_tests::sse::{is_idle, reply_text};
+use e2e_tests::sse::{SseClient, is_idle, reply_text};
 use e2e_tests::{System, SystemOptions, eventually, fake_text};
 use futures::StreamExt;
 
@@ -248,8 +249,10 @@ async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
     assert_eq!(n, 1);
 }
 
-#[tokio::test]
-async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
+/// A system allowing one delivery per prompt, where the only worker died streaming a reply (so
+/// that prompt's only delivery died with it). Returns the system (its dead worker still listed),
+/// the user's token, the session and its open stream.
+async fn a_reply_whose_only_delivery_died() -> (System, String, Created, SseClient) {
     let mut system = System::start_with(SystemOptions {
         worker_ack_wait_secs: 2,
         worker_env: vec![("OC_WORKER_MAX_DELIVER", "1".into())],
@@ -261,7 +264,13 @@ async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
     let mut stream = system.watch(&alice, &session).await;
     system.prompt(&alice, &session.id, "[[fake tokens=100 delay_ms=30]]").await;
     stream.until(WAIT, |e| e.event == "message.part.delta").await;
-    system.workers[0].proc.kill(); // its only allowed delivery dies with it
+    system.workers[0].proc.kill();
+    (system, alice, session, stream)
+}
+
+#[tokio::test]
+async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
+    let (mut system, alice, session, mut stream) = a_reply_whose_only_delivery_died().await;
     let replacement = system.start_worker().await;
     system.workers.push(replacement);
 
@@ -282,19 +291,8 @@ async fn a_reply_no_worker_could_finish_ends_as_failed_and_frees_the_session() {
 
 #[tokio::test]
 async fn a_reply_given_up_on_while_no_worker_runs_is_ended_when_one_starts() {
-    let mut system = System::start_with(SystemOptions {
-        worker_ack_wait_secs: 2,
-        worker_env: vec![("OC_WORKER_MAX_DELIVER", "1".into())],
-        ..Default::default()
-    })
-    .await;
-    let alice = system.token("alice").await;
-    let (_, _, session) = system.session_for("alice").await;
-    let mut stream = system.watch(&alice, &session).await;
-    system.prompt(&alice, &session.id, "[[fake tokens=100 delay_ms=30]]").await;
-    stream.until(WAIT, |e| e.event == "message.part.delta").await;
-    system.workers[0].proc.kill(); // its only allowed delivery dies with it, and no worker is left
-    system.workers.clear();
+    let (mut system, alice, session, mut stream) = a_reply_whose_only_delivery_died().await;
+    system.workers.clear(); // no worker is left
 
     // JetStream gives up on the prompt while nobody listens; the advisory is kept for later.
     let js = async_nats::jetstream::new(system.nats().await);
