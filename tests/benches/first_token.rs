@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use e2e_tests::process::{cpu_seconds, resident_kb};
 use e2e_tests::{System, SystemOptions};
 use futures::future::join_all;
 
@@ -27,7 +28,7 @@ async fn main() {
     .await;
     let services = system.command.iter().chain(&system.query).chain(&system.projector);
     for service in services.chain(&system.workers) {
-        let rss = resident_mb(service.proc.pid());
+        let rss = resident_kb(service.proc.pid()) / 1024.0;
         println!("idle {}: {rss:.1} MB resident", service.proc.name);
     }
     let alice = system.token("alice").await;
@@ -51,24 +52,6 @@ async fn main() {
 }
 
 /// User plus system CPU time a process has used (Linux).
-/// Resident memory of a process in MB (Linux `VmRSS`).
-fn resident_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .map_or(0.0, |v| v.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap_or(0.0));
-    kb / 1024.0
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): utime and stime are 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
-}
-
 /// The mean of every latency histogram the services export, over both scenarios: where the
 /// time went.
 async fn where_time_went(system: &System) {

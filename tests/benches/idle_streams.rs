@@ -1,0 +1,56 @@
+//! Idle SSE streams: the query service's resident memory with `OC_BENCH_STREAMS` (default
+//! 10,000) open session streams that carry nothing but heartbeats, spread over 100 sessions.
+//! Run with `make bench` (release binaries); prints one line.
+
+use std::time::Duration;
+
+use e2e_tests::process::resident_kb;
+use e2e_tests::{System, SystemOptions};
+use futures::StreamExt;
+
+#[tokio::main]
+async fn main() {
+    let streams: usize =
+        std::env::var("OC_BENCH_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let system = System::start_with(SystemOptions {
+        worker: false,
+        service_env: vec![("OC_DATABASE_POOL_SIZE", "16".into())],
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "bench").await;
+    let ws = system.create_workspace(&alice, &org.id, "bench").await;
+    let mut sessions = Vec::new();
+    for _ in 0..100 {
+        sessions.push(system.create_session(&alice, &ws.id).await);
+    }
+    let query = &system.query[0];
+    let before = resident_kb(query.proc.pid());
+
+    // One client, one connection per stream (HTTP/1.1), each held open after its first event.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let open = futures::stream::iter(0..streams)
+        .map(|i| {
+            let url = system.stream_url(0, &sessions[i % sessions.len()]);
+            let req = http.get(url).bearer_auth(&alice).header("accept", "text/event-stream");
+            async move {
+                let mut res = req.send().await.expect("stream opens");
+                assert!(res.status().is_success(), "stream {i}: {}", res.status());
+                let first = tokio::time::timeout(Duration::from_secs(60), res.chunk()).await;
+                assert!(matches!(first, Ok(Ok(Some(_)))), "stream {i} sent nothing");
+                res
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let after = resident_kb(query.proc.pid());
+    println!(
+        "{} idle streams: query-service {:.1} MB before, {:.1} MB after = {:.1} KB per stream",
+        open.len(),
+        before / 1024.0,
+        after / 1024.0,
+        (after - before) / open.len() as f64
+    );
+}
