@@ -4,7 +4,8 @@
 //! returns the committed sequence (for the consistency token), labels events with their tenant
 //! scope (for the outbox subject), and retries optimistic-lock conflicts a bounded number of times
 //! (cqrs-es issue #160: concurrent commands on one aggregate are not serialised). The plain
-//! event store is used on purpose: the 0.5.0 snapshot stores apply events twice.
+//! event store is used on purpose: the 0.5.0 snapshot stores apply events twice. Aggregates are
+//! loaded through this instance's cache (`aggregate_cache.rs`) instead of from all their events.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -110,10 +111,11 @@ where
         }
         let events = sink.collect().await;
         // The sink applied the events to the aggregate already: this is the state after commit.
-        let after = (context.aggregate().clone(), context.current_sequence + events.len());
+        let (state, state_sequence) =
+            (context.aggregate().clone(), context.current_sequence + events.len());
         let committed = self.store.commit(events, context, event_metadata(&scope, ctx)).await?;
-        self.cache.remember(id, after.0, after.1).await;
-        let sequence = committed.last().map_or(after.1, |e| e.sequence) as u64;
+        self.cache.remember(id, state, state_sequence).await;
+        let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;
         Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })
     }
 }
