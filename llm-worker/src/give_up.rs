@@ -17,8 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::CONSUMER;
 use crate::generation::Worker;
 
-/// Keeps the prompt consumer's max-deliveries advisories until a worker has handled them.
-pub const ADVISORY_STREAM: &str = "OC_WORKER_ADVISORIES";
 const ADVISORY_CONSUMER: &str = "llm-worker-give-up";
 /// Attempts at ending one reply before the advisory is dropped (with an error logged).
 const MAX_ATTEMPTS: i64 = 10;
@@ -35,14 +33,14 @@ pub async fn listen(worker: Worker, shutdown: CancellationToken) -> anyhow::Resu
     worker
         .js
         .create_or_update_stream(stream::Config {
-            name: ADVISORY_STREAM.into(),
+            name: subjects::WORKER_ADVISORY_STREAM.into(),
             subjects: vec![subject],
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(7 * 24 * 3600),
             ..Default::default()
         })
         .await?;
-    let stream = worker.js.get_stream(ADVISORY_STREAM).await?;
+    let stream = worker.js.get_stream(subjects::WORKER_ADVISORY_STREAM).await?;
     let consumer = stream
         .get_or_create_consumer(
             ADVISORY_CONSUMER,

@@ -14,6 +14,9 @@ use crate::ids::{OrganizationId, SessionId, WorkspaceId};
 pub const STREAM: &str = "OC_EVENTS";
 /// Subjects the stream captures.
 pub const STREAM_SUBJECTS: [&str; 2] = ["oc.evt.>", "oc.live.>"];
+/// The JetStream stream keeping max-deliveries advisories of the LLM workers' prompt consumer
+/// until a worker has ended the reply they are about.
+pub const WORKER_ADVISORY_STREAM: &str = "OC_WORKER_ADVISORIES";
 /// Every domain event.
 pub const ALL_DOMAIN_EVENTS: &str = "oc.evt.>";
 /// Every prompt, whatever the tenant: what LLM workers consume.

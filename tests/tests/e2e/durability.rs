@@ -297,7 +297,7 @@ async fn a_reply_given_up_on_while_no_worker_runs_is_ended_when_one_starts() {
     // JetStream gives up on the prompt while nobody listens; the advisory is kept for later.
     let js = async_nats::jetstream::new(system.nats().await);
     eventually("the max-deliveries advisory to be kept", WAIT, || async {
-        let mut advisories = js.get_stream("OC_WORKER_ADVISORIES").await.ok()?;
+        let mut advisories = js.get_stream(schemas::subjects::WORKER_ADVISORY_STREAM).await.ok()?;
         (advisories.info().await.ok()?.state.messages == 1).then_some(())
     })
     .await;
