@@ -18,6 +18,9 @@ pub enum DomainError {
     /// The caller may see the resource but not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The command would take the aggregate past a documented size limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// The command was already carried out (an idempotent retry).
     #[error("already done")]
     AlreadyDone,
@@ -58,6 +61,7 @@ impl From<CommandError> for Problem {
             CommandError::Domain(DomainError::Invalid(d)) => Problem::bad_request(d),
             CommandError::Domain(DomainError::WrongState(d)) => Problem::conflict(d),
             CommandError::Domain(DomainError::Forbidden(d)) => Problem::forbidden(d),
+            CommandError::Domain(DomainError::TooLarge(d)) => Problem::payload_too_large(d),
             CommandError::Domain(DomainError::AlreadyDone) => {
                 Problem::conflict("the command was already carried out")
             }

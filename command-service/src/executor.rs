@@ -14,7 +14,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use postgres_es::PostgresEventRepository;
-use schemas::api::ConsistencyToken;
+use schemas::api::{ConsistencyToken, MAX_EVENT_BYTES};
 use schemas::envelope::metadata;
 
 use crate::aggregate_cache::AggregateCache;
@@ -110,6 +110,7 @@ where
             return Err(AggregateError::UserError(DomainError::NotFound));
         }
         let events = sink.collect().await;
+        check_sizes(&events)?;
         // The sink applied the events to the aggregate already: this is the state after commit.
         let (state, state_sequence) =
             (context.aggregate().clone(), context.current_sequence + events.len());
@@ -118,6 +119,22 @@ where
         let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;
         Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })
     }
+}
+
+/// Refuse events the bus could not carry, measured as they will be stored (JSON escaping can
+/// make text several times longer than it arrived), before anything is committed.
+fn check_sizes<E: serde::Serialize>(events: &[E]) -> Result<(), AggregateError<DomainError>> {
+    for event in events {
+        let size = serde_json::to_vec(event)
+            .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?
+            .len();
+        if size > MAX_EVENT_BYTES {
+            return Err(AggregateError::UserError(DomainError::TooLarge(format!(
+                "the change is {size} bytes as stored, more than the {MAX_EVENT_BYTES} an event may hold"
+            ))));
+        }
+    }
+    Ok(())
 }
 
 fn event_metadata(

@@ -65,8 +65,9 @@ pub async fn load(
         .await?;
     let abort_requested = client
         .query_opt(
-            "SELECT 1 FROM rm_messages WHERE message_id = $1 AND (info->>'abortRequested')::boolean",
-            &[&reply.as_str()],
+            "SELECT 1 FROM rm_messages \
+             WHERE session_id = $1 AND message_id = $2 AND (info->>'abortRequested')::boolean",
+            &[&session.as_str(), &reply.as_str()],
         )
         .await?
         .is_some();

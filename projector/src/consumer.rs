@@ -4,7 +4,10 @@
 //! Events that have already arrived are projected together, in order, in one transaction: under
 //! load one commit covers many events instead of one commit (and one WAL flush) each; when idle
 //! a batch is the one event that came, and nothing waits to fill a batch. If a batch fails, its
-//! events are projected one by one, so one bad event holds up only itself.
+//! events are projected one by one, so one bad event holds up only itself — and only for a few
+//! attempts: an event whose projection keeps failing is parked (`parked_events`, a metric, an
+//! error log line) and its aggregate moves on, so nothing one tenant sends is retried forever in
+//! the consumer's shared pending window. Database outages are retried without parking anything.
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use schemas::subjects;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::event_store;
 use crate::projection::{self, Outcome};
 
 pub const CONSUMER: &str = "projector";
@@ -24,6 +28,7 @@ const MAX_BATCH: usize = 128;
 pub async fn run(
     js: jetstream::Context,
     pool: deadpool_postgres::Pool,
+    policy: Parking,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let stream = js.get_stream(subjects::STREAM).await?;
@@ -67,12 +72,16 @@ pub async fn run(
             }
         }
         // Finish the messages in hand even if shutdown arrives meanwhile.
-        handle(&pool, batch).await;
+        handle(&pool, &policy, batch).await;
     }
 }
 
 /// Project bus messages, in order, and acknowledge each accordingly.
-pub async fn handle(pool: &deadpool_postgres::Pool, batch: Vec<jetstream::Message>) {
+pub async fn handle(
+    pool: &deadpool_postgres::Pool,
+    policy: &Parking,
+    batch: Vec<jetstream::Message>,
+) {
     let mut events = Vec::with_capacity(batch.len());
     for msg in batch {
         match serde_json::from_slice::<Envelope<Value>>(&msg.payload) {
@@ -90,29 +99,38 @@ pub async fn handle(pool: &deadpool_postgres::Pool, batch: Vec<jetstream::Messag
     match project_all(pool, &envelopes).await {
         Ok(outcomes) => {
             for ((msg, envelope), outcome) in events.into_iter().zip(outcomes) {
-                settle(msg, &envelope, Ok(outcome)).await;
+                settle(pool, policy, msg, &envelope, Ok(outcome)).await;
             }
         }
         Err(e) if events.len() == 1 => {
             let (msg, envelope) = events.pop().expect("one event");
-            settle(msg, &envelope, Err(e)).await;
+            settle(pool, policy, msg, &envelope, Err(e)).await;
         }
         Err(e) => {
             tracing::debug!(error = %e, events = events.len(), "batch failed; projecting one by one");
             for (msg, envelope) in events {
                 let outcome = project_all(pool, &[&envelope]).await.map(|mut o| o.remove(0));
-                settle(msg, &envelope, outcome).await;
+                settle(pool, policy, msg, &envelope, outcome).await;
             }
         }
     }
 }
 
-/// Acknowledge one projected message: done, or to be redelivered.
+/// Acknowledge one projected message: done, parked, or to be redelivered.
 async fn settle(
+    pool: &deadpool_postgres::Pool,
+    policy: &Parking,
     msg: jetstream::Message,
     envelope: &Envelope<Value>,
-    outcome: anyhow::Result<Outcome>,
+    mut outcome: anyhow::Result<Outcome>,
 ) {
+    let attempts = msg.info().map_or(1, |i| i.delivered).max(1) as u64;
+    if let Ok(Outcome::Gap { expected, got }) = outcome {
+        // An earlier event is missing here: delivered later after a retry, or never (the relay
+        // parked it). The event store has it; project it from there instead of waiting.
+        tracing::debug!(id = %envelope.id, expected, got, "filling a gap from the event store");
+        outcome = fill_gap(pool, policy, envelope, expected, attempts).await;
+    }
     // Made to visible in the read model.
     let lag = (schemas::now_ms() - envelope.time).max(0) as f64 / 1000.0;
     match outcome {
@@ -124,13 +142,111 @@ async fn settle(
             }
         }
         Ok(Outcome::Gap { expected, got }) => {
-            tracing::warn!(id = %envelope.id, expected, got, "event arrived before its predecessor");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_millis(200)))).await;
+            tracing::warn!(id = %envelope.id, expected, got, "event still ahead of its predecessor");
+            let _ = msg.ack_with(AckKind::Nak(Some(policy.backoff(attempts)))).await;
+        }
+        Err(e) if is_transient(&e) => {
+            // The database is away: nothing is wrong with the event, and parking would need the
+            // database too. Retry; this affects every event alike, not one tenant's.
+            tracing::warn!(error = %e, id = %envelope.id, "projection failed on infrastructure; will retry");
+            let _ = msg.ack_with(AckKind::Nak(Some(policy.backoff(attempts)))).await;
+        }
+        Err(e) if attempts >= policy.max_attempts => {
+            match park(pool, envelope, &format!("{e:#}"), attempts).await {
+                Ok(_) => {
+                    let _ = msg.ack().await;
+                }
+                Err(park_error) => {
+                    tracing::warn!(error = %park_error, id = %envelope.id, "parking failed; will retry");
+                    let _ = msg.ack_with(AckKind::Nak(Some(policy.backoff(attempts)))).await;
+                }
+            }
         }
         Err(e) => {
-            tracing::warn!(error = %e, id = %envelope.id, "projection failed; will retry");
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            tracing::warn!(error = %e, id = %envelope.id, attempts, "projection failed; will retry");
+            let _ = msg.ack_with(AckKind::Nak(Some(policy.backoff(attempts)))).await;
         }
+    }
+}
+
+/// Project the aggregate's events `expected..` from the event store (parking any that keep
+/// failing, as if delivered `attempts` times), then `envelope` itself.
+async fn fill_gap(
+    pool: &deadpool_postgres::Pool,
+    policy: &Parking,
+    envelope: &Envelope<Value>,
+    expected: i64,
+    attempts: u64,
+) -> anyhow::Result<Outcome> {
+    let got = i64::try_from(envelope.sequence.unwrap_or_default())?;
+    let missing = {
+        let client = pool.get().await?;
+        event_store::range(&client, &envelope.aggregate_id, expected, got).await?
+    };
+    for earlier in &missing {
+        match project_all(pool, &[earlier]).await {
+            Ok(_) => {}
+            Err(e) if !is_transient(&e) && attempts >= policy.max_attempts => {
+                park(pool, earlier, &format!("{e:#}"), attempts).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(project_all(pool, &[envelope]).await?.remove(0))
+}
+
+/// Skip an event for good (see `projection::park`), loudly.
+async fn park(
+    pool: &deadpool_postgres::Pool,
+    envelope: &Envelope<Value>,
+    reason: &str,
+    attempts: u64,
+) -> anyhow::Result<bool> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let parked =
+        projection::park(&tx, envelope, reason, attempts.min(i32::MAX as u64) as i32).await?;
+    tx.commit().await?;
+    if parked {
+        metrics::counter!("events_parked_total", "stage" => "projector").increment(1);
+        tracing::error!(
+            event = %envelope.id, organization = %envelope.organization_id, attempts, %reason,
+            "event parked: it cannot be projected; its aggregate continues without it (see parked_events)"
+        );
+    }
+    Ok(parked)
+}
+
+/// Failures of the database itself rather than of the event: retried without limit.
+fn is_transient(e: &anyhow::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.chain().any(|cause| {
+        if cause.downcast_ref::<deadpool_postgres::PoolError>().is_some() {
+            return true;
+        }
+        let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() else { return false };
+        match pg.code() {
+            // No answer from the server at all: connection lost, closed, timed out.
+            None => true,
+            Some(code) => {
+                [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED]
+                    .contains(code)
+                    // Insufficient resources, operator intervention, system errors.
+                    || ["53", "57", "58", "08"].iter().any(|class| code.code().starts_with(class))
+            }
+        }
+    })
+}
+
+/// How long failed events wait before their next attempt, and how many attempts they get.
+#[derive(Debug, Clone)]
+pub struct Parking {
+    pub max_attempts: u64,
+}
+
+impl Parking {
+    fn backoff(&self, attempts: u64) -> Duration {
+        Duration::from_millis(200u64.saturating_mul(1 << attempts.min(5)))
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod consumer;
+pub mod event_store;
 pub mod projection;
 pub mod rebuild;
 pub mod startup;

@@ -1,4 +1,4 @@
-//! `projector [serve|rebuild|migrate]`.
+//! `projector [serve|rebuild|parked|migrate]`: `parked` lists the events skipped as unprojectable.
 
 use platform::config::{self, CommonConfig};
 use projector::startup::{self, ProjectorConfig};
@@ -18,13 +18,34 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("rebuild") => {
             platform::db::migrate(&common.database_url).await?;
-            let applied = projector::rebuild::rebuild(&platform::db::pool(&common)?).await?;
-            println!("rebuilt read models from {applied} events");
+            let done = projector::rebuild::rebuild(&platform::db::pool(&common)?).await?;
+            println!("rebuilt read models from {} events; parked {}", done.applied, done.parked);
+            if done.parked > 0 {
+                println!("parked events are listed by `projector parked`");
+            }
+            Ok(())
+        }
+        Some("parked") => {
+            let client = platform::db::pool(&common)?.get().await?;
+            for row in client
+                .query(
+                    "SELECT stage, event_id, parked_at::text, attempts, reason FROM parked_events \
+                     ORDER BY parked_at",
+                    &[],
+                )
+                .await?
+            {
+                let (stage, id, at, attempts, reason): (String, String, String, i32, String) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+                println!("{at}\t{stage}\t{id}\t{attempts} attempts\t{reason}");
+            }
             Ok(())
         }
         Some("migrate") => platform::db::migrate(&common.database_url).await,
         Some(other) => {
-            anyhow::bail!("unknown subcommand `{other}` (expected serve, rebuild or migrate)")
+            anyhow::bail!(
+                "unknown subcommand `{other}` (expected serve, rebuild, parked or migrate)"
+            )
         }
     }
 }

@@ -23,6 +23,27 @@ pub enum Outcome {
 }
 
 pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Outcome> {
+    match claim(tx, env).await? {
+        Outcome::Applied => {}
+        other => return Ok(other),
+    }
+    let payload = env.payload.clone();
+    match env.aggregate_type.as_str() {
+        aggregate::ORGANIZATION => organization(tx, serde_json::from_value(payload)?).await?,
+        aggregate::WORKSPACE => {
+            crate::workspaces::apply(tx, serde_json::from_value(payload)?).await?
+        }
+        aggregate::SESSION => session(tx, env.time, serde_json::from_value(payload)?).await?,
+        aggregate::API_KEY => api_key(tx, serde_json::from_value(payload)?).await?,
+        other => anyhow::bail!("unknown aggregate type {other}"),
+    }
+    crate::audit::record(tx, env).await?;
+    Ok(Outcome::Applied)
+}
+
+/// Record `env` as its aggregate's newest projected event, if it is the next one. Applied means
+/// the caller must now apply (or park) it in the same transaction.
+async fn claim(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Outcome> {
     let seq = i64::try_from(env.sequence.context("domain events have a sequence")?)?;
     let claimed = if seq == 1 {
         exec(
@@ -39,32 +60,65 @@ pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Resul
         )
         .await?
     };
-    if claimed == 0 {
-        let last: i64 = tx
-            .query_opt(
-                "SELECT sequence FROM rm_positions WHERE aggregate_id = $1",
-                &[&env.aggregate_id],
-            )
-            .await?
-            .map_or(0, |r| r.get(0));
-        return Ok(if last >= seq {
-            Outcome::Duplicate
-        } else {
-            Outcome::Gap { expected: last + 1, got: seq }
-        });
+    if claimed == 1 {
+        return Ok(Outcome::Applied);
     }
-    let payload = env.payload.clone();
-    match env.aggregate_type.as_str() {
-        aggregate::ORGANIZATION => organization(tx, serde_json::from_value(payload)?).await?,
-        aggregate::WORKSPACE => {
-            crate::workspaces::apply(tx, serde_json::from_value(payload)?).await?
-        }
-        aggregate::SESSION => session(tx, env.time, serde_json::from_value(payload)?).await?,
-        aggregate::API_KEY => api_key(tx, serde_json::from_value(payload)?).await?,
-        other => anyhow::bail!("unknown aggregate type {other}"),
+    let last: i64 = tx
+        .query_opt(
+            "SELECT sequence FROM rm_positions WHERE aggregate_id = $1",
+            &[&env.aggregate_id],
+        )
+        .await?
+        .map_or(0, |r| r.get(0));
+    Ok(if last >= seq { Outcome::Duplicate } else { Outcome::Gap { expected: last + 1, got: seq } })
+}
+
+/// Skip `env` for good: record why in `parked_events` and move its aggregate past it, so the
+/// aggregate's later events (and everyone else's) keep flowing. Returns false if `env` is not
+/// the aggregate's next event (already projected or parked, or an earlier one is missing).
+pub async fn park(
+    tx: &Transaction<'_>,
+    env: &Envelope<Value>,
+    reason: &str,
+    attempts: i32,
+) -> anyhow::Result<bool> {
+    if claim(tx, env).await? != Outcome::Applied {
+        return Ok(false);
     }
-    crate::audit::record(tx, env).await?;
-    Ok(Outcome::Applied)
+    let seq = i64::try_from(env.sequence.unwrap_or_default())?;
+    exec(
+        tx,
+        "INSERT INTO parked_events (stage, event_id, aggregate_type, aggregate_id, sequence, reason, attempts) \
+         VALUES ('projector', $1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        &[&env.id, &env.aggregate_type, &env.aggregate_id, &seq, &reason, &attempts],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Park `env` whatever its aggregate's position (for the rebuild, which replays in order and
+/// must not stop): record it and move the aggregate to at least its sequence.
+pub async fn park_anyway(
+    tx: &Transaction<'_>,
+    env: &Envelope<Value>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let seq = i64::try_from(env.sequence.unwrap_or_default())?;
+    exec(
+        tx,
+        "INSERT INTO rm_positions (aggregate_id, sequence) VALUES ($1, $2) \
+         ON CONFLICT (aggregate_id) DO UPDATE SET sequence = GREATEST(rm_positions.sequence, EXCLUDED.sequence)",
+        &[&env.aggregate_id, &seq],
+    )
+    .await?;
+    exec(
+        tx,
+        "INSERT INTO parked_events (stage, event_id, aggregate_type, aggregate_id, sequence, reason, attempts) \
+         VALUES ('projector', $1, $2, $3, $4, $5, 1) ON CONFLICT DO NOTHING",
+        &[&env.id, &env.aggregate_type, &env.aggregate_id, &seq, &reason],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow::Result<()> {
@@ -200,12 +254,13 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             )
             .await?;
         }
-        SessionEvent::AbortRequested { message_id, .. } => {
+        SessionEvent::AbortRequested { session_id, message_id, .. } => {
             // Recorded so a worker that starts (or restarts) this reply later stops at once.
             exec(
                 tx,
-                "UPDATE rm_messages SET info = info || '{\"abortRequested\": true}'::jsonb WHERE message_id = $1",
-                &[&message_id.as_str()],
+                "UPDATE rm_messages SET info = info || '{\"abortRequested\": true}'::jsonb \
+                 WHERE session_id = $1 AND message_id = $2",
+                &[&session_id.as_str(), &message_id.as_str()],
             )
             .await?;
         }
@@ -221,8 +276,8 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
                 tx,
                 "UPDATE rm_messages SET info = info || ($2::jsonb - 'time') \
                    || jsonb_build_object('time', (info->'time') || ($2::jsonb->'time')), parts = $3 \
-                 WHERE message_id = $1",
-                &[&message.id.as_str(), &info, &serde_json::to_value(&message.parts)?],
+                 WHERE session_id = $4 AND message_id = $1",
+                &[&message.id.as_str(), &info, &serde_json::to_value(&message.parts)?, &session_id.as_str()],
             )
             .await?;
         }

@@ -1,9 +1,15 @@
 //! `projector rebuild`: replay the whole event store into fresh read models, in one transaction,
 //! so readers see the old state until the new one is complete. Events are read in `position`
 //! order, which is each aggregate's sequence order.
+//!
+//! An event that cannot be projected does not stop the rebuild: it is parked (as the live
+//! projector would), its aggregate moves past it, and the rebuild reports how many it parked.
 
-use platform::stored_event::StoredEvent;
+use deadpool_postgres::Transaction;
+use schemas::envelope::Envelope;
+use serde_json::Value;
 
+use crate::event_store;
 use crate::projection::{self, Outcome};
 
 const PAGE: i64 = 1000;
@@ -12,47 +18,61 @@ const PAGE: i64 = 1000;
 /// rebuilt without anyone remembering to list it.
 pub const READ_MODEL_TABLES: &str = "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'rm\\_%' ORDER BY 1";
 
-/// Returns how many events were applied.
-pub async fn rebuild(pool: &deadpool_postgres::Pool) -> anyhow::Result<u64> {
+/// What a rebuild did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub applied: u64,
+    /// Events skipped and recorded in `parked_events` (the ids are logged).
+    pub parked: u64,
+}
+
+pub async fn rebuild(pool: &deadpool_postgres::Pool) -> anyhow::Result<Rebuilt> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     for row in tx.query(READ_MODEL_TABLES, &[]).await? {
         let table: String = row.get(0);
         tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
     }
+    // The projector's parkings are re-decided by this replay; the relay's stay.
+    tx.execute("DELETE FROM parked_events WHERE stage = 'projector'", &[]).await?;
     let mut after = 0_i64;
-    let mut applied = 0;
+    let mut done = Rebuilt::default();
     loop {
-        let rows = tx
-            .query(
-                "SELECT position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
-                        payload::jsonb, metadata::jsonb, (extract(epoch FROM recorded_at) * 1000)::bigint \
-                 FROM events WHERE position > $1 ORDER BY position LIMIT $2",
-                &[&after, &PAGE],
-            )
-            .await?;
-        for row in &rows {
-            after = row.get(0);
-            let event = StoredEvent {
-                aggregate_type: row.get(1),
-                aggregate_id: row.get(2),
-                sequence: row.get(3),
-                event_type: row.get(4),
-                event_version: row.get(5),
-                payload: row.get(6),
-                metadata: row.get(7),
-                recorded_at_ms: row.get(8),
+        let page = event_store::page(&tx, after, PAGE).await?;
+        let full = page.len() as i64 == PAGE;
+        for (position, envelope) in page {
+            after = position;
+            let envelope = match envelope {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(position, error = %e, "unreadable event in the store; skipped");
+                    done.parked += 1;
+                    continue;
+                }
             };
-            let (_, envelope) = event.to_envelope()?;
-            match projection::apply(&tx, &envelope).await? {
-                Outcome::Applied => applied += 1,
-                other => anyhow::bail!("replay of {} gave {other:?}", envelope.id),
+            match replay_one(&mut tx, &envelope).await {
+                Ok(()) => done.applied += 1,
+                Err(reason) => {
+                    tracing::error!(event = %envelope.id, %reason, "event parked by the rebuild");
+                    projection::park_anyway(&tx, &envelope, &reason).await?;
+                    done.parked += 1;
+                }
             }
         }
-        if (rows.len() as i64) < PAGE {
+        if !full {
             break;
         }
     }
     tx.commit().await?;
-    Ok(applied)
+    Ok(done)
+}
+
+/// Apply one event inside a savepoint, so a failure undoes only that event.
+async fn replay_one(tx: &mut Transaction<'_>, envelope: &Envelope<Value>) -> Result<(), String> {
+    let savepoint = tx.savepoint("event").await.map_err(|e| e.to_string())?;
+    match projection::apply(&savepoint, envelope).await {
+        Ok(Outcome::Applied) => savepoint.commit().await.map_err(|e| e.to_string()),
+        Ok(other) => Err(format!("replay gave {other:?}")),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }

@@ -12,11 +12,14 @@ use tokio_util::sync::CancellationToken;
 pub struct ProjectorConfig {
     /// `OC_PROJECTOR_ADDR`: where /healthz, /readyz and /metrics listen.
     pub projector_addr: String,
+    /// `OC_PROJECTOR_MAX_ATTEMPTS`: deliveries of an event whose projection fails (for a reason
+    /// other than a database outage) before it is parked in `parked_events`.
+    pub projector_max_attempts: u64,
 }
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { projector_addr: "127.0.0.1:8083".into() }
+        Self { projector_addr: "127.0.0.1:8083".into(), projector_max_attempts: 4 }
     }
 }
 
@@ -43,7 +46,8 @@ pub async fn run(
     // returns Ok only at shutdown.
     platform::retry::until_stopped("projector consumer", &shutdown, || async {
         bus::ensure_stream(&js, &common).await?;
-        crate::consumer::run(js.clone(), pool.clone(), shutdown.clone()).await
+        let policy = crate::consumer::Parking { max_attempts: cfg.projector_max_attempts.max(1) };
+        crate::consumer::run(js.clone(), pool.clone(), policy, shutdown.clone()).await
     })
     .await;
     let _ = server.await;

@@ -15,6 +15,15 @@ use crate::message::{FinishReason, MessageError, ModelRef, TokenUsage};
 pub const MAX_NAME_CHARS: usize = 200;
 /// Most parts in one prompt.
 pub const MAX_PROMPT_PARTS: usize = 64;
+/// Most prompts one session holds; a longer conversation starts a new session.
+pub const MAX_SESSION_TURNS: u32 = 1_000;
+/// Most text one session holds, prompts and replies together, in bytes (UTF-8).
+pub const MAX_SESSION_BYTES: u64 = 8 * 1024 * 1024;
+/// How far ahead of the server's clock the time in a client-chosen id may be (clock skew).
+pub const MAX_CLIENT_ID_SKEW_MS: u64 = 60_000;
+/// Largest event the event store accepts, serialised as stored: it must fit the bus's payload
+/// limit (NATS' default 1 MiB) with its envelope, whatever JSON escaping does to the text.
+pub const MAX_EVENT_BYTES: usize = 768 * 1024;
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

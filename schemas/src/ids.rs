@@ -50,6 +50,23 @@ macro_rules! prefixed_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            fn ulid(&self) -> ulid::Ulid {
+                // Only well-formed ids are ever constructed (new, or parsed by FromStr).
+                ulid::Ulid::from_string(&self.0[$prefix.len() + 1..]).unwrap_or_default()
+            }
+
+            /// When the id was made, in milliseconds since the Unix epoch (its ULID's time part;
+            /// for an id a client chose, whatever the client put there).
+            pub fn timestamp_ms(&self) -> u64 {
+                self.ulid().timestamp_ms()
+            }
+
+            /// The id right after this one in sort order (the same time, the next random part).
+            pub fn successor(&self) -> Self {
+                let next = self.ulid().increment().unwrap_or_else(ulid::Ulid::new);
+                Self(format!("{}_{}", $prefix, next))
+            }
         }
 
         impl Default for $name {
@@ -170,6 +187,14 @@ mod tests {
             Err(IdError::Malformed { prefix: "ses" })
         );
         assert!(serde_json::from_str::<SessionId>("\"ses_\"").is_err());
+    }
+
+    #[test]
+    fn a_successor_sorts_right_after_and_keeps_the_time() {
+        let m = MessageId::new();
+        let next = m.successor();
+        assert!(next > m);
+        assert_eq!(next.timestamp_ms(), m.timestamp_ms());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use schemas::api::CompleteMessage;
+use schemas::api::{CompleteMessage, MAX_CLIENT_ID_SKEW_MS, MAX_SESSION_BYTES, MAX_SESSION_TURNS};
 use schemas::envelope::aggregate;
 use schemas::events::{AssistantCompletion, SessionEvent, UserMessage};
 use schemas::ids::{MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId};
@@ -29,6 +29,17 @@ pub struct Session {
     running: Option<RunningReply>,
     /// Replies already completed, to recognise repeated completion reports.
     completed: HashSet<MessageId>,
+    /// The newest message id of the session. A new message's id must sort after it: ids a client
+    /// chooses are then unique in the session (the read model's key is session × message) and
+    /// keep the conversation in order.
+    #[serde(default)]
+    last_message: Option<MessageId>,
+    /// Prompts so far (bounded by `MAX_SESSION_TURNS`).
+    #[serde(default)]
+    turns: u32,
+    /// Text so far, prompts and replies, in bytes (bounded by `MAX_SESSION_BYTES`).
+    #[serde(default)]
+    bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +88,45 @@ impl Session {
     fn id(&self) -> Result<SessionId, DomainError> {
         self.id.clone().ok_or(DomainError::NotFound)
     }
+
+    /// A prompt's message id (possibly the client's) and its reply's id (ours) must be new: later
+    /// than every id in the session, and not from the future.
+    fn check_new_ids(&self, user: &MessageId, reply: &MessageId) -> Result<(), DomainError> {
+        let latest_allowed = schemas::now_ms().max(0) as u64 + MAX_CLIENT_ID_SKEW_MS;
+        if user.timestamp_ms() > latest_allowed {
+            return Err(DomainError::Invalid(
+                "messageID: the id's time lies in the future; ids must be made from the current time".into(),
+            ));
+        }
+        if self.last_message.as_ref().is_some_and(|last| user <= last) {
+            return Err(DomainError::WrongState(
+                "messageID: the id must sort after every message already in the session".into(),
+            ));
+        }
+        if reply <= user {
+            return Err(DomainError::Invalid("the reply's id must sort after the prompt's".into()));
+        }
+        Ok(())
+    }
+
+    /// Refuse a prompt that would take the session past its documented size.
+    fn check_room(&self, prompt_bytes: u64) -> Result<(), DomainError> {
+        if self.turns >= MAX_SESSION_TURNS {
+            return Err(DomainError::TooLarge(format!(
+                "the session holds its maximum of {MAX_SESSION_TURNS} prompts; start a new session"
+            )));
+        }
+        if self.bytes + prompt_bytes > MAX_SESSION_BYTES {
+            return Err(DomainError::TooLarge(format!(
+                "the session holds its maximum of {MAX_SESSION_BYTES} bytes of text; start a new session"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn prompt_bytes(message: &UserMessage) -> u64 {
+    message.parts.iter().map(|p| p.text().len() as u64).sum()
 }
 
 impl Aggregate for Session {
@@ -140,11 +190,8 @@ impl Aggregate for Session {
                         "a prompt needs at least one non-empty text part".into(),
                     ));
                 }
-                if self.completed.contains(&message.id)
-                    || self.completed.contains(&assistant_message_id)
-                {
-                    return Err(DomainError::WrongState("the message id is already used".into()));
-                }
+                self.check_new_ids(&message.id, &assistant_message_id)?;
+                self.check_room(prompt_bytes(&message))?;
                 // Busy first: `session.prompted` is what starts a worker, so as the commit's last
                 // event everything the worker publishes is ordered after the whole commit.
                 let busy = SessionEvent::StatusChanged {
@@ -217,6 +264,9 @@ impl Aggregate for Session {
                 self.workspace_id = Some(workspace_id);
             }
             SessionEvent::Prompted { message, assistant_message_id, .. } => {
+                self.turns += 1;
+                self.bytes += prompt_bytes(&message);
+                self.last_message = Some(assistant_message_id.clone());
                 self.running = Some(RunningReply {
                     user_message: message.id,
                     assistant_message: assistant_message_id,
@@ -230,6 +280,7 @@ impl Aggregate for Session {
                 }
             }
             SessionEvent::MessageCompleted { message, .. } => {
+                self.bytes += message.parts.iter().map(|p| p.text().len() as u64).sum::<u64>();
                 if let Some(r) = self.running.take() {
                     self.completed.insert(r.user_message);
                 }

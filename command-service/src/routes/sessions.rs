@@ -8,7 +8,9 @@ use schemas::api::{
     Accepted, CreateSession, MAX_PROMPT_PARTS, PartInput, PromptAccepted, PromptInput,
 };
 use schemas::events::UserMessage;
-use schemas::ids::{MessageId, SessionId, WorkspaceId};
+use std::collections::HashSet;
+
+use schemas::ids::{MessageId, PartId, SessionId, WorkspaceId};
 use schemas::message::{ModelRef, Part};
 
 use super::context;
@@ -49,6 +51,16 @@ pub async fn prompt(
         return Err(Problem::bad_request(format!("at most {MAX_PROMPT_PARTS} parts")));
     }
     let message_id = input.message_id.unwrap_or_default();
+    let part_ids: Vec<&PartId> = input
+        .parts
+        .iter()
+        .filter_map(|p| match p {
+            PartInput::Text { id, .. } => id.as_ref(),
+        })
+        .collect();
+    if part_ids.iter().collect::<HashSet<_>>().len() != part_ids.len() {
+        return Err(Problem::bad_request("parts: each part needs its own id"));
+    }
     let parts = input
         .parts
         .into_iter()
@@ -68,7 +80,8 @@ pub async fn prompt(
         }),
         time: schemas::now_ms(),
     };
-    let assistant_message_id = MessageId::new();
+    // Ours, and after the prompt's (which a client may have made a little ahead of our clock).
+    let assistant_message_id = MessageId::new().max(message_id.successor());
     let command =
         SessionCommand::Prompt { message, assistant_message_id: assistant_message_id.clone() };
     let token =

@@ -10,6 +10,7 @@ mod isolation;
 mod outages;
 mod personal_data;
 mod pipeline;
+mod poison_events;
 mod provider_faults;
 mod resume;
 mod tokens;
