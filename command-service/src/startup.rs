@@ -23,6 +23,8 @@ use crate::{internal, relay, routes};
 pub struct AppState {
     /// Identity and profile lookups (not the event store).
     pub db: deadpool_postgres::Pool,
+    /// Memberships, for checks a route makes before a command (from the event store).
+    pub directory: Arc<dyn crate::directory::Directory>,
     pub organizations: Executor<Organization>,
     pub workspaces: Executor<Workspace>,
     pub sessions: Executor<Session>,
@@ -55,6 +57,7 @@ impl Application {
         let services = Services { directory: Arc::new(EventStoreDirectory::new(pg.clone())) };
         let state = Arc::new(AppState {
             db: pool.clone(),
+            directory: services.directory.clone(),
             organizations: Executor::new(pg.clone(), services.clone()),
             workspaces: Executor::new(pg.clone(), services.clone()),
             sessions: Executor::new(pg.clone(), services.clone()),

@@ -49,7 +49,7 @@ const provider = new Provider(issuer, {
     },
   ],
   scopes: ['openid', 'offline_access', 'email', 'profile'],
-  claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
   features: {
     devInteractions: { enabled: true },
     // Command-line sign-in: the OAuth device authorization grant (RFC 8628).
@@ -73,13 +73,18 @@ const provider = new Provider(issuer, {
   async extraTokenClaims(ctx, token) {
     if (!token.accountId) return undefined;
     const sub = token.accountId;
-    return { email: `${sub}@example.test`, name: sub[0].toUpperCase() + sub.slice(1) };
+    return { email: `${sub}@example.test`, email_verified: true, name: sub[0].toUpperCase() + sub.slice(1) };
   },
   async findAccount(ctx, sub) {
     return {
       accountId: sub,
       async claims() {
-        return { sub, email: `${sub}@example.test`, name: sub[0].toUpperCase() + sub.slice(1) };
+        return {
+          sub,
+          email: `${sub}@example.test`,
+          email_verified: true,
+          name: sub[0].toUpperCase() + sub.slice(1),
+        };
       },
     };
   },

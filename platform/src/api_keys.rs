@@ -40,8 +40,11 @@ pub fn parse(text: &str) -> Option<(ApiKeyId, &str)> {
 /// Who a valid key acts as.
 #[derive(Debug, Clone)]
 pub struct KeyIdentity {
+    pub key_id: ApiKeyId,
     pub user_id: UserId,
     pub organization_id: OrganizationId,
+    /// When the key stops working, in milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
 }
 
 /// Check a presented key. `Ok(None)` for any invalid key (unknown, wrong secret, expired,
@@ -53,7 +56,8 @@ pub async fn verify(
     let Some((id, secret)) = parse(text) else { return Ok(None) };
     let stmt = db
         .prepare_cached(
-            "SELECT k.user_id, k.organization_id, k.secret_sha256 FROM api_keys k \
+            "SELECT k.user_id, k.organization_id, k.secret_sha256, \
+                    (extract(epoch FROM k.expires_at) * 1000)::bigint FROM api_keys k \
              JOIN users u USING (user_id) \
              WHERE k.key_id = $1 AND k.revoked_at IS NULL AND k.expires_at > now() AND u.erased_at IS NULL",
         )
@@ -64,12 +68,13 @@ pub async fn verify(
     if !bool::from(presented[..].ct_eq(&stored[..])) {
         return Ok(None);
     }
-    let (user, org): (String, String) = (row.get(0), row.get(1));
-    Ok(user
-        .parse()
-        .ok()
-        .zip(org.parse().ok())
-        .map(|(user_id, organization_id)| KeyIdentity { user_id, organization_id }))
+    let (user, org, expires_at_ms): (String, String, i64) = (row.get(0), row.get(1), row.get(3));
+    Ok(user.parse().ok().zip(org.parse().ok()).map(|(user_id, organization_id)| KeyIdentity {
+        key_id: id,
+        user_id,
+        organization_id,
+        expires_at_ms,
+    }))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use moka::future::Cache;
-use schemas::ids::{OrganizationId, UserId};
+use schemas::ids::{ApiKeyId, OrganizationId, UserId};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
@@ -28,6 +28,30 @@ pub struct AuthUser {
     pub user_id: UserId,
     /// Set when the caller used a personal API key: the one organization it may act in.
     pub scope: Option<OrganizationId>,
+    /// What the caller proved themselves with, to check again later (a long-lived stream).
+    pub credential: Credential,
+}
+
+/// How a caller authenticated; never the secret itself.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A JWT access token from the issuer.
+    Bearer { expires_at_ms: i64 },
+    /// A personal API key.
+    ApiKey { key_id: ApiKeyId, expires_at_ms: i64 },
+    /// A browser login session (the SHA-256 of its cookie).
+    LoginSession { token_sha256: Vec<u8>, expires_at_ms: i64 },
+}
+
+impl Credential {
+    /// When the credential stops working by itself, in milliseconds since the Unix epoch.
+    pub fn expires_at_ms(&self) -> i64 {
+        match self {
+            Credential::Bearer { expires_at_ms }
+            | Credential::ApiKey { expires_at_ms, .. }
+            | Credential::LoginSession { expires_at_ms, .. } => *expires_at_ms,
+        }
+    }
 }
 
 impl AuthUser {
@@ -69,7 +93,9 @@ impl From<AuthError> for Problem {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: i64,
     email: Option<String>,
+    email_verified: Option<bool>,
     name: Option<String>,
 }
 
@@ -137,7 +163,14 @@ impl Authenticator {
                 .map_err(|e| AuthError::Database(e.to_string()))?;
             let key = key
                 .ok_or_else(|| AuthError::Invalid("unknown, expired or revoked API key".into()))?;
-            return Ok(AuthUser { user_id: key.user_id, scope: Some(key.organization_id) });
+            return Ok(AuthUser {
+                user_id: key.user_id,
+                scope: Some(key.organization_id),
+                credential: Credential::ApiKey {
+                    key_id: key.key_id,
+                    expires_at_ms: key.expires_at_ms,
+                },
+            });
         }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -158,7 +191,8 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let user_id = self.user_id(&data.claims).await?;
-        Ok(AuthUser { user_id, scope: None })
+        let expires_at_ms = data.claims.exp.saturating_mul(1000);
+        Ok(AuthUser { user_id, scope: None, credential: Credential::Bearer { expires_at_ms } })
     }
 
     async fn key(&self, kid: &str) -> Result<Key, AuthError> {
@@ -241,7 +275,11 @@ impl Authenticator {
         let (db, issuer) = (self.db.clone(), self.cfg.oidc_issuer.clone());
         let (subject, profile) = (
             claims.sub.clone(),
-            Profile { email: claims.email.clone(), name: claims.name.clone() },
+            Profile {
+                email: claims.email.clone(),
+                email_verified: claims.email_verified.unwrap_or(false),
+                name: claims.name.clone(),
+            },
         );
         let resolved = self
             .users
@@ -254,6 +292,48 @@ impl Authenticator {
             .await
             .map_err(|e: Arc<String>| AuthError::Database(e.to_string()))?;
         resolved.ok_or_else(|| AuthError::Invalid("the account was erased".into()))
+    }
+
+    /// Whether `user`'s credential still works: not revoked, signed out or expired, and the
+    /// account not erased. Asked again by long-lived streams when access may have changed.
+    pub async fn still_valid(&self, user: &AuthUser) -> Result<bool, AuthError> {
+        if user.credential.expires_at_ms() <= schemas::now_ms() {
+            return Ok(false);
+        }
+        let db = self.db.get().await.map_err(|e| AuthError::Database(e.to_string()))?;
+        let check = |sql: &'static str| async move {
+            let stmt = db.prepare_cached(sql).await?;
+            let row = match &user.credential {
+                Credential::Bearer { .. } => db.query_opt(&stmt, &[&user.user_id.as_str()]).await?,
+                Credential::ApiKey { key_id, .. } => {
+                    db.query_opt(&stmt, &[&key_id.as_str()]).await?
+                }
+                Credential::LoginSession { token_sha256, .. } => {
+                    db.query_opt(&stmt, &[token_sha256]).await?
+                }
+            };
+            Ok::<_, tokio_postgres::Error>(row.is_some())
+        };
+        let live = match &user.credential {
+            Credential::Bearer { .. } => {
+                check("SELECT 1 FROM users WHERE user_id = $1 AND erased_at IS NULL").await
+            }
+            Credential::ApiKey { .. } => {
+                check(
+                    "SELECT 1 FROM api_keys k JOIN users u USING (user_id) WHERE k.key_id = $1 \
+                     AND k.revoked_at IS NULL AND k.expires_at > now() AND u.erased_at IS NULL",
+                )
+                .await
+            }
+            Credential::LoginSession { .. } => {
+                check(
+                    "SELECT 1 FROM login_sessions s JOIN users u USING (user_id) WHERE s.token_sha256 = $1 \
+                     AND s.revoked_at IS NULL AND s.expires_at > now() AND u.erased_at IS NULL",
+                )
+                .await
+            }
+        };
+        live.map_err(|e| AuthError::Database(e.to_string()))
     }
 
     /// Forget a cached identity (after an erasure in this process).
@@ -299,17 +379,25 @@ impl FromRequest for AuthUser {
             }
             let cookie = cookie.ok_or(AuthError::Missing)?;
             let db = auth.db.get().await.map_err(|e| AuthError::Database(e.to_string()))?;
-            let (user_id, expected) = crate::login::lookup(&db, &cookie)
+            let session = crate::login::lookup(&db, &cookie)
                 .await
                 .map_err(|e| AuthError::Database(e.to_string()))?
                 .ok_or_else(|| AuthError::Invalid("no such login session".into()))?;
-            let csrf_ok = csrf.is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected.as_bytes())));
+            let expected = session.csrf.as_bytes();
+            let csrf_ok = csrf.is_some_and(|c| bool::from(c.as_bytes().ct_eq(expected)));
             if needs_csrf && !csrf_ok {
                 return Err(Problem::forbidden(
                     "missing or wrong X-CSRF-Token for a cookie-authenticated request",
                 ));
             }
-            Ok(AuthUser { user_id, scope: None })
+            Ok(AuthUser {
+                user_id: session.user_id,
+                scope: None,
+                credential: Credential::LoginSession {
+                    token_sha256: crate::login::sha256(&cookie),
+                    expires_at_ms: session.expires_at_ms,
+                },
+            })
         })
     }
 }

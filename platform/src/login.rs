@@ -26,7 +26,7 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn sha256(token: &str) -> Vec<u8> {
+pub fn sha256(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
@@ -51,19 +51,34 @@ pub async fn create(
     Ok(session)
 }
 
-/// The live session a cookie names: its user and CSRF token.
+/// A live login session.
+pub struct LiveSession {
+    pub user_id: UserId,
+    pub csrf: String,
+    /// When it ends, in milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
+}
+
+/// The live session a cookie names.
 pub async fn lookup(
     db: &deadpool_postgres::Client,
     token: &str,
-) -> Result<Option<(UserId, String)>, tokio_postgres::Error> {
+) -> Result<Option<LiveSession>, tokio_postgres::Error> {
     let stmt = db
         .prepare_cached(
-            "SELECT s.user_id, s.csrf_token FROM login_sessions s JOIN users u USING (user_id) \
+            "SELECT s.user_id, s.csrf_token, (extract(epoch FROM s.expires_at) * 1000)::bigint \
+             FROM login_sessions s JOIN users u USING (user_id) \
              WHERE s.token_sha256 = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND u.erased_at IS NULL",
         )
         .await?;
     let row = db.query_opt(&stmt, &[&sha256(token)]).await?;
-    Ok(row.and_then(|r| Some((r.get::<_, String>(0).parse().ok()?, r.get(1)))))
+    Ok(row.and_then(|r| {
+        Some(LiveSession {
+            user_id: r.get::<_, String>(0).parse().ok()?,
+            csrf: r.get(1),
+            expires_at_ms: r.get(2),
+        })
+    }))
 }
 
 /// Sign out: the cookie stops working everywhere at once.

@@ -8,6 +8,9 @@ use schemas::ids::UserId;
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
     pub email: Option<String>,
+    /// Whether the identity provider vouches that the email belongs to this person. Only
+    /// verified emails are matched when someone is added by email.
+    pub email_verified: bool,
     pub name: Option<String>,
 }
 
@@ -26,18 +29,26 @@ pub async fn resolve(
                  ON CONFLICT (issuer, subject) DO UPDATE SET issuer = EXCLUDED.issuer \
                  RETURNING user_id, erased_at), \
              p AS ( \
-                 INSERT INTO user_profiles (user_id, email, display_name) \
-                 SELECT user_id, $4, $5 FROM u \
+                 INSERT INTO user_profiles (user_id, email, email_verified, display_name) \
+                 SELECT user_id, $4, $6, $5 FROM u \
                  WHERE erased_at IS NULL AND ($4::text IS NOT NULL OR $5::text IS NOT NULL) \
                  ON CONFLICT (user_id) DO UPDATE \
-                 SET email = EXCLUDED.email, display_name = EXCLUDED.display_name, updated_at = now()) \
+                 SET email = EXCLUDED.email, email_verified = EXCLUDED.email_verified, \
+                     display_name = EXCLUDED.display_name, updated_at = now()) \
              SELECT user_id, erased_at IS NOT NULL FROM u",
         )
         .await?;
     let row = db
         .query_one(
             &stmt,
-            &[&UserId::new().as_str(), &issuer, &subject, &profile.email, &profile.name],
+            &[
+                &UserId::new().as_str(),
+                &issuer,
+                &subject,
+                &profile.email,
+                &profile.name,
+                &profile.email_verified,
+            ],
         )
         .await?;
     let erased: bool = row.get(1);
@@ -56,16 +67,30 @@ pub async fn erase(
     tx.commit().await
 }
 
-/// The user whose profile has this email (case-insensitive), if any.
-pub async fn by_email(
+/// Who a verified email belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmailMatch {
+    /// Nobody who signed in has this email, verified.
+    Nobody,
+    One(UserId),
+    /// Several accounts have it verified (the provider allows that): refuse to guess.
+    Several,
+}
+
+/// The user whose verified email this is (case-insensitive).
+pub async fn by_verified_email(
     db: &deadpool_postgres::Client,
     email: &str,
-) -> Result<Option<UserId>, tokio_postgres::Error> {
-    let row = db
-        .query_opt(
-            "SELECT user_id FROM user_profiles WHERE lower(email) = lower($1) LIMIT 1",
+) -> Result<EmailMatch, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT user_id FROM user_profiles WHERE lower(email) = lower($1) AND email_verified LIMIT 2",
             &[&email],
         )
         .await?;
-    Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+    Ok(match rows.as_slice() {
+        [] => EmailMatch::Nobody,
+        [one] => one.get::<_, String>(0).parse().map_or(EmailMatch::Nobody, EmailMatch::One),
+        _ => EmailMatch::Several,
+    })
 }

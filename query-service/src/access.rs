@@ -5,7 +5,7 @@
 use platform::auth::AuthUser;
 use platform::problem::Problem;
 use schemas::events::Role;
-use schemas::ids::{OrganizationId, SessionId, WorkspaceId};
+use schemas::ids::{ApiKeyId, OrganizationId, SessionId, WorkspaceId};
 use schemas::policy::{Action, Decision, decide};
 
 /// A resource the caller may read: its organization and its row.
@@ -59,6 +59,41 @@ async fn find(
     );
     let stmt = db.prepare_cached(&sql).await?;
     check(db.query_opt(&stmt, &[&id, &user.user_id.as_str()]).await?, action, user)
+}
+
+/// Whether the caller may read the aggregate `id` names (by its prefix): the check a consistency
+/// token gets, so another tenant's token is "not found" like their resource.
+pub async fn aggregate(
+    db: &deadpool_postgres::Client,
+    id: &str,
+    user: &AuthUser,
+) -> Result<(), Problem> {
+    let prefix = id.split_once('_').map_or("", |(p, _)| p);
+    match prefix {
+        OrganizationId::PREFIX => {
+            organization(db, &id.parse().map_err(|_| Problem::not_found())?, user, Action::Read)
+                .await
+                .map(drop)
+        }
+        WorkspaceId::PREFIX => {
+            workspace(db, &id.parse().map_err(|_| Problem::not_found())?, user, Action::Read)
+                .await
+                .map(drop)
+        }
+        SessionId::PREFIX => {
+            session(db, &id.parse().map_err(|_| Problem::not_found())?, user, Action::Read)
+                .await
+                .map(drop)
+        }
+        ApiKeyId::PREFIX => {
+            let stmt = db
+                .prepare_cached("SELECT 1 FROM rm_api_keys WHERE key_id = $1 AND user_id = $2")
+                .await?;
+            let own = db.query_opt(&stmt, &[&id, &user.user_id.as_str()]).await?;
+            own.map(drop).ok_or_else(Problem::not_found)
+        }
+        _ => Err(Problem::not_found()),
+    }
 }
 
 pub async fn organization(

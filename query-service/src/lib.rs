@@ -8,6 +8,7 @@ pub mod consistency;
 pub mod device;
 pub mod hub;
 pub mod login;
+pub mod notifications;
 pub mod page;
 pub mod routes;
 pub mod startup;

@@ -242,6 +242,7 @@ pub async fn callback(
     };
     let profile = Profile {
         email: claims.email().map(|e| e.as_str().to_owned()),
+        email_verified: claims.email_verified().unwrap_or(false),
         name: claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
     };
     let user = platform::users::resolve(&db, &login.issuer, claims.subject().as_str(), &profile)

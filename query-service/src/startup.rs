@@ -27,6 +27,9 @@ pub struct AppState {
     pub identity: deadpool_postgres::Pool,
     /// Fired at shutdown; open SSE streams end on it.
     pub shutdown: CancellationToken,
+    /// The instance's database notifications: the projector's progress (read-your-writes
+    /// waits) and access changes (open streams re-check).
+    pub notifications: Arc<crate::notifications::Notifications>,
 }
 
 impl AppState {
@@ -39,7 +42,24 @@ impl AppState {
         user: &platform::auth::AuthUser,
     ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
         let token = crate::consistency::token(req)?;
-        crate::consistency::wait_for(&self.db, token, self.cfg.consistency_wait()).await?;
+        if let Some(token) = &token {
+            let progress = &self.notifications.progress;
+            crate::consistency::wait_for(&self.db, progress, token, self.cfg.consistency_wait())
+                .await?;
+        }
+        let db = self.bind(user).await?;
+        if let Some(token) = &token {
+            // A token is read like the aggregate it names: another tenant's is "not found".
+            crate::access::aggregate(&db, &token.aggregate_id, user).await?;
+        }
+        Ok(db)
+    }
+
+    /// A database connection reading as `oc_reader` on behalf of `user` (no consistency wait).
+    pub async fn bind(
+        &self,
+        user: &platform::auth::AuthUser,
+    ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
         let db = self.db.get().await?;
         // Set on every checkout, so a pooled connection never reads as its previous user.
         let stmt = db
@@ -57,7 +77,8 @@ impl AppState {
 pub struct Application {
     port: u16,
     server: Server,
-    hub: JoinHandle<()>,
+    /// Background tasks (hub, notifications), awaited at shutdown.
+    tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
 }
 
@@ -82,6 +103,12 @@ impl Application {
                 hub.run(js, stop).await;
             })
         };
+        let notifications = crate::notifications::Notifications::new();
+        let listener_task = {
+            let (n, url, stop) =
+                (notifications.clone(), common.database_url.clone(), shutdown.clone());
+            tokio::spawn(n.run(url, stop))
+        };
         // Identity lookups write (first sign-in); reads go through their own, restricted pool.
         let identity = db::pool(&common)?;
         let login = web::Data::new(crate::login::Login::new(login, auth.oidc_issuer.clone())?);
@@ -96,6 +123,7 @@ impl Application {
             cfg,
             identity,
             shutdown: shutdown.clone(),
+            notifications,
         });
         let spec = http::ServerSpec {
             listener,
@@ -112,7 +140,7 @@ impl Application {
                 .configure(routes::configure);
         })?;
         tracing::info!(port, "query-service listening");
-        Ok(Self { port, server, hub: hub_task, shutdown })
+        Ok(Self { port, server, tasks: vec![hub_task, listener_task], shutdown })
     }
 
     pub fn port(&self) -> u16 {
@@ -122,7 +150,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await?;
         self.shutdown.cancel();
-        let _ = self.hub.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
         Ok(())
     }
 }

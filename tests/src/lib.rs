@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod browser;
 pub mod process;
 pub mod sse;
 pub mod system;

@@ -35,10 +35,16 @@ impl SseClient {
         last_event_id: Option<&str>,
     ) -> Result<SseClient, (u16, Value)> {
         let http = reqwest::Client::new();
-        let mut req = http.get(url).bearer_auth(bearer).header("accept", "text/event-stream");
+        let mut req = http.get(url).bearer_auth(bearer);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
+        Self::open(req).await
+    }
+
+    /// Open a stream with a request made by the caller (cookies, other headers).
+    pub async fn open(req: reqwest::RequestBuilder) -> Result<SseClient, (u16, Value)> {
+        let req = req.header("accept", "text/event-stream");
         let res = req.send().await.expect("query service reachable");
         if !res.status().is_success() {
             let status = res.status().as_u16();

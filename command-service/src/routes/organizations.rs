@@ -9,8 +9,12 @@ use schemas::api::{
 };
 use schemas::ids::{OrganizationId, UserId};
 
+use platform::users::EmailMatch;
+use schemas::policy::{Action, Decision, decide};
+
 use super::context;
 use crate::aggregates::OrganizationCommand;
+use crate::error::CommandError;
 use crate::startup::AppState;
 
 pub async fn create(
@@ -42,12 +46,23 @@ pub async fn add_member(
     let member = match (body.user_id, body.email) {
         (Some(id), None) => id,
         (None, Some(email)) => {
+            // Authorize before looking the email up: to anyone who may not add members here,
+            // every email gets the same answer.
+            may_manage_members(&state, &org, &user).await?;
             let db = state.db.get().await?;
-            platform::users::by_email(&db, email.trim()).await?.ok_or_else(|| {
-                Problem::unprocessable(
-                    "no one with that email has signed in yet; ask them to sign in first",
-                )
-            })?
+            match platform::users::by_verified_email(&db, email.trim()).await? {
+                EmailMatch::One(id) => id,
+                EmailMatch::Nobody => {
+                    return Err(Problem::unprocessable(
+                        "no one has signed in with that email verified; ask them to sign in first, or add them by userID",
+                    ));
+                }
+                EmailMatch::Several => {
+                    return Err(Problem::conflict(
+                        "several accounts have that email; add the person by userID",
+                    ));
+                }
+            }
         }
         _ => return Err(Problem::bad_request("give exactly one of userID and email")),
     };
@@ -60,6 +75,24 @@ pub async fn add_member(
         state.organizations.execute(org.as_str(), command, &context(&user, &request)).await?;
     Ok(HttpResponse::Created()
         .json(Accepted { id: member.to_string(), consistency_token: token.encode() }))
+}
+
+/// Fail as the command would (404 for strangers and other organizations' keys, 403 for members
+/// without the role) unless `user` may manage `org`'s members.
+async fn may_manage_members(
+    state: &AppState,
+    org: &OrganizationId,
+    user: &AuthUser,
+) -> Result<(), Problem> {
+    if !user.reaches(org) {
+        return Err(Problem::not_found());
+    }
+    let role = state.directory.role_in(org, &user.user_id).await.map_err(CommandError::from)?;
+    match decide(role, Action::ManageMembers) {
+        Decision::Allowed => Ok(()),
+        Decision::Forbidden => Err(Problem::forbidden("your role does not allow ManageMembers")),
+        Decision::NotFound => Err(Problem::not_found()),
+    }
 }
 
 /// Run an organization command and answer 200 with the consistency token.

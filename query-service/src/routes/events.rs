@@ -10,6 +10,10 @@
 //!   session over REST before continuing live; it is never silently given a gap.
 //! - A client too slow for the per-session buffer gets `server.lagged` and is disconnected; it
 //!   resumes with its last id.
+//! - A reader who loses the right to read (membership removed, API key revoked, signed out,
+//!   account erased, credential expired) gets `server.access_ended` with the reason, and the
+//!   stream ends: an `oc_access` notification makes every instance re-check its open streams of
+//!   that user at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use actix_web::{HttpRequest, web};
 use actix_web_lab::sse;
 use async_nats::jetstream::consumer;
 use futures::StreamExt;
-use platform::auth::AuthUser;
+use platform::auth::{AuthUser, Authenticator};
 use platform::problem::Problem;
 use schemas::ids::{OrganizationId, SessionId};
 use schemas::subjects;
@@ -26,6 +30,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::access;
 use crate::hub::Frame;
+use crate::notifications::Interest;
 use crate::startup::AppState;
 use schemas::policy::Action;
 
@@ -38,6 +43,7 @@ pub async fn stream(
     user: AuthUser,
     req: HttpRequest,
     state: web::Data<AppState>,
+    auth: web::Data<Authenticator>,
     id: web::Path<SessionId>,
 ) -> Result<impl actix_web::Responder, Problem> {
     let last_event_id = last_event_id(&req)?;
@@ -52,9 +58,16 @@ pub async fn stream(
     let keep_alive = Duration::from_secs(state.cfg.sse_keep_alive_secs);
     let state = state.into_inner();
     let session = id.into_inner();
+    // Interest in access changes from the moment access was checked, so none is missed.
+    let watch = AccessWatch {
+        changes: state.notifications.access.interest(user.user_id.as_str()),
+        auth: auth.into_inner(),
+        user,
+    };
     tokio::spawn(async move {
         metrics::gauge!("sse_clients").increment(1.0);
-        let outcome = serve(&state, &org, &session, last_event_id, position, live, &tx).await;
+        let outcome =
+            serve(&state, &org, &session, last_event_id, position, live, watch, &tx).await;
         if let Err(e) = outcome {
             tracing::debug!(error = %e, %session, "sse stream ended");
         }
@@ -89,7 +102,36 @@ fn control(event: &str, id: u64, data: serde_json::Value) -> sse::Event {
     sse::Data::new(data.to_string()).event(event.to_owned()).id(id.to_string()).into()
 }
 
-/// Feed one client until it goes away, lags, or the service shuts down.
+/// What a stream needs to notice that its reader lost the right to read it.
+struct AccessWatch {
+    changes: Interest,
+    auth: Arc<Authenticator>,
+    user: AuthUser,
+}
+
+impl AccessWatch {
+    /// Why the reader may no longer read `session`, if so. A failed check (the database away)
+    /// keeps the stream: a later change or reconnect checks again.
+    async fn lost(&self, state: &AppState, session: &SessionId) -> Option<&'static str> {
+        match self.auth.still_valid(&self.user).await {
+            Ok(false) => return Some("credential"),
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-check a stream's credential");
+                return None;
+            }
+        }
+        let db = state.bind(&self.user).await.ok()?;
+        match access::session(&db, session, &self.user, Action::Read).await {
+            Ok(_) => None,
+            Err(p) if p.status == 404 || p.status == 403 => Some("access"),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Feed one client until it goes away, lags, loses the right to read, or the service stops.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn serve(
     state: &AppState,
     org: &OrganizationId,
@@ -97,8 +139,12 @@ async fn serve(
     resume_after: Option<u64>,
     position: u64,
     mut live: broadcast::Receiver<Arc<Frame>>,
+    mut watch: AccessWatch,
     tx: &mpsc::Sender<sse::Event>,
 ) -> anyhow::Result<()> {
+    let expires_in = watch.user.credential.expires_at_ms() - schemas::now_ms();
+    let expiry = tokio::time::sleep(Duration::from_millis(expires_in.max(0) as u64));
+    tokio::pin!(expiry);
     let mut sent = position;
     if let Some(after) = resume_after {
         sent = replay(state, org, session, after, position, tx).await?;
@@ -110,6 +156,13 @@ async fn serve(
         let frame = tokio::select! {
             _ = state.shutdown.cancelled() => return Ok(()),
             _ = tx.closed() => return Ok(()),
+            _ = &mut expiry => return end(tx, sent, "expired").await,
+            _ = watch.changes.changed() => {
+                match watch.lost(state, session).await {
+                    Some(reason) => return end(tx, sent, reason).await,
+                    None => continue,
+                }
+            }
             f = live.recv() => f,
         };
         match frame {
@@ -128,6 +181,17 @@ async fn serve(
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
+}
+
+/// Tell the client why its stream ends for good (reconnecting with the same credential will not
+/// help): `credential` (revoked, signed out, account erased), `access` (no longer a member who
+/// may read the session), `expired`.
+async fn end(tx: &mpsc::Sender<sse::Event>, sent: u64, reason: &str) -> anyhow::Result<()> {
+    let body =
+        serde_json::json!({ "type": "server.access_ended", "properties": { "reason": reason } });
+    let _ = tx.send(control("server.access_ended", sent, body)).await;
+    metrics::counter!("sse_access_ended_total", "reason" => reason.to_owned()).increment(1);
+    Ok(())
 }
 
 /// Send what the client missed after `after`, up to at least `until`. Returns the last id sent.

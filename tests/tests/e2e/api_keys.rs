@@ -27,7 +27,8 @@ async fn an_api_key_works_like_a_token_in_its_organization_only_until_revoked() 
 
     // Only a hash is stored; the secret appears nowhere in the database.
     let db = system.db().await;
-    let secret = key.rsplit('_').next().unwrap();
+    // The secret is everything after `ock_<key id>_` (it may itself contain `_`).
+    let secret = key.strip_prefix(&format!("ock_{key_id}_")).expect("ock_<id>_<secret>");
     let stored: i64 = db
         .query_one(
             "SELECT count(*) FROM api_keys k, events e WHERE k.key_id = $1 \

@@ -5,6 +5,7 @@ mod api_keys;
 mod authorization;
 mod bad_input;
 mod browser;
+mod consistency_waits;
 mod durability;
 mod isolation;
 mod outages;
@@ -13,6 +14,7 @@ mod pipeline;
 mod poison_events;
 mod provider_faults;
 mod resume;
+mod stream_access;
 mod tokens;
 mod workspaces;
 

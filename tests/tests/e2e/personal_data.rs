@@ -89,3 +89,56 @@ async fn members_are_added_by_email_and_an_erased_account_leaves_no_personal_dat
         .get(0);
     assert_eq!(profile, 0);
 }
+
+#[tokio::test]
+async fn adding_by_email_reveals_nothing_to_strangers_and_matches_only_one_verified_owner() {
+    let system = System::start_with(SystemOptions { worker: false, ..Default::default() }).await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Acme").await;
+    let path = format!("/org/{}/member", org.id);
+    let add = |email: &str| json!({ "email": email, "role": "member" });
+    // Everyone below has signed in once, so their emails are known.
+    let mut ids = std::collections::HashMap::new();
+    for who in ["bob", "carol", "dave", "mallory"] {
+        let token = system.token(who).await;
+        let me = system.get(&token, "/me", None).await;
+        ids.insert(who, me.body["userID"].as_str().unwrap().to_owned());
+    }
+
+    // A stranger gets the same 404 for a known and an unknown email, and learns nothing.
+    let mallory = system.token("mallory").await;
+    let known = system.post(&mallory, &path, add("bob@example.test")).await;
+    let unknown = system.post(&mallory, &path, add("nobody@example.test")).await;
+    assert!(known.is_problem(404), "{known:?}");
+    assert_eq!((known.status, &known.body), (unknown.status, &unknown.body));
+
+    // A member who may not add members is refused before any lookup, whatever the email.
+    let bob = system.token("bob").await;
+    let a = system.post(&alice, &path, json!({ "userID": ids["bob"], "role": "member" })).await;
+    let token = a.body["consistencyToken"].as_str().unwrap().to_owned();
+    assert_eq!(system.get(&alice, &path, Some(&token)).await.status, 200);
+    let known = system.post(&bob, &path, add("carol@example.test")).await;
+    let unknown = system.post(&bob, &path, add("nobody@example.test")).await;
+    assert!(known.is_problem(403), "{known:?}");
+    assert_eq!((known.status, &known.body), (unknown.status, &unknown.body));
+
+    // Only verified emails match, and an email two accounts claim matches neither.
+    let db = system.db().await;
+    db.execute(
+        "UPDATE user_profiles SET email_verified = false WHERE user_id = $1",
+        &[&ids["carol"]],
+    )
+    .await
+    .unwrap();
+    let unverified = system.post(&alice, &path, add("carol@example.test")).await;
+    assert!(unverified.is_problem(422), "{unverified:?}");
+    db.execute(
+        "UPDATE user_profiles SET email = 'dave@example.test' WHERE user_id = $1",
+        &[&ids["mallory"]],
+    )
+    .await
+    .unwrap();
+    let ambiguous = system.post(&alice, &path, add("dave@example.test")).await;
+    assert!(ambiguous.is_problem(409), "{ambiguous:?}");
+    assert!(ambiguous.body["detail"].as_str().unwrap().contains("userID"));
+}
