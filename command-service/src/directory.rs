@@ -47,6 +47,44 @@ pub struct Services {
     pub directory: Arc<dyn Directory>,
 }
 
+impl Services {
+    /// The services of a caller limited to one organization (an API key): every other
+    /// organization, and its workspaces, look missing.
+    pub fn scoped_to(&self, organization: &OrganizationId) -> Services {
+        let directory =
+            ScopedDirectory { inner: self.directory.clone(), organization: organization.clone() };
+        Services { directory: Arc::new(directory) }
+    }
+}
+
+/// A directory that sees one organization only.
+struct ScopedDirectory {
+    inner: Arc<dyn Directory>,
+    organization: OrganizationId,
+}
+
+#[async_trait]
+impl Directory for ScopedDirectory {
+    async fn role_in(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+    ) -> Result<Option<Role>, DomainError> {
+        if org != &self.organization {
+            return Ok(None);
+        }
+        self.inner.role_in(org, user).await
+    }
+
+    async fn workspace(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<WorkspaceView>, DomainError> {
+        let view = self.inner.workspace(workspace).await?;
+        Ok(view.filter(|v| v.organization_id == self.organization))
+    }
+}
+
 /// Answers from the event store.
 pub struct EventStoreDirectory {
     orgs: PersistedEventStore<PostgresEventRepository, Organization>,

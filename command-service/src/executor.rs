@@ -95,11 +95,20 @@ where
     ) -> Result<ConsistencyToken, AggregateError<DomainError>> {
         let mut context = self.cache.load(&self.store, id).await?;
         let aggregate = context.aggregate();
+        // An API key reaches one organization. Outside it every aggregate is "not found", before
+        // any other check could answer differently (403, 409, 400), and the aggregate's lookups
+        // see no memberships elsewhere (so creating something elsewhere is "not found" too).
+        let services = match &ctx.organization_scope {
+            None => self.services.clone(),
+            Some(allowed) => {
+                if aggregate.scope().organization.is_some_and(|org| &org != allowed) {
+                    return Err(AggregateError::UserError(DomainError::NotFound));
+                }
+                self.services.scoped_to(allowed)
+            }
+        };
         let sink = EventSink::default();
-        aggregate
-            .handle(command, &self.services, &sink)
-            .await
-            .map_err(AggregateError::UserError)?;
+        aggregate.handle(command, &services, &sink).await.map_err(AggregateError::UserError)?;
         let scope = aggregate.scope();
         if ctx
             .organization_scope

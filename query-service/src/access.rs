@@ -25,6 +25,17 @@ fn check(
     action: Action,
     user: &AuthUser,
 ) -> Result<Granted, Problem> {
+    // An API key reaches only its own organization; the rest is as if it did not exist, before
+    // the policy could say "forbidden".
+    let org_of = |row: &tokio_postgres::Row| -> Result<OrganizationId, Problem> {
+        let org: String = row.get("organization_id");
+        org.parse().map_err(|e| Problem::internal(&e))
+    };
+    if let Some(r) = &row
+        && !user.reaches(&org_of(r)?)
+    {
+        return Err(Problem::not_found());
+    }
     match decide(role_of(row.as_ref()), action) {
         Decision::Allowed => {}
         Decision::Forbidden => {
@@ -33,13 +44,7 @@ fn check(
         Decision::NotFound => return Err(Problem::not_found()),
     }
     let row = row.ok_or_else(Problem::not_found)?;
-    let org: String = row.get("organization_id");
-    let organization_id: OrganizationId = org.parse().map_err(|e| Problem::internal(&e))?;
-    // An API key reaches only its own organization; the rest is as if it did not exist.
-    if !user.reaches(&organization_id) {
-        return Err(Problem::not_found());
-    }
-    Ok(Granted { organization_id, row })
+    Ok(Granted { organization_id: org_of(&row)?, row })
 }
 
 /// Find `id` in `table` (keyed by `key`) together with the caller's role in its organization,

@@ -136,10 +136,11 @@ impl Aggregate for Workspace {
                 }]
             }
             WorkspaceCommand::Archive { actor } => {
+                // Authorize before any state check: to a stranger it does not exist.
+                let (workspace_id, organization_id) = self.manage(services, &actor).await?;
                 if self.archived {
                     return Err(DomainError::AlreadyDone);
                 }
-                let (workspace_id, organization_id) = self.manage(services, &actor).await?;
                 vec![WorkspaceEvent::Archived { workspace_id, organization_id, time }]
             }
             WorkspaceCommand::SetMember { user, role, actor } => {

@@ -192,3 +192,73 @@ async fn row_level_security_holds_when_a_query_forgets_the_organization() {
     let write = db.execute("DELETE FROM rm_sessions", &[]).await;
     assert!(write.is_err(), "oc_reader cannot modify read models");
 }
+
+#[tokio::test]
+async fn no_state_check_or_key_scope_answers_before_not_found() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let bob = system.token("bob").await;
+    let (alice_org, alice_ws, _) = system.session_for("alice").await;
+    let archived =
+        system.post(&alice, &format!("/workspace/{}/archive", alice_ws.id), json!({})).await;
+    assert_eq!(archived.status, 200, "{archived:?}");
+    let token = archived.body["consistencyToken"].as_str().unwrap().to_owned();
+    assert_eq!(
+        system.get(&alice, &format!("/workspace/{}", alice_ws.id), Some(&token)).await.status,
+        200
+    );
+
+    // A stranger: an archived workspace is as missing as any other.
+    let again = system.post(&bob, &format!("/workspace/{}/archive", alice_ws.id), json!({})).await;
+    assert!(again.is_problem(404), "{again:?}");
+
+    // Bob's API key for his own organization, used in alice's, where bob is a mere viewer:
+    // whatever the request, alice's organization does not exist for the key.
+    let bob_id = system.get(&bob, "/me", None).await.body["userID"].as_str().unwrap().to_owned();
+    let added = system
+        .post(
+            &alice,
+            &format!("/org/{}/member", alice_org.id),
+            json!({ "userID": bob_id, "role": "viewer" }),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{added:?}");
+    let bob_org = system.create_org(&bob, "Bob's").await;
+    let key =
+        system.post(&bob, &format!("/org/{}/api-key", bob_org.id), json!({ "name": "ci" })).await;
+    let key = key.body["key"].as_str().unwrap().to_owned();
+    let members = system
+        .get(
+            &alice,
+            &format!("/org/{}/member", alice_org.id),
+            added.body["consistencyToken"].as_str(),
+        )
+        .await;
+    assert_eq!(members.status, 200);
+    let attempts = [
+        (format!("/org/{}/workspace", alice_org.id), json!({ "name": "x" })), // viewer: 403
+        (format!("/org/{}/workspace", alice_org.id), json!({ "name": "" })),  // invalid: 400
+        (format!("/workspace/{}/archive", alice_ws.id), json!({})),           // archived: 409
+        (format!("/workspace/{}/session", alice_ws.id), json!({})),           // archived: 409
+        (format!("/org/{}", alice_org.id), json!({ "name": "renamed" })),     // viewer: 403
+    ];
+    for (path, body) in attempts {
+        let a = if path.ends_with(&alice_org.id) {
+            let res = system
+                .http
+                .patch(format!("{}{path}", system.command_url()))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16()
+        } else {
+            system.post(&key, &path, body).await.status
+        };
+        assert_eq!(a, 404, "{path}");
+    }
+    for path in [format!("/org/{}/member", alice_org.id), format!("/org/{}/audit", alice_org.id)] {
+        assert!(system.get(&key, &path, None).await.is_problem(404), "{path}");
+    }
+}
