@@ -2,6 +2,10 @@
 //! offers it: `POST /auth/device` starts it (show the user the code and URL), then
 //! `POST /auth/device/token` is polled until the user approved in a browser, and answers with
 //! an access token the API accepts as a bearer token. 501 if the issuer has no device endpoint.
+//! The endpoints come from the discovery document `Login` caches; a device code polled faster
+//! than the interval is answered `slow_down` here, without asking the provider.
+
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 use platform::problem::Problem;
@@ -22,10 +26,9 @@ async fn send(req: openidconnect::reqwest::RequestBuilder) -> Result<Value, Prob
     serde_json::from_slice(&bytes).map_err(|e| unavailable(&e))
 }
 
-/// The issuer's device and token endpoints, from its discovery document.
+/// The issuer's device and token endpoints, from its (cached) discovery document.
 async fn endpoints(login: &Login) -> Result<(String, String), Problem> {
-    let url = format!("{}/.well-known/openid-configuration", login.issuer.trim_end_matches('/'));
-    let doc = send(login.http.get(url)).await?;
+    let doc = login.discovery().await?;
     let device = doc["device_authorization_endpoint"].as_str().ok_or_else(|| {
         Problem::not_implemented("the identity provider does not offer device sign-in")
     })?;
@@ -36,7 +39,10 @@ async fn endpoints(login: &Login) -> Result<(String, String), Problem> {
 }
 
 /// Start: the user opens `verificationURIComplete` (or enters `userCode`) in any browser.
-pub async fn start(login: web::Data<Login>) -> Result<HttpResponse, Problem> {
+pub async fn start(
+    login: web::Data<Login>,
+    polls: web::Data<Polls>,
+) -> Result<HttpResponse, Problem> {
     let (device, _) = endpoints(&login).await?;
     let form = [
         ("client_id", login.cfg.oidc_device_client_id.as_str()),
@@ -57,7 +63,7 @@ pub async fn start(login: web::Data<Login>) -> Result<HttpResponse, Problem> {
         "verificationURI": answer["verification_uri"],
         "verificationURIComplete": answer["verification_uri_complete"],
         "expiresIn": answer["expires_in"],
-        "interval": answer["interval"].as_u64().unwrap_or(5),
+        "interval": answer["interval"].as_u64().unwrap_or(5).max(polls.interval.as_secs()),
     })))
 }
 
@@ -68,11 +74,43 @@ pub struct Poll {
     device_code: String,
 }
 
+/// When each device code was last polled, to hold clients to the interval (RFC 8628 §3.5):
+/// a client polling faster is told `slow_down` without the provider being asked.
+pub struct Polls {
+    last: moka::future::Cache<String, Instant>,
+    /// The least time between two polls of one device code that reach the provider.
+    interval: Duration,
+}
+
+impl Polls {
+    pub fn new(interval: Duration) -> Self {
+        // Device codes live minutes; a bounded cache forgets abandoned ones.
+        let last = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(Duration::from_secs(900))
+            .build();
+        Self { last, interval }
+    }
+}
+
 /// Poll: 202 while the user has not approved yet, 200 with a token once they have.
 pub async fn token(
     login: web::Data<Login>,
+    polls: web::Data<Polls>,
     body: web::Json<Poll>,
 ) -> Result<HttpResponse, Problem> {
+    let now = Instant::now();
+    let too_soon = polls
+        .last
+        .get(&body.device_code)
+        .await
+        .is_some_and(|previous| now.duration_since(previous) < polls.interval);
+    if too_soon {
+        return Ok(HttpResponse::Accepted()
+            .insert_header(("Retry-After", polls.interval.as_secs().max(1).to_string()))
+            .json(json!({ "status": "slow_down" })));
+    }
+    polls.last.insert(body.device_code.clone(), now).await;
     let (_, token) = endpoints(&login).await?;
     let form = [
         ("grant_type", DEVICE_GRANT),

@@ -2,10 +2,14 @@
 //! bound to the browser by a short-lived cookie, `nonce` checked in the ID token, then a
 //! server-side login session (`platform::login`). Routes: `GET /auth/login`,
 //! `GET /auth/callback`, `POST /auth/logout`.
+//!
+//! A sign-in in progress (PKCE verifier, nonce, where to return) lives in that cookie, sealed
+//! with AES-GCM under a key derived from the client secret (so every instance can open it):
+//! an unauthenticated `GET /auth/login` writes nothing anywhere.
 
 use std::time::Duration;
 
-use actix_web::cookie::{Cookie, SameSite};
+use actix_web::cookie::{Cookie, CookieJar, Key, SameSite};
 use actix_web::{HttpRequest, HttpResponse, web};
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
@@ -18,6 +22,7 @@ use platform::problem::Problem;
 use platform::users::Profile;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
 
 use crate::startup::AppState;
 
@@ -38,6 +43,9 @@ pub struct LoginConfig {
     pub oidc_redirect_url: String,
     /// `OC_OIDC_DEVICE_CLIENT_ID`: the public client command-line sign-in uses.
     pub oidc_device_client_id: String,
+    /// `OC_OIDC_DEVICE_POLL_SECS`: the least time between two polls of one device code that
+    /// reach the provider; faster polls are answered `slow_down` here.
+    pub oidc_device_poll_secs: u64,
 }
 
 impl Default for LoginConfig {
@@ -47,9 +55,13 @@ impl Default for LoginConfig {
             oidc_client_secret: SecretString::from("oc-web-secret"),
             oidc_redirect_url: "http://127.0.0.1:8082/auth/callback".into(),
             oidc_device_client_id: "oc-cli".into(),
+            oidc_device_poll_secs: 5,
         }
     }
 }
+
+/// Longest `returnTo` accepted.
+const MAX_RETURN_TO: usize = 512;
 
 /// What sign-in needs: settings, an HTTP client that never follows redirects (SSRF), and the
 /// provider's metadata, discovered on first use.
@@ -60,6 +72,25 @@ pub struct Login {
     /// Discovery document with the provider's keys; re-fetched when it ages out or when an ID
     /// token does not verify (the provider rotated its keys).
     metadata: moka::future::Cache<(), std::sync::Arc<CoreProviderMetadata>>,
+    /// The raw discovery document, for endpoints the typed metadata does not name (device
+    /// sign-in); fetched once per `DISCOVERY_TTL`, shared by every caller.
+    document: moka::future::Cache<(), std::sync::Arc<serde_json::Value>>,
+    /// Seals sign-ins in progress into their cookie.
+    attempt_key: Key,
+}
+
+/// How long a discovery document is trusted before it is fetched again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(300);
+
+/// A sign-in in progress, sealed in the `oc_login` cookie.
+#[derive(Serialize, Deserialize)]
+struct Attempt {
+    state: String,
+    verifier: String,
+    nonce: String,
+    return_to: String,
+    /// Milliseconds since the Unix epoch; the cookie's own expiry is the browser's to keep.
+    expires_at: i64,
 }
 
 impl Login {
@@ -68,9 +99,48 @@ impl Login {
             .redirect(openidconnect::reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()?;
-        let metadata =
-            moka::future::Cache::builder().time_to_live(Duration::from_secs(300)).build();
-        Ok(Self { cfg, issuer, http, metadata })
+        let metadata = moka::future::Cache::builder().time_to_live(DISCOVERY_TTL).build();
+        let document = moka::future::Cache::builder().time_to_live(DISCOVERY_TTL).build();
+        // 64 bytes of key material from the client secret, which every instance shares.
+        let material = Sha512::new()
+            .chain_update(b"oc sign-in attempt cookie\0")
+            .chain_update(cfg.oidc_client_secret.expose_secret().as_bytes())
+            .finalize();
+        let attempt_key = Key::from(&material[..]);
+        Ok(Self { cfg, issuer, http, metadata, document, attempt_key })
+    }
+
+    /// The issuer's discovery document (cached).
+    pub(crate) async fn discovery(&self) -> Result<std::sync::Arc<serde_json::Value>, Problem> {
+        self.document
+            .try_get_with((), async {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.issuer.trim_end_matches('/')
+                );
+                let res = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+                let bytes = res.bytes().await.map_err(|e| e.to_string())?;
+                serde_json::from_slice(&bytes).map(std::sync::Arc::new).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e: std::sync::Arc<String>| {
+                tracing::warn!(error = %e, "OpenID discovery failed");
+                Problem::unavailable("the identity provider is unavailable")
+            })
+    }
+
+    fn seal(&self, attempt: &Attempt) -> Result<Cookie<'static>, Problem> {
+        let value = serde_json::to_string(attempt).map_err(|e| Problem::internal(&e))?;
+        let mut jar = CookieJar::new();
+        jar.private_mut(&self.attempt_key).add(cookie(ATTEMPT_COOKIE, value, true, ATTEMPT_TTL));
+        jar.get(ATTEMPT_COOKIE).cloned().ok_or_else(|| Problem::internal(&"cookie not sealed"))
+    }
+
+    fn open(&self, sealed: Cookie<'static>) -> Option<Attempt> {
+        let mut jar = CookieJar::new();
+        jar.add_original(sealed);
+        let opened = jar.private(&self.attempt_key).get(ATTEMPT_COOKIE)?;
+        serde_json::from_str(opened.value()).ok()
     }
 
     async fn client(
@@ -136,15 +206,12 @@ pub struct LoginQuery {
 
 /// Start signing in: remember the attempt, send the browser to the provider.
 pub async fn start(
-    state: web::Data<AppState>,
     login: web::Data<Login>,
     query: web::Query<LoginQuery>,
 ) -> Result<HttpResponse, Problem> {
     // Only paths on this site: an open redirect would hand the session to anyone's page.
-    let return_to = query.return_to.clone().unwrap_or_else(|| "/".into());
-    if !return_to.starts_with('/') || return_to.starts_with("//") || return_to.contains('\\') {
-        return Err(Problem::bad_request("returnTo must be a path on this site"));
-    }
+    let return_to = safe_return_to(query.return_to.as_deref().unwrap_or("/"))
+        .ok_or_else(|| Problem::bad_request("returnTo must be a path on this site"))?;
     let client = login.client().await?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, csrf, nonce) = client
@@ -157,17 +224,46 @@ pub async fn start(
         .add_scope(Scope::new("profile".into()))
         .set_pkce_challenge(challenge)
         .url();
-    let db = state.identity.get().await?;
-    db.execute(
-        "INSERT INTO login_attempts (state, pkce_verifier, nonce, return_to, expires_at) \
-         VALUES ($1, $2, $3, $4, now() + interval '10 minutes')",
-        &[csrf.secret(), verifier.secret(), nonce.secret(), &return_to],
-    )
-    .await?;
+    let attempt = Attempt {
+        state: csrf.secret().clone(),
+        verifier: verifier.secret().clone(),
+        nonce: nonce.secret().clone(),
+        return_to,
+        expires_at: schemas::now_ms() + ATTEMPT_TTL.as_millis() as i64,
+    };
     Ok(HttpResponse::SeeOther()
         .insert_header(("Location", url.to_string()))
-        .cookie(cookie(ATTEMPT_COOKIE, csrf.secret().clone(), true, ATTEMPT_TTL))
+        .cookie(login.seal(&attempt)?)
         .finish())
+}
+
+/// `raw` as a path on this site, normalised, or None. It must be a relative reference with an
+/// absolute path: no scheme, no authority (`//host`), no backslash, no control characters (a
+/// browser drops a tab or newline and may then read `/\t/host` as `//host`), also once
+/// percent-decoded; and it must resolve to this site.
+pub fn safe_return_to(raw: &str) -> Option<String> {
+    let dangerous = |s: &str| {
+        s.chars().any(|c| c.is_control() || c == '\\' || c.is_whitespace())
+            || !s.starts_with('/')
+            || s.starts_with("//")
+    };
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    if raw.len() > MAX_RETURN_TO || dangerous(raw) || dangerous(&decoded) {
+        return None;
+    }
+    let base = url::Url::parse("https://this.site.invalid/").ok()?;
+    let resolved = base.join(raw).ok()?;
+    if resolved.origin() != base.origin() {
+        return None;
+    }
+    let mut normal = resolved.path().to_owned();
+    if let Some(q) = resolved.query() {
+        normal = format!("{normal}?{q}");
+    }
+    if let Some(f) = resolved.fragment() {
+        normal = format!("{normal}#{f}");
+    }
+    (!dangerous(&normal)).then_some(normal)
 }
 
 #[derive(Deserialize)]
@@ -192,26 +288,18 @@ pub async fn callback(
     let (Some(code), Some(attempt)) = (&query.code, &query.state) else {
         return Err(Problem::bad_request("code and state are required"));
     };
-    // The attempt must have started in this browser (login CSRF), and is single-use.
-    let bound = req.cookie(ATTEMPT_COOKIE).is_some_and(|c| c.value() == attempt);
-    if !bound {
-        return Err(Problem::bad_request(
-            "this sign-in was not started in this browser; start again",
-        ));
-    }
-    let db = state.identity.get().await?;
-    let row = db
-        .query_opt(
-            "DELETE FROM login_attempts WHERE state = $1 AND expires_at > now() \
-             RETURNING pkce_verifier, nonce, return_to",
-            &[attempt],
-        )
-        .await?
+    // The attempt must have started in this browser (login CSRF), unexpired, unaltered.
+    let attempt = req
+        .cookie(ATTEMPT_COOKIE)
+        .and_then(|c| login.open(c))
+        .filter(|a| &a.state == attempt && a.expires_at > schemas::now_ms())
         .ok_or_else(|| {
-            Problem::bad_request("this sign-in expired or was already used; start again")
+            Problem::bad_request(
+                "this sign-in was not started in this browser or expired; start again",
+            )
         })?;
-    let (verifier, nonce, return_to): (String, String, String) =
-        (row.get(0), row.get(1), row.get(2));
+    let Attempt { verifier, nonce, return_to, .. } = attempt;
+    let db = state.identity.get().await?;
 
     let client = login.client().await?;
     let tokens = client
@@ -272,4 +360,35 @@ pub async fn logout(
         .cookie(expired(SESSION_COOKIE))
         .cookie(expired(CSRF_COOKIE))
         .finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_return_to;
+
+    #[test]
+    fn only_paths_on_this_site_are_returned_to() {
+        assert_eq!(safe_return_to("/").as_deref(), Some("/"));
+        assert_eq!(safe_return_to("/a/b?c=d#e").as_deref(), Some("/a/b?c=d#e"));
+        assert_eq!(safe_return_to("/a/../b").as_deref(), Some("/b"));
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\tevil.example",
+            "/\t/evil.example",
+            "/%09/evil.example",
+            "/\n/evil.example",
+            "/%0a/evil.example",
+            "/\\evil.example",
+            "/%5cevil.example",
+            "/%2f/evil.example",
+            "%2f%2fevil.example",
+            "evil.example",
+            "javascript:alert(1)",
+            "/ /evil.example",
+        ] {
+            assert_eq!(safe_return_to(bad), None, "{bad:?}");
+        }
+        assert_eq!(safe_return_to(&format!("/{}", "a".repeat(600))), None);
+    }
 }

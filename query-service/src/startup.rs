@@ -111,6 +111,8 @@ impl Application {
         };
         // Identity lookups write (first sign-in); reads go through their own, restricted pool.
         let identity = db::pool(&common)?;
+        let poll_interval = std::time::Duration::from_secs(login.oidc_device_poll_secs);
+        let polls = web::Data::new(crate::device::Polls::new(poll_interval));
         let login = web::Data::new(crate::login::Login::new(login, auth.oidc_issuer.clone())?);
         let authenticator = web::Data::new(Authenticator::new(auth, identity.clone())?);
         let ready = http::readiness(pool.clone(), nats);
@@ -137,6 +139,7 @@ impl Application {
             c.app_data(state.clone())
                 .app_data(authenticator.clone())
                 .app_data(login.clone())
+                .app_data(polls.clone())
                 .configure(routes::configure);
         })?;
         tracing::info!(port, "query-service listening");

@@ -176,6 +176,7 @@ impl System {
             .env("OC_PROVIDER_BASE_URL", format!("{}/v1", self.provider_url))
             .env("OC_WORKER_ACK_WAIT_SECS", self.opts.worker_ack_wait_secs.to_string())
             .env("OC_SHUTDOWN_GRACE_SECS", "5")
+            .env("OC_OIDC_DEVICE_POLL_SECS", "1")
             .env("RUST_LOG", log);
         for (k, v) in &self.opts.service_env {
             cmd.env(k, v);

@@ -53,11 +53,45 @@ async fn a_browser_signs_in_acts_with_csrf_protection_and_signs_out_for_good() {
 async fn sign_in_refuses_foreign_redirects_and_callbacks_it_did_not_start() {
     let system = System::start().await;
     let mut browser = Browser::new();
-    for target in ["https://evil.example/", "//evil.example/"] {
+    let db = system.db().await;
+    let tables = "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM login_sessions)";
+    let rows_before: i64 = db.query_one(tables, &[]).await.unwrap().get(0);
+    // As they arrive in the query string: tabs, newlines and backslashes, raw or encoded, that a
+    // browser drops or turns into `//evil.example`.
+    for target in [
+        "https://evil.example/",
+        "//evil.example/",
+        "/%09/evil.example",
+        "/%0A/evil.example",
+        "/%5Cevil.example",
+        "/%5C%5Cevil.example",
+        "%2F%2Fevil.example",
+        "/%2509/evil.example",
+        "/%252F/evil.example",
+        "javascript:alert(1)",
+    ] {
         let res =
             browser.get(&format!("{}/auth/login?returnTo={target}", system.query_url())).await;
         assert_eq!(res.status(), 400, "{target}");
     }
+    // Starting sign-ins writes nothing (the attempt lives in a sealed cookie).
+    for _ in 0..20 {
+        let res = browser.get(&format!("{}/auth/login?returnTo=/ok", system.query_url())).await;
+        assert_eq!(res.status(), 303);
+    }
+    let rows_after: i64 = db.query_one(tables, &[]).await.unwrap().get(0);
+    assert_eq!(rows_before, rows_after);
+    // A sealed attempt cannot be forged or altered.
+    let forged = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/auth/callback?code=x&state=y", system.query_url()))
+        .header("cookie", "oc_login=y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400);
     // A callback this browser did not start (login CSRF) is refused.
     let res = browser.get(&format!("{}/auth/callback?code=x&state=y", system.query_url())).await;
     assert_eq!(res.status(), 400);
@@ -86,7 +120,12 @@ async fn a_command_line_signs_in_with_the_device_flow() {
             .json(&json!({ "deviceCode": device_code }))
             .send()
     };
-    assert_eq!(poll().await.unwrap().status(), 202, "pending until the user approves");
+    let pending = poll().await.unwrap();
+    assert_eq!(pending.status(), 202, "pending until the user approves");
+    let early = poll().await.unwrap();
+    assert_eq!(early.status(), 202, "polling faster than the interval");
+    let early: serde_json::Value = early.json().await.unwrap();
+    assert_eq!(early["status"], "slow_down");
 
     // In a browser, the user enters the code, confirms it, signs in and consents.
     let mut browser = Browser::new();
@@ -100,14 +139,22 @@ async fn a_command_line_signs_in_with_the_device_flow() {
     let done = browser.drive(&system, confirmed, "alice").await;
     assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
 
-    let granted = poll().await.unwrap();
-    assert_eq!(granted.status(), 200);
-    let body: serde_json::Value = granted.json().await.unwrap();
+    let body: serde_json::Value = e2e_tests::eventually("the token", crate::WAIT, || async {
+        let granted = poll().await.unwrap();
+        (granted.status() == 200).then_some(())?;
+        granted.json().await.ok()
+    })
+    .await;
     let token = body["accessToken"].as_str().unwrap();
     let me = system.get(token, "/me", None).await;
     let alice = system.token("alice").await;
     assert_eq!(me.body["userID"], system.get(&alice, "/me", None).await.body["userID"]);
-    assert_eq!(poll().await.unwrap().status(), 400, "a device code is used once");
+    let reused = e2e_tests::eventually("the reuse refused", crate::WAIT, || async {
+        let res = poll().await.unwrap();
+        (res.status() != 202).then_some(res.status())
+    })
+    .await;
+    assert_eq!(reused, 400, "a device code is used once");
 }
 
 #[tokio::test]
