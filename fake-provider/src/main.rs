@@ -90,10 +90,16 @@ async fn completions(req: web::Json<ChatRequest>) -> HttpResponse {
     match d.fault.as_deref() {
         Some("http500") => {
             return HttpResponse::InternalServerError()
-                .json(json!({"error": {"message": "fake failure"}}));
+                .insert_header(("x-request-id", "req_fake500"))
+                .json(
+                    json!({"error": {"message": "fake failure at http://10.0.0.7:8000/internal"}}),
+                );
         }
         Some("http401") => {
-            return HttpResponse::Unauthorized().json(json!({"error": {"message": "bad key"}}));
+            // As OpenAI does: the body echoes part of the key it was given.
+            return HttpResponse::Unauthorized()
+                .insert_header(("x-request-id", "req_fake401"))
+                .json(json!({"error": {"message": "Incorrect API key provided: sk-fa***********key"}}));
         }
         Some("http429") => {
             return HttpResponse::TooManyRequests()

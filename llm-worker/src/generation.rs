@@ -13,7 +13,9 @@ use schemas::envelope::{Envelope, aggregate};
 use schemas::events::{EventName, SessionEvent, UserMessage};
 use schemas::ids::{MessageId, OrganizationId, PartId, SessionId, WorkspaceId};
 use schemas::live::LiveEvent;
-use schemas::message::{FinishReason, MessageError, MessageErrorName, ModelRef, TokenUsage};
+use schemas::message::{
+    ErrorKind, FinishReason, MessageError, MessageErrorName, ModelRef, TokenUsage,
+};
 use schemas::subjects;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -126,8 +128,11 @@ impl Worker {
         };
         let reply = failed(
             reply,
-            MessageErrorName::UnknownError,
-            format!("no worker finished the reply after {attempts} attempts"),
+            MessageError::new(
+                MessageErrorName::UnknownError,
+                ErrorKind::Internal,
+                format!("no worker finished the reply after {attempts} attempts"),
+            ),
         );
         self.report(&job, reply, None, shutdown).await
     }
@@ -153,20 +158,14 @@ impl Worker {
             time: schemas::now_ms(),
         };
         if let Err(e) = self.publish_live(job, &mut n, started).await {
-            return failed(reply, MessageErrorName::UnknownError, format!("cannot publish: {e}"));
+            return internal_failure(reply, "cannot publish the reply", &e);
         }
         let conversation =
             history::load(&self.pool, &job.session, job.sequence, &job.message.id, &job.assistant);
         let mut messages = match conversation.await {
             Ok(c) if c.abort_requested => return aborted(reply),
             Ok(c) => c.turns,
-            Err(e) => {
-                return failed(
-                    reply,
-                    MessageErrorName::UnknownError,
-                    format!("cannot read the conversation: {e}"),
-                );
-            }
+            Err(e) => return internal_failure(reply, "cannot read the conversation", &e),
         };
         let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
         messages.push(ChatMessage { role: "user", content: prompt.join("\n") });
@@ -204,7 +203,7 @@ impl Worker {
                 _ = flush => {
                     flush_at = None;
                     if let Err(e) = self.publish_delta(job, &mut n, &mut pending).await {
-                        return failed(reply, MessageErrorName::UnknownError, format!("cannot publish: {e}"));
+                        return internal_failure(reply, "cannot publish the reply", &e);
                     }
                 }
                 _ = progress.tick() => {
@@ -230,7 +229,7 @@ impl Worker {
                             metrics::histogram!("provider_first_token_seconds").record(requested.elapsed().as_secs_f64());
                             // The first text goes out at once: time to first token is what users feel.
                             if let Err(e) = self.publish_delta(job, &mut n, &mut pending).await {
-                                return failed(reply, MessageErrorName::UnknownError, format!("cannot publish: {e}"));
+                                return internal_failure(reply, "cannot publish the reply", &e);
                             }
                         } else if flush_at.is_none() {
                             flush_at = Some(tokio::time::Instant::now() + self.cfg.coalesce());
@@ -400,26 +399,30 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
     (0..=at.min(s.len())).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0)
 }
 
-fn failed(mut reply: Reply, name: MessageErrorName, message: String) -> Reply {
+fn failed(mut reply: Reply, error: MessageError) -> Reply {
     reply.finish = FinishReason::Error;
-    reply.error = Some(MessageError { name, message });
+    reply.error = Some(error);
     reply
+}
+
+/// A failure on our side: the detail goes to the log, the user gets the gist.
+fn internal_failure(reply: Reply, what: &str, detail: &dyn std::fmt::Display) -> Reply {
+    tracing::warn!(error = %detail, "{what}");
+    failed(reply, MessageError::new(MessageErrorName::UnknownError, ErrorKind::Internal, what))
 }
 
 fn aborted(mut reply: Reply) -> Reply {
     reply.finish = FinishReason::Aborted;
-    reply.error = Some(MessageError {
-        name: MessageErrorName::MessageAbortedError,
-        message: "aborted by the user".into(),
-    });
+    reply.error = Some(MessageError::new(
+        MessageErrorName::MessageAbortedError,
+        ErrorKind::Aborted,
+        "aborted by the user",
+    ));
     reply
 }
 
 fn provider_failed(reply: Reply, e: ProviderError) -> Reply {
-    let name = match e.status_code() {
-        Some(401 | 403) => MessageErrorName::ProviderAuthError,
-        _ => MessageErrorName::ApiError,
-    };
+    // The full error (with the provider's text) is for operators only.
     tracing::warn!(error = %e, "provider failed");
-    failed(reply, name, e.to_string())
+    failed(reply, e.classify())
 }

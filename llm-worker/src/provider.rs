@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use schemas::message::{CacheUsage, TokenUsage};
+use schemas::message::{CacheUsage, ErrorKind, MessageError, MessageErrorName, TokenUsage};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
@@ -30,12 +30,14 @@ pub enum ProviderEvent {
     Usage(TokenUsage),
 }
 
+/// A provider failure. `Display` is for the worker's log only (it may hold the provider's error
+/// text or an internal URL); what users see is `classify`.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("provider unreachable: {0}")]
     Connect(String),
-    #[error("provider answered HTTP {status}: {body}")]
-    Status { status: u16, body: String },
+    #[error("provider answered HTTP {status} (request {request_id:?}): {body}")]
+    Status { status: u16, request_id: Option<String>, body: String },
     #[error("no first token within {0:?}")]
     FirstTokenTimeout(Duration),
     #[error("stream idle for {0:?}")]
@@ -45,12 +47,67 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    pub fn status_code(&self) -> Option<u16> {
-        match self {
-            ProviderError::Status { status, .. } => Some(*status),
-            _ => None,
+    /// What users may see of this failure: a class, our wording, the HTTP status and the
+    /// provider's request id; never the provider's own text.
+    pub fn classify(&self) -> MessageError {
+        let (name, kind, message) = match self {
+            ProviderError::Status { status: status @ (401 | 403), .. } => (
+                MessageErrorName::ProviderAuthError,
+                ErrorKind::Auth,
+                format!("the provider refused the credentials (HTTP {status})"),
+            ),
+            ProviderError::Status { status: 429, .. } => (
+                MessageErrorName::ApiError,
+                ErrorKind::RateLimited,
+                "the provider is limiting requests (HTTP 429); try again later".into(),
+            ),
+            ProviderError::Status { status, .. } if *status >= 500 => (
+                MessageErrorName::ApiError,
+                ErrorKind::ProviderFailed,
+                format!("the provider failed (HTTP {status})"),
+            ),
+            ProviderError::Status { status, .. } => (
+                MessageErrorName::ApiError,
+                ErrorKind::Rejected,
+                format!("the provider rejected the request (HTTP {status})"),
+            ),
+            ProviderError::Connect(_) => (
+                MessageErrorName::ApiError,
+                ErrorKind::Unreachable,
+                "the provider could not be reached".into(),
+            ),
+            ProviderError::FirstTokenTimeout(d) => (
+                MessageErrorName::ApiError,
+                ErrorKind::Timeout,
+                format!("the provider sent no first token within {d:?}"),
+            ),
+            ProviderError::IdleTimeout(d) => (
+                MessageErrorName::ApiError,
+                ErrorKind::Timeout,
+                format!("the provider's stream was idle for {d:?}"),
+            ),
+            ProviderError::Stream(_) => (
+                MessageErrorName::ApiError,
+                ErrorKind::StreamBroken,
+                "the provider's stream broke off".into(),
+            ),
+        };
+        let mut error = MessageError::new(name, kind, message);
+        if let ProviderError::Status { status, request_id, .. } = self {
+            error.status_code = Some(*status);
+            error.request_id = request_id.clone();
         }
+        error
     }
+}
+
+/// The provider's id for a request: OpenAI's `x-request-id`, Anthropic's `request-id`.
+fn request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    ["x-request-id", "request-id"]
+        .iter()
+        .find_map(|h| headers.get(*h)?.to_str().ok())
+        .filter(|id| id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned)
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ProviderEvent, ProviderError>> + Send>>;
@@ -96,8 +153,9 @@ impl Provider {
             .map_err(|e| ProviderError::Connect(e.to_string()))?;
         if !res.status().is_success() {
             let status = res.status().as_u16();
+            let request_id = request_id(res.headers());
             let body = res.text().await.unwrap_or_default().chars().take(500).collect();
-            return Err(ProviderError::Status { status, body });
+            return Err(ProviderError::Status { status, request_id, body });
         }
         let sse = res.bytes_stream().eventsource();
         // Unfold rather than a task: dropping the stream (an abort) drops the HTTP response at

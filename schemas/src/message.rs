@@ -79,10 +79,57 @@ pub enum MessageErrorName {
     UnknownError,
 }
 
+/// What went wrong, classified: the detail (a provider's error body, an internal URL) stays in
+/// the worker's log and never reaches events, read models or users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The provider refused the credentials (HTTP 401/403).
+    Auth,
+    /// The provider is limiting requests (HTTP 429).
+    RateLimited,
+    /// The provider is overloaded or failed (HTTP 5xx, Anthropic's 529).
+    ProviderFailed,
+    /// The provider rejected the request (other HTTP 4xx).
+    Rejected,
+    /// The provider could not be reached.
+    Unreachable,
+    /// The provider did not start, or stopped, answering in time.
+    Timeout,
+    /// The provider's stream broke off or was unreadable.
+    StreamBroken,
+    /// The user aborted the reply.
+    Aborted,
+    /// Our side failed (publishing, reading the conversation, no worker finished it).
+    Internal,
+}
+
+/// OpenCode's message error, plus its classification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct MessageError {
     pub name: MessageErrorName,
+    /// Our wording of what happened, never the provider's text.
     pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+    /// The provider's HTTP status, if it answered with an error.
+    #[serde(rename = "statusCode", default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// The provider's id for the failed request (to quote to its support).
+    #[serde(rename = "requestID", default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl MessageError {
+    pub fn new(name: MessageErrorName, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            name,
+            message: message.into(),
+            kind: Some(kind),
+            status_code: None,
+            request_id: None,
+        }
+    }
 }
 
 /// How an assistant reply ended, as reported by the worker.

@@ -43,6 +43,38 @@ async fn provider_errors_cuts_and_silence_end_the_reply_as_an_error() {
         let text = message["error"]["message"].as_str().unwrap();
         assert!(text.contains(says), "{prompt}: {text}");
     }
+
+    // What the provider said stays in the worker's log: stored is a class, a status and the
+    // provider's request id.
+    let events = reply_to(&system, "[[fake fault=http401]]").await;
+    let error = &completed(&events)["error"];
+    assert_eq!(error["kind"], "auth");
+    assert_eq!(error["statusCode"], 401);
+    assert_eq!(error["requestID"], "req_fake401");
+    let db = system.db().await;
+    let leaks: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM events WHERE payload::text ~* 'api key|sk-fa|10\\.0\\.0\\.7|fake failure|127\\.0\\.0\\.1') \
+                  + (SELECT count(*) FROM rm_messages WHERE info::text ~* 'api key|sk-fa|10\\.0\\.0\\.7|fake failure|127\\.0\\.0\\.1')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaks, 0, "no provider text or internal address is stored");
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_reported_without_its_address() {
+    let system = System::start_with(SystemOptions {
+        worker_env: vec![("OC_PROVIDER_BASE_URL", "http://127.0.0.1:9/v1".into())],
+        ..Default::default()
+    })
+    .await;
+    let events = reply_to(&system, "hello").await;
+    let error = &completed(&events)["error"];
+    assert_eq!(error["kind"], "unreachable", "{error}");
+    assert!(!error.to_string().contains("127.0.0.1"), "{error}");
 }
 
 #[tokio::test]
