@@ -12,6 +12,8 @@
 //! - Several instances: a transaction-scoped advisory lock lets one relay work at a time; the
 //!   others find the lock taken and wait for the next wake-up, taking over if the holder dies.
 //! - Woken at commit: a trigger NOTIFYs `outbox`; a slow poll covers lost notifications.
+//! - An event the bus can never take (over its payload limit) is parked in `parked_events` and
+//!   skipped, instead of stalling the outbox for every tenant.
 
 use std::time::{Duration, Instant};
 
@@ -101,6 +103,8 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
     }
     let mut positions = Vec::with_capacity(rows.len());
     let mut acks = Vec::with_capacity(rows.len());
+    // Room for the body under the server's payload limit, after the headers (the msg id).
+    let room = js.client().server_info().max_payload.saturating_sub(1024);
     for row in &rows {
         let event = StoredEvent {
             aggregate_type: row.try_get("aggregate_type")?,
@@ -112,13 +116,27 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
             metadata: row.try_get("metadata")?,
             recorded_at_ms: row.try_get("recorded_at_ms")?,
         };
+        let position = row.try_get::<i64, _>("position")?;
         let (subject, envelope) = event.to_envelope()?;
         let body = serde_json::to_vec(&envelope)?;
+        if body.len() > room {
+            // JetStream would refuse it on every attempt, and everything behind it would wait:
+            // park it where operators see it, and go on. (The command side refuses events this
+            // large; this is the last line.) Readers fill the gap from the event store.
+            park(
+                &mut tx,
+                &envelope,
+                &format!("{} bytes, over the bus limit of {room}", body.len()),
+            )
+            .await?;
+            positions.push(position);
+            continue;
+        }
         let publish = jetstream::message::PublishMessage::build()
             .payload(body.into())
             .message_id(&envelope.id);
         acks.push(js.send_publish(subject, publish).await?);
-        positions.push(row.try_get::<i64, _>("position")?);
+        positions.push(position);
     }
     for ack in acks {
         if ack.await?.duplicate {
@@ -133,4 +151,27 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
     metrics::counter!("outbox_published_total").increment(positions.len() as u64);
     metrics::histogram!("outbox_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(positions.len())
+}
+
+/// Record an event the relay will never publish, in the batch's transaction.
+async fn park(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    envelope: &schemas::envelope::Envelope<serde_json::Value>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO parked_events (stage, event_id, aggregate_type, aggregate_id, sequence, reason, attempts) \
+         VALUES ('relay', $1, $2, $3, $4, $5, 1) ON CONFLICT DO NOTHING",
+    )
+    .bind(&envelope.id)
+    .bind(&envelope.aggregate_type)
+    .bind(&envelope.aggregate_id)
+    .bind(envelope.sequence.unwrap_or_default() as i64)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    metrics::counter!("events_parked_total", "stage" => "relay").increment(1);
+    tracing::error!(event = %envelope.id, organization = %envelope.organization_id, %reason,
+        "event parked: it cannot be published; the outbox goes on without it (see parked_events)");
+    Ok(())
 }

@@ -37,6 +37,9 @@ pub struct WorkerConfig {
     /// `OC_WORKER_ACK_WAIT_SECS`: how long a silent worker keeps a prompt before JetStream hands
     /// it to another worker (a live worker sends progress well within it).
     pub worker_ack_wait_secs: u64,
+    /// `OC_WORKER_CONTEXT_BYTES`: most text (history and prompt, as stored) sent with a prompt;
+    /// older turns are left out. About 4 bytes a token: the default suits 100k-token models.
+    pub worker_context_bytes: usize,
 }
 
 impl Default for WorkerConfig {
@@ -54,6 +57,7 @@ impl Default for WorkerConfig {
             worker_max_deliver: 5,
             worker_ack_wait_secs: 30,
             max_reply_bytes: 512 * 1024,
+            worker_context_bytes: 400_000,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use schemas::api::{CommandReply, CompleteMessage};
+use schemas::api::{CommandReply, CompleteMessage, MAX_EVENT_BYTES};
 use schemas::envelope::{Envelope, aggregate};
 use schemas::events::{EventName, SessionEvent, UserMessage};
 use schemas::ids::{MessageId, OrganizationId, PartId, SessionId, WorkspaceId};
@@ -160,15 +160,23 @@ impl Worker {
         if let Err(e) = self.publish_live(job, &mut n, started).await {
             return internal_failure(reply, "cannot publish the reply", &e);
         }
-        let conversation =
-            history::load(&self.pool, &job.session, job.sequence, &job.message.id, &job.assistant);
+        let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
+        let prompt = prompt.join("\n");
+        let budget = self.cfg.worker_context_bytes.saturating_sub(prompt.len());
+        let conversation = history::load(
+            &self.pool,
+            &job.session,
+            job.sequence,
+            &job.message.id,
+            &job.assistant,
+            budget,
+        );
         let mut messages = match conversation.await {
             Ok(c) if c.abort_requested => return aborted(reply),
             Ok(c) => c.turns,
             Err(e) => return internal_failure(reply, "cannot read the conversation", &e),
         };
-        let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
-        messages.push(ChatMessage { role: "user", content: prompt.join("\n") });
+        messages.push(ChatMessage { role: "user", content: prompt });
 
         tracing::debug!(turns = messages.len(), "calling the provider");
         let requested = Instant::now();
@@ -312,6 +320,10 @@ impl Worker {
         msg: Option<&jetstream::Message>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let mut reply = reply;
+        if fit_to_event(&mut reply.text) && reply.finish == FinishReason::Stop {
+            reply.finish = FinishReason::Length;
+        }
         let command = CompleteMessage {
             organization_id: job.org.clone(),
             workspace_id: job.workspace.clone(),
@@ -394,6 +406,25 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
     }))
 }
 
+/// Room in a stored event for the reply's text, as JSON (escaping can make text several times
+/// longer: a control character becomes six bytes); the rest of the event is small.
+const TEXT_ROOM: usize = MAX_EVENT_BYTES - 16 * 1024;
+
+/// Shorten `text` until its JSON form fits an event; true if it had to.
+fn fit_to_event(text: &mut String) -> bool {
+    let mut cut = false;
+    loop {
+        let size = serde_json::to_string(text.as_str()).map_or(usize::MAX, |j| j.len());
+        if size <= TEXT_ROOM {
+            return cut;
+        }
+        // Keep the share that fits at the current escaping ratio, and a little less.
+        let keep = (text.len() as u128 * TEXT_ROOM as u128 / size as u128) as usize;
+        text.truncate(floor_char_boundary(text, keep.saturating_sub(8)));
+        cut = true;
+    }
+}
+
 /// The largest index ≤ `at` that is a char boundary of `s`.
 fn floor_char_boundary(s: &str, at: usize) -> usize {
     (0..=at.min(s.len())).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0)
@@ -425,4 +456,20 @@ fn provider_failed(reply: Reply, e: ProviderError) -> Reply {
     // The full error (with the provider's text) is for operators only.
     tracing::warn!(error = %e, "provider failed");
     failed(reply, e.classify())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_is_cut_to_fit_an_event_as_json_not_as_text() {
+        let mut plain = "a".repeat(100);
+        assert!(!fit_to_event(&mut plain));
+        // 300 KiB of control characters is 1.8 MiB as JSON.
+        let mut escaped = "\u{1}".repeat(300 * 1024);
+        assert!(fit_to_event(&mut escaped));
+        assert!(serde_json::to_string(&escaped).unwrap().len() <= TEXT_ROOM);
+        assert!(escaped.len() > TEXT_ROOM / 7, "not cut more than needed");
+    }
 }

@@ -2,6 +2,9 @@
 //! previous reply completed, so waiting for the session's read model to reach the last event
 //! before the prompt's commit guarantees the history is complete (and usually it already has:
 //! the wait does not include projecting the prompt itself).
+//!
+//! Only the newest turns that fit `OC_WORKER_CONTEXT_BYTES` (with the prompt) are read and sent:
+//! a long session costs no more per prompt than a short one.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,7 @@ pub async fn load(
     prompt_sequence: u64,
     before: &MessageId,
     reply: &MessageId,
+    budget_bytes: usize,
 ) -> anyhow::Result<Conversation> {
     let needed = i64::try_from(prompt_sequence.saturating_sub(PROMPT_COMMIT_EVENTS))?;
     let started = Instant::now();
@@ -55,12 +59,18 @@ pub async fn load(
         delay = (delay * 2).min(Duration::from_millis(100));
     };
     metrics::histogram!("history_wait_seconds").record(started.elapsed().as_secs_f64());
+    // The newest turns whose text fits the budget, counted from the newest back, so the work
+    // per prompt is bounded whatever the session's length.
+    let budget = i64::try_from(budget_bytes).unwrap_or(i64::MAX);
     let rows = client
         .query(
-            "SELECT role, parts FROM rm_messages \
-             WHERE session_id = $1 AND message_id < $2 AND (role = 'user' OR info ? 'finish') \
-             ORDER BY message_id",
-            &[&session.as_str(), &before.as_str()],
+            "SELECT role, parts FROM ( \
+                 SELECT message_id, role, parts, \
+                        sum(octet_length(parts::text)) OVER (ORDER BY message_id DESC) AS newer \
+                 FROM rm_messages \
+                 WHERE session_id = $1 AND message_id < $2 AND (role = 'user' OR info ? 'finish') \
+             ) t WHERE newer <= $3 ORDER BY message_id",
+            &[&session.as_str(), &before.as_str(), &budget],
         )
         .await?;
     let abort_requested = client
@@ -71,7 +81,7 @@ pub async fn load(
         )
         .await?
         .is_some();
-    let turns = rows
+    let mut turns: Vec<ChatMessage> = rows
         .iter()
         .filter_map(|row| {
             let role: String = row.get(0);
@@ -88,5 +98,9 @@ pub async fn load(
             })
         })
         .collect();
+    // A conversation starts with the user: drop a reply whose prompt did not fit.
+    if turns.first().is_some_and(|t| t.role != "user") {
+        turns.remove(0);
+    }
     Ok(Conversation { turns, abort_requested })
 }

@@ -474,6 +474,92 @@ mod tests {
     }
 
     #[test]
+    fn a_session_takes_no_prompt_past_its_turn_limit() {
+        let w = world();
+        let mut history = vec![created(&w)];
+        for _ in 0..MAX_SESSION_TURNS {
+            let user = user_message(&w.alice);
+            let assistant = MessageId::new();
+            history.push(SessionEvent::Prompted {
+                session_id: w.session.clone(),
+                message: user.clone(),
+                assistant_message_id: assistant.clone(),
+            });
+            history.push(SessionEvent::MessageCompleted {
+                session_id: w.session.clone(),
+                message: AssistantCompletion {
+                    id: assistant,
+                    parent_id: user.id.clone(),
+                    parts: vec![],
+                    finish: FinishReason::Stop,
+                    error: None,
+                    tokens: TokenUsage::default(),
+                    model: user.model.clone(),
+                    attempt: 1,
+                    time: 0,
+                },
+            });
+        }
+        let result = TestFramework::<Session>::with(w.services.clone())
+            .given(history)
+            .when(SessionCommand::Prompt {
+                message: user_message(&w.alice),
+                assistant_message_id: MessageId::new(),
+            })
+            .inspect_result();
+        assert!(matches!(result, Err(DomainError::TooLarge(_))), "{result:?}");
+    }
+
+    #[test]
+    fn a_message_id_must_be_new_in_the_session_and_not_from_the_future() {
+        let w = world();
+        let first = user_message(&w.alice);
+        let assistant = MessageId::new();
+        let given = vec![
+            created(&w),
+            SessionEvent::Prompted {
+                session_id: w.session.clone(),
+                message: first.clone(),
+                assistant_message_id: assistant.clone(),
+            },
+            SessionEvent::MessageCompleted {
+                session_id: w.session.clone(),
+                message: AssistantCompletion {
+                    id: assistant.clone(),
+                    parent_id: first.id.clone(),
+                    parts: vec![],
+                    finish: FinishReason::Stop,
+                    error: None,
+                    tokens: TokenUsage::default(),
+                    model: first.model.clone(),
+                    attempt: 1,
+                    time: 0,
+                },
+            },
+        ];
+        let mut reused = user_message(&w.alice);
+        reused.id = first.id.clone();
+        let result = TestFramework::<Session>::with(w.services.clone())
+            .given(given.clone())
+            .when(SessionCommand::Prompt {
+                message: reused,
+                assistant_message_id: MessageId::new(),
+            })
+            .inspect_result();
+        assert!(matches!(result, Err(DomainError::WrongState(_))), "{result:?}");
+        let mut future = user_message(&w.alice);
+        future.id = "msg_7ZZZZZZZZZZZZZZZZZZZZZZZZZ".parse().unwrap();
+        let result = TestFramework::<Session>::with(w.services.clone())
+            .given(given)
+            .when(SessionCommand::Prompt {
+                message: future,
+                assistant_message_id: MessageId::new(),
+            })
+            .inspect_result();
+        assert!(matches!(result, Err(DomainError::Invalid(_))), "{result:?}");
+    }
+
+    #[test]
     fn abort_needs_a_running_reply() {
         let w = world();
         TestFramework::<Session>::with(w.services.clone())

@@ -8,6 +8,7 @@ mod browser;
 mod consistency_waits;
 mod durability;
 mod isolation;
+mod limits;
 mod outages;
 mod personal_data;
 mod pipeline;
