@@ -49,7 +49,8 @@ The system is up.
   reads (REST, SSE)    http://127.0.0.1:8082   e.g. GET /session/{id}/event
   OpenID provider      $OC_OIDC_ISSUER
   fake LLM provider    http://127.0.0.1:8090/v1
-  metrics              /metrics on 8081-8084; logs in $state/logs/
+  operations           /healthz /readyz /metrics on 9081 (command), 9082 (query),
+                       8083 (projector), 8084 (worker); logs in $state/logs/
 
 Get a token:  TOKEN=\$(make -s token USER=alice)
 Try it:       curl -s -X POST localhost:8081/org -H "authorization: Bearer \$TOKEN" \\

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct CommandConfig {
     /// `OC_COMMAND_ADDR`: where the REST API listens. Port 0 picks a free port.
     pub command_addr: String,
+    /// `OC_COMMAND_OPS_ADDR`: where /healthz, /readyz and /metrics listen, apart from the API. Loopback by
+    /// default: operations endpoints are not for the public.
+    pub command_ops_addr: String,
     /// `OC_RELAY_ENABLED`: run the outbox relay in this instance. Several instances may; one
     /// publishes at a time.
     pub relay_enabled: bool,
@@ -15,6 +18,10 @@ pub struct CommandConfig {
 
 impl Default for CommandConfig {
     fn default() -> Self {
-        Self { command_addr: "127.0.0.1:8081".into(), relay_enabled: true }
+        Self {
+            command_addr: "127.0.0.1:8081".into(),
+            command_ops_addr: "127.0.0.1:9081".into(),
+            relay_enabled: true,
+        }
     }
 }

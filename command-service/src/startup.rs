@@ -94,6 +94,7 @@ impl Application {
         let data = web::Data::from(state);
         let spec = http::ServerSpec {
             listener,
+            ops_listener: Some(TcpListener::bind(&cfg.command_ops_addr)?),
             metrics,
             ready,
             shutdown_grace_secs: common.shutdown_grace_secs,

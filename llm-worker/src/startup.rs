@@ -21,6 +21,7 @@ pub async fn run(
         platform::startup::foundation(&common, "llm-worker").await?;
     let ready = http::readiness(pool.clone(), nats.clone());
     let spec = http::ServerSpec {
+        ops_listener: None,
         listener: TcpListener::bind(&cfg.worker_addr)?,
         metrics,
         ready,

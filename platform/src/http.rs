@@ -70,7 +70,11 @@ pub fn ops_routes(cfg: &mut web::ServiceConfig, metrics: PrometheusHandle, ready
 async fn readyz(check: web::Data<ReadinessCheck>) -> Result<HttpResponse, Problem> {
     match (check.get_ref())().await {
         Ok(()) => Ok(HttpResponse::Ok().body("ready")),
-        Err(reason) => Err(Problem::unavailable(reason)),
+        Err(reason) => {
+            // The reason (a database error, say) is for the log, not for whoever probes.
+            tracing::warn!(%reason, "not ready");
+            Err(Problem::unavailable("a dependency is unavailable"))
+        }
     }
 }
 
@@ -154,6 +158,10 @@ where
 /// shutdown token stops it), and a bounded graceful shutdown.
 pub struct ServerSpec {
     pub listener: std::net::TcpListener,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, apart from the API (loopback by
+    /// default, so they are not public); `None` for services whose only listener is for
+    /// operations (the projector, the worker).
+    pub ops_listener: Option<std::net::TcpListener>,
     pub metrics: PrometheusHandle,
     pub ready: ReadinessCheck,
     pub shutdown_grace_secs: u64,
@@ -169,13 +177,41 @@ pub fn serve<F>(spec: ServerSpec, routes: F) -> std::io::Result<actix_web::dev::
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
-    let ServerSpec { listener, metrics, ready, shutdown_grace_secs, workers, shutdown } = spec;
+    let ServerSpec {
+        listener,
+        ops_listener,
+        metrics,
+        ready,
+        shutdown_grace_secs,
+        workers,
+        shutdown,
+    } = spec;
+    let ops_apart = ops_listener.is_some();
+    if let Some(ops) = ops_listener {
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        let ops_server = actix_web::HttpServer::new(move || {
+            let (metrics, ready) = (metrics.clone(), ready.clone());
+            actix_web::App::new()
+                .configure(move |c| ops_routes(c, metrics, ready))
+                .default_service(web::to(not_found))
+        })
+        .listen(ops)?
+        .disable_signals()
+        .workers(1)
+        .run();
+        stop_on(&shutdown, &ops_server);
+        tokio::spawn(ops_server);
+    }
     let mut server = actix_web::HttpServer::new(move || {
         let (metrics, ready) = (metrics.clone(), ready.clone());
         actix_web::App::new()
             .wrap_fn(record_request)
             .configure(extractor_config)
-            .configure(move |c| ops_routes(c, metrics, ready))
+            .configure(move |c| {
+                if !ops_apart {
+                    ops_routes(c, metrics, ready);
+                }
+            })
             .configure(routes.clone())
             .default_service(web::to(not_found))
     })
@@ -186,10 +222,15 @@ where
         server = server.workers(n);
     }
     let server = server.run();
-    let handle = server.handle();
+    stop_on(&shutdown, &server);
+    Ok(server)
+}
+
+/// Stop `server` gracefully when `shutdown` fires.
+fn stop_on(shutdown: &tokio_util::sync::CancellationToken, server: &actix_web::dev::Server) {
+    let (shutdown, handle) = (shutdown.clone(), server.handle());
     tokio::spawn(async move {
         shutdown.cancelled().await;
         handle.stop(true).await;
     });
-    Ok(server)
 }

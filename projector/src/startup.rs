@@ -32,6 +32,7 @@ pub async fn run(
         platform::startup::foundation(&common, "projector").await?;
     let ready = http::readiness(pool.clone(), nats);
     let spec = http::ServerSpec {
+        ops_listener: None,
         listener: TcpListener::bind(&cfg.projector_addr)?,
         metrics,
         ready,

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct QueryConfig {
     /// `OC_QUERY_ADDR`: where the REST and SSE API listens. Port 0 picks a free port.
     pub query_addr: String,
+    /// `OC_QUERY_OPS_ADDR`: where /healthz, /readyz and /metrics listen, apart from the API. Loopback by
+    /// default: operations endpoints are not for the public.
+    pub query_ops_addr: String,
     /// `OC_CONSISTENCY_WAIT_MS`: longest a read waits for its consistency token before 503.
     pub consistency_wait_ms: u64,
     /// `OC_SSE_KEEP_ALIVE_SECS`: heartbeat comment interval, below proxies' idle timeouts.
@@ -22,6 +25,7 @@ impl Default for QueryConfig {
     fn default() -> Self {
         Self {
             query_addr: "127.0.0.1:8082".into(),
+            query_ops_addr: "127.0.0.1:9082".into(),
             consistency_wait_ms: 5_000,
             sse_keep_alive_secs: 15,
             sse_session_buffer: 1024,

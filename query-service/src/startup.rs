@@ -117,6 +117,7 @@ impl Application {
         let authenticator = web::Data::new(Authenticator::new(auth, identity.clone())?);
         let ready = http::readiness(pool.clone(), nats);
         let listener = TcpListener::bind(&cfg.query_addr)?;
+        let ops_listener = TcpListener::bind(&cfg.query_ops_addr)?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             db: pool,
@@ -129,6 +130,7 @@ impl Application {
         });
         let spec = http::ServerSpec {
             listener,
+            ops_listener: Some(ops_listener),
             metrics,
             ready,
             shutdown_grace_secs: common.shutdown_grace_secs,

@@ -60,7 +60,7 @@ async fn where_time_went(system: &System) {
     println!("  nats-server: {:.1} s of CPU", cpu_seconds(system.nats.pid()));
     println!("  fake-provider: {:.1} s of CPU", cpu_seconds(system.fake_provider.pid()));
     for service in services.chain(&system.workers) {
-        let url = service.url.as_str();
+        let url = service.ops_url.as_str();
         println!("  {} {url}: {:.1} s of CPU", service.proc.name, cpu_seconds(service.proc.pid()));
         let text = system.http.get(format!("{url}/metrics")).send().await.unwrap().text().await;
         let mut sums = std::collections::BTreeMap::<String, (f64, f64)>::new();

@@ -39,10 +39,13 @@ impl Default for SystemOptions {
     }
 }
 
-/// A service process and its base URL.
+/// A service process, its base URL, and where its operations endpoints are.
 pub struct Service {
     pub proc: Proc,
     pub url: String,
+    /// `/healthz`, `/readyz`, `/metrics`: a listener of their own for the API services, the
+    /// only listener of the others.
+    pub ops_url: String,
 }
 
 pub struct System {
@@ -204,13 +207,26 @@ impl System {
         let mut cmd = Command::new(bin(name));
         self.env(&mut cmd);
         cmd.env(addr_var, format!("127.0.0.1:{port}"));
+        let url = format!("http://127.0.0.1:{port}");
+        let ops_var = match name {
+            "command-service" => Some("OC_COMMAND_OPS_ADDR"),
+            "query-service" => Some("OC_QUERY_OPS_ADDR"),
+            _ => None,
+        };
+        let ops_url = match ops_var {
+            Some(var) => {
+                let ops = free_port();
+                cmd.env(var, format!("127.0.0.1:{ops}"));
+                format!("http://127.0.0.1:{ops}")
+            }
+            None => url.clone(),
+        };
         for (k, v) in extra {
             cmd.env(k, v);
         }
         let proc = Proc::spawn(name, cmd);
-        let url = format!("http://127.0.0.1:{port}");
-        self.wait_http(&format!("{url}/readyz")).await;
-        Service { proc, url }
+        self.wait_http(&format!("{ops_url}/readyz")).await;
+        Service { proc, url, ops_url }
     }
 
     pub async fn start_command(&self, relay: bool) -> Service {

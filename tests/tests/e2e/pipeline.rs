@@ -169,13 +169,20 @@ async fn every_service_reports_health_readiness_and_its_metrics() {
     system.prompt(&alice, &session.id, "[[fake tokens=3]]").await;
     stream.until(WAIT, |e| e.event == "message.completed").await;
 
+    // Operations endpoints are not on the public API ports.
+    for api in [system.command_url(), system.query_url()] {
+        for probe in ["readyz", "metrics"] {
+            let r = system.http.get(format!("{api}/{probe}")).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{api}/{probe}");
+        }
+    }
     let services = [
         (
-            system.command_url().to_owned(),
+            system.command.last().unwrap().ops_url.clone(),
             vec!["http_request_duration_seconds", "commands_total", "outbox_published_total"],
         ),
         (
-            system.query_url().to_owned(),
+            system.query[0].ops_url.clone(),
             vec!["http_request_duration_seconds", "sse_clients", "sse_events_sent_total"],
         ),
         (
