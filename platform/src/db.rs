@@ -28,6 +28,31 @@ pub fn pool(cfg: &CommonConfig) -> anyhow::Result<Pool> {
     Ok(pg.create_pool(Some(Runtime::Tokio1), NoTls)?)
 }
 
+/// The pool tenant reads go through, connecting as `user` (a role without superuser or
+/// BYPASSRLS, a member of `oc_reader`: see migrations/0013…). A request binds a connection to
+/// its caller (`oc.user_id`, `oc.org_scope`); the binding is reset when the connection goes back
+/// to the pool, so a read that forgot to bind sees no tenant's rows rather than the previous
+/// caller's.
+pub fn reader_pool(cfg: &CommonConfig, user: &str, password: Option<&str>) -> anyhow::Result<Pool> {
+    let mut pg = deadpool_postgres::Config::new();
+    pg.url = Some(cfg.database_url.clone());
+    pg.user = Some(user.to_owned());
+    pg.password = password.filter(|p| !p.is_empty()).map(str::to_owned);
+    pg.manager = Some(ManagerConfig {
+        recycling_method: RecyclingMethod::Custom("RESET oc.user_id; RESET oc.org_scope".into()),
+    });
+    pg.pool = Some(PoolConfig {
+        max_size: cfg.database_pool_size,
+        timeouts: Timeouts {
+            wait: Some(POOL_WAIT),
+            create: Some(POOL_WAIT),
+            recycle: Some(POOL_WAIT),
+        },
+        ..PoolConfig::default()
+    });
+    Ok(pg.create_pool(Some(Runtime::Tokio1), NoTls)?)
+}
+
 /// Apply pending migrations. Safe to run from several processes at once.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     use sqlx::Connection;

@@ -12,6 +12,12 @@ pub struct QueryConfig {
     /// `OC_QUERY_OPS_ADDR`: where /healthz, /readyz and /metrics listen, apart from the API. Loopback by
     /// default: operations endpoints are not for the public.
     pub query_ops_addr: String,
+    /// `OC_READER_DATABASE_USER`: the role tenant reads connect as (same server and database
+    /// as `OC_DATABASE_URL`); never a superuser or a role with BYPASSRLS.
+    pub reader_database_user: String,
+    /// `OC_READER_DATABASE_PASSWORD`: its password, if the server asks for one. Never serialised.
+    #[serde(skip_serializing)]
+    pub reader_database_password: secrecy::SecretString,
     /// `OC_CONSISTENCY_WAIT_MS`: longest a read waits for its consistency token before 503.
     pub consistency_wait_ms: u64,
     /// `OC_SSE_KEEP_ALIVE_SECS`: heartbeat comment interval, below proxies' idle timeouts.
@@ -26,6 +32,8 @@ impl Default for QueryConfig {
         Self {
             query_addr: "127.0.0.1:8082".into(),
             query_ops_addr: "127.0.0.1:9082".into(),
+            reader_database_user: "oc_query_reader".into(),
+            reader_database_password: secrecy::SecretString::from(""),
             consistency_wait_ms: 5_000,
             sse_keep_alive_secs: 15,
             sse_session_buffer: 1024,

@@ -9,6 +9,7 @@ use async_nats::jetstream;
 use platform::auth::Authenticator;
 use platform::config::{AuthConfig, CommonConfig};
 use platform::{bus, db, http};
+use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -61,11 +62,10 @@ impl AppState {
         user: &platform::auth::AuthUser,
     ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
         let db = self.db.get().await?;
-        // Set on every checkout, so a pooled connection never reads as its previous user.
+        // Reset when the connection returns to the pool (`platform::db::reader_pool`).
         let stmt = db
             .prepare_cached(
-                "SELECT set_config('role', 'oc_reader', false), set_config('oc.user_id', $1, false), \
-                        set_config('oc.org_scope', $2, false)",
+                "SELECT set_config('oc.user_id', $1, false), set_config('oc.org_scope', $2, false)",
             )
             .await?;
         let scope = user.scope.as_ref().map_or("", |o| o.as_str());
@@ -90,8 +90,14 @@ impl Application {
         login: crate::login::LoginConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let platform::startup::Foundation { metrics, db: pool, nats, js } =
+        let platform::startup::Foundation { metrics, db: identity, nats, js } =
             platform::startup::foundation(&common, "query-service").await?;
+        // Tenant reads: their own role and pool (see `platform::db::reader_pool`).
+        let pool = db::reader_pool(
+            &common,
+            &cfg.reader_database_user,
+            Some(cfg.reader_database_password.expose_secret()),
+        )?;
         let hub = Hub::new(cfg.sse_session_buffer);
         let hub_task = {
             let (hub, js, stop, common) =
@@ -109,8 +115,6 @@ impl Application {
                 (notifications.clone(), common.database_url.clone(), shutdown.clone());
             tokio::spawn(n.run(url, stop))
         };
-        // Identity lookups write (first sign-in); reads go through their own, restricted pool.
-        let identity = db::pool(&common)?;
         let poll_interval = std::time::Duration::from_secs(login.oidc_device_poll_secs);
         let polls = web::Data::new(crate::device::Polls::new(poll_interval));
         let login = web::Data::new(crate::login::Login::new(login, auth.oidc_issuer.clone())?);

@@ -192,6 +192,34 @@ async fn row_level_security_holds_when_a_query_forgets_the_organization() {
     // And the restricted role cannot write.
     let write = db.execute("DELETE FROM rm_sessions", &[]).await;
     assert!(write.is_err(), "oc_reader cannot modify read models");
+
+    // The role the query service itself logs in as, with raw SQL: no superuser, no way out of
+    // row-level security, nothing at all before a caller is bound.
+    let url = system.db_url.replacen("postgres://postgres@", "postgres://oc_query_reader@", 1);
+    let (reader, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let row = reader
+        .query_one("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (false, false));
+    let unbound: i64 =
+        reader.query_one("SELECT count(*) FROM rm_sessions", &[]).await.unwrap().get(0);
+    assert_eq!(unbound, 0, "an unbound connection sees no tenant");
+    for escape in
+        ["SET ROLE postgres", "SELECT count(*) FROM events", "SELECT count(*) FROM api_keys"]
+    {
+        assert!(reader.simple_query(escape).await.is_err(), "{escape}");
+    }
+    reader.execute("SELECT set_config('oc.user_id', $1, false)", &[&bob_id]).await.unwrap();
+    let seen: Vec<String> = reader
+        .query("SELECT session_id FROM rm_sessions", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, vec![bob_session.id.clone()]);
 }
 
 #[tokio::test]
