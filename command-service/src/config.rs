@@ -11,6 +11,15 @@ pub struct CommandConfig {
     /// `OC_COMMAND_OPS_ADDR`: where /healthz, /readyz and /metrics listen, apart from the API. Loopback by
     /// default: operations endpoints are not for the public.
     pub command_ops_addr: String,
+    /// `OC_RATE_LIMIT_PER_MINUTE`: commands a user may send per minute, across every instance.
+    pub rate_limit_per_minute: u32,
+    /// `OC_RATE_LIMIT_BURST`: how many of them may come at once.
+    pub rate_limit_burst: u32,
+    /// `OC_API_KEY_RATE_LIMIT_PER_MINUTE`: commands one API key may send per minute (counted
+    /// against its owner too).
+    pub api_key_rate_limit_per_minute: u32,
+    /// `OC_API_KEY_RATE_LIMIT_BURST`: how many of them may come at once.
+    pub api_key_rate_limit_burst: u32,
     /// `OC_RELAY_ENABLED`: run the outbox relay in this instance. Several instances may; one
     /// publishes at a time.
     pub relay_enabled: bool,
@@ -22,6 +31,10 @@ impl Default for CommandConfig {
             command_addr: "127.0.0.1:8081".into(),
             command_ops_addr: "127.0.0.1:9081".into(),
             relay_enabled: true,
+            rate_limit_per_minute: 600,
+            rate_limit_burst: 60,
+            api_key_rate_limit_per_minute: 300,
+            api_key_rate_limit_burst: 30,
         }
     }
 }

@@ -8,6 +8,7 @@ use actix_web::dev::Server;
 use actix_web::web;
 use platform::auth::Authenticator;
 use platform::config::{AuthConfig, CommonConfig};
+use platform::limits::{Rate, RequestLimits};
 use platform::{bus, http};
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
@@ -64,6 +65,14 @@ impl Application {
             api_keys: Executor::new(pg.clone(), services),
         });
         let authenticator = web::Data::new(Authenticator::new(auth, pool.clone())?);
+        let limits = web::Data::new(RequestLimits::new(
+            pool.clone(),
+            Rate { per_minute: cfg.rate_limit_per_minute, burst: cfg.rate_limit_burst },
+            Rate {
+                per_minute: cfg.api_key_rate_limit_per_minute,
+                burst: cfg.api_key_rate_limit_burst,
+            },
+        ));
         let ready = http::readiness(pool, nats.clone());
 
         let mut tasks = Vec::new();
@@ -102,7 +111,10 @@ impl Application {
             shutdown: shutdown.clone(),
         };
         let server = http::serve(spec, move |c| {
-            c.app_data(data.clone()).app_data(authenticator.clone()).configure(routes::configure);
+            c.app_data(data.clone())
+                .app_data(authenticator.clone())
+                .app_data(limits.clone())
+                .configure(routes::configure);
         })?;
         tracing::info!(port, "command-service listening");
         Ok(Self { port, server, tasks, shutdown, grace: common.shutdown_grace() })

@@ -356,6 +356,27 @@ impl FromRequest for AuthUser {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let auth = req.app_data::<web::Data<Authenticator>>().cloned();
+        // A service that limits request rates registers them; they apply to every request once
+        // its caller is known.
+        let limits = req.app_data::<web::Data<crate::limits::RequestLimits>>().cloned();
+        let authenticated = Self::authenticate(req, auth);
+        Box::pin(async move {
+            let user = authenticated.await?;
+            if let Some(limits) = limits {
+                limits.admit(&user).await?;
+            }
+            Ok(user)
+        })
+    }
+}
+
+impl AuthUser {
+    /// Who sent `req`: a bearer token (JWT or API key), else a login session cookie (with CSRF
+    /// protection for state-changing requests).
+    fn authenticate(
+        req: &HttpRequest,
+        auth: Option<web::Data<Authenticator>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Problem>>>> {
         let token = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod limits;
 pub mod login;
 pub mod problem;
 pub mod retry;

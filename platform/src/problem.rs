@@ -18,11 +18,40 @@ pub struct Problem {
     pub detail: Option<String>,
     #[serde(skip)]
     pub retry_after_secs: Option<u32>,
+    /// Extension members (RFC 9457 §3.2): what a client needs to act on the problem.
+    #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
     fn new(status: StatusCode, title: &'static str, detail: Option<String>) -> Self {
-        Self { kind: "about:blank", title, status: status.as_u16(), detail, retry_after_secs: None }
+        Self {
+            kind: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail,
+            retry_after_secs: None,
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    /// Add an extension member.
+    pub fn with(mut self, name: &str, value: serde_json::Value) -> Self {
+        self.extensions.insert(name.to_owned(), value);
+        self
+    }
+
+    /// A limit was reached: the problem type names the limit (`urn:oc:problem:<limit>`).
+    pub fn too_many_requests(limit: &'static str, detail: String, retry_after_secs: u32) -> Self {
+        let mut p = Self::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests", Some(detail));
+        p.kind = match limit {
+            "request-rate" => "urn:oc:problem:request-rate",
+            "api-key-request-rate" => "urn:oc:problem:api-key-request-rate",
+            "concurrent-streams" => "urn:oc:problem:concurrent-streams",
+            _ => "urn:oc:problem:limit",
+        };
+        p.retry_after_secs = Some(retry_after_secs);
+        p
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {

@@ -22,6 +22,9 @@ pub struct QueryConfig {
     pub consistency_wait_ms: u64,
     /// `OC_SSE_KEEP_ALIVE_SECS`: heartbeat comment interval, below proxies' idle timeouts.
     pub sse_keep_alive_secs: u64,
+    /// `OC_SSE_STREAMS_PER_USER`: event streams one user may hold open at once, across every
+    /// query instance.
+    pub sse_streams_per_user: u32,
     /// `OC_SSE_SESSION_BUFFER`: events buffered per session for slow clients; a client that falls
     /// further behind is disconnected and resumes with Last-Event-ID.
     pub sse_session_buffer: usize,
@@ -37,6 +40,7 @@ impl Default for QueryConfig {
             consistency_wait_ms: 5_000,
             sse_keep_alive_secs: 15,
             sse_session_buffer: 1024,
+            sse_streams_per_user: 32,
         }
     }
 }

@@ -12,3 +12,4 @@ pub mod notifications;
 pub mod page;
 pub mod routes;
 pub mod startup;
+pub mod streams;

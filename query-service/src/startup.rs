@@ -28,6 +28,8 @@ pub struct AppState {
     pub identity: deadpool_postgres::Pool,
     /// Fired at shutdown; open SSE streams end on it.
     pub shutdown: CancellationToken,
+    /// Leases of open event streams (the per-user cap).
+    pub streams: Arc<crate::streams::StreamLeases>,
     /// The instance's database notifications: the projector's progress (read-your-writes
     /// waits) and access changes (open streams re-check).
     pub notifications: Arc<crate::notifications::Notifications>,
@@ -110,6 +112,8 @@ impl Application {
             })
         };
         let notifications = crate::notifications::Notifications::new();
+        let streams = crate::streams::StreamLeases::new(identity.clone(), cfg.sse_streams_per_user);
+        let renew_task = tokio::spawn(streams.clone().renew(shutdown.clone()));
         let listener_task = {
             let (n, url, stop) =
                 (notifications.clone(), common.database_url.clone(), shutdown.clone());
@@ -131,6 +135,7 @@ impl Application {
             identity,
             shutdown: shutdown.clone(),
             notifications,
+            streams,
         });
         let spec = http::ServerSpec {
             listener,
@@ -149,7 +154,7 @@ impl Application {
                 .configure(routes::configure);
         })?;
         tracing::info!(port, "query-service listening");
-        Ok(Self { port, server, tasks: vec![hub_task, listener_task], shutdown })
+        Ok(Self { port, server, tasks: vec![hub_task, listener_task, renew_task], shutdown })
     }
 
     pub fn port(&self) -> u16 {

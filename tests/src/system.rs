@@ -180,6 +180,11 @@ impl System {
             .env("OC_WORKER_ACK_WAIT_SECS", self.opts.worker_ack_wait_secs.to_string())
             .env("OC_SHUTDOWN_GRACE_SECS", "5")
             .env("OC_OIDC_DEVICE_POLL_SECS", "1")
+            // Tests drive many commands quickly as one user; the rate tests set their own limits.
+            .env("OC_RATE_LIMIT_PER_MINUTE", "1000000")
+            .env("OC_RATE_LIMIT_BURST", "100000")
+            .env("OC_API_KEY_RATE_LIMIT_PER_MINUTE", "1000000")
+            .env("OC_API_KEY_RATE_LIMIT_BURST", "100000")
             .env("RUST_LOG", log);
         for (k, v) in &self.opts.service_env {
             cmd.env(k, v);

@@ -51,6 +51,8 @@ pub async fn stream(
         let db = state.reader(&req, &user).await?;
         access::session(&db, &id, &user, Action::Read).await?.organization_id
     };
+    // One more open stream for this user, if they are under the cap (held until it ends).
+    let lease = state.streams.take(&user.user_id).await?;
     // Subscribe before reading the position: nothing published after it can be missed.
     let live = state.hub.subscribe(id.as_str());
     let position = state.hub.position();
@@ -72,6 +74,7 @@ pub async fn stream(
             tracing::debug!(error = %e, %session, "sse stream ended");
         }
         metrics::gauge!("sse_clients").decrement(1.0);
+        drop(lease);
         state.hub.unsubscribe_idle(session.as_str());
     });
     Ok(sse::Sse::from_infallible_receiver(rx)

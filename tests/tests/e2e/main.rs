@@ -14,6 +14,7 @@ mod personal_data;
 mod pipeline;
 mod poison_events;
 mod provider_faults;
+mod rate_limits;
 mod resume;
 mod stream_access;
 mod tokens;
