@@ -2,7 +2,8 @@
 
 use command_service::config::CommandConfig;
 use command_service::startup::Application;
-use platform::config::{self, AuthConfig, CommonConfig};
+use identity::AuthConfig;
+use platform::config::{self, CommonConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

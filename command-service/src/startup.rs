@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::web;
-use platform::auth::Authenticator;
-use platform::config::{AuthConfig, CommonConfig};
-use platform::limits::{Rate, RequestLimits};
+use identity::AuthConfig;
+use identity::Authenticator;
+use identity::admission::RequestLimits;
+use platform::config::CommonConfig;
+use platform::limits::Rate;
 use platform::{bus, http};
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
@@ -64,7 +66,8 @@ impl Application {
             sessions: Executor::new(pg.clone(), services.clone()),
             api_keys: Executor::new(pg.clone(), services),
         });
-        let authenticator = web::Data::new(Authenticator::new(auth, pool.clone())?);
+        let discovery = identity::Discovery::new(auth.oidc_issuer.clone())?;
+        let authenticator = web::Data::new(Authenticator::new(auth, discovery, pool.clone())?);
         let limits = web::Data::new(RequestLimits::new(
             pool.clone(),
             Rate { per_minute: cfg.rate_limit_per_minute, burst: cfg.rate_limit_burst },

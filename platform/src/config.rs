@@ -64,34 +64,5 @@ impl CommonConfig {
     }
 }
 
-/// How bearer tokens are validated (command and query services).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AuthConfig {
-    /// `OC_OIDC_ISSUER`: the OpenID provider; compared exactly with the token's `iss`.
-    pub oidc_issuer: String,
-    /// `OC_OIDC_AUDIENCE`: the `aud` access tokens must carry (the API's resource indicator).
-    pub oidc_audience: String,
-    /// `OC_OIDC_ALGORITHMS`: accepted signing algorithms, comma separated. Never `none` or HS*.
-    pub oidc_algorithms: String,
-    /// `OC_JWKS_MIN_REFRESH_SECS`: least time between two JWKS fetches caused by unknown key ids.
-    pub jwks_min_refresh_secs: u64,
-    /// `OC_JWKS_MAX_AGE_SECS`: how long a fetched key is trusted before the JWKS is fetched
-    /// again; a key the issuer stopped publishing is refused after at most this long.
-    pub jwks_max_age_secs: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            oidc_issuer: "http://127.0.0.1:3000".into(),
-            oidc_audience: "urn:opencode:api".into(),
-            oidc_algorithms: "RS256,ES256,PS256".into(),
-            jwks_min_refresh_secs: 10,
-            jwks_max_age_secs: 300,
-        }
-    }
-}
-
 /// A secret read from configuration, never printed.
 pub type Secret = SecretString;

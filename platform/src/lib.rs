@@ -1,20 +1,17 @@
 //! Plumbing every service shares, written once: configuration, telemetry, PostgreSQL and NATS
-//! connections, bearer-token authentication, problem+json errors, operational endpoints, the
-//! shutdown signal, and the mapping of a stored event to its bus envelope.
+//! connections, problem+json errors, operational endpoints, limits shared across instances, the
+//! shutdown signal, and the mapping of a stored event to its bus envelope. Who callers are is
+//! the `identity` crate's.
 #![forbid(unsafe_code)]
 
-pub mod api_keys;
-pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod db;
 pub mod http;
 pub mod limits;
-pub mod login;
 pub mod problem;
 pub mod retry;
 pub mod shutdown;
 pub mod startup;
 pub mod stored_event;
 pub mod telemetry;
-pub mod users;

@@ -9,9 +9,6 @@
 
 use std::time::Duration;
 
-use schemas::ids::UserId;
-
-use crate::auth::{AuthUser, Credential};
 use crate::problem::Problem;
 
 /// So many per minute, with bursts of up to `burst` at once.
@@ -51,6 +48,17 @@ impl From<Exceeded> for Problem {
     }
 }
 
+impl Exceeded {
+    /// A request rate exceeded: how long until it fits again.
+    pub fn rate(limit: &'static str, rate: Rate, wait: Duration) -> Self {
+        Exceeded {
+            limit,
+            allowed: format!("{} requests per minute (bursts of {})", rate.per_minute, rate.burst),
+            retry_after: wait,
+        }
+    }
+}
+
 /// Take `count` from `key`'s allowance at `rate`: `Ok(None)` if taken, `Ok(Some(wait))` if not.
 pub async fn take(
     db: &deadpool_postgres::Client,
@@ -68,44 +76,4 @@ pub async fn take(
     let window = interval * f64::from(rate.burst.max(1));
     let wait: Option<f64> = db.query_one(&stmt, &[&key, &cost, &window]).await?.get(0);
     Ok(wait.map(|s| Duration::from_secs_f64(s.max(0.001))))
-}
-
-/// The request rates of a service: per user, and per API key on top for key-authenticated
-/// requests. Checked right after authentication (see `AuthUser`'s extractor).
-pub struct RequestLimits {
-    db: deadpool_postgres::Pool,
-    pub per_user: Rate,
-    pub per_key: Rate,
-}
-
-impl RequestLimits {
-    pub fn new(db: deadpool_postgres::Pool, per_user: Rate, per_key: Rate) -> Self {
-        Self { db, per_user, per_key }
-    }
-
-    /// Let `user`'s request through, or say when it may come again.
-    pub async fn admit(&self, user: &AuthUser) -> Result<(), Problem> {
-        let db = self.db.get().await?;
-        if let Credential::ApiKey { key_id, .. } = &user.credential
-            && let Some(wait) = take(&db, &format!("key:{key_id}"), self.per_key, 1).await?
-        {
-            return Err(exceeded("api-key-request-rate", self.per_key, wait).into());
-        }
-        if let Some(wait) = take(&db, &user_key(&user.user_id), self.per_user, 1).await? {
-            return Err(exceeded("request-rate", self.per_user, wait).into());
-        }
-        Ok(())
-    }
-}
-
-fn user_key(user: &UserId) -> String {
-    format!("user:{user}")
-}
-
-fn exceeded(limit: &'static str, rate: Rate, wait: Duration) -> Exceeded {
-    Exceeded {
-        limit,
-        allowed: format!("{} requests per minute (bursts of {})", rate.per_minute, rate.burst),
-        retry_after: wait,
-    }
 }

@@ -2,7 +2,7 @@
 //! caller's membership*, then asks `schemas::policy` whether the caller's role may read it.
 //! Another organization's resource and a missing one are both "not found".
 
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::events::Role;
 use schemas::ids::{ApiKeyId, OrganizationId, SessionId, WorkspaceId};

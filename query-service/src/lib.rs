@@ -5,9 +5,7 @@
 pub mod access;
 pub mod config;
 pub mod consistency;
-pub mod device;
 pub mod hub;
-pub mod login;
 pub mod notifications;
 pub mod page;
 pub mod routes;

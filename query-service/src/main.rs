@@ -1,6 +1,7 @@
 //! `query-service`: serve reads and event streams until SIGTERM.
 
-use platform::config::{self, AuthConfig, CommonConfig};
+use identity::{AuthConfig, LoginConfig};
+use platform::config::{self, CommonConfig};
 use query_service::config::QueryConfig;
 use query_service::startup::Application;
 
@@ -12,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
         common,
         config::load::<AuthConfig>()?,
         config::load::<QueryConfig>()?,
-        config::load::<query_service::login::LoginConfig>()?,
+        config::load::<LoginConfig>()?,
         platform::shutdown::on_signal(),
     )
     .await?;

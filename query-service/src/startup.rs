@@ -6,8 +6,9 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::web;
 use async_nats::jetstream;
-use platform::auth::Authenticator;
-use platform::config::{AuthConfig, CommonConfig};
+use identity::AuthConfig;
+use identity::Authenticator;
+use platform::config::CommonConfig;
 use platform::{bus, db, http};
 use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
@@ -42,7 +43,7 @@ impl AppState {
     pub async fn reader(
         &self,
         req: &actix_web::HttpRequest,
-        user: &platform::auth::AuthUser,
+        user: &identity::AuthUser,
     ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
         let token = crate::consistency::token(req)?;
         if let Some(token) = &token {
@@ -61,7 +62,7 @@ impl AppState {
     /// A database connection reading as `oc_reader` on behalf of `user` (no consistency wait).
     pub async fn bind(
         &self,
-        user: &platform::auth::AuthUser,
+        user: &identity::AuthUser,
     ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
         let db = self.db.get().await?;
         // Reset when the connection returns to the pool (`platform::db::reader_pool`).
@@ -89,7 +90,7 @@ impl Application {
         common: CommonConfig,
         auth: AuthConfig,
         cfg: QueryConfig,
-        login: crate::login::LoginConfig,
+        login: identity::LoginConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let platform::startup::Foundation { metrics, db: identity, nats, js } =
@@ -119,10 +120,13 @@ impl Application {
                 (notifications.clone(), common.database_url.clone(), shutdown.clone());
             tokio::spawn(n.run(url, stop))
         };
-        let poll_interval = std::time::Duration::from_secs(login.oidc_device_poll_secs);
-        let polls = web::Data::new(crate::device::Polls::new(poll_interval));
-        let login = web::Data::new(crate::login::Login::new(login, auth.oidc_issuer.clone())?);
-        let authenticator = web::Data::new(Authenticator::new(auth, identity.clone())?);
+        let discovery = identity::Discovery::new(auth.oidc_issuer.clone())?;
+        let sign_in = web::Data::new(identity::sign_in::SignIn::new(
+            login,
+            discovery.clone(),
+            identity.clone(),
+        ));
+        let authenticator = web::Data::new(Authenticator::new(auth, discovery, identity.clone())?);
         let ready = http::readiness(pool.clone(), nats);
         let listener = TcpListener::bind(&cfg.query_addr)?;
         let ops_listener = TcpListener::bind(&cfg.query_ops_addr)?;
@@ -149,8 +153,7 @@ impl Application {
         let server = http::serve(spec, move |c| {
             c.app_data(state.clone())
                 .app_data(authenticator.clone())
-                .app_data(login.clone())
-                .app_data(polls.clone())
+                .app_data(sign_in.clone())
                 .configure(routes::configure);
         })?;
         tracing::info!(port, "query-service listening");

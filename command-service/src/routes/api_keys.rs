@@ -5,7 +5,7 @@
 //! revocation holds even if recording its event must be retried).
 
 use actix_web::{HttpResponse, web};
-use platform::auth::AuthUser;
+use identity::{AuthUser, api_keys};
 use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{Accepted, ApiKeyCreated, CreateApiKey, MAX_API_KEY_DAYS};
@@ -43,14 +43,9 @@ pub async fn create(
     }
     let expires_at = schemas::now_ms() + i64::from(days) * 24 * 3600 * 1000;
     let id = ApiKeyId::new();
-    let key = platform::api_keys::generate(&id);
+    let key = api_keys::generate(&id);
     let db = state.db.get().await?;
-    db.execute(
-        "INSERT INTO api_keys (key_id, user_id, organization_id, secret_sha256, expires_at) \
-         VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0))",
-        &[&id.as_str(), &user.user_id.as_str(), &org.as_str(), &key.secret_sha256, &expires_at],
-    )
-    .await?;
+    api_keys::store(&db, &id, &user.user_id, &org, &key, expires_at).await?;
     let command = ApiKeyCommand::Create {
         id: id.clone(),
         organization: org.into_inner(),
@@ -67,7 +62,7 @@ pub async fn create(
         })),
         Err(e) => {
             // Not recorded: the key must not work.
-            db.execute("DELETE FROM api_keys WHERE key_id = $1", &[&id.as_str()]).await?;
+            api_keys::discard(&db, &id).await?;
             Err(e.into())
         }
     }
@@ -81,13 +76,7 @@ pub async fn revoke(
 ) -> Result<HttpResponse, Problem> {
     require_interactive(&user)?;
     let db = state.db.get().await?;
-    let revoked = db
-        .execute(
-            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1 AND user_id = $2",
-            &[&id.as_str(), &user.user_id.as_str()],
-        )
-        .await?;
-    if revoked == 0 {
+    if !api_keys::revoke(&db, &id, &user.user_id).await? {
         return Err(Problem::not_found());
     }
     let command = ApiKeyCommand::Revoke { actor: user.user_id.clone() };

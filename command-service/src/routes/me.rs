@@ -2,7 +2,7 @@
 //! are refused from then on. The event log, which names them by id only, is untouched.
 
 use actix_web::{HttpResponse, web};
-use platform::auth::{AuthUser, Authenticator};
+use identity::{AuthUser, Authenticator};
 use platform::problem::Problem;
 
 use crate::startup::AppState;
@@ -18,7 +18,7 @@ pub async fn erase(
         ));
     }
     let mut db = state.db.get().await?;
-    platform::users::erase(&mut db, &user.user_id).await?;
+    identity::users::erase(&mut db, &user.user_id).await?;
     auth.forget(&user.user_id).await;
     tracing::info!(user = %user.user_id, "account erased");
     Ok(HttpResponse::NoContent().finish())

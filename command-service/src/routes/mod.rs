@@ -7,7 +7,7 @@ mod sessions;
 mod workspaces;
 
 use actix_web::web;
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::http::RequestId;
 
 use crate::executor::CommandContext;

@@ -1,7 +1,7 @@
 //! `POST /org`, `POST /org/{org}/member`.
 
 use actix_web::{HttpResponse, web};
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{
@@ -9,7 +9,7 @@ use schemas::api::{
 };
 use schemas::ids::{OrganizationId, UserId};
 
-use platform::users::EmailMatch;
+use identity::users::EmailMatch;
 use schemas::policy::{Action, Decision, decide};
 
 use super::context;
@@ -50,7 +50,7 @@ pub async fn add_member(
             // every email gets the same answer.
             may_manage_members(&state, &org, &user).await?;
             let db = state.db.get().await?;
-            match platform::users::by_verified_email(&db, email.trim()).await? {
+            match identity::users::by_verified_email(&db, email.trim()).await? {
                 EmailMatch::One(id) => id,
                 EmailMatch::Nobody => {
                     return Err(Problem::unprocessable(

@@ -1,7 +1,7 @@
 //! `POST /workspace/{ws}/session`, `POST /session/{id}/prompt_async`, `POST /session/{id}/abort`.
 
 use actix_web::{HttpResponse, web};
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{

@@ -2,7 +2,7 @@
 //! `PUT|DELETE /workspace/{ws}/member/{user}`, `POST /workspace/{ws}/project`.
 
 use actix_web::{HttpResponse, web};
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{Accepted, AddProject, CreateWorkspace, RenameWorkspace, SetWorkspaceMember};

@@ -1,7 +1,7 @@
 //! `GET /me/api-key`: the caller's own API keys (never their secrets), newest first.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::problem::Problem;
 use serde_json::json;
 

@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::OrganizationId;
 use schemas::policy::Action;

@@ -22,7 +22,7 @@ use actix_web::{HttpRequest, web};
 use actix_web_lab::sse;
 use async_nats::jetstream::consumer;
 use futures::StreamExt;
-use platform::auth::{AuthUser, Authenticator};
+use identity::{AuthUser, Authenticator};
 use platform::problem::Problem;
 use schemas::ids::{OrganizationId, SessionId};
 use schemas::subjects;

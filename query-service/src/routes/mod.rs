@@ -10,11 +10,7 @@ mod workspaces;
 use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/auth/login", web::get().to(crate::login::start))
-        .route("/auth/callback", web::get().to(crate::login::callback))
-        .route("/auth/logout", web::post().to(crate::login::logout))
-        .route("/auth/device", web::post().to(crate::device::start))
-        .route("/auth/device/token", web::post().to(crate::device::token))
+    cfg.configure(identity::sign_in::routes)
         .route("/me", web::get().to(organizations::me))
         .route("/me/api-key", web::get().to(api_keys::mine))
         .route("/org", web::get().to(organizations::list))

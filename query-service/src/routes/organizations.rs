@@ -1,7 +1,7 @@
 //! `GET /me`, `GET /org`, `GET /org/{org}/workspace`.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::OrganizationId;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! `GET /workspace/{ws}/session`, `GET /session/{id}`, `GET /session/{id}/message`.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::{SessionId, WorkspaceId};
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 //! `GET /workspace/{ws}`: a workspace with its members and Git projects.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use platform::auth::AuthUser;
+use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::WorkspaceId;
 use schemas::policy::Action;

@@ -2,7 +2,7 @@
 //! offers it: `POST /auth/device` starts it (show the user the code and URL), then
 //! `POST /auth/device/token` is polled until the user approved in a browser, and answers with
 //! an access token the API accepts as a bearer token. 501 if the issuer has no device endpoint.
-//! The endpoints come from the discovery document `Login` caches; a device code polled faster
+//! The endpoints come from the shared discovery document; a device code polled faster
 //! than the interval is answered `slow_down` here, without asking the provider.
 
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use platform::problem::Problem;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::login::Login;
+use super::browser::SignIn;
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -27,8 +27,8 @@ async fn send(req: openidconnect::reqwest::RequestBuilder) -> Result<Value, Prob
 }
 
 /// The issuer's device and token endpoints, from its (cached) discovery document.
-async fn endpoints(login: &Login) -> Result<(String, String), Problem> {
-    let doc = login.discovery().await?;
+async fn endpoints(sign_in: &SignIn) -> Result<(String, String), Problem> {
+    let doc = sign_in.discovery.document().await?;
     let device = doc["device_authorization_endpoint"].as_str().ok_or_else(|| {
         Problem::not_implemented("the identity provider does not offer device sign-in")
     })?;
@@ -39,16 +39,14 @@ async fn endpoints(login: &Login) -> Result<(String, String), Problem> {
 }
 
 /// Start: the user opens `verificationURIComplete` (or enters `userCode`) in any browser.
-pub async fn start(
-    login: web::Data<Login>,
-    polls: web::Data<Polls>,
-) -> Result<HttpResponse, Problem> {
-    let (device, _) = endpoints(&login).await?;
+pub async fn start(sign_in: web::Data<SignIn>) -> Result<HttpResponse, Problem> {
+    let polls = &sign_in.polls;
+    let (device, _) = endpoints(&sign_in).await?;
     let form = [
-        ("client_id", login.cfg.oidc_device_client_id.as_str()),
+        ("client_id", sign_in.cfg.oidc_device_client_id.as_str()),
         ("scope", "openid email profile"),
     ];
-    let answer = send(login.http.post(device).form(&form)).await?;
+    let answer = send(sign_in.discovery.http().post(device).form(&form)).await?;
     let (Some(device_code), Some(user_code)) =
         (answer["device_code"].as_str(), answer["user_code"].as_str())
     else {
@@ -95,10 +93,10 @@ impl Polls {
 
 /// Poll: 202 while the user has not approved yet, 200 with a token once they have.
 pub async fn token(
-    login: web::Data<Login>,
-    polls: web::Data<Polls>,
+    sign_in: web::Data<SignIn>,
     body: web::Json<Poll>,
 ) -> Result<HttpResponse, Problem> {
+    let polls = &sign_in.polls;
     let now = Instant::now();
     let too_soon = polls
         .last
@@ -111,13 +109,13 @@ pub async fn token(
             .json(json!({ "status": "slow_down" })));
     }
     polls.last.insert(body.device_code.clone(), now).await;
-    let (_, token) = endpoints(&login).await?;
+    let (_, token) = endpoints(&sign_in).await?;
     let form = [
         ("grant_type", DEVICE_GRANT),
         ("device_code", body.device_code.as_str()),
-        ("client_id", login.cfg.oidc_device_client_id.as_str()),
+        ("client_id", sign_in.cfg.oidc_device_client_id.as_str()),
     ];
-    let answer = send(login.http.post(token).form(&form)).await?;
+    let answer = send(sign_in.discovery.http().post(token).form(&form)).await?;
     if let Some(access) = answer["access_token"].as_str() {
         return Ok(HttpResponse::Ok().json(json!({
             "accessToken": access,

@@ -18,8 +18,10 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
+use platform::problem::Problem;
+
 use crate::config::AuthConfig;
-use crate::problem::Problem;
+use crate::discovery::Discovery;
 use crate::users::Profile;
 
 /// The authenticated caller of a request.
@@ -109,8 +111,8 @@ struct Key {
 pub struct Authenticator {
     cfg: AuthConfig,
     algorithms: Vec<Algorithm>,
-    http: reqwest::Client,
-    jwks_uri: tokio::sync::OnceCell<String>,
+    /// The issuer's discovery document (for the JWKS location) and the HTTP client.
+    discovery: Arc<Discovery>,
     keys: Cache<String, Key>,
     /// When the JWKS was last fetched; guards the refetch rate.
     last_fetch: Mutex<Option<Instant>>,
@@ -119,7 +121,11 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(cfg: AuthConfig, db: deadpool_postgres::Pool) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: AuthConfig,
+        discovery: Arc<Discovery>,
+        db: deadpool_postgres::Pool,
+    ) -> anyhow::Result<Self> {
         let algorithms = cfg
             .oidc_algorithms
             .split(',')
@@ -132,17 +138,11 @@ impl Authenticator {
                 .all(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)),
             "OC_OIDC_ALGORITHMS must not allow HMAC algorithms"
         );
-        // No redirects: discovery and key URLs must not bounce us elsewhere (SSRF).
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(5))
-            .build()?;
         let max_age = Duration::from_secs(cfg.jwks_max_age_secs);
         Ok(Self {
             cfg,
             algorithms,
-            http,
-            jwks_uri: tokio::sync::OnceCell::new(),
+            discovery,
             keys: Cache::builder().max_capacity(64).time_to_live(max_age).build(),
             last_fetch: Mutex::new(None),
             // Short-lived: an erasure or a changed email shows within a minute.
@@ -213,7 +213,8 @@ impl Authenticator {
         }
         let uri = self.jwks_uri().await?;
         let body = self
-            .http
+            .discovery
+            .http()
             .get(uri)
             .send()
             .await
@@ -254,19 +255,14 @@ impl Authenticator {
         Ok(())
     }
 
-    /// The JWKS location, from the issuer's discovery document (fetched once).
-    async fn jwks_uri(&self) -> Result<&String, AuthError> {
-        self.jwks_uri
-            .get_or_try_init(|| async {
-                use openidconnect::core::CoreProviderMetadata;
-                let issuer = openidconnect::IssuerUrl::new(self.cfg.oidc_issuer.clone())
-                    .map_err(|e| AuthError::ProviderUnavailable(e.to_string()))?;
-                let md = CoreProviderMetadata::discover_async(issuer, &self.http)
-                    .await
-                    .map_err(|e| AuthError::ProviderUnavailable(e.to_string()))?;
-                Ok(md.jwks_uri().url().to_string())
-            })
-            .await
+    /// The JWKS location, from the issuer's (shared, cached) discovery document.
+    async fn jwks_uri(&self) -> Result<String, AuthError> {
+        let document = self.discovery.document().await.map_err(|p| {
+            AuthError::ProviderUnavailable(p.detail.unwrap_or_else(|| "discovery failed".into()))
+        })?;
+        document["jwks_uri"].as_str().map(str::to_owned).ok_or_else(|| {
+            AuthError::ProviderUnavailable("the discovery document has no jwks_uri".into())
+        })
     }
 
     /// Our id for the token's subject, created on first sight; refused if the account was
@@ -358,7 +354,7 @@ impl FromRequest for AuthUser {
         let auth = req.app_data::<web::Data<Authenticator>>().cloned();
         // A service that limits request rates registers them; they apply to every request once
         // its caller is known.
-        let limits = req.app_data::<web::Data<crate::limits::RequestLimits>>().cloned();
+        let limits = req.app_data::<web::Data<crate::admission::RequestLimits>>().cloned();
         let authenticated = Self::authenticate(req, auth);
         Box::pin(async move {
             let user = authenticated.await?;
@@ -386,13 +382,14 @@ impl AuthUser {
         // Without a bearer token, a browser's login session cookie will do; a state-changing
         // request must then also echo the session's CSRF token (a bearer token needs none: a
         // browser never attaches it on its own).
-        let cookie = req.cookie(crate::login::SESSION_COOKIE).map(|c| c.value().to_owned());
+        let cookie =
+            req.cookie(crate::login_sessions::SESSION_COOKIE).map(|c| c.value().to_owned());
         let csrf = req
             .headers()
-            .get(crate::login::CSRF_HEADER)
+            .get(crate::login_sessions::CSRF_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let needs_csrf = crate::login::is_state_changing(req.method());
+        let needs_csrf = crate::login_sessions::is_state_changing(req.method());
         Box::pin(async move {
             let auth = auth.ok_or_else(|| Problem::internal(&"authenticator not configured"))?;
             if let Some(token) = token {
@@ -400,7 +397,7 @@ impl AuthUser {
             }
             let cookie = cookie.ok_or(AuthError::Missing)?;
             let db = auth.db.get().await.map_err(|e| AuthError::Database(e.to_string()))?;
-            let session = crate::login::lookup(&db, &cookie)
+            let session = crate::login_sessions::lookup(&db, &cookie)
                 .await
                 .map_err(|e| AuthError::Database(e.to_string()))?
                 .ok_or_else(|| AuthError::Invalid("no such login session".into()))?;
@@ -415,7 +412,7 @@ impl AuthUser {
                 user_id: session.user_id,
                 scope: None,
                 credential: Credential::LoginSession {
-                    token_sha256: crate::login::sha256(&cookie),
+                    token_sha256: crate::login_sessions::sha256(&cookie),
                     expires_at_ms: session.expires_at_ms,
                 },
             })

@@ -1,6 +1,6 @@
 //! Browser sign-in with the organization's OpenID provider: authorization code + PKCE, `state`
 //! bound to the browser by a short-lived cookie, `nonce` checked in the ID token, then a
-//! server-side login session (`platform::login`). Routes: `GET /auth/login`,
+//! server-side login session (`login_sessions`). Routes: `GET /auth/login`,
 //! `GET /auth/callback`, `POST /auth/logout`.
 //!
 //! A sign-in in progress (PKCE verifier, nonce, where to return) lives in that cookie, sealed
@@ -11,76 +11,43 @@ use std::time::Duration;
 
 use actix_web::cookie::{Cookie, CookieJar, Key, SameSite};
 use actix_web::{HttpRequest, HttpResponse, web};
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use std::sync::Arc;
+
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, Nonce, PkceCodeChallenge,
     PkceCodeVerifier, RedirectUrl, Scope,
 };
-use platform::auth::AuthUser;
-use platform::login::{self, CSRF_COOKIE, SESSION_COOKIE};
 use platform::problem::Problem;
-use platform::users::Profile;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 
-use crate::startup::AppState;
+use crate::authenticate::AuthUser;
+use crate::config::LoginConfig;
+use crate::discovery::Discovery;
+use crate::login_sessions::{self as login, CSRF_COOKIE, SESSION_COOKIE};
+use crate::users::Profile;
 
 /// The cookie that binds a sign-in in progress to the browser that started it.
 const ATTEMPT_COOKIE: &str = "oc_login";
 const ATTEMPT_TTL: Duration = Duration::from_secs(600);
 
-/// Browser sign-in settings (`OC_*` environment variables).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LoginConfig {
-    /// `OC_OIDC_CLIENT_ID`: this service's client at the provider.
-    pub oidc_client_id: String,
-    /// `OC_OIDC_CLIENT_SECRET`: its secret. Never serialised.
-    #[serde(skip_serializing)]
-    pub oidc_client_secret: SecretString,
-    /// `OC_OIDC_REDIRECT_URL`: where the provider sends the browser back (`…/auth/callback`).
-    pub oidc_redirect_url: String,
-    /// `OC_OIDC_DEVICE_CLIENT_ID`: the public client command-line sign-in uses.
-    pub oidc_device_client_id: String,
-    /// `OC_OIDC_DEVICE_POLL_SECS`: the least time between two polls of one device code that
-    /// reach the provider; faster polls are answered `slow_down` here.
-    pub oidc_device_poll_secs: u64,
-}
-
-impl Default for LoginConfig {
-    fn default() -> Self {
-        Self {
-            oidc_client_id: "oc-web".into(),
-            oidc_client_secret: SecretString::from("oc-web-secret"),
-            oidc_redirect_url: "http://127.0.0.1:8082/auth/callback".into(),
-            oidc_device_client_id: "oc-cli".into(),
-            oidc_device_poll_secs: 5,
-        }
-    }
-}
-
 /// Longest `returnTo` accepted.
 const MAX_RETURN_TO: usize = 512;
 
-/// What sign-in needs: settings, an HTTP client that never follows redirects (SSRF), and the
-/// provider's metadata, discovered on first use.
-pub struct Login {
+/// What sign-in needs: settings, the shared discovery client, the identity tables, and the key
+/// that seals attempts.
+pub struct SignIn {
     pub(crate) cfg: LoginConfig,
-    pub(crate) issuer: String,
-    pub(crate) http: openidconnect::reqwest::Client,
-    /// Discovery document with the provider's keys; re-fetched when it ages out or when an ID
-    /// token does not verify (the provider rotated its keys).
-    metadata: moka::future::Cache<(), std::sync::Arc<CoreProviderMetadata>>,
-    /// The raw discovery document, for endpoints the typed metadata does not name (device
-    /// sign-in); fetched once per `DISCOVERY_TTL`, shared by every caller.
-    document: moka::future::Cache<(), std::sync::Arc<serde_json::Value>>,
+    pub(crate) discovery: Arc<Discovery>,
+    /// Where users and login sessions are written.
+    pub(crate) db: deadpool_postgres::Pool,
     /// Seals sign-ins in progress into their cookie.
     attempt_key: Key,
+    /// When each device code was last polled (see `device.rs`).
+    pub(crate) polls: super::device::Polls,
 }
-
-/// How long a discovery document is trusted before it is fetched again.
-const DISCOVERY_TTL: Duration = Duration::from_secs(300);
 
 /// A sign-in in progress, sealed in the `oc_login` cookie.
 #[derive(Serialize, Deserialize)]
@@ -93,40 +60,16 @@ struct Attempt {
     expires_at: i64,
 }
 
-impl Login {
-    pub fn new(cfg: LoginConfig, issuer: String) -> anyhow::Result<Self> {
-        let http = openidconnect::reqwest::ClientBuilder::new()
-            .redirect(openidconnect::reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let metadata = moka::future::Cache::builder().time_to_live(DISCOVERY_TTL).build();
-        let document = moka::future::Cache::builder().time_to_live(DISCOVERY_TTL).build();
+impl SignIn {
+    pub fn new(cfg: LoginConfig, discovery: Arc<Discovery>, db: deadpool_postgres::Pool) -> Self {
         // 64 bytes of key material from the client secret, which every instance shares.
         let material = Sha512::new()
             .chain_update(b"oc sign-in attempt cookie\0")
             .chain_update(cfg.oidc_client_secret.expose_secret().as_bytes())
             .finalize();
         let attempt_key = Key::from(&material[..]);
-        Ok(Self { cfg, issuer, http, metadata, document, attempt_key })
-    }
-
-    /// The issuer's discovery document (cached).
-    pub(crate) async fn discovery(&self) -> Result<std::sync::Arc<serde_json::Value>, Problem> {
-        self.document
-            .try_get_with((), async {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    self.issuer.trim_end_matches('/')
-                );
-                let res = self.http.get(url).send().await.map_err(|e| e.to_string())?;
-                let bytes = res.bytes().await.map_err(|e| e.to_string())?;
-                serde_json::from_slice(&bytes).map(std::sync::Arc::new).map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e: std::sync::Arc<String>| {
-                tracing::warn!(error = %e, "OpenID discovery failed");
-                Problem::unavailable("the identity provider is unavailable")
-            })
+        let polls = super::device::Polls::new(Duration::from_secs(cfg.oidc_device_poll_secs));
+        Self { cfg, discovery, db, attempt_key, polls }
     }
 
     fn seal(&self, attempt: &Attempt) -> Result<Cookie<'static>, Problem> {
@@ -156,20 +99,7 @@ impl Login {
         >,
         Problem,
     > {
-        let metadata = self
-            .metadata
-            .try_get_with((), async {
-                let issuer = IssuerUrl::new(self.issuer.clone()).map_err(|e| e.to_string())?;
-                CoreProviderMetadata::discover_async(issuer, &self.http)
-                    .await
-                    .map(std::sync::Arc::new)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e: std::sync::Arc<String>| {
-                tracing::warn!(error = %e, "OpenID discovery failed");
-                Problem::unavailable("the identity provider is unavailable")
-            })?;
+        let metadata = self.discovery.metadata().await?;
         let redirect = RedirectUrl::new(self.cfg.oidc_redirect_url.clone())
             .map_err(|e| Problem::internal(&e))?;
         Ok(CoreClient::from_provider_metadata(
@@ -206,13 +136,13 @@ pub struct LoginQuery {
 
 /// Start signing in: remember the attempt, send the browser to the provider.
 pub async fn start(
-    login: web::Data<Login>,
+    sign_in: web::Data<SignIn>,
     query: web::Query<LoginQuery>,
 ) -> Result<HttpResponse, Problem> {
     // Only paths on this site: an open redirect would hand the session to anyone's page.
     let return_to = safe_return_to(query.return_to.as_deref().unwrap_or("/"))
         .ok_or_else(|| Problem::bad_request("returnTo must be a path on this site"))?;
-    let client = login.client().await?;
+    let client = sign_in.client().await?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let (url, csrf, nonce) = client
         .authorize_url(
@@ -233,7 +163,7 @@ pub async fn start(
     };
     Ok(HttpResponse::SeeOther()
         .insert_header(("Location", url.to_string()))
-        .cookie(login.seal(&attempt)?)
+        .cookie(sign_in.seal(&attempt)?)
         .finish())
 }
 
@@ -276,8 +206,7 @@ pub struct CallbackQuery {
 /// The provider sent the browser back: check everything, then open a login session.
 pub async fn callback(
     req: HttpRequest,
-    state: web::Data<AppState>,
-    login: web::Data<Login>,
+    sign_in: web::Data<SignIn>,
     query: web::Query<CallbackQuery>,
 ) -> Result<HttpResponse, Problem> {
     if let Some(error) = &query.error {
@@ -291,7 +220,7 @@ pub async fn callback(
     // The attempt must have started in this browser (login CSRF), unexpired, unaltered.
     let attempt = req
         .cookie(ATTEMPT_COOKIE)
-        .and_then(|c| login.open(c))
+        .and_then(|c| sign_in.open(c))
         .filter(|a| &a.state == attempt && a.expires_at > schemas::now_ms())
         .ok_or_else(|| {
             Problem::bad_request(
@@ -299,14 +228,14 @@ pub async fn callback(
             )
         })?;
     let Attempt { verifier, nonce, return_to, .. } = attempt;
-    let db = state.identity.get().await?;
+    let db = sign_in.db.get().await?;
 
-    let client = login.client().await?;
+    let client = sign_in.client().await?;
     let tokens = client
         .exchange_code(AuthorizationCode::new(code.clone()))
         .map_err(|e| Problem::internal(&e))?
         .set_pkce_verifier(PkceCodeVerifier::new(verifier))
-        .request_async(&login.http)
+        .request_async(sign_in.discovery.http())
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "code exchange failed");
@@ -320,8 +249,8 @@ pub async fn callback(
         Err(first) => {
             // Perhaps signed with a key published after our copy of the provider's keys: fetch
             // them again, once, before refusing.
-            login.metadata.invalidate(&()).await;
-            let fresh = login.client().await?;
+            sign_in.discovery.refresh().await;
+            let fresh = sign_in.client().await?;
             id_token.claims(&fresh.id_token_verifier(), &nonce).cloned().map_err(|e| {
                 tracing::warn!(error = %e, first = %first, "ID token rejected");
                 Problem::bad_request("the identity provider's ID token was not valid")
@@ -333,7 +262,8 @@ pub async fn callback(
         email_verified: claims.email_verified().unwrap_or(false),
         name: claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned()),
     };
-    let user = platform::users::resolve(&db, &login.issuer, claims.subject().as_str(), &profile)
+    let issuer = sign_in.discovery.issuer();
+    let user = crate::users::resolve(&db, issuer, claims.subject().as_str(), &profile)
         .await?
         .ok_or_else(|| Problem::unauthorized("this account was erased"))?;
     let session = login::create(&db, &user).await?;
@@ -350,10 +280,10 @@ pub async fn callback(
 pub async fn logout(
     req: HttpRequest,
     _user: AuthUser,
-    state: web::Data<AppState>,
+    sign_in: web::Data<SignIn>,
 ) -> Result<HttpResponse, Problem> {
     if let Some(session) = req.cookie(SESSION_COOKIE) {
-        let db = state.identity.get().await?;
+        let db = sign_in.db.get().await?;
         login::revoke(&db, session.value()).await?;
     }
     Ok(HttpResponse::NoContent()

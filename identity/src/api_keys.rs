@@ -77,6 +77,48 @@ pub async fn verify(
     }))
 }
 
+/// Record a new key's credential (before its event, so it works as soon as it is shown).
+pub async fn store(
+    db: &deadpool_postgres::Client,
+    id: &ApiKeyId,
+    user: &UserId,
+    organization: &OrganizationId,
+    key: &NewKey,
+    expires_at_ms: i64,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "INSERT INTO api_keys (key_id, user_id, organization_id, secret_sha256, expires_at) \
+         VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0))",
+        &[&id.as_str(), &user.as_str(), &organization.as_str(), &key.secret_sha256, &expires_at_ms],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Remove a credential whose key was never handed out (its event could not be recorded).
+pub async fn discard(
+    db: &deadpool_postgres::Client,
+    id: &ApiKeyId,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute("DELETE FROM api_keys WHERE key_id = $1", &[&id.as_str()]).await?;
+    Ok(())
+}
+
+/// Revoke `user`'s key at once (idempotent). False if they have no such key.
+pub async fn revoke(
+    db: &deadpool_postgres::Client,
+    id: &ApiKeyId,
+    user: &UserId,
+) -> Result<bool, tokio_postgres::Error> {
+    let revoked = db
+        .execute(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = $1 AND user_id = $2",
+            &[&id.as_str(), &user.as_str()],
+        )
+        .await?;
+    Ok(revoked > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
