@@ -4,7 +4,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform::problem::Problem;
-use serde::{Deserialize, Serialize};
+use schemas::read::{Cursor, Page};
+use serde::Deserialize;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
@@ -43,41 +44,40 @@ impl PageQuery {
 }
 
 /// One page of a list: its items and where the next page starts.
-#[derive(Debug, Serialize)]
-pub struct Page {
-    pub items: Vec<serde_json::Value>,
-    pub cursor: Cursor,
+/// A page of `items` (fetched with `limit + 1` to know whether there is more), with a cursor
+/// made from the last item's key when there is.
+pub fn page<T>(mut items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() as i64 > limit;
+    items.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = items.last().filter(|_| more).map(|i| URL_SAFE_NO_PAD.encode(key(i)));
+    Page { items, cursor: Cursor { next } }
 }
 
-#[derive(Debug, Serialize)]
-pub struct Cursor {
-    pub next: Option<String>,
+/// A stored enum value (a role) as its type; a value the type does not know is a server bug.
+pub fn parse_stored<T: serde::de::DeserializeOwned>(value: &str) -> Result<T, Problem> {
+    serde_json::from_value(serde_json::Value::String(value.to_owned()))
+        .map_err(|e| Problem::internal(&format!("stored value {value:?}: {e}")))
 }
 
-impl Page {
-    /// A page from `limit + 1` fetched items: the extra one only says there is more. The cursor
-    /// is the id found at JSON pointer `id` (e.g. `/id`) in the page's last item.
-    pub fn of(mut items: Vec<serde_json::Value>, limit: i64, id: &str) -> Self {
-        let more = items.len() as i64 > limit;
-        items.truncate(usize::try_from(limit).unwrap_or(0));
-        let last_id = items.last().and_then(|i| i.pointer(id)).and_then(|v| v.as_str());
-        let next = last_id.filter(|_| more).map(|i| URL_SAFE_NO_PAD.encode(i));
-        Page { items, cursor: Cursor { next } }
-    }
+/// A stored id as its type.
+pub fn parse_id<T: std::str::FromStr>(value: &str) -> Result<T, Problem>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| Problem::internal(&format!("stored id {value:?}: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn a_page_has_a_cursor_only_when_there_is_more() {
-        let items = |n: usize| (0..n).map(|i| json!({ "id": format!("x{i}") })).collect::<Vec<_>>();
-        let full = Page::of(items(3), 2, "/id");
+        let items = |n: usize| (0..n).map(|i| format!("x{i}")).collect::<Vec<_>>();
+        let full = page(items(3), 2, String::clone);
         assert_eq!(full.items.len(), 2);
         let q = PageQuery { limit: None, cursor: full.cursor.next.clone(), consistency: None };
         assert_eq!(q.after().unwrap(), "x1");
-        assert!(Page::of(items(2), 2, "/id").cursor.next.is_none());
+        assert!(page(items(2), 2, String::clone).cursor.next.is_none());
     }
 }

@@ -12,6 +12,7 @@ pub mod json_schema;
 pub mod live;
 pub mod message;
 pub mod policy;
+pub mod read;
 pub mod subjects;
 
 /// Milliseconds since the Unix epoch, the time unit of every event (as in OpenCode).

@@ -3,9 +3,9 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use identity::AuthUser;
 use platform::problem::Problem;
-use serde_json::json;
+use schemas::read::{ApiKeyView, KeyTimes};
 
-use crate::page::{Page, PageQuery};
+use crate::page::{PageQuery, page, parse_id};
 use crate::startup::AppState;
 
 pub async fn mine(
@@ -28,12 +28,14 @@ pub async fn mine(
         .iter()
         .map(|r| {
             let (expires, revoked): (i64, Option<i64>) = (r.get(4), r.get(5));
-            json!({
-                "id": r.get::<_, String>(0), "organizationID": r.get::<_, String>(1), "name": r.get::<_, String>(2),
-                "time": { "created": r.get::<_, i64>(3), "expires": expires, "revoked": revoked },
-                "active": revoked.is_none() && expires > now,
+            Ok(ApiKeyView {
+                id: parse_id(r.get(0))?,
+                organization_id: parse_id(r.get(1))?,
+                name: r.get(2),
+                time: KeyTimes { created: r.get(3), expires, revoked },
+                active: revoked.is_none() && expires > now,
             })
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(HttpResponse::Ok().json(page(items, limit, |k| k.id.to_string())))
 }

@@ -8,10 +8,10 @@ use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::OrganizationId;
 use schemas::policy::Action;
-use serde_json::{Value, json};
+use schemas::read::{AuditEntry, Cursor, Page};
 
 use crate::access;
-use crate::page::{Cursor, PageQuery};
+use crate::page::PageQuery;
 use crate::startup::AppState;
 
 pub async fn list(
@@ -42,18 +42,20 @@ pub async fn list(
         )
         .await?;
     let more = rows.len() as i64 > limit;
-    let items: Vec<Value> = rows
+    let items: Vec<AuditEntry> = rows
         .iter()
         .take(usize::try_from(limit).unwrap_or(0))
-        .map(|r| {
-            json!({
-                "id": r.get::<_, String>(0), "time": r.get::<_, i64>(1), "actor": r.get::<_, Option<String>>(2),
-                "type": r.get::<_, String>(3), "details": r.get::<_, Value>(4),
-            })
+        .map(|r| AuditEntry {
+            id: r.get(0),
+            time: r.get(1),
+            actor: r.get(2),
+            event_type: r.get(3),
+            details: r.get(4),
         })
         .collect();
-    let next = items.last().filter(|_| more).map(|i| {
-        URL_SAFE_NO_PAD.encode(format!("{}|{}", i["time"], i["id"].as_str().unwrap_or_default()))
-    });
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "cursor": Cursor { next } })))
+    let next = items
+        .last()
+        .filter(|_| more)
+        .map(|i| URL_SAFE_NO_PAD.encode(format!("{}|{}", i.time, i.id)));
+    Ok(HttpResponse::Ok().json(Page { items, cursor: Cursor { next } }))
 }

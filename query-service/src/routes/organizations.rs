@@ -4,10 +4,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::OrganizationId;
-use serde_json::json;
+use schemas::read::{Added, Created, Me, Member, OrganizationSummary, WorkspaceSummary};
 
 use crate::access;
-use crate::page::{Page, PageQuery};
+use crate::page::{PageQuery, page, parse_id, parse_stored};
 use crate::startup::AppState;
 use schemas::policy::Action;
 
@@ -24,10 +24,9 @@ pub async fn me(
             &[&user.user_id.as_str()],
         )
         .await?;
-    let (email, name): (Option<String>, Option<String>) =
+    let (email, display_name): (Option<String>, Option<String>) =
         profile.map_or((None, None), |r| (r.get(0), r.get(1)));
-    Ok(HttpResponse::Ok()
-        .json(json!({ "userID": user.user_id, "email": email, "displayName": name })))
+    Ok(HttpResponse::Ok().json(Me { user_id: user.user_id, email, display_name }))
 }
 
 /// The organizations the caller belongs to, with their role.
@@ -51,14 +50,16 @@ pub async fn list(
     let items = rows
         .iter()
         .map(|r| {
-            json!({
-                "id": r.get::<_, String>(0), "name": r.get::<_, String>(1),
-                "ownerID": r.get::<_, String>(2), "time": { "created": r.get::<_, i64>(3) },
-                "role": r.get::<_, String>(4),
+            Ok(OrganizationSummary {
+                id: parse_id(r.get(0))?,
+                name: r.get(1),
+                owner_id: parse_id(r.get(2))?,
+                time: Created { created: r.get(3) },
+                role: parse_stored(r.get(4))?,
             })
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(HttpResponse::Ok().json(page(items, limit, |o| o.id.to_string())))
 }
 
 /// The organization's members and their roles.
@@ -83,14 +84,16 @@ pub async fn members(
     let items = rows
         .iter()
         .map(|r| {
-            json!({
-                "userID": r.get::<_, String>(0), "role": r.get::<_, String>(1),
-                "time": { "added": r.get::<_, i64>(2) },
-                "email": r.get::<_, Option<String>>(3), "displayName": r.get::<_, Option<String>>(4),
+            Ok(Member {
+                user_id: parse_id(r.get(0))?,
+                role: parse_stored(r.get(1))?,
+                time: Added { added: r.get(2) },
+                email: r.get(3),
+                display_name: r.get(4),
             })
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/userID")))
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(HttpResponse::Ok().json(page(items, limit, |m| m.user_id.to_string())))
 }
 
 pub async fn workspaces(
@@ -105,7 +108,7 @@ pub async fn workspaces(
     access::organization(&db, &org, &user, Action::Read).await?;
     let rows = db
         .query(
-            "SELECT workspace_id, name, created_by, created_at FROM rm_workspaces \
+            "SELECT workspace_id, name, created_by, created_at, archived FROM rm_workspaces \
              WHERE organization_id = $1 AND workspace_id > $2 ORDER BY workspace_id LIMIT $3",
             &[&org.as_str(), &after, &(limit + 1)],
         )
@@ -113,11 +116,15 @@ pub async fn workspaces(
     let items = rows
         .iter()
         .map(|r| {
-            json!({
-                "id": r.get::<_, String>(0), "organizationID": org.as_str(), "name": r.get::<_, String>(1),
-                "createdBy": r.get::<_, String>(2), "time": { "created": r.get::<_, i64>(3) },
+            Ok(WorkspaceSummary {
+                id: parse_id(r.get(0))?,
+                organization_id: org.clone(),
+                name: r.get(1),
+                archived: r.get(4),
+                created_by: parse_id(r.get(2))?,
+                time: Created { created: r.get(3) },
             })
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(HttpResponse::Ok().json(page(items, limit, |w| w.id.to_string())))
 }

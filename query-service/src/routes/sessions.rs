@@ -4,28 +4,36 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::{SessionId, WorkspaceId};
-use serde_json::{Value, json};
+use schemas::message::SessionStatus;
+use schemas::read::{MessageView, SessionTimes, SessionView};
+use serde_json::Value;
 
 use crate::access;
-use crate::page::{Page, PageQuery};
+use crate::page::{PageQuery, page, parse_id};
 use crate::startup::AppState;
 use schemas::policy::Action;
 
 /// OpenCode's `Session` shape, from an `rm_sessions` row.
-fn session_json(r: &tokio_postgres::Row) -> Value {
-    json!({
-        "id": r.get::<_, String>("session_id"),
-        "organizationID": r.get::<_, String>("organization_id"),
-        "workspaceID": r.get::<_, String>("workspace_id"),
-        "projectID": r.get::<_, Option<String>>("project_id"),
-        "title": r.get::<_, String>("title"),
-        "status": { "type": r.get::<_, String>("status") },
-        "createdBy": r.get::<_, String>("created_by"),
-        "time": { "created": r.get::<_, i64>("created_at"), "updated": r.get::<_, i64>("updated_at") },
+fn session_view(r: &tokio_postgres::Row) -> Result<SessionView, Problem> {
+    let project: Option<&str> = r.get("project_id");
+    Ok(SessionView {
+        id: parse_id(r.get("session_id"))?,
+        organization_id: parse_id(r.get("organization_id"))?,
+        workspace_id: parse_id(r.get("workspace_id"))?,
+        project_id: project.map(parse_id).transpose()?,
+        title: r.get("title"),
+        status: parse_tagged(r.get("status"))?,
+        created_by: parse_id(r.get("created_by"))?,
+        time: SessionTimes { created: r.get("created_at"), updated: r.get("updated_at") },
     })
 }
 
-/// A workspace's sessions, newest first.
+/// A stored status (`idle`) as its tagged type (`{"type": "idle"}`).
+fn parse_tagged(status: &str) -> Result<SessionStatus, Problem> {
+    serde_json::from_value(serde_json::json!({ "type": status }))
+        .map_err(|e| Problem::internal(&format!("stored status {status:?}: {e}")))
+}
+
 pub async fn list(
     user: AuthUser,
     req: HttpRequest,
@@ -44,8 +52,8 @@ pub async fn list(
             &[&org, &ws.as_str(), &after, &(limit + 1)],
         )
         .await?;
-    let items = rows.iter().map(session_json).collect();
-    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/id")))
+    let items = rows.iter().map(session_view).collect::<Result<Vec<_>, Problem>>()?;
+    Ok(HttpResponse::Ok().json(page(items, limit, |s| s.id.to_string())))
 }
 
 pub async fn get(
@@ -56,7 +64,7 @@ pub async fn get(
 ) -> Result<HttpResponse, Problem> {
     let db = state.reader(&req, &user).await?;
     let session = access::session(&db, &id, &user, Action::Read).await?;
-    Ok(HttpResponse::Ok().json(session_json(&session.row)))
+    Ok(HttpResponse::Ok().json(session_view(&session.row)?))
 }
 
 /// A session's messages, oldest first, as OpenCode's `{info, parts}`.
@@ -78,9 +86,14 @@ pub async fn messages(
             &[&session.organization_id.as_str(), &id.as_str(), &after, &(limit + 1)],
         )
         .await?;
-    let items: Vec<Value> = rows
+    let items = rows
         .iter()
-        .map(|r| json!({ "info": r.get::<_, Value>(1), "parts": r.get::<_, Value>(2) }))
-        .collect();
-    Ok(HttpResponse::Ok().json(Page::of(items, limit, "/info/id")))
+        .map(|r| {
+            let (info, parts): (Value, Value) = (r.get(1), r.get(2));
+            let view = serde_json::from_value(info)
+                .and_then(|info| Ok(MessageView { info, parts: serde_json::from_value(parts)? }));
+            view.map_err(|e| Problem::internal(&format!("stored message: {e}")))
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(HttpResponse::Ok().json(page(items, limit, |m| m.info.id.to_string())))
 }

@@ -5,9 +5,10 @@ use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::WorkspaceId;
 use schemas::policy::Action;
-use serde_json::json;
+use schemas::read::{Created, ProjectView, WorkspaceDetail, WorkspaceMember, WorkspaceSummary};
 
 use crate::access;
+use crate::page::{parse_id, parse_stored};
 use crate::startup::AppState;
 
 /// Members and projects are listed whole: a workspace has tens of them, not thousands.
@@ -34,17 +35,33 @@ pub async fn get(
             &[&ws.as_str(), &MAX_LISTED],
         )
         .await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "id": ws.as_str(),
-        "organizationID": w.organization_id,
-        "name": w.row.get::<_, String>("name"),
-        "archived": w.row.get::<_, bool>("archived"),
-        "createdBy": w.row.get::<_, String>("created_by"),
-        "time": { "created": w.row.get::<_, i64>("created_at") },
-        "members": members.iter().map(|r| json!({ "userID": r.get::<_, String>(0), "role": r.get::<_, String>(1) })).collect::<Vec<_>>(),
-        "projects": projects.iter().map(|r| json!({
-            "id": r.get::<_, String>(0), "repositoryURL": r.get::<_, String>(1),
-            "defaultBranch": r.get::<_, String>(2), "time": { "created": r.get::<_, i64>(3) },
-        })).collect::<Vec<_>>(),
-    })))
+    let members = members
+        .iter()
+        .map(|r| {
+            Ok(WorkspaceMember { user_id: parse_id(r.get(0))?, role: parse_stored(r.get(1))? })
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    let projects = projects
+        .iter()
+        .map(|r| {
+            Ok(ProjectView {
+                id: parse_id(r.get(0))?,
+                repository_url: r.get(1),
+                default_branch: r.get(2),
+                time: Created { created: r.get(3) },
+            })
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(HttpResponse::Ok().json(WorkspaceDetail {
+        workspace: WorkspaceSummary {
+            id: ws.into_inner(),
+            organization_id: w.organization_id,
+            name: w.row.get("name"),
+            archived: w.row.get("archived"),
+            created_by: parse_id(w.row.get("created_by"))?,
+            time: Created { created: w.row.get("created_at") },
+        },
+        members,
+        projects,
+    }))
 }

@@ -1,0 +1,225 @@
+//! Response bodies of the query service's REST reads, typed like the request bodies so the
+//! published OpenAPI document (`openapi.rs`) is generated from what the code really sends.
+//! Field names follow OpenCode's casing (`sessionID`, `time.created`).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::events::{Role, WorkspaceRole};
+use crate::ids::{ApiKeyId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId};
+use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage};
+
+/// One page of a listing. Pass `cursor.next` as `?cursor=` for the next page; `null` at the end.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub cursor: Cursor,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Cursor {
+    pub next: Option<String>,
+}
+
+/// When something was created (milliseconds since the Unix epoch, as everywhere).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub struct Created {
+    pub created: i64,
+}
+
+/// `GET /me`: the caller.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Me {
+    #[serde(rename = "userID")]
+    pub user_id: UserId,
+    pub email: Option<String>,
+    #[serde(rename = "displayName")]
+    pub display_name: Option<String>,
+}
+
+/// An organization the caller belongs to, with their role in it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OrganizationSummary {
+    pub id: OrganizationId,
+    pub name: String,
+    #[serde(rename = "ownerID")]
+    pub owner_id: UserId,
+    pub time: Created,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub struct Added {
+    pub added: i64,
+}
+
+/// A member of an organization.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Member {
+    #[serde(rename = "userID")]
+    pub user_id: UserId,
+    pub role: Role,
+    pub time: Added,
+    /// Erased accounts and people who never shared one have none.
+    pub email: Option<String>,
+    #[serde(rename = "displayName")]
+    pub display_name: Option<String>,
+}
+
+/// A workspace in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkspaceSummary {
+    pub id: WorkspaceId,
+    #[serde(rename = "organizationID")]
+    pub organization_id: OrganizationId,
+    pub name: String,
+    /// Read-only: no new sessions or prompts.
+    pub archived: bool,
+    #[serde(rename = "createdBy")]
+    pub created_by: UserId,
+    pub time: Created,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkspaceMember {
+    #[serde(rename = "userID")]
+    pub user_id: UserId,
+    pub role: WorkspaceRole,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ProjectView {
+    pub id: ProjectId,
+    #[serde(rename = "repositoryURL")]
+    pub repository_url: String,
+    #[serde(rename = "defaultBranch")]
+    pub default_branch: String,
+    pub time: Created,
+}
+
+/// `GET /workspace/{ws}`: a workspace with its members and projects.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkspaceDetail {
+    #[serde(flatten)]
+    pub workspace: WorkspaceSummary,
+    pub members: Vec<WorkspaceMember>,
+    pub projects: Vec<ProjectView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub struct SessionTimes {
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// A session (OpenCode's `Session.Info`, with our tenancy fields).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SessionView {
+    pub id: SessionId,
+    #[serde(rename = "organizationID")]
+    pub organization_id: OrganizationId,
+    #[serde(rename = "workspaceID")]
+    pub workspace_id: WorkspaceId,
+    #[serde(rename = "projectID")]
+    pub project_id: Option<ProjectId>,
+    pub title: String,
+    pub status: SessionStatus,
+    #[serde(rename = "createdBy")]
+    pub created_by: UserId,
+    pub time: SessionTimes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
+pub struct MessageTime {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<i64>,
+}
+
+/// OpenCode's message info: a user message, or an assistant reply (whose outcome fields appear
+/// once it completed).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MessageInfo {
+    pub id: MessageId,
+    #[serde(rename = "sessionID")]
+    pub session_id: SessionId,
+    pub role: MessageRole,
+    #[serde(default)]
+    pub time: MessageTime,
+    /// Who wrote a user message.
+    #[serde(rename = "userID", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// The model a user message asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRef>,
+    /// The prompt an assistant reply answers.
+    #[serde(rename = "parentID", default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<MessageId>,
+    #[serde(rename = "providerID", default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    #[serde(rename = "modelID", default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<FinishReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<MessageError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenUsage>,
+    /// In dollars, as OpenCode reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    /// Which delivery of the prompt produced the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(rename = "abortRequested", default, skip_serializing_if = "Option::is_none")]
+    pub abort_requested: Option<bool>,
+}
+
+/// A message with its parts (OpenCode's `{info, parts}`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MessageView {
+    pub info: MessageInfo,
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub struct KeyTimes {
+    pub created: i64,
+    pub expires: i64,
+    pub revoked: Option<i64>,
+}
+
+/// One of the caller's API keys (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ApiKeyView {
+    pub id: ApiKeyId,
+    #[serde(rename = "organizationID")]
+    pub organization_id: OrganizationId,
+    pub name: String,
+    pub time: KeyTimes,
+    /// Neither revoked nor expired.
+    pub active: bool,
+}
+
+/// One entry of an organization's audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct AuditEntry {
+    /// The event's id, `<aggregateID>:<sequence>`.
+    pub id: String,
+    pub time: i64,
+    /// `usr_…` or `service:<name>`.
+    pub actor: Option<String>,
+    /// The event type, e.g. `organization.member_added`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The event's properties.
+    pub details: serde_json::Value,
+}
