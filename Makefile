@@ -32,6 +32,6 @@ bench:
 	cargo build --release --workspace --bins && \
 	cargo bench -p e2e-tests
 
-# Regenerate the checked-in JSON Schemas after changing bus types.
+# Regenerate the checked-in JSON Schemas and OpenAPI documents after changing bus or API types.
 schemas:
-	UPDATE_SCHEMAS=1 cargo test -p schemas json_schema
+	UPDATE_SCHEMAS=1 cargo test -p schemas checked_in

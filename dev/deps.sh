@@ -31,6 +31,14 @@ if ! version_ok "$nats"; then
 fi
 version_ok "$nats" || { log "nats-server 2.10+ not available at $nats"; exit 1; }
 
+# schemathesis, the API fuzzer the tests run against the published OpenAPI documents
+schemathesis="$scripts/st"
+if ! "$schemathesis" --version 2>/dev/null | grep -q '4\.32\.5'; then
+  log "installing schemathesis from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5' >&2
+fi
+"$schemathesis" --version >/dev/null 2>&1 || { log "schemathesis not available at $schemathesis"; exit 1; }
+
 # Development OpenID provider
 if [ ! -d dev/oidc/node_modules/oidc-provider ]; then
   log "installing oidc-provider"
@@ -38,3 +46,4 @@ if [ ! -d dev/oidc/node_modules/oidc-provider ]; then
 fi
 
 echo "export OC_TEST_NATS_SERVER=$nats"
+echo "export OC_TEST_SCHEMATHESIS=$schemathesis"

@@ -34,6 +34,20 @@ pub fn extractor_config(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// Serves an OpenAPI document (rendered once) at `/openapi.json`, to anyone.
+pub fn openapi_route(cfg: &mut web::ServiceConfig, document: fn() -> serde_json::Value) {
+    let body = web::Data::new(document().to_string());
+    cfg.route(
+        "/openapi.json",
+        web::get().to(move || {
+            let body = body.clone();
+            async move {
+                HttpResponse::Ok().content_type("application/json").body(body.get_ref().clone())
+            }
+        }),
+    );
+}
+
 /// Answers 404 problem+json for any route that does not exist.
 pub async fn not_found() -> Result<HttpResponse, Problem> {
     Err(Problem::not_found())

@@ -136,6 +136,21 @@ pub struct ApiKeyCreated {
     pub consistency_token: String,
 }
 
+/// Every error answer (RFC 9457 `application/problem+json`), as `platform::problem` writes it.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct ProblemDetails {
+    /// `about:blank`, or `urn:oc:problem:<limit>` for a limit reached.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For a limit: the limit that was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
 /// Returned by every command: what was created and a token for read-your-writes.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Accepted {

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod json_schema;
 pub mod live;
 pub mod message;
+pub mod openapi;
 pub mod policy;
 pub mod read;
 pub mod subjects;

@@ -11,6 +11,7 @@ use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, 
 
 /// One page of a listing. Pass `cursor.next` as `?cursor=` for the next page; `null` at the end.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "PageOf{T}")]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub cursor: Cursor,

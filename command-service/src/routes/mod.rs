@@ -13,6 +13,7 @@ use platform::http::RequestId;
 use crate::executor::CommandContext;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    platform::http::openapi_route(cfg, schemas::openapi::command_document);
     cfg.route("/me", web::delete().to(me::erase))
         .route("/org", web::post().to(organizations::create))
         .route("/org/{org}", web::patch().to(organizations::rename))

@@ -10,6 +10,7 @@ mod workspaces;
 use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    platform::http::openapi_route(cfg, schemas::openapi::query_document);
     cfg.configure(identity::sign_in::routes)
         .route("/me", web::get().to(organizations::me))
         .route("/me/api-key", web::get().to(api_keys::mine))
