@@ -15,6 +15,16 @@ export OC_NATS_URL=${OC_NATS_URL:-nats://127.0.0.1:$NATS_PORT}
 export OC_OIDC_ISSUER=${OC_OIDC_ISSUER:-http://127.0.0.1:$OIDC_PORT}
 export OC_PROVIDER_BASE_URL=${OC_PROVIDER_BASE_URL:-http://127.0.0.1:8090/v1}
 
+# Provider keys are sealed under a key-encryption key; development makes one, once, and keeps it
+# with the rest of its state (a deployment brings its own: OC_PROVIDER_KEKS=id:base64 of 32 bytes).
+if [ -z "${OC_PROVIDER_KEKS:-}" ]; then
+  [ -s "$state/provider-kek" ] || echo "dev:$(head -c 32 /dev/urandom | base64 -w0)" >"$state/provider-kek"
+  OC_PROVIDER_KEKS=$(cat "$state/provider-kek")
+  export OC_PROVIDER_KEKS
+fi
+# The fake provider (and self-hosted models in development) listen on loopback.
+export OC_PROVIDER_ALLOW_PRIVATE_URLS=${OC_PROVIDER_ALLOW_PRIVATE_URLS:-true}
+
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start() { # name port command...
   local name=$1 port=$2; shift 2

@@ -20,6 +20,10 @@ pub struct CommandConfig {
     pub api_key_rate_limit_per_minute: u32,
     /// `OC_API_KEY_RATE_LIMIT_BURST`: how many of them may come at once.
     pub api_key_rate_limit_burst: u32,
+    /// `OC_PROVIDER_ALLOW_PRIVATE_URLS`: let provider connections point at loopback and private
+    /// addresses (a self-hosted model server on the same network). Off by default: a member's
+    /// own connection must not turn the worker into a probe of the internal network.
+    pub provider_allow_private_urls: bool,
     /// `OC_RELAY_ENABLED`: run the outbox relay in this instance. Several instances may; one
     /// publishes at a time.
     pub relay_enabled: bool,
@@ -31,6 +35,7 @@ impl Default for CommandConfig {
             command_addr: "127.0.0.1:8081".into(),
             command_ops_addr: "127.0.0.1:9081".into(),
             relay_enabled: true,
+            provider_allow_private_urls: false,
             rate_limit_per_minute: 600,
             rate_limit_burst: 60,
             api_key_rate_limit_per_minute: 300,

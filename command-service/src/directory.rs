@@ -11,7 +11,9 @@ use postgres_es::PostgresEventRepository;
 use std::collections::{HashMap, HashSet};
 
 use schemas::events::{Role, WorkspaceRole};
-use schemas::ids::{OrganizationId, ProjectId, UserId, WorkspaceId};
+use schemas::ids::{ConnectionId, OrganizationId, ProjectId, UserId, WorkspaceId};
+use schemas::message::ModelRef;
+use schemas::provider::ConnectionRef;
 
 use crate::aggregates::{Organization, Workspace};
 use crate::error::DomainError;
@@ -30,6 +32,21 @@ pub trait Directory: Send + Sync {
         &self,
         workspace: &WorkspaceId,
     ) -> Result<Option<WorkspaceView>, DomainError>;
+    /// The provider connection a prompt of `user` in `org` for `model` goes to (`None`: the
+    /// deployment's default provider); refused if nothing usable offers the model.
+    async fn connection_for(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+        model: &ModelRef,
+    ) -> Result<Option<ConnectionRef>, DomainError>;
+    /// Whether `user` may manage connection `id` of `org` (as the command would decide).
+    async fn may_manage_connection(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+        id: &ConnectionId,
+    ) -> Result<(), DomainError>;
 }
 
 /// What commands need to know of a workspace.
@@ -83,6 +100,30 @@ impl Directory for ScopedDirectory {
         let view = self.inner.workspace(workspace).await?;
         Ok(view.filter(|v| v.organization_id == self.organization))
     }
+
+    async fn connection_for(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+        model: &ModelRef,
+    ) -> Result<Option<ConnectionRef>, DomainError> {
+        if org != &self.organization {
+            return Err(DomainError::NotFound);
+        }
+        self.inner.connection_for(org, user, model).await
+    }
+
+    async fn may_manage_connection(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+        id: &ConnectionId,
+    ) -> Result<(), DomainError> {
+        if org != &self.organization {
+            return Err(DomainError::NotFound);
+        }
+        self.inner.may_manage_connection(org, user, id).await
+    }
 }
 
 /// Answers from the event store.
@@ -123,6 +164,26 @@ impl Directory for EventStoreDirectory {
             self.workspaces.load_aggregate(workspace.as_str()).await.map_err(unavailable)?;
         Ok(ctx.aggregate().view())
     }
+
+    async fn connection_for(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+        model: &ModelRef,
+    ) -> Result<Option<ConnectionRef>, DomainError> {
+        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
+        ctx.aggregate().resolve(user, model)
+    }
+
+    async fn may_manage_connection(
+        &self,
+        org: &OrganizationId,
+        user: &UserId,
+        id: &ConnectionId,
+    ) -> Result<(), DomainError> {
+        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
+        ctx.aggregate().may_manage_connection(id, user)
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +211,25 @@ pub mod fake {
         }
         async fn workspace(&self, ws: &WorkspaceId) -> Result<Option<WorkspaceView>, DomainError> {
             Ok(self.workspaces.lock().unwrap().get(ws).cloned())
+        }
+        async fn connection_for(
+            &self,
+            _: &OrganizationId,
+            _: &UserId,
+            model: &ModelRef,
+        ) -> Result<Option<ConnectionRef>, DomainError> {
+            match model.provider_id.as_str() {
+                crate::aggregates::DEFAULT_PROVIDER => Ok(None),
+                _ => Err(DomainError::Unprocessable("no such provider".into())),
+            }
+        }
+        async fn may_manage_connection(
+            &self,
+            _: &OrganizationId,
+            _: &UserId,
+            _: &ConnectionId,
+        ) -> Result<(), DomainError> {
+            Err(DomainError::NotFound)
         }
     }
 }

@@ -18,6 +18,9 @@ pub enum DomainError {
     /// The caller may see the resource but not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Well-formed, but names something that cannot be used (a model nobody offers).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The command would take the aggregate past a documented size limit.
     #[error("{0}")]
     TooLarge(String),
@@ -62,6 +65,7 @@ impl From<CommandError> for Problem {
             CommandError::Domain(DomainError::WrongState(d)) => Problem::conflict(d),
             CommandError::Domain(DomainError::Forbidden(d)) => Problem::forbidden(d),
             CommandError::Domain(DomainError::TooLarge(d)) => Problem::payload_too_large(d),
+            CommandError::Domain(DomainError::Unprocessable(d)) => Problem::unprocessable(d),
             CommandError::Domain(DomainError::AlreadyDone) => {
                 Problem::conflict("the command was already carried out")
             }

@@ -28,6 +28,10 @@ pub struct AppState {
     pub db: deadpool_postgres::Pool,
     /// Memberships, for checks a route makes before a command (from the event store).
     pub directory: Arc<dyn crate::directory::Directory>,
+    /// Key-encryption keys that seal provider keys.
+    pub keks: identity::credentials::Keks,
+    /// Whether provider connections may point at private addresses.
+    pub allow_private_urls: bool,
     pub organizations: Executor<Organization>,
     pub workspaces: Executor<Workspace>,
     pub sessions: Executor<Session>,
@@ -58,7 +62,10 @@ impl Application {
             .connect_lazy(&common.database_url)?;
 
         let services = Services { directory: Arc::new(EventStoreDirectory::new(pg.clone())) };
+        let keks = platform::config::load::<identity::ProviderKeysConfig>()?.keks()?;
         let state = Arc::new(AppState {
+            keks,
+            allow_private_urls: cfg.provider_allow_private_urls,
             db: pool.clone(),
             directory: services.directory.clone(),
             organizations: Executor::new(pg.clone(), services.clone()),

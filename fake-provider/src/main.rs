@@ -11,7 +11,9 @@
 //!   `fault=hang`: send headers, then nothing.
 //!
 //! `FAKE_ADDR` (default 127.0.0.1:8090) sets where it listens; it prints `listening on <addr>`.
-//! `GET /stats` counts the completions requested, so tests can see regenerations.
+//! `GET /stats` counts the completions requested, so tests can see regenerations; `GET /requests`
+//! lists the last requests' credential and extra headers, model and prompt, so tests can see
+//! which connection's key was used.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -82,10 +84,39 @@ fn chunk(model: &str, content: Option<&str>, finish: Option<&str>) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
-async fn completions(req: web::Json<ChatRequest>) -> HttpResponse {
+/// The last requests seen, newest last (bounded).
+static SEEN: std::sync::Mutex<std::collections::VecDeque<serde_json::Value>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn remember(http: &actix_web::HttpRequest, model: &str, prompt: &str) {
+    let header =
+        |name: &str| http.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let extra: serde_json::Map<String, serde_json::Value> = http
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("x-") || n.as_str() == "http-referer")
+        .map(|(n, v)| (n.to_string(), json!(v.to_str().unwrap_or_default())))
+        .collect();
+    let entry = json!({
+        "authorization": header("authorization"), "headers": extra, "model": model, "prompt": prompt,
+    });
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    seen.push_back(entry);
+    if seen.len() > 200 {
+        seen.pop_front();
+    }
+}
+
+async fn requests() -> HttpResponse {
+    let seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    HttpResponse::Ok().json(seen.iter().collect::<Vec<_>>())
+}
+
+async fn completions(http: actix_web::HttpRequest, req: web::Json<ChatRequest>) -> HttpResponse {
     REQUESTS.fetch_add(1, Ordering::Relaxed);
     let prompt =
         req.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+    remember(&http, &req.model, prompt);
     let d = directive(prompt);
     match d.fault.as_deref() {
         Some("http500") => {
@@ -169,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
             .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
             .route("/v1/chat/completions", web::post().to(completions))
             .route("/stats", web::get().to(stats))
+            .route("/requests", web::get().to(requests))
             .route("/healthz", web::get().to(|| async { "ok" }))
     })
     .listen(listener)?

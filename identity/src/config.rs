@@ -62,3 +62,21 @@ impl Default for LoginConfig {
         }
     }
 }
+
+/// Where provider keys are sealed and opened (the command service seals, workers open).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ProviderKeysConfig {
+    /// `OC_PROVIDER_KEKS`: key-encryption keys, `id:base64(32 bytes)` comma separated. Keep old
+    /// ids listed until every key was re-wrapped under the new one. Never serialised.
+    #[serde(skip_serializing)]
+    pub provider_keks: SecretString,
+    /// `OC_PROVIDER_KEK_ID`: the one new keys are wrapped with (default: the last listed).
+    pub provider_kek_id: String,
+}
+
+impl ProviderKeysConfig {
+    pub fn keks(&self) -> Result<crate::credentials::Keks, crate::credentials::CredentialError> {
+        crate::credentials::Keks::parse(&self.provider_keks, &self.provider_kek_id)
+    }
+}

@@ -23,11 +23,15 @@ use tracing::Instrument;
 use crate::aborts::Aborts;
 use crate::config::WorkerConfig;
 use crate::history;
-use crate::provider::{ChatMessage, Provider, ProviderError, ProviderEvent};
+use crate::provider::{ChatMessage, Provider, ProviderError, ProviderEvent, Target};
+use identity::credentials;
+use schemas::provider::ConnectionRef;
 
 /// Everything a worker needs to answer prompts.
 #[derive(Clone)]
 pub struct Worker {
+    /// Key-encryption keys that open provider keys (`identity::credentials`).
+    pub keks: identity::credentials::Keks,
     pub js: jetstream::Context,
     pub nats: async_nats::Client,
     pub pool: deadpool_postgres::Pool,
@@ -50,6 +54,8 @@ struct Job {
     committed_ms: i64,
     prompt_event_id: String,
     correlation_id: Option<String>,
+    /// The provider connection to call; none for the deployment's default provider.
+    connection: Option<ConnectionRef>,
 }
 
 /// How the reply ended.
@@ -178,11 +184,15 @@ impl Worker {
         };
         messages.push(ChatMessage { role: "user", content: prompt });
 
+        let target = match self.target(job).await {
+            Ok(target) => target,
+            Err(error) => return failed(reply, error),
+        };
         tracing::debug!(turns = messages.len(), "calling the provider");
         let requested = Instant::now();
         let mut stream = tokio::select! {
             _ = cancel.cancelled() => return aborted(reply),
-            s = self.provider.stream(messages) => match s {
+            s = self.provider.stream(&target, messages) => match s {
                 Ok(s) => s,
                 Err(e) => return provider_failed(reply, e),
             },
@@ -263,6 +273,42 @@ impl Worker {
         reply
     }
 
+    /// Where this prompt's call goes, with the connection's key opened for this call only.
+    async fn target(&self, job: &Job) -> Result<Target, MessageError> {
+        let Some(connection) = &job.connection else {
+            return Ok(self.provider.default_target());
+        };
+        let unavailable = |detail: &dyn std::fmt::Display| {
+            tracing::warn!(error = %detail, connection = %connection.id, "cannot open the connection's key");
+            MessageError::new(
+                MessageErrorName::ProviderAuthError,
+                ErrorKind::Auth,
+                "the provider connection's key is not available (deleted or unreadable)",
+            )
+        };
+        let db = self.pool.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "database unavailable");
+            MessageError::new(
+                MessageErrorName::UnknownError,
+                ErrorKind::Internal,
+                "cannot read the connection's key",
+            )
+        })?;
+        let sealed = credentials::store::get(&db, &connection.id)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .ok_or_else(|| unavailable(&"no key stored"))?;
+        drop(db);
+        let api_key = credentials::open(&self.keks, &sealed, &job.org, &connection.id)
+            .map_err(|e| unavailable(&e))?;
+        Ok(Target {
+            base_url: connection.base_url.clone(),
+            api_key,
+            headers: connection.headers.clone(),
+            model: job.message.model.model_id.clone(),
+        })
+    }
+
     async fn publish_delta(
         &self,
         job: &Job,
@@ -334,10 +380,14 @@ impl Worker {
             finish: reply.finish,
             error: reply.error,
             tokens: reply.tokens,
-            model: ModelRef {
-                provider_id: "openai-compatible".into(),
-                model_id: self.provider.model().into(),
+            model: match &job.connection {
+                Some(_) => job.message.model.clone(),
+                None => ModelRef {
+                    provider_id: "openai-compatible".into(),
+                    model_id: self.provider.default_target().model,
+                },
             },
+            connection_id: job.connection.as_ref().map(|c| c.id.clone()),
             attempt: job.attempt,
             causation_id: job.prompt_event_id.clone(),
         };
@@ -386,7 +436,8 @@ impl Worker {
 /// The prompt a bus message asks to answer (None for other events).
 fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job>> {
     let envelope: Envelope<SessionEvent> = serde_json::from_slice(payload)?;
-    let SessionEvent::Prompted { session_id, message, assistant_message_id } = envelope.payload
+    let SessionEvent::Prompted { session_id, message, assistant_message_id, connection } =
+        envelope.payload
     else {
         return Ok(None);
     };
@@ -403,6 +454,7 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
         committed_ms: envelope.time,
         prompt_event_id: envelope.id,
         correlation_id: envelope.correlation_id,
+        connection,
     }))
 }
 

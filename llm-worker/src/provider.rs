@@ -110,6 +110,15 @@ fn request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Where one call goes: the provider's URL, its key (opened for this call only), extra headers
+/// and the model.
+pub struct Target {
+    pub base_url: String,
+    pub api_key: secrecy::SecretString,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub model: String,
+}
+
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ProviderEvent, ProviderError>> + Send>>;
 
 #[derive(Clone)]
@@ -127,21 +136,34 @@ impl Provider {
         Ok(Self { http, cfg })
     }
 
-    pub fn model(&self) -> &str {
-        &self.cfg.provider_model
+    /// The deployment's default provider (`OC_PROVIDER_*`), for prompts that name no connection.
+    pub fn default_target(&self) -> Target {
+        Target {
+            base_url: self.cfg.provider_base_url.clone(),
+            api_key: self.cfg.provider_api_key.clone(),
+            headers: Default::default(),
+            model: self.cfg.provider_model.clone(),
+        }
     }
 
     /// Start a streamed completion. The first-token timeout covers the response headers too.
-    pub async fn stream(&self, messages: Vec<ChatMessage>) -> Result<EventStream, ProviderError> {
-        let url = format!("{}/chat/completions", self.cfg.provider_base_url.trim_end_matches('/'));
+    pub async fn stream(
+        &self,
+        target: &Target,
+        messages: Vec<ChatMessage>,
+    ) -> Result<EventStream, ProviderError> {
+        let url = format!("{}/chat/completions", target.base_url.trim_end_matches('/'));
         let body = json!({
-            "model": self.cfg.provider_model,
+            "model": target.model,
             "messages": messages,
             "stream": true,
             "stream_options": { "include_usage": true },
         });
         let mut req = self.http.post(url).json(&body);
-        let key = self.cfg.provider_api_key.expose_secret();
+        for (name, value) in &target.headers {
+            req = req.header(name, value);
+        }
+        let key = target.api_key.expose_secret();
         if !key.is_empty() {
             req = req.bearer_auth(key);
         }

@@ -33,8 +33,15 @@ pub async fn run(
 
     let aborts = Aborts::default();
     let listener = tokio::spawn(aborts.clone().listen(nats.clone(), shutdown.clone()));
-    let worker =
-        Worker { js: js.clone(), nats, pool, provider: Provider::new(cfg.clone())?, aborts, cfg };
+    let worker = Worker {
+        keks: platform::config::load::<identity::ProviderKeysConfig>()?.keks()?,
+        js: js.clone(),
+        nats,
+        pool,
+        provider: Provider::new(cfg.clone())?,
+        aborts,
+        cfg,
+    };
     bus::report_consumer_lag(js.clone(), consumer::CONSUMER, shutdown.clone());
     let give_up = {
         let (worker, shutdown) = (worker.clone(), shutdown.clone());

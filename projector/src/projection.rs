@@ -155,6 +155,50 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
             )
             .await?;
         }
+        OrganizationEvent::ConnectionSet { organization_id, connection: c, time, .. } => {
+            exec(
+                tx,
+                "INSERT INTO rm_connections (connection_id, organization_id, owner_id, kind, provider_id, name, \
+                     base_url, headers, models, enabled, fingerprint, key_last4, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (connection_id) DO UPDATE SET name = EXCLUDED.name, base_url = EXCLUDED.base_url, \
+                     headers = EXCLUDED.headers, models = EXCLUDED.models, enabled = EXCLUDED.enabled, \
+                     fingerprint = EXCLUDED.fingerprint, key_last4 = EXCLUDED.key_last4, \
+                     updated_at = EXCLUDED.updated_at",
+                &[
+                    &c.id.as_str(),
+                    &organization_id.as_str(),
+                    &c.owner_id.as_ref().map(|o| o.as_str()),
+                    &serde_json::to_value(c.kind)?.as_str().unwrap_or_default(),
+                    &c.provider_id,
+                    &c.name,
+                    &c.base_url,
+                    &serde_json::to_value(&c.headers)?,
+                    &serde_json::to_value(&c.models)?,
+                    &c.enabled,
+                    &c.fingerprint,
+                    &c.key_last4,
+                    &time,
+                ],
+            )
+            .await?;
+        }
+        OrganizationEvent::ConnectionRemoved { connection_id, .. } => {
+            exec(
+                tx,
+                "DELETE FROM rm_connections WHERE connection_id = $1",
+                &[&connection_id.as_str()],
+            )
+            .await?;
+        }
+        OrganizationEvent::ByokPolicySet { organization_id, policy, .. } => {
+            exec(
+                tx,
+                "UPDATE rm_organizations SET byok_allowed = $2, byok_providers = $3 WHERE organization_id = $1",
+                &[&organization_id.as_str(), &policy.allowed, &serde_json::to_value(&policy.providers)?],
+            )
+            .await?;
+        }
         OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => {
             exec(
                 tx,
@@ -210,7 +254,7 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             )
             .await?;
         }
-        SessionEvent::Prompted { session_id, message, assistant_message_id } => {
+        SessionEvent::Prompted { session_id, message, assistant_message_id, .. } => {
             let user_info = json!({
                 "id": message.id, "sessionID": session_id, "role": "user", "userID": message.user_id,
                 "time": { "created": message.time }, "model": message.model,
@@ -270,6 +314,7 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
                 "providerID": message.model.provider_id, "modelID": message.model.model_id,
                 "time": { "completed": message.time }, "finish": message.finish, "error": message.error,
                 "tokens": message.tokens, "cost": 0, "attempt": message.attempt,
+                "connectionID": message.connection_id,
             });
             // Merge so `time.created` from the prompt survives.
             exec(

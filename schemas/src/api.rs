@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{Role, WorkspaceRole};
 use crate::ids::{
-    ApiKeyId, MessageId, OrganizationId, PartId, ProjectId, SessionId, UserId, WorkspaceId,
+    ApiKeyId, ConnectionId, MessageId, OrganizationId, PartId, ProjectId, SessionId, UserId,
+    WorkspaceId,
 };
 use crate::message::{FinishReason, MessageError, ModelRef, TokenUsage};
 
@@ -193,6 +194,9 @@ pub struct CompleteMessage {
     pub tokens: TokenUsage,
     /// The model that actually answered.
     pub model: ModelRef,
+    /// The provider connection that answered and paid; none for the default provider.
+    #[serde(rename = "connectionID", default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<ConnectionId>,
     pub attempt: u32,
     /// The envelope id of the prompt event this answers.
     #[serde(rename = "causationID")]

@@ -8,8 +8,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ApiKeyId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId};
+use crate::ids::{
+    ApiKeyId, ConnectionId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId,
+};
 use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage};
+use crate::provider::{ByokPolicy, ConnectionInfo, ConnectionRef};
 
 /// The version every event type currently has.
 pub const V1: &str = "1.0";
@@ -78,6 +81,34 @@ pub enum OrganizationEvent {
         organization_id: OrganizationId,
         #[serde(rename = "userID")]
         user_id: UserId,
+        time: i64,
+    },
+    /// A provider connection was added, or changed (the whole new state; a new key shows as a
+    /// new fingerprint).
+    #[serde(rename = "organization.connection_set")]
+    ConnectionSet {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        connection: ConnectionInfo,
+        #[serde(rename = "actorID")]
+        actor_id: UserId,
+        time: i64,
+    },
+    /// A provider connection was deleted, and its key destroyed.
+    #[serde(rename = "organization.connection_removed")]
+    ConnectionRemoved {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "connectionID")]
+        connection_id: ConnectionId,
+        time: i64,
+    },
+    /// Whether members may bring their own provider keys.
+    #[serde(rename = "organization.byok_policy_set")]
+    ByokPolicySet {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        policy: ByokPolicy,
         time: i64,
     },
 }
@@ -235,6 +266,9 @@ pub struct AssistantCompletion {
     pub error: Option<MessageError>,
     pub tokens: TokenUsage,
     pub model: ModelRef,
+    /// The provider connection that answered and paid; none for the default provider.
+    #[serde(rename = "connectionID", default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<ConnectionId>,
     /// Which delivery of the prompt produced this reply (1 unless a worker died).
     pub attempt: u32,
     pub time: i64,
@@ -272,6 +306,9 @@ pub enum SessionEvent {
         message: UserMessage,
         #[serde(rename = "assistantMessageID")]
         assistant_message_id: MessageId,
+        /// The connection that answers (and pays); none for the deployment's default provider.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connection: Option<ConnectionRef>,
     },
     #[serde(rename = "session.status")]
     StatusChanged {
@@ -314,6 +351,9 @@ impl EventName for OrganizationEvent {
             OrganizationEvent::Renamed { .. } => "organization.renamed",
             OrganizationEvent::MemberRoleChanged { .. } => "organization.member_role_changed",
             OrganizationEvent::MemberRemoved { .. } => "organization.member_removed",
+            OrganizationEvent::ConnectionSet { .. } => "organization.connection_set",
+            OrganizationEvent::ConnectionRemoved { .. } => "organization.connection_removed",
+            OrganizationEvent::ByokPolicySet { .. } => "organization.byok_policy_set",
         }
     }
 }

@@ -161,6 +161,10 @@ prefixed_id!(
     ApiKeyId, "key"
 );
 prefixed_id!(
+    /// A connection to an LLM provider: its kind, URL, models and (stored apart, encrypted) key.
+    ConnectionId, "con"
+);
+prefixed_id!(
     /// A request that caused events; carried as correlation id across services.
     RequestId, "req"
 );

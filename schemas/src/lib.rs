@@ -13,6 +13,7 @@ pub mod live;
 pub mod message;
 pub mod openapi;
 pub mod policy;
+pub mod provider;
 pub mod read;
 pub mod subjects;
 

@@ -13,10 +13,13 @@ use crate::api::{
     CreateSession, CreateWorkspace, ProblemDetails, PromptAccepted, PromptInput,
     RenameOrganization, RenameWorkspace, SetWorkspaceMember, TransferOwnership,
 };
-use crate::ids::{ApiKeyId, OrganizationId, SessionId, UserId, WorkspaceId};
+use crate::ids::{ApiKeyId, ConnectionId, OrganizationId, SessionId, UserId, WorkspaceId};
+use crate::provider::{
+    ConnectionSaved, CreateConnection, RotateKey, SetByokPolicy, UpdateConnection,
+};
 use crate::read::{
-    ApiKeyView, AuditEntry, Me, Member, MessageView, OrganizationSummary, Page, SessionView,
-    WorkspaceDetail, WorkspaceSummary,
+    ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, OrganizationSummary, Page,
+    SessionView, WorkspaceDetail, WorkspaceSummary,
 };
 
 /// A schema made by a generator.
@@ -122,6 +125,28 @@ pub fn command_operations() -> Vec<Operation> {
         .body(schema::<PromptInput>)
         .answers(202, schema::<PromptAccepted>),
         op("post", "/session/{id}/abort", "Stop the running reply").answers(202, accepted),
+        op(
+            "post",
+            "/org/{org}/provider",
+            "Add a provider connection (the organization's, or your own)",
+        )
+        .body(schema::<CreateConnection>)
+        .answers(201, schema::<ConnectionSaved>),
+        op("patch", "/org/{org}/provider/{id}", "Change a provider connection")
+            .body(schema::<UpdateConnection>)
+            .answers(200, accepted),
+        op(
+            "delete",
+            "/org/{org}/provider/{id}",
+            "Delete a provider connection and destroy its key",
+        )
+        .answers(200, accepted),
+        op("put", "/org/{org}/provider/{id}/key", "Give a provider connection a new key")
+            .body(schema::<RotateKey>)
+            .answers(200, schema::<ConnectionSaved>),
+        op("put", "/org/{org}/byok", "Whether members may bring their own provider keys")
+            .body(schema::<SetByokPolicy>)
+            .answers(200, accepted),
     ]
 }
 
@@ -149,6 +174,8 @@ pub fn query_operations() -> Vec<Operation> {
         op("get", "/workspace/{ws}/session", "A workspace's sessions, newest first")
             .answers(200, schema::<Page<SessionView>>)
             .paged(),
+        op("get", "/org/{org}/provider", "The provider connections you may use, without keys")
+            .answers(200, schema::<ConnectionList>),
         op("get", "/session/{id}", "A session").answers(200, schema::<SessionView>),
         op("get", "/session/{id}/message", "A session's messages with their parts")
             .answers(200, schema::<Page<MessageView>>)
@@ -165,6 +192,7 @@ fn path_parameter(g: &mut SchemaGenerator, path: &str, name: &str) -> Schema {
         "ws" => schema::<WorkspaceId>(g),
         "user" => schema::<UserId>(g),
         "id" if path.starts_with("/api-key") => schema::<ApiKeyId>(g),
+        "id" if path.contains("/provider/") => schema::<ConnectionId>(g),
         "id" => schema::<SessionId>(g),
         other => panic!("no schema for path parameter {other} of {path}"),
     }

@@ -25,6 +25,11 @@ pub enum Action {
     Prompt,
     /// Read the organization's audit trail.
     ReadAudit,
+    /// Add, change and delete the organization's provider connections; set whether members may
+    /// bring their own keys.
+    ManageProviders,
+    /// Keep a provider connection with one's own key (where the organization allows it).
+    BringOwnKey,
 }
 
 use Action::*;
@@ -41,6 +46,8 @@ pub const POLICY: &[(Action, &[Role])] = &[
     (CreateSession, &[Owner, Admin, Member]),
     (Prompt, &[Owner, Admin, Member]),
     (ReadAudit, &[Owner, Admin]),
+    (ManageProviders, &[Owner, Admin]),
+    (BringOwnKey, &[Owner, Admin, Member]),
 ];
 
 /// Whether `role` may take `action`. Actions missing from the table are allowed to nobody.
@@ -98,6 +105,8 @@ mod tests {
             CreateSession,
             Prompt,
             ReadAudit,
+            ManageProviders,
+            BringOwnKey,
         ];
         for action in all {
             assert_eq!(POLICY.iter().filter(|(a, _)| *a == action).count(), 1, "{action:?}");

@@ -6,7 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{Role, WorkspaceRole};
-use crate::ids::{ApiKeyId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId};
+use crate::ids::{
+    ApiKeyId, ConnectionId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId,
+};
 use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage};
 
 /// One page of a listing. Pass `cursor.next` as `?cursor=` for the next page; `null` at the end.
@@ -180,6 +182,9 @@ pub struct MessageInfo {
     /// Which delivery of the prompt produced the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The provider connection that answered and paid (none: the default provider).
+    #[serde(rename = "connectionID", default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<ConnectionId>,
     #[serde(rename = "abortRequested", default, skip_serializing_if = "Option::is_none")]
     pub abort_requested: Option<bool>,
 }
@@ -223,4 +228,16 @@ pub struct AuditEntry {
     pub event_type: String,
     /// The event's properties.
     pub details: serde_json::Value,
+}
+
+/// A provider connection as its readers see it: never its key, only the key's fingerprint and
+/// last four characters.
+pub type ConnectionView = crate::provider::ConnectionInfo;
+
+/// `GET /org/{org}/provider`: the connections the caller may see (the organization's, and their
+/// own), and whether members may bring their own keys.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ConnectionList {
+    pub items: Vec<ConnectionView>,
+    pub byok: crate::provider::ByokPolicy,
 }

@@ -10,11 +10,22 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        // Quiet unless asked: OC_TEST_LOGS=1 shows every process's output.
+    pub fn spawn(name: &str, cmd: Command) -> Proc {
+        Self::spawn_logging(name, cmd, None)
+    }
+
+    /// Start `cmd`, its output appended to `log` if given (for tests that search the logs),
+    /// else shown with OC_TEST_LOGS=1 and discarded otherwise.
+    pub fn spawn_logging(name: &str, mut cmd: Command, log: Option<&Path>) -> Proc {
         let show = std::env::var_os("OC_TEST_LOGS").is_some();
-        let out = || {
-            if show { Stdio::inherit() } else { Stdio::null() }
+        let out = || match log {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_or_else(|_| Stdio::null(), Stdio::from),
+            None if show => Stdio::inherit(),
+            None => Stdio::null(),
         };
         cmd.stdout(out()).stderr(out()).stdin(Stdio::null());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));

@@ -24,6 +24,9 @@ pub struct SystemOptions {
     pub worker_env: Vec<(&'static str, String)>,
     /// Extra environment for every service.
     pub service_env: Vec<(&'static str, String)>,
+    /// Write every service's output (at debug level) to files in `System::log_dir`, so a test
+    /// can search the logs.
+    pub capture_logs: bool,
 }
 
 impl Default for SystemOptions {
@@ -35,6 +38,7 @@ impl Default for SystemOptions {
             worker_ack_wait_secs: 30,
             worker_env: Vec::new(),
             service_env: Vec::new(),
+            capture_logs: false,
         }
     }
 }
@@ -70,6 +74,10 @@ pub struct System {
     db_name: String,
     admin_url: String,
     pub opts: SystemOptions,
+    /// The key-encryption key every service seals or opens provider keys with.
+    pub keks: String,
+    /// Where service logs go when `capture_logs` is set.
+    pub log_dir: PathBuf,
     pub http: reqwest::Client,
     tokens: Mutex<HashMap<String, String>>,
 }
@@ -144,6 +152,12 @@ impl System {
             db_name,
             admin_url,
             opts: opts.clone(),
+            keks: {
+                use base64::Engine;
+                let key: [u8; 32] = rand::random();
+                format!("test:{}", base64::engine::general_purpose::STANDARD.encode(key))
+            },
+            log_dir: std::env::temp_dir().join(format!("oc-e2e-logs-{}", nats_port)),
             http,
             tokens: Mutex::default(),
         };
@@ -169,6 +183,7 @@ impl System {
     pub fn env(&self, cmd: &mut Command) {
         let log = match std::env::var("RUST_LOG") {
             Ok(filter) => filter,
+            Err(_) if self.opts.capture_logs => "debug".into(),
             Err(_) if std::env::var_os("OC_TEST_LOGS").is_some() => "info".into(),
             Err(_) => "warn".into(),
         };
@@ -179,6 +194,9 @@ impl System {
             .env("OC_PROVIDER_BASE_URL", format!("{}/v1", self.provider_url))
             .env("OC_WORKER_ACK_WAIT_SECS", self.opts.worker_ack_wait_secs.to_string())
             .env("OC_SHUTDOWN_GRACE_SECS", "5")
+            .env("OC_PROVIDER_KEKS", &self.keks)
+            // The fake provider listens on loopback.
+            .env("OC_PROVIDER_ALLOW_PRIVATE_URLS", "true")
             .env("OC_OIDC_DEVICE_POLL_SECS", "1")
             // Tests drive many commands quickly as one user; the rate tests set their own limits.
             .env("OC_RATE_LIMIT_PER_MINUTE", "1000000")
@@ -229,7 +247,11 @@ impl System {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let proc = Proc::spawn(name, cmd);
+        let log = self.opts.capture_logs.then(|| {
+            let _ = std::fs::create_dir_all(&self.log_dir);
+            self.log_dir.join(format!("{name}.log"))
+        });
+        let proc = Proc::spawn_logging(name, cmd, log.as_deref());
         self.wait_http(&format!("{ops_url}/readyz")).await;
         Service { proc, url, ops_url }
     }
@@ -322,6 +344,7 @@ impl Drop for System {
         self.nats.kill();
         let _ = std::fs::remove_dir_all(&self.nats_dir);
         let _ = std::fs::remove_file(&self.oidc_keys);
+        let _ = std::fs::remove_dir_all(&self.log_dir);
         let (url, name) = (self.admin_url.clone(), self.db_name.clone());
         // Drop runs outside any runtime we may block; use a thread with its own.
         let _ = std::thread::spawn(move || {

@@ -1,6 +1,6 @@
 //! The organization (tenant): its name and members, and the rules that keep it governable —
 //! what each role may change (`schemas::policy`), and that the last owner can neither leave, be
-//! removed nor be demoted.
+//! removed nor be demoted. Its provider connections are in `connections.rs`.
 
 use std::collections::HashMap;
 
@@ -8,28 +8,73 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use schemas::envelope::aggregate;
 use schemas::events::{OrganizationEvent, Role};
-use schemas::ids::{OrganizationId, UserId};
+use schemas::ids::{ConnectionId, OrganizationId, UserId};
 use schemas::policy::{Action, Decision, decide};
+use schemas::provider::ByokPolicy;
 use serde::{Deserialize, Serialize};
 
+use super::connections::{ConnectionChange, ConnectionSpec, Connections};
 use super::{Scope, Scoped, valid_name};
 use crate::directory::Services;
 use crate::error::DomainError;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Organization {
-    id: Option<OrganizationId>,
+    pub(super) id: Option<OrganizationId>,
     members: HashMap<UserId, Role>,
+    /// Provider connections and the bring-your-own-key policy (`connections.rs`).
+    #[serde(default)]
+    pub(super) connections: Connections,
 }
 
 #[derive(Debug, Clone)]
 pub enum OrganizationCommand {
-    Create { id: OrganizationId, name: String, actor: UserId },
-    Rename { name: String, actor: UserId },
-    AddMember { user: UserId, role: Role, actor: UserId },
-    ChangeRole { user: UserId, role: Role, actor: UserId },
-    RemoveMember { user: UserId, actor: UserId },
-    TransferOwnership { to: UserId, actor: UserId },
+    Create {
+        id: OrganizationId,
+        name: String,
+        actor: UserId,
+    },
+    Rename {
+        name: String,
+        actor: UserId,
+    },
+    AddMember {
+        user: UserId,
+        role: Role,
+        actor: UserId,
+    },
+    ChangeRole {
+        user: UserId,
+        role: Role,
+        actor: UserId,
+    },
+    RemoveMember {
+        user: UserId,
+        actor: UserId,
+    },
+    TransferOwnership {
+        to: UserId,
+        actor: UserId,
+    },
+    AddConnection {
+        id: ConnectionId,
+        spec: ConnectionSpec,
+        fingerprint: (String, String),
+        actor: UserId,
+    },
+    ChangeConnection {
+        id: ConnectionId,
+        change: ConnectionChange,
+        actor: UserId,
+    },
+    RemoveConnection {
+        id: ConnectionId,
+        actor: UserId,
+    },
+    SetByokPolicy {
+        policy: ByokPolicy,
+        actor: UserId,
+    },
 }
 
 impl Organization {
@@ -38,7 +83,11 @@ impl Organization {
     }
 
     /// The organization's id, if `actor` may take `action` in it.
-    fn authorize(&self, actor: &UserId, action: Action) -> Result<OrganizationId, DomainError> {
+    pub(super) fn authorize(
+        &self,
+        actor: &UserId,
+        action: Action,
+    ) -> Result<OrganizationId, DomainError> {
         let id = self.id.clone().ok_or(DomainError::NotFound)?;
         match decide(self.role_of(actor), action) {
             Decision::Allowed => Ok(id),
@@ -160,6 +209,18 @@ impl Aggregate for Organization {
                 }
                 vec![OrganizationEvent::MemberRemoved { organization_id: id, user_id: user, time }]
             }
+            OrganizationCommand::AddConnection { id, spec, fingerprint, actor } => {
+                self.add_connection(id, spec, fingerprint, actor, time)?
+            }
+            OrganizationCommand::ChangeConnection { id, change, actor } => {
+                self.change_connection(&id, change, actor, time)?
+            }
+            OrganizationCommand::RemoveConnection { id, actor } => {
+                self.remove_connection(&id, &actor, time)?
+            }
+            OrganizationCommand::SetByokPolicy { policy, actor } => {
+                self.set_byok(policy, &actor, time)?
+            }
             OrganizationCommand::TransferOwnership { to, actor } => {
                 let id = self.authorize(&actor, Action::ManageOwners)?;
                 self.target_role(&to)?;
@@ -199,6 +260,9 @@ impl Aggregate for Organization {
                 self.members.remove(&user_id);
             }
             OrganizationEvent::Renamed { .. } => {}
+            OrganizationEvent::ConnectionSet { .. }
+            | OrganizationEvent::ConnectionRemoved { .. }
+            | OrganizationEvent::ByokPolicySet { .. } => self.apply_connection(&event),
         }
     }
 }

@@ -175,7 +175,8 @@ impl Aggregate for Session {
             }
             SessionCommand::Prompt { message, assistant_message_id } => {
                 let session_id = self.id()?;
-                if self.authorize(services, &message.user_id, Action::Prompt).await?.archived {
+                let workspace = self.authorize(services, &message.user_id, Action::Prompt).await?;
+                if workspace.archived {
                     return Err(DomainError::WrongState("the workspace is archived".into()));
                 }
                 if self.running.is_some() {
@@ -199,7 +200,18 @@ impl Aggregate for Session {
                     status: SessionStatus::Busy,
                 };
                 sink.write(busy, self).await;
-                let prompted = SessionEvent::Prompted { session_id, message, assistant_message_id };
+                // Refused now, not discovered later by the worker: a model nobody offers, a
+                // disabled connection, a key the organization does not allow.
+                let connection = services
+                    .directory
+                    .connection_for(&workspace.organization_id, &message.user_id, &message.model)
+                    .await?;
+                let prompted = SessionEvent::Prompted {
+                    session_id,
+                    message,
+                    assistant_message_id,
+                    connection,
+                };
                 sink.write(prompted, self).await;
             }
             SessionCommand::Abort { actor } => {
@@ -241,6 +253,7 @@ impl Aggregate for Session {
                     error: report.error,
                     tokens: report.tokens,
                     model: report.model,
+                    connection_id: report.connection_id,
                     attempt: report.attempt,
                     time: schemas::now_ms(),
                 };
@@ -382,6 +395,7 @@ mod tests {
             error: None,
             tokens: TokenUsage::default(),
             model: user.model.clone(),
+            connection_id: None,
             attempt: 1,
             causation_id: "x".into(),
         }
@@ -430,6 +444,7 @@ mod tests {
                 session_id: w.session.clone(),
                 message: user.clone(),
                 assistant_message_id: assistant.clone(),
+                connection: None,
             },
         ];
         let done = TestFramework::<Session>::with(w.services.clone())
@@ -484,6 +499,7 @@ mod tests {
                 session_id: w.session.clone(),
                 message: user.clone(),
                 assistant_message_id: assistant.clone(),
+                connection: None,
             });
             history.push(SessionEvent::MessageCompleted {
                 session_id: w.session.clone(),
@@ -495,6 +511,7 @@ mod tests {
                     error: None,
                     tokens: TokenUsage::default(),
                     model: user.model.clone(),
+                    connection_id: None,
                     attempt: 1,
                     time: 0,
                 },
@@ -521,6 +538,7 @@ mod tests {
                 session_id: w.session.clone(),
                 message: first.clone(),
                 assistant_message_id: assistant.clone(),
+                connection: None,
             },
             SessionEvent::MessageCompleted {
                 session_id: w.session.clone(),
@@ -532,6 +550,7 @@ mod tests {
                     error: None,
                     tokens: TokenUsage::default(),
                     model: first.model.clone(),
+                    connection_id: None,
                     attempt: 1,
                     time: 0,
                 },

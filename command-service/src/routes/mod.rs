@@ -3,6 +3,7 @@
 mod api_keys;
 mod me;
 mod organizations;
+mod providers;
 mod sessions;
 mod workspaces;
 
@@ -23,6 +24,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/transfer", web::post().to(organizations::transfer))
         .route("/org/{org}/api-key", web::post().to(api_keys::create))
         .route("/api-key/{id}", web::delete().to(api_keys::revoke))
+        .route("/org/{org}/provider", web::post().to(providers::create))
+        .route("/org/{org}/provider/{id}", web::patch().to(providers::update))
+        .route("/org/{org}/provider/{id}", web::delete().to(providers::delete))
+        .route("/org/{org}/provider/{id}/key", web::put().to(providers::rotate))
+        .route("/org/{org}/byok", web::put().to(providers::set_byok))
         .route("/org/{org}/workspace", web::post().to(workspaces::create))
         .route("/workspace/{ws}", web::patch().to(workspaces::rename))
         .route("/workspace/{ws}/archive", web::post().to(workspaces::archive))

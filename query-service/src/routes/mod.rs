@@ -4,6 +4,7 @@ mod api_keys;
 mod audit;
 mod events;
 mod organizations;
+mod providers;
 mod sessions;
 mod workspaces;
 
@@ -18,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/workspace", web::get().to(organizations::workspaces))
         .route("/org/{org}/member", web::get().to(organizations::members))
         .route("/org/{org}/audit", web::get().to(audit::list))
+        .route("/org/{org}/provider", web::get().to(providers::list))
         .route("/workspace/{ws}", web::get().to(workspaces::get))
         .route("/workspace/{ws}/session", web::get().to(sessions::list))
         .route("/session/{id}", web::get().to(sessions::get))
