@@ -130,13 +130,20 @@ where
     }
 }
 
-/// Refuse events the bus could not carry, measured as they will be stored (JSON escaping can
-/// make text several times longer than it arrived), before anything is committed.
+/// Refuse events the store or the bus could not carry, measured as they will be stored (JSON
+/// escaping can make text several times longer than it arrived), before anything is committed.
 fn check_sizes<E: serde::Serialize>(events: &[E]) -> Result<(), AggregateError<DomainError>> {
     for event in events {
-        let size = serde_json::to_vec(event)
-            .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?
-            .len();
+        let json =
+            serde_json::to_vec(event).map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
+        // PostgreSQL's JSON cannot hold U+0000 in text: refuse it as bad input, whatever field
+        // (a prompt, a name) carried it.
+        if holds_nul(&json) {
+            return Err(AggregateError::UserError(DomainError::Invalid(
+                "text must not contain the NUL character (U+0000)".into(),
+            )));
+        }
+        let size = json.len();
         if size > MAX_EVENT_BYTES {
             return Err(AggregateError::UserError(DomainError::TooLarge(format!(
                 "the change is {size} bytes as stored, more than the {MAX_EVENT_BYTES} an event may hold"
@@ -144,6 +151,14 @@ fn check_sizes<E: serde::Serialize>(events: &[E]) -> Result<(), AggregateError<D
         }
     }
     Ok(())
+}
+
+/// Whether serialised JSON holds an escaped U+0000 (`\u0000` after an odd run of backslashes;
+/// an even run is an escaped backslash followed by the text "u0000").
+fn holds_nul(json: &[u8]) -> bool {
+    json.windows(6).enumerate().any(|(i, w)| {
+        w == b"\\u0000" && json[..i].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 0
+    })
 }
 
 fn event_metadata(
@@ -163,4 +178,15 @@ fn event_metadata(
     put(metadata::CORRELATION_ID, Some(ctx.correlation_id.clone()));
     put(metadata::CAUSATION_ID, ctx.causation_id.clone());
     m
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nul_characters_are_found_but_the_text_u0000_is_not() {
+        let nul = serde_json::to_vec(&"a\u{0}b").unwrap();
+        assert!(super::holds_nul(&nul));
+        let literal = serde_json::to_vec(&"a\\u0000b").unwrap();
+        assert!(!super::holds_nul(&literal));
+    }
 }

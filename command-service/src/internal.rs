@@ -53,7 +53,11 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
         organization_scope: None,
     };
     let id = report.session_id.to_string();
-    match state.sessions.execute(&id, SessionCommand::Complete { report }, &ctx).await {
+    match state
+        .sessions
+        .execute(&id, SessionCommand::Complete { report: Box::new(report) }, &ctx)
+        .await
+    {
         Ok(_) => CommandReply::Done,
         Err(CommandError::Domain(DomainError::AlreadyDone)) => CommandReply::AlreadyDone,
         Err(CommandError::Domain(d)) => CommandReply::Rejected { reason: d.to_string() },

@@ -6,14 +6,24 @@
 //! - `tokens=N`: how many tokens to stream (default `FAKE_TOKENS`, else 20); token i is `"t{i} "`;
 //! - `text=word`: stream `word` N times instead;
 //! - `ttft_ms=N`: wait before the first token; `delay_ms=N`: wait between tokens;
-//! - `fault=http500|http401|http429`: answer with that HTTP error;
-//!   `fault=cut:N`: break the connection after N tokens (no `[DONE]`);
-//!   `fault=hang`: send headers, then nothing.
+//! - `reasoning=N`: stream N reasoning tokens (`"r{i} "`) before the text;
+//! - `cached=N`, `created=N`: report N cache-read (and, Anthropic, cache-write) input tokens;
+//! - `fail_first=N`: answer the first N requests with this prompt 503 (`retry-after: 0`);
+//! - `fault=http500|http401|http429|http529`: answer with that HTTP error;
+//!   `fault=cut:N`: break the connection after N tokens (no end);
+//!   `fault=hang`: send headers, then nothing;
+//!   `fault=nostop`: end the stream without a finish (stop) reason;
+//!   `fault=overloaded`: (Anthropic) an `overloaded_error` event right after `message_start`.
+//!
+//! It speaks OpenAI chat completions (`POST /v1/chat/completions`) and Anthropic Messages
+//! (`POST /v1/messages`, `anthropic.rs`).
 //!
 //! `FAKE_ADDR` (default 127.0.0.1:8090) sets where it listens; it prints `listening on <addr>`.
 //! `GET /stats` counts the completions requested, so tests can see regenerations; `GET /requests`
 //! lists the last requests' credential and extra headers, model and prompt, so tests can see
 //! which connection's key was used.
+
+mod anthropic;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,7 +34,7 @@ use futures::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::json;
 
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Deserialize)]
 struct ChatRequest {
@@ -41,15 +51,19 @@ struct Message {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Directive {
+pub(crate) struct Directive {
     tokens: usize,
     text: Option<String>,
     ttft_ms: u64,
     delay_ms: u64,
     fault: Option<String>,
+    reasoning: usize,
+    cached: u64,
+    created: u64,
+    fail_first: u32,
 }
 
-fn directive(prompt: &str) -> Directive {
+pub(crate) fn directive(prompt: &str) -> Directive {
     let mut d = Directive {
         tokens: std::env::var("FAKE_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(20),
         ..Directive::default()
@@ -69,10 +83,62 @@ fn directive(prompt: &str) -> Directive {
             "ttft_ms" => d.ttft_ms = v.parse().unwrap_or(0),
             "delay_ms" => d.delay_ms = v.parse().unwrap_or(0),
             "fault" => d.fault = Some(v.to_owned()),
+            "reasoning" => d.reasoning = v.parse().unwrap_or(0),
+            "cached" => d.cached = v.parse().unwrap_or(0),
+            "created" => d.created = v.parse().unwrap_or(0),
+            "fail_first" => d.fail_first = v.parse().unwrap_or(0),
             _ => {}
         }
     }
     d
+}
+
+/// Requests seen per prompt, for `fail_first`.
+static ATTEMPTS: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>> =
+    std::sync::Mutex::new(None);
+
+/// Whether this request should fail to test retries: the first `fail_first` with this prompt.
+fn fail_now(d: &Directive, prompt: &str) -> bool {
+    if d.fail_first == 0 {
+        return false;
+    }
+    let mut attempts = ATTEMPTS.lock().unwrap_or_else(|p| p.into_inner());
+    let n = attempts.get_or_insert_with(Default::default).entry(prompt.to_owned()).or_insert(0);
+    *n += 1;
+    *n <= d.fail_first
+}
+
+/// The answer to a faulted or flaky request, if it is one.
+pub(crate) fn http_fault(d: &Directive, prompt: &str) -> Option<HttpResponse> {
+    if fail_now(d, prompt) {
+        return Some(
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("retry-after", "0"))
+                .json(json!({"error": {"message": "try again"}})),
+        );
+    }
+    match d.fault.as_deref() {
+        Some("http500") => Some(
+            HttpResponse::InternalServerError()
+                .insert_header(("x-request-id", "req_fake500"))
+                .json(json!({"error": {"message": "fake failure at http://10.0.0.7:8000/internal"}})),
+        ),
+        // As OpenAI does: the body echoes part of the key it was given.
+        Some("http401") => Some(
+            HttpResponse::Unauthorized()
+                .insert_header(("x-request-id", "req_fake401"))
+                .json(json!({"error": {"message": "Incorrect API key provided: sk-fa***********key"}})),
+        ),
+        Some("http429") => {
+            Some(HttpResponse::TooManyRequests().json(json!({"error": {"message": "slow down"}})))
+        }
+        Some("http529") => Some(
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(529).expect("a status"))
+                .insert_header(("request-id", "req_fake529"))
+                .json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+        ),
+        _ => None,
+    }
 }
 
 fn chunk(model: &str, content: Option<&str>, finish: Option<&str>) -> Bytes {
@@ -88,7 +154,7 @@ fn chunk(model: &str, content: Option<&str>, finish: Option<&str>) -> Bytes {
 static SEEN: std::sync::Mutex<std::collections::VecDeque<serde_json::Value>> =
     std::sync::Mutex::new(std::collections::VecDeque::new());
 
-fn remember(http: &actix_web::HttpRequest, model: &str, prompt: &str) {
+pub(crate) fn remember(http: &actix_web::HttpRequest, model: &str, prompt: &str) {
     let header =
         |name: &str| http.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let extra: serde_json::Map<String, serde_json::Value> = http
@@ -118,25 +184,8 @@ async fn completions(http: actix_web::HttpRequest, req: web::Json<ChatRequest>) 
         req.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
     remember(&http, &req.model, prompt);
     let d = directive(prompt);
-    match d.fault.as_deref() {
-        Some("http500") => {
-            return HttpResponse::InternalServerError()
-                .insert_header(("x-request-id", "req_fake500"))
-                .json(
-                    json!({"error": {"message": "fake failure at http://10.0.0.7:8000/internal"}}),
-                );
-        }
-        Some("http401") => {
-            // As OpenAI does: the body echoes part of the key it was given.
-            return HttpResponse::Unauthorized()
-                .insert_header(("x-request-id", "req_fake401"))
-                .json(json!({"error": {"message": "Incorrect API key provided: sk-fa***********key"}}));
-        }
-        Some("http429") => {
-            return HttpResponse::TooManyRequests()
-                .json(json!({"error": {"message": "slow down"}}));
-        }
-        _ => {}
+    if let Some(fault) = http_fault(&d, prompt) {
+        return fault;
     }
     if !req.stream {
         return HttpResponse::BadRequest()
@@ -151,7 +200,7 @@ async fn completions(http: actix_web::HttpRequest, req: web::Json<ChatRequest>) 
     let prompt_tokens =
         req.messages.iter().map(|m| m.content.split_whitespace().count()).sum::<usize>();
     let model = req.model.clone();
-    let tokens = d.tokens;
+    let (reasoning, tokens) = (d.reasoning, d.reasoning + d.tokens);
     let body = stream::unfold(0_usize, move |i| {
         let (d, model) = (d.clone(), model.clone());
         async move {
@@ -165,13 +214,21 @@ async fn completions(http: actix_web::HttpRequest, req: web::Json<ChatRequest>) 
             if cut_after == Some(i) {
                 return Some((Err(std::io::Error::other("fake cut")), i + 1));
             }
-            let bytes = if i < tokens {
-                let text = d.text.clone().unwrap_or_else(|| format!("t{i} "));
+            let bytes = if i < reasoning {
+                let body = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{ "index": 0, "delta": { "reasoning_content": format!("r{i} ") }, "finish_reason": null }] });
+                Bytes::from(format!("data: {body}\n\n"))
+            } else if i < tokens {
+                let text = d.text.clone().unwrap_or_else(|| format!("t{} ", i - reasoning));
                 chunk(&model, Some(&text), None)
             } else if i == tokens {
-                let mut b = chunk(&model, None, Some("stop")).to_vec();
+                let finish = (d.fault.as_deref() != Some("nostop")).then_some("stop");
+                let mut b = chunk(&model, None, finish).to_vec();
+                let cached = d.cached as usize;
                 let usage = json!({ "id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model, "choices": [],
-                    "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens } });
+                    "usage": { "prompt_tokens": prompt_tokens + cached, "completion_tokens": tokens, "total_tokens": prompt_tokens + cached + tokens,
+                               "prompt_tokens_details": { "cached_tokens": cached },
+                               "completion_tokens_details": { "reasoning_tokens": reasoning } } });
                 b.extend_from_slice(format!("data: {usage}\n\ndata: [DONE]\n\n").as_bytes());
                 Bytes::from(b)
             } else {
@@ -199,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
         App::new()
             .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
             .route("/v1/chat/completions", web::post().to(completions))
+            .route("/v1/messages", web::post().to(anthropic::messages))
             .route("/stats", web::get().to(stats))
             .route("/requests", web::get().to(requests))
             .route("/healthz", web::get().to(|| async { "ok" }))

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use schemas::api::{CommandReply, CompleteMessage, MAX_EVENT_BYTES};
+use schemas::api::{CommandReply, CompleteMessage, MAX_EVENT_BYTES, ReasoningReport};
 use schemas::envelope::{Envelope, aggregate};
 use schemas::events::{EventName, SessionEvent, UserMessage};
 use schemas::ids::{MessageId, OrganizationId, PartId, SessionId, WorkspaceId};
 use schemas::live::LiveEvent;
 use schemas::message::{
-    ErrorKind, FinishReason, MessageError, MessageErrorName, ModelRef, TokenUsage,
+    ErrorKind, FinishReason, MessageError, MessageErrorName, ModelRef, Part, TokenUsage,
 };
 use schemas::subjects;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::aborts::Aborts;
 use crate::config::WorkerConfig;
 use crate::history;
-use crate::provider::{ChatMessage, Provider, ProviderError, ProviderEvent, Target};
+use crate::providers::{ChatMessage, Provider, ProviderError, ProviderEvent, Target};
 use identity::credentials;
 use schemas::provider::ConnectionRef;
 
@@ -61,6 +61,8 @@ struct Job {
 /// How the reply ended.
 struct Reply {
     text: String,
+    /// The model's reasoning and its part, if it streamed any.
+    reasoning: Option<(PartId, String)>,
     finish: FinishReason,
     error: Option<MessageError>,
     tokens: TokenUsage,
@@ -128,6 +130,7 @@ impl Worker {
         tracing::warn!(message = %job.assistant, attempts, "giving up on a reply no worker finished");
         let reply = Reply {
             text: String::new(),
+            reasoning: None,
             finish: FinishReason::Stop,
             error: None,
             tokens: TokenUsage::default(),
@@ -151,6 +154,7 @@ impl Worker {
     ) -> Reply {
         let mut reply = Reply {
             text: String::new(),
+            reasoning: None,
             finish: FinishReason::Stop,
             error: None,
             tokens: TokenUsage::default(),
@@ -201,8 +205,9 @@ impl Worker {
         let every = Duration::from_secs(self.cfg.worker_ack_wait_secs.max(3) / 3);
         let mut progress = tokio::time::interval(every);
         progress.tick().await;
-        // Text received but not yet published, and when it may be published.
+        // Text and reasoning received but not yet published, and when they may be published.
         let mut pending = String::new();
+        let mut pending_reasoning = String::new();
         let mut flush_at: Option<tokio::time::Instant> = None;
         let mut first_token = true;
         loop {
@@ -220,7 +225,14 @@ impl Worker {
                 }
                 _ = flush => {
                     flush_at = None;
-                    if let Err(e) = self.publish_delta(job, &mut n, &mut pending).await {
+                    let reasoning_part = reply.reasoning.as_ref().map(|(id, _)| id.clone());
+                    let published = async {
+                        if let Some(part) = &reasoning_part {
+                            self.publish_delta(job, part, &mut n, &mut pending_reasoning).await?;
+                        }
+                        self.publish_delta(job, &job.part, &mut n, &mut pending).await
+                    };
+                    if let Err(e) = published.await {
                         return internal_failure(reply, "cannot publish the reply", &e);
                     }
                 }
@@ -246,10 +258,37 @@ impl Worker {
                             first_token = false;
                             metrics::histogram!("provider_first_token_seconds").record(requested.elapsed().as_secs_f64());
                             // The first text goes out at once: time to first token is what users feel.
-                            if let Err(e) = self.publish_delta(job, &mut n, &mut pending).await {
+                            if let Err(e) = self.publish_delta(job, &job.part, &mut n, &mut pending).await {
                                 return internal_failure(reply, "cannot publish the reply", &e);
                             }
                         } else if flush_at.is_none() {
+                            flush_at = Some(tokio::time::Instant::now() + self.cfg.coalesce());
+                        }
+                    }
+                    Some(Ok(ProviderEvent::Reasoning(text))) => {
+                        if reply.reasoning.is_none() {
+                            // A part of its own: announce its kind before its first delta.
+                            let part = PartId::new();
+                            let updated = LiveEvent::PartUpdated {
+                                session_id: job.session.clone(),
+                                message_id: job.assistant.clone(),
+                                part: Part::Reasoning {
+                                    id: part.clone(),
+                                    message_id: job.assistant.clone(),
+                                    text: String::new(),
+                                },
+                                attempt: job.attempt,
+                            };
+                            if let Err(e) = self.publish_live(job, &mut n, updated).await {
+                                return internal_failure(reply, "cannot publish the reply", &e);
+                            }
+                            reply.reasoning = Some((part, String::new()));
+                        }
+                        if let Some((_, all)) = reply.reasoning.as_mut() {
+                            all.push_str(&text);
+                        }
+                        pending_reasoning.push_str(&text);
+                        if flush_at.is_none() {
                             flush_at = Some(tokio::time::Instant::now() + self.cfg.coalesce());
                         }
                     }
@@ -267,7 +306,14 @@ impl Worker {
                 },
             }
         }
-        if let Err(e) = self.publish_delta(job, &mut n, &mut pending).await {
+        let reasoning_part = reply.reasoning.as_ref().map(|(id, _)| id.clone());
+        let last = async {
+            if let Some(part) = &reasoning_part {
+                self.publish_delta(job, part, &mut n, &mut pending_reasoning).await?;
+            }
+            self.publish_delta(job, &job.part, &mut n, &mut pending).await
+        };
+        if let Err(e) = last.await {
             tracing::warn!(error = %e, "last delta not published; the completed message carries the text");
         }
         reply
@@ -302,6 +348,7 @@ impl Worker {
         let api_key = credentials::open(&self.keks, &sealed, &job.org, &connection.id)
             .map_err(|e| unavailable(&e))?;
         Ok(Target {
+            kind: connection.kind,
             base_url: connection.base_url.clone(),
             api_key,
             headers: connection.headers.clone(),
@@ -312,6 +359,7 @@ impl Worker {
     async fn publish_delta(
         &self,
         job: &Job,
+        part: &PartId,
         n: &mut u32,
         pending: &mut String,
     ) -> anyhow::Result<()> {
@@ -321,7 +369,7 @@ impl Worker {
         let delta = LiveEvent::PartDelta {
             session_id: job.session.clone(),
             message_id: job.assistant.clone(),
-            part_id: job.part.clone(),
+            part_id: part.clone(),
             field: "text".into(),
             delta: std::mem::take(pending),
             attempt: job.attempt,
@@ -367,7 +415,14 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let mut reply = reply;
-        if fit_to_event(&mut reply.text) && reply.finish == FinishReason::Stop {
+        // Reasoning and text share one event: reasoning may take half of it.
+        let mut cut = false;
+        if let Some((_, reasoning)) = reply.reasoning.as_mut() {
+            cut |= fit_to_event(reasoning, TEXT_ROOM / 2);
+        }
+        let reasoning_room = reply.reasoning.as_ref().map_or(0, |(_, r)| json_len(r));
+        cut |= fit_to_event(&mut reply.text, TEXT_ROOM.saturating_sub(reasoning_room));
+        if cut && reply.finish == FinishReason::Stop {
             reply.finish = FinishReason::Length;
         }
         let command = CompleteMessage {
@@ -377,6 +432,7 @@ impl Worker {
             message_id: job.assistant.clone(),
             part_id: job.part.clone(),
             text: reply.text,
+            reasoning: reply.reasoning.map(|(part_id, text)| ReasoningReport { part_id, text }),
             finish: reply.finish,
             error: reply.error,
             tokens: reply.tokens,
@@ -462,16 +518,21 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
 /// longer: a control character becomes six bytes); the rest of the event is small.
 const TEXT_ROOM: usize = MAX_EVENT_BYTES - 16 * 1024;
 
-/// Shorten `text` until its JSON form fits an event; true if it had to.
-fn fit_to_event(text: &mut String) -> bool {
+/// How long `text` is as JSON.
+fn json_len(text: &str) -> usize {
+    serde_json::to_string(text).map_or(usize::MAX, |j| j.len())
+}
+
+/// Shorten `text` until its JSON form fits `room` bytes; true if it had to.
+fn fit_to_event(text: &mut String, room: usize) -> bool {
     let mut cut = false;
     loop {
-        let size = serde_json::to_string(text.as_str()).map_or(usize::MAX, |j| j.len());
-        if size <= TEXT_ROOM {
+        let size = json_len(text);
+        if size <= room {
             return cut;
         }
         // Keep the share that fits at the current escaping ratio, and a little less.
-        let keep = (text.len() as u128 * TEXT_ROOM as u128 / size as u128) as usize;
+        let keep = (text.len() as u128 * room as u128 / size as u128) as usize;
         text.truncate(floor_char_boundary(text, keep.saturating_sub(8)));
         cut = true;
     }
@@ -517,10 +578,10 @@ mod tests {
     #[test]
     fn a_reply_is_cut_to_fit_an_event_as_json_not_as_text() {
         let mut plain = "a".repeat(100);
-        assert!(!fit_to_event(&mut plain));
+        assert!(!fit_to_event(&mut plain, TEXT_ROOM));
         // 300 KiB of control characters is 1.8 MiB as JSON.
         let mut escaped = "\u{1}".repeat(300 * 1024);
-        assert!(fit_to_event(&mut escaped));
+        assert!(fit_to_event(&mut escaped, TEXT_ROOM));
         assert!(serde_json::to_string(&escaped).unwrap().len() <= TEXT_ROOM);
         assert!(escaped.len() > TEXT_ROOM / 7, "not cut more than needed");
     }

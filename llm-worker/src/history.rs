@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use schemas::events::PROMPT_COMMIT_EVENTS;
 use schemas::ids::{MessageId, SessionId};
 
-use crate::provider::ChatMessage;
+use crate::providers::ChatMessage;
 
 /// How long to wait for the projector to catch up before answering with what is there.
 const CATCH_UP: Duration = Duration::from_secs(5);
@@ -89,6 +89,8 @@ pub async fn load(
             let text: String = parts
                 .as_array()?
                 .iter()
+                // Text only: reasoning is not sent back.
+                .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("text"))
                 .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
                 .collect::<Vec<_>>()
                 .join("\n");

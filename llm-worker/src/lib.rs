@@ -8,5 +8,5 @@ pub mod consumer;
 pub mod generation;
 pub mod give_up;
 pub mod history;
-pub mod provider;
+pub mod providers;
 pub mod startup;

@@ -10,7 +10,7 @@ use crate::aborts::Aborts;
 use crate::config::WorkerConfig;
 use crate::consumer;
 use crate::generation::Worker;
-use crate::provider::Provider;
+use crate::providers::Provider;
 
 pub async fn run(
     common: CommonConfig,

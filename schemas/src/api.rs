@@ -189,6 +189,9 @@ pub struct CompleteMessage {
     #[serde(rename = "partID")]
     pub part_id: PartId,
     pub text: String,
+    /// The model's reasoning, if it streamed any: a part of its own, before the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<ReasoningReport>,
     pub finish: FinishReason,
     pub error: Option<MessageError>,
     pub tokens: TokenUsage,
@@ -201,6 +204,15 @@ pub struct CompleteMessage {
     /// The envelope id of the prompt event this answers.
     #[serde(rename = "causationID")]
     pub causation_id: String,
+}
+
+/// The reasoning part of a reply.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasoningReport {
+    #[serde(rename = "partID")]
+    pub part_id: PartId,
+    pub text: String,
 }
 
 /// The command service's answer to an internal command.

@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, PartId, SessionId};
+use crate::message::Part;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "properties")]
@@ -21,6 +22,17 @@ pub enum LiveEvent {
         part_id: PartId,
         attempt: u32,
         time: i64,
+    },
+    /// A part began (OpenCode's `message.part.updated`): announces a reasoning part before its
+    /// deltas, so clients know its kind.
+    #[serde(rename = "message.part.updated")]
+    PartUpdated {
+        #[serde(rename = "sessionID")]
+        session_id: SessionId,
+        #[serde(rename = "messageID")]
+        message_id: MessageId,
+        part: Part,
+        attempt: u32,
     },
     /// Text to append to `part[field]` (OpenCode's `message.part.delta`).
     #[serde(rename = "message.part.delta")]
@@ -41,6 +53,7 @@ impl crate::events::EventName for LiveEvent {
     fn event_type(&self) -> &'static str {
         match self {
             LiveEvent::MessageStarted { .. } => "message.started",
+            LiveEvent::PartUpdated { .. } => "message.part.updated",
             LiveEvent::PartDelta { .. } => "message.part.delta",
         }
     }

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, PartId};
 
-/// A part of a message. Only text for now; reasoning and tool calls come later.
+/// A part of a message: text, or the model's reasoning (OpenCode's `reasoning` part); tool
+/// calls come later.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Part {
@@ -16,14 +17,32 @@ pub enum Part {
         message_id: MessageId,
         text: String,
     },
+    Reasoning {
+        id: PartId,
+        #[serde(rename = "messageID")]
+        message_id: MessageId,
+        text: String,
+    },
 }
 
 impl Part {
-    /// The text this part contributes to the conversation.
+    /// The text this part contributes to the conversation (reasoning contributes none).
     pub fn text(&self) -> &str {
         match self {
             Part::Text { text, .. } => text,
+            Part::Reasoning { .. } => "",
         }
+    }
+
+    /// How much text the part holds, whatever its kind (for size limits).
+    pub fn len(&self) -> usize {
+        match self {
+            Part::Text { text, .. } | Part::Reasoning { text, .. } => text.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -16,6 +16,8 @@ pub enum ConnectionKind {
     /// OpenAI chat completions, and every server that speaks it (vLLM, Ollama, OpenRouter,
     /// Azure OpenAI, a LiteLLM proxy).
     OpenaiCompatible,
+    /// Anthropic Messages.
+    Anthropic,
 }
 
 impl ConnectionKind {
@@ -23,6 +25,7 @@ impl ConnectionKind {
     pub fn default_base_url(&self) -> &'static str {
         match self {
             ConnectionKind::OpenaiCompatible => "https://api.openai.com/v1",
+            ConnectionKind::Anthropic => "https://api.anthropic.com/v1",
         }
     }
 }

@@ -105,11 +105,12 @@ impl SseClient {
     }
 }
 
-/// The concatenated text of the deltas of `message` in `events`, as a client would build it:
-/// a `message.started` with a new attempt discards what was built so far.
+/// The concatenated text of the deltas of `message`'s text part in `events`, as a client would
+/// build it: a `message.started` with a new attempt discards what was built so far.
 pub fn reply_text(events: &[Event], message: &str) -> String {
     let mut text = String::new();
     let mut attempt = 0;
+    let mut part = serde_json::Value::Null;
     for e in events {
         let p = &e.data["properties"];
         if p["messageID"] != message {
@@ -117,17 +118,29 @@ pub fn reply_text(events: &[Event], message: &str) -> String {
         }
         match e.event.as_str() {
             "message.started" => {
+                part = p["partID"].clone();
                 let a = p["attempt"].as_u64().unwrap_or(0);
                 if a != attempt {
                     attempt = a;
                     text.clear();
                 }
             }
-            "message.part.delta" => text.push_str(p["delta"].as_str().unwrap_or_default()),
+            "message.part.delta" if p["partID"] == part => {
+                text.push_str(p["delta"].as_str().unwrap_or_default())
+            }
             _ => {}
         }
     }
     text
+}
+
+/// The concatenated deltas of part `part` in `events`.
+pub fn part_text(events: &[Event], part: &str) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "message.part.delta" && e.data["properties"]["partID"] == part)
+        .filter_map(|e| e.data["properties"]["delta"].as_str())
+        .collect()
 }
 
 /// Whether `e` says the session became idle (a reply ended).

@@ -79,5 +79,10 @@ pub(crate) fn valid_name(what: &str, name: &str) -> Result<String, crate::error:
             schemas::api::MAX_NAME_CHARS
         )));
     }
+    if name.chars().any(char::is_control) {
+        return Err(crate::error::DomainError::Invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
     Ok(name.to_owned())
 }

@@ -67,7 +67,8 @@ pub enum SessionCommand {
     },
     /// From an LLM worker: the reply is finished.
     Complete {
-        report: CompleteMessage,
+        /// Boxed: a report (the whole reply) is far larger than the other commands.
+        report: Box<CompleteMessage>,
     },
 }
 
@@ -233,6 +234,7 @@ impl Aggregate for Session {
                 sink.write(event, self).await;
             }
             SessionCommand::Complete { report } => {
+                let report = *report;
                 let session_id = self.id()?;
                 if self.completed.contains(&report.message_id) {
                     return Err(DomainError::AlreadyDone);
@@ -244,11 +246,20 @@ impl Aggregate for Session {
                 let completion = AssistantCompletion {
                     id: report.message_id.clone(),
                     parent_id: running.user_message.clone(),
-                    parts: vec![Part::Text {
-                        id: report.part_id,
-                        message_id: report.message_id,
-                        text: report.text,
-                    }],
+                    parts: report
+                        .reasoning
+                        .map(|r| Part::Reasoning {
+                            id: r.part_id,
+                            message_id: report.message_id.clone(),
+                            text: r.text,
+                        })
+                        .into_iter()
+                        .chain([Part::Text {
+                            id: report.part_id,
+                            message_id: report.message_id,
+                            text: report.text,
+                        }])
+                        .collect(),
                     finish: report.finish,
                     error: report.error,
                     tokens: report.tokens,
@@ -293,7 +304,7 @@ impl Aggregate for Session {
                 }
             }
             SessionEvent::MessageCompleted { message, .. } => {
-                self.bytes += message.parts.iter().map(|p| p.text().len() as u64).sum::<u64>();
+                self.bytes += message.parts.iter().map(|p| p.len() as u64).sum::<u64>();
                 if let Some(r) = self.running.take() {
                     self.completed.insert(r.user_message);
                 }
@@ -391,6 +402,7 @@ mod tests {
             message_id: assistant.clone(),
             part_id: PartId::new(),
             text: "hello".into(),
+            reasoning: None,
             finish: FinishReason::Stop,
             error: None,
             tokens: TokenUsage::default(),
@@ -449,7 +461,7 @@ mod tests {
         ];
         let done = TestFramework::<Session>::with(w.services.clone())
             .given(given.clone())
-            .when(SessionCommand::Complete { report: report(&w, &user, &assistant) })
+            .when(SessionCommand::Complete { report: Box::new(report(&w, &user, &assistant)) })
             .inspect_result()
             .unwrap();
         assert!(matches!(done[1], SessionEvent::StatusChanged { status: SessionStatus::Idle, .. }));
@@ -457,7 +469,7 @@ mod tests {
         after.extend(done);
         TestFramework::<Session>::with(w.services.clone())
             .given(after)
-            .when(SessionCommand::Complete { report: report(&w, &user, &assistant) })
+            .when(SessionCommand::Complete { report: Box::new(report(&w, &user, &assistant)) })
             .then_expect_error(DomainError::AlreadyDone);
     }
 

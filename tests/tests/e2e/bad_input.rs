@@ -97,3 +97,22 @@ async fn malformed_requests_are_refused_with_problems_and_write_nothing() {
         assert!(a.is_problem(status), "{path}: {a:?}");
     }
 }
+
+#[tokio::test]
+async fn a_nul_character_anywhere_is_bad_input_not_a_server_error() {
+    // Found by the API fuzzer: PostgreSQL's JSON cannot hold U+0000.
+    let system = e2e_tests::System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let before = system.event_count().await;
+    let named = system.post(&alice, "/org", serde_json::json!({ "name": "a\u{0}b" })).await;
+    assert!(named.is_problem(400), "{named:?}");
+    let prompt = serde_json::json!({ "parts": [{ "type": "text", "text": "x\u{0}y" }] });
+    let prompted =
+        system.post(&alice, &format!("/session/{}/prompt_async", session.id), prompt).await;
+    assert!(prompted.is_problem(400), "{prompted:?}");
+    assert_eq!(system.event_count().await, before, "nothing written");
+    // The six characters \u0000 as text are fine.
+    let literal = system.post(&alice, "/org", serde_json::json!({ "name": "about \\u0000" })).await;
+    assert_eq!(literal.status, 201, "{literal:?}");
+}

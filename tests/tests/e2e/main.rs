@@ -15,6 +15,7 @@ mod personal_data;
 mod pipeline;
 mod poison_events;
 mod provider_faults;
+mod provider_streaming;
 mod providers;
 mod rate_limits;
 mod resume;

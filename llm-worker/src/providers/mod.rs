@@ -1,5 +1,9 @@
-//! A streaming client for OpenAI-compatible chat completions (`POST {base}/chat/completions`
-//! with `stream: true`), with connect, first-token and idle timeouts.
+//! Streaming replies from LLM providers: one HTTP client, a wire format per connection kind
+//! (`openai.rs`, `anthropic.rs`), connect, first-token and idle timeouts, retries of failures
+//! before the first byte, and errors classified for users (`ProviderError::classify`).
+
+mod anthropic;
+mod openai;
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -7,10 +11,8 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use schemas::message::{CacheUsage, ErrorKind, MessageError, MessageErrorName, TokenUsage};
-use secrecy::ExposeSecret;
-use serde::Deserialize;
-use serde_json::json;
+use schemas::message::{ErrorKind, MessageError, MessageErrorName, TokenUsage};
+use schemas::provider::ConnectionKind;
 
 use crate::config::WorkerConfig;
 
@@ -25,6 +27,8 @@ pub struct ChatMessage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderEvent {
     Text(String),
+    /// Reasoning ("thinking") text, streamed as a part of its own.
+    Reasoning(String),
     /// The provider's finish reason (`stop`, `length`, …).
     Finish(String),
     Usage(TokenUsage),
@@ -110,9 +114,10 @@ fn request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Where one call goes: the provider's URL, its key (opened for this call only), extra headers
-/// and the model.
+/// Where one call goes: the wire format, the provider's URL, its key (opened for this call only),
+/// extra headers and the model.
 pub struct Target {
+    pub kind: ConnectionKind,
     pub base_url: String,
     pub api_key: secrecy::SecretString,
     pub headers: std::collections::BTreeMap<String, String>,
@@ -120,6 +125,34 @@ pub struct Target {
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ProviderEvent, ProviderError>> + Send>>;
+
+/// How one wire format is asked and read.
+pub trait WireFormat: Sync {
+    /// The streaming request (URL, authentication, body); the caller adds the extra headers.
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        target: &Target,
+        messages: &[ChatMessage],
+    ) -> reqwest::RequestBuilder;
+    /// A fresh reader of one response's server-sent events.
+    fn parser(&self) -> Box<dyn Parser>;
+}
+
+/// Reads one stream: each SSE event (its `event:` name and `data:`) becomes provider events;
+/// `true` when the stream is complete.
+pub trait Parser: Send {
+    fn feed(
+        &mut self,
+        event: &str,
+        data: &str,
+    ) -> (Vec<Result<ProviderEvent, ProviderError>>, bool);
+}
+
+/// Attempts at a request that failed before any answer (429, 5xx, 529, no connection).
+const MAX_ATTEMPTS: u32 = 4;
+/// The longest a `retry-after` may make us wait.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 pub struct Provider {
@@ -129,6 +162,7 @@ pub struct Provider {
 
 impl Provider {
     pub fn new(cfg: WorkerConfig) -> anyhow::Result<Self> {
+        // One HTTP client for every provider and wire format.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(cfg.provider_connect_timeout_ms))
             .tcp_nodelay(true)
@@ -139,6 +173,7 @@ impl Provider {
     /// The deployment's default provider (`OC_PROVIDER_*`), for prompts that name no connection.
     pub fn default_target(&self) -> Target {
         Target {
+            kind: ConnectionKind::OpenaiCompatible,
             base_url: self.cfg.provider_base_url.clone(),
             api_key: self.cfg.provider_api_key.clone(),
             headers: Default::default(),
@@ -146,48 +181,71 @@ impl Provider {
         }
     }
 
-    /// Start a streamed completion. The first-token timeout covers the response headers too.
+    /// Start a streamed reply. Failures before any answer that a retry may cure (429, 5xx,
+    /// Anthropic's 529, no connection) are retried with backoff, honouring `retry-after`, within
+    /// the first-token timeout, which also covers the response headers.
     pub async fn stream(
         &self,
         target: &Target,
         messages: Vec<ChatMessage>,
     ) -> Result<EventStream, ProviderError> {
-        let url = format!("{}/chat/completions", target.base_url.trim_end_matches('/'));
-        let body = json!({
-            "model": target.model,
-            "messages": messages,
-            "stream": true,
-            "stream_options": { "include_usage": true },
-        });
-        let mut req = self.http.post(url).json(&body);
-        for (name, value) in &target.headers {
-            req = req.header(name, value);
-        }
-        let key = target.api_key.expose_secret();
-        if !key.is_empty() {
-            req = req.bearer_auth(key);
-        }
+        let wire: &dyn WireFormat = match target.kind {
+            ConnectionKind::OpenaiCompatible => &openai::OpenAi,
+            ConnectionKind::Anthropic => &anthropic::Anthropic,
+        };
         let first = Duration::from_millis(self.cfg.provider_first_token_timeout_ms);
         let idle = Duration::from_millis(self.cfg.provider_idle_timeout_ms);
-        let res = tokio::time::timeout(first, req.send())
-            .await
-            .map_err(|_| ProviderError::FirstTokenTimeout(first))?
-            .map_err(|e| ProviderError::Connect(e.to_string()))?;
-        if !res.status().is_success() {
-            let status = res.status().as_u16();
-            let request_id = request_id(res.headers());
-            let body = res.text().await.unwrap_or_default().chars().take(500).collect();
-            return Err(ProviderError::Status { status, request_id, body });
-        }
+        let deadline = tokio::time::Instant::now() + first;
+        let mut attempt = 0;
+        let res = loop {
+            attempt += 1;
+            let mut req = wire.request(&self.http, target, &messages);
+            for (name, value) in &target.headers {
+                req = req.header(name, value);
+            }
+            let outcome = match tokio::time::timeout_at(deadline, req.send()).await {
+                Err(_) => return Err(ProviderError::FirstTokenTimeout(first)),
+                Ok(Err(e)) => Err((ProviderError::Connect(e.to_string()), None)),
+                Ok(Ok(res)) if res.status().is_success() => Ok(res),
+                Ok(Ok(res)) => {
+                    let status = res.status().as_u16();
+                    let wait = retry_after(res.headers());
+                    let request_id = request_id(res.headers());
+                    let body = res.text().await.unwrap_or_default().chars().take(500).collect();
+                    Err((ProviderError::Status { status, request_id, body }, wait))
+                }
+            };
+            let (error, wait) = match outcome {
+                Ok(res) => break res,
+                Err(e) => e,
+            };
+            let retryable = match &error {
+                ProviderError::Connect(_) => true,
+                ProviderError::Status { status, .. } => *status == 429 || *status >= 500,
+                _ => false,
+            };
+            let wait = wait.unwrap_or(Duration::from_millis(250 << attempt)).min(MAX_RETRY_AFTER);
+            if !retryable
+                || attempt >= MAX_ATTEMPTS
+                || tokio::time::Instant::now() + wait >= deadline
+            {
+                return Err(error);
+            }
+            metrics::counter!("provider_retries_total").increment(1);
+            tracing::debug!(%error, ?wait, attempt, "provider failed before answering; retrying");
+            tokio::time::sleep(wait).await;
+        };
         let sse = res.bytes_stream().eventsource();
+        let parser = wire.parser();
         // Unfold rather than a task: dropping the stream (an abort) drops the HTTP response at
         // once, which closes the connection and stops the provider generating (and billing).
-        let state = (sse, false, VecDeque::new(), false);
-        let stream =
-            futures::stream::unfold(state, move |(mut sse, started, mut queue, done)| async move {
+        let state = (sse, parser, false, VecDeque::new(), false);
+        let stream = futures::stream::unfold(
+            state,
+            move |(mut sse, mut parser, started, mut queue, done)| async move {
                 loop {
                     if let Some(item) = queue.pop_front() {
-                        return Some((item, (sse, true, queue, done)));
+                        return Some((item, (sse, parser, true, queue, done)));
                     }
                     if done {
                         return None;
@@ -199,115 +257,33 @@ impl Provider {
                     };
                     let event = match tokio::time::timeout(limit, sse.next()).await {
                         Err(_) => Err(timed_out),
-                        Ok(None) => Err(ProviderError::Stream("ended without [DONE]".into())),
+                        Ok(None) => {
+                            Err(ProviderError::Stream("ended before it was complete".into()))
+                        }
                         Ok(Some(Err(e))) => Err(ProviderError::Stream(e.to_string())),
                         Ok(Some(Ok(event))) => Ok(event),
                     };
                     match event {
-                        Err(e) => return Some((Err(e), (sse, started, queue, true))),
-                        Ok(e) if e.data.trim() == "[DONE]" => return None,
-                        Ok(e) => queue.extend(parse_chunk(&e.data)),
+                        Err(e) => return Some((Err(e), (sse, parser, started, queue, true))),
+                        Ok(e) => {
+                            let (events, end) = parser.feed(&e.event, &e.data);
+                            queue.extend(events);
+                            if end {
+                                return queue
+                                    .pop_front()
+                                    .map(|item| (item, (sse, parser, true, queue, true)));
+                            }
+                        }
                     }
                 }
-            });
+            },
+        );
         Ok(Box::pin(stream))
     }
 }
 
-#[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<Choice>,
-    usage: Option<Usage>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    delta: Delta,
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct Delta {
-    content: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Usage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    prompt_tokens_details: Option<PromptDetails>,
-    completion_tokens_details: Option<CompletionDetails>,
-}
-
-#[derive(Deserialize)]
-struct PromptDetails {
-    #[serde(default)]
-    cached_tokens: u64,
-}
-
-#[derive(Deserialize)]
-struct CompletionDetails {
-    #[serde(default)]
-    reasoning_tokens: u64,
-}
-
-/// The events in one `data:` payload of the OpenAI stream.
-fn parse_chunk(data: &str) -> Vec<Result<ProviderEvent, ProviderError>> {
-    let chunk: Chunk = match serde_json::from_str(data) {
-        Ok(c) => c,
-        Err(e) => return vec![Err(ProviderError::Stream(format!("bad chunk: {e}")))],
-    };
-    let mut out = Vec::new();
-    for choice in chunk.choices {
-        if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
-            out.push(Ok(ProviderEvent::Text(text)));
-        }
-        if let Some(reason) = choice.finish_reason {
-            out.push(Ok(ProviderEvent::Finish(reason)));
-        }
-    }
-    if let Some(u) = chunk.usage {
-        let cached = u.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
-        let reasoning = u.completion_tokens_details.map_or(0, |d| d.reasoning_tokens);
-        // As OpenCode: `input` excludes cached tokens for OpenAI-style usage.
-        out.push(Ok(ProviderEvent::Usage(TokenUsage {
-            input: u.prompt_tokens.saturating_sub(cached),
-            output: u.completion_tokens,
-            reasoning,
-            cache: CacheUsage { read: cached, write: 0 },
-        })));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_text_finish_and_usage() {
-        let text = parse_chunk(
-            r#"{"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}"#,
-        );
-        assert_eq!(
-            text.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
-            vec![ProviderEvent::Text("Hel".into())]
-        );
-        let fin = parse_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#);
-        assert_eq!(fin[0].as_ref().unwrap(), &ProviderEvent::Finish("stop".into()));
-        let usage = parse_chunk(
-            r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4}}}"#,
-        );
-        let ProviderEvent::Usage(u) = usage[0].as_ref().unwrap() else { panic!("usage expected") };
-        assert_eq!((u.input, u.output, u.cache.read), (6, 5, 4));
-    }
-
-    #[test]
-    fn garbage_is_a_stream_error() {
-        assert!(matches!(parse_chunk("{oops")[0], Err(ProviderError::Stream(_))));
-    }
+/// How long the provider asks us to wait (`retry-after` in seconds).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: f64 = headers.get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
