@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::aborts::Aborts;
 use crate::config::WorkerConfig;
-use crate::history;
+use crate::history::History;
 use crate::providers::{ChatMessage, Provider, ProviderError, ProviderEvent, Target};
 use identity::credentials;
 use schemas::provider::ConnectionRef;
@@ -37,6 +37,8 @@ pub struct Worker {
     pub pool: deadpool_postgres::Pool,
     pub provider: Provider,
     pub aborts: Aborts,
+    /// Conversations folded from the event store, cached per session.
+    pub history: History,
     pub cfg: WorkerConfig,
 }
 
@@ -173,14 +175,8 @@ impl Worker {
         let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
         let prompt = prompt.join("\n");
         let budget = self.cfg.worker_context_bytes.saturating_sub(prompt.len());
-        let conversation = history::load(
-            &self.pool,
-            &job.session,
-            job.sequence,
-            &job.message.id,
-            &job.assistant,
-            budget,
-        );
+        let conversation =
+            self.history.load(&self.pool, &job.session, job.sequence, &job.assistant, budget);
         let mut messages = match conversation.await {
             Ok(c) if c.abort_requested => return aborted(reply),
             Ok(c) => c.turns,

@@ -1,108 +1,173 @@
-//! The conversation so far, read from the read models. A prompt is only accepted once the
-//! previous reply completed, so waiting for the session's read model to reach the last event
-//! before the prompt's commit guarantees the history is complete (and usually it already has:
-//! the wait does not include projecting the prompt itself).
+//! The conversation so far, folded from the session's own events in the event store: every
+//! event before a prompt was committed before the prompt event was even published, so the fold
+//! is always complete, with no wait on the projector and no reading of its private JSON. An
+//! abort of the reply is an event too.
 //!
-//! Only the newest turns that fit `OC_WORKER_CONTEXT_BYTES` (with the prompt) are read and sent:
-//! a long session costs no more per prompt than a short one.
+//! Folds are cached per session (bounded by count and by the text they hold), so a long
+//! conversation is not re-read for every prompt: the next prompt reads only the events after
+//! the cached fold. Only the newest turns that fit the budget are sent.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use schemas::events::PROMPT_COMMIT_EVENTS;
+use moka::sync::Cache;
+use schemas::events::SessionEvent;
 use schemas::ids::{MessageId, SessionId};
 
 use crate::providers::ChatMessage;
 
-/// How long to wait for the projector to catch up before answering with what is there.
-const CATCH_UP: Duration = Duration::from_secs(5);
+/// Sessions whose folds are kept.
+const CACHED_SESSIONS: u64 = 1_000;
+/// Text the cached folds may hold together, in bytes.
+const CACHED_BYTES: u64 = 256 * 1024 * 1024;
+
+/// One turn: who said it, and its text (reasoning is not part of it).
+#[derive(Debug, Clone)]
+struct Turn {
+    user: bool,
+    text: Arc<str>,
+}
+
+/// A session's conversation up to (and including) `sequence`.
+#[derive(Debug, Clone, Default)]
+struct Fold {
+    sequence: i64,
+    turns: Vec<Turn>,
+}
+
+impl Fold {
+    fn bytes(&self) -> usize {
+        self.turns.iter().map(|t| t.text.len()).sum()
+    }
+
+    fn apply(&mut self, sequence: i64, event: SessionEvent) {
+        self.sequence = sequence;
+        match event {
+            SessionEvent::Prompted { message, .. } => {
+                let text: Vec<&str> = message.parts.iter().map(|p| p.text()).collect();
+                self.turns.push(Turn { user: true, text: text.join("\n").into() });
+            }
+            SessionEvent::MessageCompleted { message, .. } => {
+                let text: String = message.parts.iter().map(|p| p.text()).collect();
+                if !text.is_empty() {
+                    self.turns.push(Turn { user: false, text: text.into() });
+                }
+            }
+            _ => {}
+        }
+    }
+}
 
 /// What the worker needs to know before answering.
 pub struct Conversation {
-    /// The turns before the prompt, oldest first.
+    /// The turns before the prompt, oldest first, newest that fit the budget.
     pub turns: Vec<ChatMessage>,
     /// The user already asked to stop this reply (before this worker got to it).
     pub abort_requested: bool,
 }
 
-pub async fn load(
-    pool: &deadpool_postgres::Pool,
-    session: &SessionId,
-    prompt_sequence: u64,
-    before: &MessageId,
-    reply: &MessageId,
-    budget_bytes: usize,
-) -> anyhow::Result<Conversation> {
-    let needed = i64::try_from(prompt_sequence.saturating_sub(PROMPT_COMMIT_EVENTS))?;
-    let started = Instant::now();
-    let deadline = started + CATCH_UP;
-    let mut delay = Duration::from_millis(2);
-    // The connection goes back to the pool while waiting: replies being generated outnumber the
-    // pool's connections, and a waiting reply must not hold one another reply needs.
-    let client = loop {
+/// Folds of recent sessions.
+#[derive(Clone)]
+pub struct History {
+    folds: Cache<SessionId, Arc<Fold>>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        let folds = Cache::builder()
+            .max_capacity(CACHE_WEIGHT)
+            .weigher(|_, fold: &Arc<Fold>| u32::try_from(fold.bytes() / 1024 + 1).unwrap_or(u32::MAX))
+            .build();
+        Self { folds }
+    }
+}
+
+/// The cache's capacity in its weight unit (KiB of text, at least one per session).
+const CACHE_WEIGHT: u64 = CACHED_BYTES / 1024 + CACHED_SESSIONS;
+
+impl History {
+    /// The conversation before the prompt at `prompt_sequence` of `session`, within `budget`
+    /// bytes of text, and whether `reply` was aborted already.
+    pub async fn load(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        session: &SessionId,
+        prompt_sequence: u64,
+        reply: &MessageId,
+        budget: usize,
+    ) -> anyhow::Result<Conversation> {
+        let started = Instant::now();
+        let prompt = i64::try_from(prompt_sequence)?;
+        let cached = self.folds.get(session).filter(|f| f.sequence < prompt);
+        let mut fold = cached.as_deref().cloned().unwrap_or_default();
         let client = pool.get().await?;
-        let at: i64 = client
-            .query_opt(
-                "SELECT sequence FROM rm_positions WHERE aggregate_id = $1",
-                &[&session.as_str()],
+        let rows = client
+            .query(
+                "SELECT sequence, payload::jsonb FROM events \
+                 WHERE aggregate_type = 'session' AND aggregate_id = $1 AND sequence > $2 \
+                 ORDER BY sequence",
+                &[&session.as_str(), &fold.sequence],
             )
-            .await?
-            .map_or(0, |r| r.get(0));
-        if at >= needed {
-            break client;
-        }
-        if Instant::now() >= deadline {
-            tracing::warn!(%session, at, needed, "read model behind; answering with the history it has");
-            break client;
-        }
+            .await?;
         drop(client);
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(100));
-    };
-    metrics::histogram!("history_wait_seconds").record(started.elapsed().as_secs_f64());
-    // The newest turns whose text fits the budget, counted from the newest back, so the work
-    // per prompt is bounded whatever the session's length.
-    let budget = i64::try_from(budget_bytes).unwrap_or(i64::MAX);
-    let rows = client
-        .query(
-            "SELECT role, parts FROM ( \
-                 SELECT message_id, role, parts, \
-                        sum(octet_length(parts::text)) OVER (ORDER BY message_id DESC) AS newer \
-                 FROM rm_messages \
-                 WHERE session_id = $1 AND message_id < $2 AND (role = 'user' OR info ? 'finish') \
-             ) t WHERE newer <= $3 ORDER BY message_id",
-            &[&session.as_str(), &before.as_str(), &budget],
-        )
-        .await?;
-    let abort_requested = client
-        .query_opt(
-            "SELECT 1 FROM rm_messages \
-             WHERE session_id = $1 AND message_id = $2 AND (info->>'abortRequested')::boolean",
-            &[&session.as_str(), &reply.as_str()],
-        )
-        .await?
-        .is_some();
-    let mut turns: Vec<ChatMessage> = rows
+        let mut abort_requested = false;
+        for row in rows {
+            let sequence: i64 = row.get(0);
+            let event: SessionEvent = serde_json::from_value(row.get(1))?;
+            if sequence >= prompt {
+                // After the prompt, only whether this reply was aborted matters.
+                abort_requested |= matches!(
+                    &event, SessionEvent::AbortRequested { message_id, .. } if message_id == reply
+                );
+                continue;
+            }
+            fold.apply(sequence, event);
+        }
+        let turns = newest_within(&fold.turns, budget);
+        self.folds.insert(session.clone(), Arc::new(fold));
+        metrics::histogram!("history_read_seconds").record(started.elapsed().as_secs_f64());
+        Ok(Conversation { turns, abort_requested })
+    }
+}
+
+/// The newest turns whose text fits `budget` bytes, oldest first, starting with the user.
+fn newest_within(turns: &[Turn], budget: usize) -> Vec<ChatMessage> {
+    let mut used = 0;
+    let mut kept: Vec<&Turn> = turns
         .iter()
-        .filter_map(|row| {
-            let role: String = row.get(0);
-            let parts: serde_json::Value = row.get(1);
-            let text: String = parts
-                .as_array()?
-                .iter()
-                // Text only: reasoning is not sent back.
-                .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("text"))
-                .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
-                .collect::<Vec<_>>()
-                .join("\n");
-            (!text.is_empty()).then(|| ChatMessage {
-                role: if role == "user" { "user" } else { "assistant" },
-                content: text,
-            })
+        .rev()
+        .take_while(|t| {
+            used += t.text.len();
+            used <= budget
         })
         .collect();
-    // A conversation starts with the user: drop a reply whose prompt did not fit.
-    if turns.first().is_some_and(|t| t.role != "user") {
-        turns.remove(0);
+    kept.reverse();
+    let start = kept.iter().position(|t| t.user).unwrap_or(kept.len());
+    kept[start..]
+        .iter()
+        .map(|t| ChatMessage {
+            role: if t.user { "user" } else { "assistant" },
+            content: t.text.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(user: bool, text: &str) -> Turn {
+        Turn { user, text: text.into() }
     }
-    Ok(Conversation { turns, abort_requested })
+
+    #[test]
+    fn the_newest_turns_that_fit_are_kept_starting_with_the_user() {
+        let turns = [turn(true, "aaaa"), turn(false, "bbbb"), turn(true, "cc"), turn(false, "dd")];
+        let kept = newest_within(&turns, 8);
+        let roles: Vec<&str> = kept.iter().map(|m| m.role).collect();
+        assert_eq!(roles, ["user", "assistant"], "bbbb does not start with the user");
+        assert_eq!(kept[0].content, "cc");
+        assert_eq!(newest_within(&turns, 100).len(), 4);
+        assert!(newest_within(&turns, 1).is_empty());
+    }
 }

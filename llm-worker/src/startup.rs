@@ -40,6 +40,7 @@ pub async fn run(
         pool,
         provider: Provider::new(cfg.clone())?,
         aborts,
+        history: Default::default(),
         cfg,
     };
     bus::report_consumer_lag(js.clone(), consumer::CONSUMER, shutdown.clone());
