@@ -32,14 +32,15 @@ pub trait Directory: Send + Sync {
         &self,
         workspace: &WorkspaceId,
     ) -> Result<Option<WorkspaceView>, DomainError>;
-    /// The provider connection a prompt of `user` in `org` for `model` goes to (`None`: the
-    /// deployment's default provider); refused if nothing usable offers the model.
-    async fn connection_for(
+    /// The model a prompt of `user` in `org` uses (`wanted`, else the organization's default,
+    /// else the deployment's) and the provider connection it goes to (`None`: the deployment's
+    /// default provider); refused if nothing usable offers the model.
+    async fn resolve_model(
         &self,
         org: &OrganizationId,
         user: &UserId,
-        model: &ModelRef,
-    ) -> Result<Option<ConnectionRef>, DomainError>;
+        wanted: Option<ModelRef>,
+    ) -> Result<(ModelRef, Option<ConnectionRef>), DomainError>;
     /// Whether `user` may manage connection `id` of `org` (as the command would decide).
     async fn may_manage_connection(
         &self,
@@ -56,6 +57,7 @@ pub struct WorkspaceView {
     pub archived: bool,
     pub members: HashMap<UserId, WorkspaceRole>,
     pub projects: HashSet<ProjectId>,
+    pub default_model: Option<ModelRef>,
 }
 
 /// The services every aggregate gets in `handle`.
@@ -101,16 +103,16 @@ impl Directory for ScopedDirectory {
         Ok(view.filter(|v| v.organization_id == self.organization))
     }
 
-    async fn connection_for(
+    async fn resolve_model(
         &self,
         org: &OrganizationId,
         user: &UserId,
-        model: &ModelRef,
-    ) -> Result<Option<ConnectionRef>, DomainError> {
+        wanted: Option<ModelRef>,
+    ) -> Result<(ModelRef, Option<ConnectionRef>), DomainError> {
         if org != &self.organization {
             return Err(DomainError::NotFound);
         }
-        self.inner.connection_for(org, user, model).await
+        self.inner.resolve_model(org, user, wanted).await
     }
 
     async fn may_manage_connection(
@@ -123,6 +125,14 @@ impl Directory for ScopedDirectory {
             return Err(DomainError::NotFound);
         }
         self.inner.may_manage_connection(org, user, id).await
+    }
+}
+
+/// The deployment's default model: its default provider (`OC_PROVIDER_*` of the workers).
+pub fn deployment_default() -> ModelRef {
+    ModelRef {
+        provider_id: crate::aggregates::DEFAULT_PROVIDER.into(),
+        model_id: crate::aggregates::DEFAULT_PROVIDER.into(),
     }
 }
 
@@ -165,14 +175,19 @@ impl Directory for EventStoreDirectory {
         Ok(ctx.aggregate().view())
     }
 
-    async fn connection_for(
+    async fn resolve_model(
         &self,
         org: &OrganizationId,
         user: &UserId,
-        model: &ModelRef,
-    ) -> Result<Option<ConnectionRef>, DomainError> {
+        wanted: Option<ModelRef>,
+    ) -> Result<(ModelRef, Option<ConnectionRef>), DomainError> {
         let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
-        ctx.aggregate().resolve(user, model)
+        let organization = ctx.aggregate();
+        let model = wanted
+            .or_else(|| organization.default_model().cloned())
+            .unwrap_or_else(deployment_default);
+        let connection = organization.resolve(user, &model)?;
+        Ok((model, connection))
     }
 
     async fn may_manage_connection(
@@ -212,14 +227,15 @@ pub mod fake {
         async fn workspace(&self, ws: &WorkspaceId) -> Result<Option<WorkspaceView>, DomainError> {
             Ok(self.workspaces.lock().unwrap().get(ws).cloned())
         }
-        async fn connection_for(
+        async fn resolve_model(
             &self,
             _: &OrganizationId,
             _: &UserId,
-            model: &ModelRef,
-        ) -> Result<Option<ConnectionRef>, DomainError> {
+            wanted: Option<ModelRef>,
+        ) -> Result<(ModelRef, Option<ConnectionRef>), DomainError> {
+            let model = wanted.unwrap_or_else(deployment_default);
             match model.provider_id.as_str() {
-                crate::aggregates::DEFAULT_PROVIDER => Ok(None),
+                crate::aggregates::DEFAULT_PROVIDER => Ok((model, None)),
                 _ => Err(DomainError::Unprocessable("no such provider".into())),
             }
         }

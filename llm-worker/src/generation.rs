@@ -174,7 +174,9 @@ impl Worker {
         }
         let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
         let prompt = prompt.join("\n");
-        let budget = self.cfg.worker_context_bytes.saturating_sub(prompt.len());
+        let limit = job.connection.as_ref().map(|c| c.limit).unwrap_or_default();
+        let budget =
+            context_bytes(limit, self.cfg.worker_context_bytes).saturating_sub(prompt.len());
         let conversation =
             self.history.load(&self.pool, &job.session, job.sequence, &job.assistant, budget);
         let mut messages = match conversation.await {
@@ -349,6 +351,7 @@ impl Worker {
             api_key,
             headers: connection.headers.clone(),
             model: job.message.model.model_id.clone(),
+            limit: connection.limit,
         })
     }
 
@@ -513,6 +516,17 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
 /// Room in a stored event for the reply's text, as JSON (escaping can make text several times
 /// longer: a control character becomes six bytes); the rest of the event is small.
 const TEXT_ROOM: usize = MAX_EVENT_BYTES - 16 * 1024;
+
+/// Text (in bytes) the history and prompt may take for a model: its context less room for the
+/// reply, at about four bytes a token, and never more than the deployment allows.
+fn context_bytes(limit: schemas::provider::ModelLimit, most: usize) -> usize {
+    if limit.context == 0 {
+        return most;
+    }
+    let reply = limit.output.min(limit.context / 2);
+    let tokens = usize::try_from(limit.context - reply).unwrap_or(usize::MAX);
+    tokens.saturating_mul(4).min(most)
+}
 
 /// How long `text` is as JSON.
 fn json_len(text: &str) -> usize {

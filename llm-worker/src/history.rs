@@ -76,7 +76,9 @@ impl Default for History {
     fn default() -> Self {
         let folds = Cache::builder()
             .max_capacity(CACHE_WEIGHT)
-            .weigher(|_, fold: &Arc<Fold>| u32::try_from(fold.bytes() / 1024 + 1).unwrap_or(u32::MAX))
+            .weigher(|_, fold: &Arc<Fold>| {
+                u32::try_from(fold.bytes() / 1024 + 1).unwrap_or(u32::MAX)
+            })
             .build();
         Self { folds }
     }

@@ -159,10 +159,11 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
             exec(
                 tx,
                 "INSERT INTO rm_connections (connection_id, organization_id, owner_id, kind, provider_id, name, \
-                     base_url, headers, models, enabled, fingerprint, key_last4, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     base_url, headers, models, enabled, fingerprint, key_last4, updated_at, catalog) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (connection_id) DO UPDATE SET name = EXCLUDED.name, base_url = EXCLUDED.base_url, \
                      headers = EXCLUDED.headers, models = EXCLUDED.models, enabled = EXCLUDED.enabled, \
+                     catalog = EXCLUDED.catalog, \
                      fingerprint = EXCLUDED.fingerprint, key_last4 = EXCLUDED.key_last4, \
                      updated_at = EXCLUDED.updated_at",
                 &[
@@ -179,6 +180,7 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
                     &c.fingerprint,
                     &c.key_last4,
                     &time,
+                    &serde_json::to_value(&c.catalog)?,
                 ],
             )
             .await?;
@@ -196,6 +198,14 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
                 tx,
                 "UPDATE rm_organizations SET byok_allowed = $2, byok_providers = $3 WHERE organization_id = $1",
                 &[&organization_id.as_str(), &policy.allowed, &serde_json::to_value(&policy.providers)?],
+            )
+            .await?;
+        }
+        OrganizationEvent::DefaultModelSet { organization_id, model, .. } => {
+            exec(
+                tx,
+                "UPDATE rm_organizations SET default_model = $2 WHERE organization_id = $1",
+                &[&organization_id.as_str(), &serde_json::to_value(&model)?],
             )
             .await?;
         }

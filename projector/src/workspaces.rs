@@ -65,6 +65,14 @@ pub async fn apply(tx: &Transaction<'_>, event: WorkspaceEvent) -> anyhow::Resul
             )
             .await?;
         }
+        WorkspaceEvent::DefaultModelSet { workspace_id, model, .. } => {
+            exec(
+                tx,
+                "UPDATE rm_workspaces SET default_model = $2 WHERE workspace_id = $1",
+                &[&workspace_id.as_str(), &serde_json::to_value(&model)?],
+            )
+            .await?;
+        }
     }
     Ok(())
 }

@@ -89,7 +89,8 @@ pub enum OrganizationEvent {
     ConnectionSet {
         #[serde(rename = "organizationID")]
         organization_id: OrganizationId,
-        connection: ConnectionInfo,
+        /// Boxed: far larger than the other events (serialised the same).
+        connection: Box<ConnectionInfo>,
         #[serde(rename = "actorID")]
         actor_id: UserId,
         time: i64,
@@ -101,6 +102,14 @@ pub enum OrganizationEvent {
         organization_id: OrganizationId,
         #[serde(rename = "connectionID")]
         connection_id: ConnectionId,
+        time: i64,
+    },
+    /// The model prompts use when they name none (and their session and workspace have none).
+    #[serde(rename = "organization.default_model_set")]
+    DefaultModelSet {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        model: ModelRef,
         time: i64,
     },
     /// Whether members may bring their own provider keys.
@@ -204,6 +213,16 @@ pub enum WorkspaceEvent {
         #[serde(rename = "organizationID")]
         organization_id: OrganizationId,
         project: Project,
+        time: i64,
+    },
+    /// The model prompts in this workspace use when they name none (before the organization's).
+    #[serde(rename = "workspace.default_model_set")]
+    DefaultModelSet {
+        #[serde(rename = "workspaceID")]
+        workspace_id: WorkspaceId,
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        model: ModelRef,
         time: i64,
     },
 }
@@ -354,6 +373,7 @@ impl EventName for OrganizationEvent {
             OrganizationEvent::ConnectionSet { .. } => "organization.connection_set",
             OrganizationEvent::ConnectionRemoved { .. } => "organization.connection_removed",
             OrganizationEvent::ByokPolicySet { .. } => "organization.byok_policy_set",
+            OrganizationEvent::DefaultModelSet { .. } => "organization.default_model_set",
         }
     }
 }
@@ -367,6 +387,7 @@ impl EventName for WorkspaceEvent {
             WorkspaceEvent::MemberSet { .. } => "workspace.member_set",
             WorkspaceEvent::MemberRemoved { .. } => "workspace.member_removed",
             WorkspaceEvent::ProjectAdded { .. } => "workspace.project_added",
+            WorkspaceEvent::DefaultModelSet { .. } => "workspace.default_model_set",
         }
     }
 }

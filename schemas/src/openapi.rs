@@ -15,11 +15,12 @@ use crate::api::{
 };
 use crate::ids::{ApiKeyId, ConnectionId, OrganizationId, SessionId, UserId, WorkspaceId};
 use crate::provider::{
-    ConnectionSaved, CreateConnection, RotateKey, SetByokPolicy, UpdateConnection,
+    ConnectionSaved, CreateConnection, ImportCatalog, RotateKey, SetByokPolicy, SetDefaultModel,
+    UpdateConnection,
 };
 use crate::read::{
-    ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, OrganizationSummary, Page,
-    SessionView, WorkspaceDetail, WorkspaceSummary,
+    ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, ModelCatalog,
+    OrganizationSummary, Page, SessionView, WorkspaceDetail, WorkspaceSummary,
 };
 
 /// A schema made by a generator.
@@ -147,6 +148,19 @@ pub fn command_operations() -> Vec<Operation> {
         op("put", "/org/{org}/byok", "Whether members may bring their own provider keys")
             .body(schema::<SetByokPolicy>)
             .answers(200, accepted),
+        op(
+            "put",
+            "/org/{org}/provider/{id}/catalog",
+            "Describe and offer models (models.dev's shape)",
+        )
+        .body(schema::<ImportCatalog>)
+        .answers(200, accepted),
+        op("put", "/org/{org}/default-model", "The organization's default model")
+            .body(schema::<SetDefaultModel>)
+            .answers(200, accepted),
+        op("put", "/workspace/{ws}/default-model", "The workspace's default model")
+            .body(schema::<SetDefaultModel>)
+            .answers(200, accepted),
     ]
 }
 
@@ -176,6 +190,12 @@ pub fn query_operations() -> Vec<Operation> {
             .paged(),
         op("get", "/org/{org}/provider", "The provider connections you may use, without keys")
             .answers(200, schema::<ConnectionList>),
+        op(
+            "get",
+            "/org/{org}/model",
+            "The models you may prompt, as OpenCode's /provider lists them",
+        )
+        .answers(200, schema::<ModelCatalog>),
         op("get", "/session/{id}", "A session").answers(200, schema::<SessionView>),
         op("get", "/session/{id}/message", "A session's messages with their parts")
             .answers(200, schema::<Page<MessageView>>)

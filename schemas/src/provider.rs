@@ -48,11 +48,112 @@ pub struct ConnectionInfo {
     pub headers: BTreeMap<String, String>,
     /// The models it offers.
     pub models: Vec<String>,
+    /// What is known of them (limits, capabilities, prices), by model id, in models.dev's shape.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub catalog: BTreeMap<String, ModelInfo>,
     pub enabled: bool,
     /// `sha256:` and 16 hex digits of the key's hash.
     pub fingerprint: String,
     #[serde(rename = "keyLast4")]
     pub key_last4: String,
+}
+
+/// A model as models.dev's `api.json` describes one (the fields we use; others are ignored),
+/// so a catalog from there imports as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Takes attachments (images, files).
+    #[serde(default)]
+    pub attachment: bool,
+    /// Reasons ("thinks") before answering.
+    #[serde(default)]
+    pub reasoning: bool,
+    #[serde(default)]
+    pub tool_call: bool,
+    #[serde(default)]
+    pub limit: ModelLimit,
+    /// Dollars per million tokens; absent for models nobody priced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<ModelCost>,
+}
+
+/// Tokens a model takes in (context) and gives out (output); 0 when unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelLimit {
+    #[serde(default)]
+    pub context: u64,
+    #[serde(default)]
+    pub output: u64,
+}
+
+/// Prices per million tokens, as models.dev lists them (dollars, written as JSON numbers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelCost {
+    #[serde(default)]
+    pub input: Price,
+    #[serde(default)]
+    pub output: Price,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<Price>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read: Option<Price>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<Price>,
+}
+
+/// A price per million tokens, held exactly as an integer number of micro-dollars (no floats
+/// in money); read and written as dollars, the way models.dev writes them ($0.075 is 75,000).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Price {
+    pub micro_dollars: u64,
+}
+
+impl Serialize for Price {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.micro_dollars as f64 / 1e6)
+    }
+}
+
+impl<'de> Deserialize<'de> for Price {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let dollars = f64::deserialize(d)?;
+        if !dollars.is_finite() || !(0.0..=1e9).contains(&dollars) {
+            return Err(serde::de::Error::custom(
+                "a price is dollars per million tokens, 0 to 1e9",
+            ));
+        }
+        // Prices are decimal with at most six places: rounding recovers them exactly.
+        Ok(Price { micro_dollars: (dollars * 1e6).round() as u64 })
+    }
+}
+
+impl JsonSchema for Price {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Price".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "number", "minimum": 0, "maximum": 1e9,
+            "description": "Dollars per million tokens",
+        })
+    }
+}
+
+/// `PUT /org/{org}/provider/{id}/catalog`: models.dev's provider entry (`{"models": {id: …}}`)
+/// or an admin's own; listed models are offered and described, overriding what was there.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct ImportCatalog {
+    pub models: BTreeMap<String, ModelInfo>,
+}
+
+/// `PUT /org/{org}/default-model`, `PUT /workspace/{ws}/default-model`: the model prompts use
+/// when they name none and their session has not used one yet.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetDefaultModel {
+    pub model: crate::message::ModelRef,
 }
 
 /// Whether members may bring their own keys, and for which providers (all if empty).
@@ -77,15 +178,20 @@ pub struct ConnectionRef {
     #[serde(rename = "baseURL")]
     pub base_url: String,
     pub headers: BTreeMap<String, String>,
+    /// The model's limits, when the catalog knows them: the history sent is trimmed to the
+    /// context, and the reply asks for at most the output.
+    #[serde(default)]
+    pub limit: ModelLimit,
 }
 
-impl From<&ConnectionInfo> for ConnectionRef {
-    fn from(c: &ConnectionInfo) -> Self {
+impl ConnectionRef {
+    pub fn for_model(c: &ConnectionInfo, model: &str) -> Self {
         Self {
             id: c.id.clone(),
             kind: c.kind,
             base_url: c.base_url.clone(),
             headers: c.headers.clone(),
+            limit: c.catalog.get(model).map(|m| m.limit).unwrap_or_default(),
         }
     }
 }

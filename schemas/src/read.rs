@@ -241,3 +241,29 @@ pub struct ConnectionList {
     pub items: Vec<ConnectionView>,
     pub byok: crate::provider::ByokPolicy,
 }
+
+/// A model the caller may prompt, as OpenCode's `/provider` lists models.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ModelEntry {
+    pub id: String,
+    #[serde(flatten)]
+    pub info: crate::provider::ModelInfo,
+}
+
+/// A provider with the models the caller may prompt through it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ProviderEntry {
+    pub id: String,
+    pub name: String,
+    pub models: std::collections::BTreeMap<String, ModelEntry>,
+}
+
+/// `GET /org/{org}/model`: what the caller may prompt in the organization, in the shape of
+/// OpenCode's `GET /provider`: every usable provider with its models, the default model by
+/// provider, and the providers connected.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ModelCatalog {
+    pub all: Vec<ProviderEntry>,
+    pub default: std::collections::BTreeMap<String, String>,
+    pub connected: Vec<String>,
+}

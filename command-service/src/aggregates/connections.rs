@@ -8,7 +8,7 @@ use schemas::events::OrganizationEvent;
 use schemas::ids::{ConnectionId, OrganizationId, UserId};
 use schemas::message::ModelRef;
 use schemas::policy::Action;
-use schemas::provider::{ByokPolicy, ConnectionInfo, ConnectionKind, ConnectionRef};
+use schemas::provider::{ByokPolicy, ConnectionInfo, ConnectionKind, ConnectionRef, ModelInfo};
 use serde::{Deserialize, Serialize};
 
 use super::Organization;
@@ -23,6 +23,9 @@ pub const MAX_CONNECTIONS: usize = 200;
 pub struct Connections {
     pub(super) by_id: HashMap<ConnectionId, ConnectionInfo>,
     pub(super) byok: ByokPolicy,
+    /// The model prompts use when they name none (and their session and workspace have none).
+    #[serde(default)]
+    pub(super) default_model: Option<ModelRef>,
 }
 
 /// A connection as a command proposes it (validated here), without the key.
@@ -47,6 +50,8 @@ pub struct ConnectionChange {
     pub enabled: Option<bool>,
     /// A new key's (fingerprint, last four).
     pub key: Option<(String, String)>,
+    /// Catalog entries to add or override (their models become offered).
+    pub catalog: Option<BTreeMap<String, ModelInfo>>,
 }
 
 impl Organization {
@@ -113,13 +118,14 @@ impl Organization {
             )?,
             headers: valid_headers(spec.headers)?,
             models: valid_models(spec.models)?,
+            catalog: Default::default(),
             enabled: true,
             fingerprint: fingerprint.0,
             key_last4: fingerprint.1,
         };
         Ok(vec![OrganizationEvent::ConnectionSet {
             organization_id,
-            connection,
+            connection: Box::new(connection),
             actor_id: actor,
             time,
         }])
@@ -152,10 +158,24 @@ impl Organization {
             c.fingerprint = fingerprint;
             c.key_last4 = last4;
         }
+        if let Some(entries) = change.catalog {
+            for (model, info) in entries {
+                if !c.models.contains(&model) {
+                    c.models.push(model.clone());
+                }
+                c.catalog.insert(model, info);
+            }
+            c.models = valid_models(std::mem::take(&mut c.models))?;
+            if let Some(name) =
+                c.catalog.values().find_map(|m| m.name.as_ref().filter(|n| n.len() > 200))
+            {
+                return Err(DomainError::Invalid(format!("model name {name:?} is too long")));
+            }
+        }
         let organization_id = self.id.clone().ok_or(DomainError::NotFound)?;
         Ok(vec![OrganizationEvent::ConnectionSet {
             organization_id,
-            connection: c,
+            connection: Box::new(c),
             actor_id: actor,
             time,
         }])
@@ -187,6 +207,36 @@ impl Organization {
             valid_provider_id(p)?;
         }
         Ok(vec![OrganizationEvent::ByokPolicySet { organization_id, policy, time }])
+    }
+
+    pub(super) fn set_default_model(
+        &self,
+        model: ModelRef,
+        actor: &UserId,
+        time: i64,
+    ) -> Result<Vec<OrganizationEvent>, DomainError> {
+        let organization_id = self.authorize(actor, Action::ManageProviders)?;
+        // Usable by everyone: offered by an enabled connection of the organization itself.
+        if model.provider_id != DEFAULT_PROVIDER {
+            let offered = self.connections.by_id.values().any(|c| {
+                c.owner_id.is_none()
+                    && c.enabled
+                    && c.provider_id == model.provider_id
+                    && c.models.contains(&model.model_id)
+            });
+            if !offered {
+                return Err(DomainError::Unprocessable(format!(
+                    "{}/{} is not a model the organization's connections offer",
+                    model.provider_id, model.model_id
+                )));
+            }
+        }
+        Ok(vec![OrganizationEvent::DefaultModelSet { organization_id, model, time }])
+    }
+
+    /// The organization's default model, if it set one.
+    pub fn default_model(&self) -> Option<&ModelRef> {
+        self.connections.default_model.as_ref()
     }
 
     /// Whether `actor` may manage connection `id` (checked before its key is written or shredded).
@@ -228,19 +278,22 @@ impl Organization {
                 model.provider_id, model.model_id
             )));
         }
-        Ok(Some(ConnectionRef::from(connection)))
+        Ok(Some(ConnectionRef::for_model(connection, &model.model_id)))
     }
 
     pub(super) fn apply_connection(&mut self, event: &OrganizationEvent) {
         match event {
             OrganizationEvent::ConnectionSet { connection, .. } => {
-                self.connections.by_id.insert(connection.id.clone(), connection.clone());
+                self.connections.by_id.insert(connection.id.clone(), (**connection).clone());
             }
             OrganizationEvent::ConnectionRemoved { connection_id, .. } => {
                 self.connections.by_id.remove(connection_id);
             }
             OrganizationEvent::ByokPolicySet { policy, .. } => {
                 self.connections.byok = policy.clone()
+            }
+            OrganizationEvent::DefaultModelSet { model, .. } => {
+                self.connections.default_model = Some(model.clone());
             }
             _ => {}
         }

@@ -9,6 +9,7 @@ use cqrs_es::event_sink::EventSink;
 use schemas::envelope::aggregate;
 use schemas::events::{OrganizationEvent, Role};
 use schemas::ids::{ConnectionId, OrganizationId, UserId};
+use schemas::message::ModelRef;
 use schemas::policy::{Action, Decision, decide};
 use schemas::provider::ByokPolicy;
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,10 @@ pub enum OrganizationCommand {
     },
     SetByokPolicy {
         policy: ByokPolicy,
+        actor: UserId,
+    },
+    SetDefaultModel {
+        model: ModelRef,
         actor: UserId,
     },
 }
@@ -221,6 +226,9 @@ impl Aggregate for Organization {
             OrganizationCommand::SetByokPolicy { policy, actor } => {
                 self.set_byok(policy, &actor, time)?
             }
+            OrganizationCommand::SetDefaultModel { model, actor } => {
+                self.set_default_model(model, &actor, time)?
+            }
             OrganizationCommand::TransferOwnership { to, actor } => {
                 let id = self.authorize(&actor, Action::ManageOwners)?;
                 self.target_role(&to)?;
@@ -262,7 +270,8 @@ impl Aggregate for Organization {
             OrganizationEvent::Renamed { .. } => {}
             OrganizationEvent::ConnectionSet { .. }
             | OrganizationEvent::ConnectionRemoved { .. }
-            | OrganizationEvent::ByokPolicySet { .. } => self.apply_connection(&event),
+            | OrganizationEvent::ByokPolicySet { .. }
+            | OrganizationEvent::DefaultModelSet { .. } => self.apply_connection(&event),
         }
     }
 }

@@ -12,7 +12,7 @@ use schemas::api::{CompleteMessage, MAX_CLIENT_ID_SKEW_MS, MAX_SESSION_BYTES, MA
 use schemas::envelope::aggregate;
 use schemas::events::{AssistantCompletion, SessionEvent, UserMessage};
 use schemas::ids::{MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId};
-use schemas::message::{Part, SessionStatus};
+use schemas::message::{ModelRef, Part, SessionStatus};
 use schemas::policy::Action;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,9 @@ pub struct Session {
     /// Text so far, prompts and replies, in bytes (bounded by `MAX_SESSION_BYTES`).
     #[serde(default)]
     bytes: u64,
+    /// The model of the last prompt: the next prompt's unless it names one.
+    #[serde(default)]
+    last_model: Option<ModelRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,8 +62,11 @@ pub enum SessionCommand {
         actor: UserId,
     },
     Prompt {
+        /// Its `model` is decided here: `model` below, else the session's last, the
+        /// workspace's default, the organization's, the deployment's.
         message: UserMessage,
         assistant_message_id: MessageId,
+        model: Option<ModelRef>,
     },
     Abort {
         actor: UserId,
@@ -174,7 +180,7 @@ impl Aggregate for Session {
                 };
                 sink.write(created, self).await;
             }
-            SessionCommand::Prompt { message, assistant_message_id } => {
+            SessionCommand::Prompt { mut message, assistant_message_id, model } => {
                 let session_id = self.id()?;
                 let workspace = self.authorize(services, &message.user_id, Action::Prompt).await?;
                 if workspace.archived {
@@ -203,10 +209,12 @@ impl Aggregate for Session {
                 sink.write(busy, self).await;
                 // Refused now, not discovered later by the worker: a model nobody offers, a
                 // disabled connection, a key the organization does not allow.
-                let connection = services
+                let wanted = model.or_else(|| self.last_model.clone()).or(workspace.default_model);
+                let (model, connection) = services
                     .directory
-                    .connection_for(&workspace.organization_id, &message.user_id, &message.model)
+                    .resolve_model(&workspace.organization_id, &message.user_id, wanted)
                     .await?;
+                message.model = model;
                 let prompted = SessionEvent::Prompted {
                     session_id,
                     message,
@@ -288,6 +296,7 @@ impl Aggregate for Session {
                 self.workspace_id = Some(workspace_id);
             }
             SessionEvent::Prompted { message, assistant_message_id, .. } => {
+                self.last_model = Some(message.model.clone());
                 self.turns += 1;
                 self.bytes += prompt_bytes(&message);
                 self.last_message = Some(assistant_message_id.clone());
@@ -356,6 +365,7 @@ mod tests {
                 archived: false,
                 members: [(alice.clone(), schemas::events::WorkspaceRole::Member)].into(),
                 projects: Default::default(),
+                default_model: None,
             },
         );
         World {
@@ -423,6 +433,7 @@ mod tests {
             .when(SessionCommand::Prompt {
                 message: first.clone(),
                 assistant_message_id: assistant.clone(),
+                model: None,
             })
             .inspect_result()
             .unwrap();
@@ -439,6 +450,7 @@ mod tests {
             .when(SessionCommand::Prompt {
                 message: user_message(&w.alice),
                 assistant_message_id: MessageId::new(),
+                model: None,
             })
             .then_expect_error(DomainError::WrongState(
                 "the session is busy: wait for the reply or abort it".into(),
@@ -482,6 +494,7 @@ mod tests {
             .when(SessionCommand::Prompt {
                 message: user_message(&mallory),
                 assistant_message_id: MessageId::new(),
+                model: None,
             })
             .then_expect_error(DomainError::NotFound);
         TestFramework::<Session>::with(w.services.clone())
@@ -534,6 +547,7 @@ mod tests {
             .when(SessionCommand::Prompt {
                 message: user_message(&w.alice),
                 assistant_message_id: MessageId::new(),
+                model: None,
             })
             .inspect_result();
         assert!(matches!(result, Err(DomainError::TooLarge(_))), "{result:?}");
@@ -575,6 +589,7 @@ mod tests {
             .when(SessionCommand::Prompt {
                 message: reused,
                 assistant_message_id: MessageId::new(),
+                model: None,
             })
             .inspect_result();
         assert!(matches!(result, Err(DomainError::WrongState(_))), "{result:?}");
@@ -585,6 +600,7 @@ mod tests {
             .when(SessionCommand::Prompt {
                 message: future,
                 assistant_message_id: MessageId::new(),
+                model: None,
             })
             .inspect_result();
         assert!(matches!(result, Err(DomainError::Invalid(_))), "{result:?}");

@@ -8,6 +8,7 @@ use cqrs_es::event_sink::EventSink;
 use schemas::envelope::aggregate;
 use schemas::events::{Project, WorkspaceEvent, WorkspaceRole};
 use schemas::ids::{OrganizationId, ProjectId, UserId, WorkspaceId};
+use schemas::message::ModelRef;
 use schemas::policy::Action;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,9 @@ pub struct Workspace {
     members: HashMap<UserId, WorkspaceRole>,
     /// Projects by repository URL, so a repository is added once.
     projects: HashMap<String, ProjectId>,
+    /// The model prompts here use when they name none (before the organization's).
+    #[serde(default)]
+    default_model: Option<ModelRef>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +37,7 @@ pub enum WorkspaceCommand {
     SetMember { user: UserId, role: WorkspaceRole, actor: UserId },
     RemoveMember { user: UserId, actor: UserId },
     AddProject { id: ProjectId, repository_url: String, default_branch: String, actor: UserId },
+    SetDefaultModel { model: ModelRef, actor: UserId },
 }
 
 impl Workspace {
@@ -43,6 +48,7 @@ impl Workspace {
             archived: self.archived,
             members: self.members.clone(),
             projects: self.projects.values().cloned().collect::<HashSet<_>>(),
+            default_model: self.default_model.clone(),
         })
     }
 
@@ -175,6 +181,15 @@ impl Aggregate for Workspace {
                     time,
                 }]
             }
+            WorkspaceCommand::SetDefaultModel { model, actor } => {
+                let (workspace_id, organization_id) = self.manage(services, &actor).await?;
+                // Refused now if nobody could prompt with it (the organization decides).
+                services
+                    .directory
+                    .resolve_model(&organization_id, &actor, Some(model.clone()))
+                    .await?;
+                vec![WorkspaceEvent::DefaultModelSet { workspace_id, organization_id, model, time }]
+            }
             WorkspaceCommand::AddProject { id, repository_url, default_branch, actor } => {
                 let (workspace_id, organization_id) = self.manage(services, &actor).await?;
                 let repository_url = valid_repository(&repository_url)?;
@@ -211,6 +226,7 @@ impl Aggregate for Workspace {
             WorkspaceEvent::ProjectAdded { project, .. } => {
                 self.projects.insert(project.repository_url, project.id);
             }
+            WorkspaceEvent::DefaultModelSet { model, .. } => self.default_model = Some(model),
         }
     }
 }

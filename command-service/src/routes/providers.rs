@@ -15,7 +15,8 @@ use platform::problem::Problem;
 use schemas::api::Accepted;
 use schemas::ids::{ConnectionId, OrganizationId};
 use schemas::provider::{
-    ByokPolicy, ConnectionSaved, CreateConnection, RotateKey, SetByokPolicy, UpdateConnection,
+    ByokPolicy, ConnectionSaved, CreateConnection, ImportCatalog, RotateKey, SetByokPolicy,
+    SetDefaultModel, UpdateConnection,
 };
 
 use super::context;
@@ -136,6 +137,7 @@ pub async fn update(
         models: body.models,
         enabled: body.enabled,
         key: None,
+        catalog: None,
     };
     let command = OrganizationCommand::ChangeConnection { id, change, actor: user.user_id.clone() };
     let token =
@@ -217,6 +219,37 @@ pub async fn set_byok(
     let body = body.into_inner();
     let policy = ByokPolicy { allowed: body.allowed, providers: body.providers };
     let command = OrganizationCommand::SetByokPolicy { policy, actor: user.user_id.clone() };
+    let token =
+        state.organizations.execute(org.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Ok().json(Accepted { id: org.to_string(), consistency_token: token.encode() }))
+}
+
+/// Describe (and offer) models of a connection: models.dev's provider entry imports as it is.
+pub async fn import_catalog(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    path: web::Path<(OrganizationId, ConnectionId)>,
+    body: web::Json<ImportCatalog>,
+) -> Result<HttpResponse, Problem> {
+    let (org, id) = path.into_inner();
+    let change = ConnectionChange { catalog: Some(body.into_inner().models), ..Default::default() };
+    let command = OrganizationCommand::ChangeConnection { id, change, actor: user.user_id.clone() };
+    let token =
+        state.organizations.execute(org.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Ok().json(Accepted { id: org.to_string(), consistency_token: token.encode() }))
+}
+
+/// The organization's default model.
+pub async fn set_default_model(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    org: web::Path<OrganizationId>,
+    body: web::Json<SetDefaultModel>,
+) -> Result<HttpResponse, Problem> {
+    let model = body.into_inner().model;
+    let command = OrganizationCommand::SetDefaultModel { model, actor: user.user_id.clone() };
     let token =
         state.organizations.execute(org.as_str(), command, &context(&user, &request)).await?;
     Ok(HttpResponse::Ok().json(Accepted { id: org.to_string(), consistency_token: token.encode() }))

@@ -11,7 +11,7 @@ use schemas::events::UserMessage;
 use std::collections::HashSet;
 
 use schemas::ids::{MessageId, PartId, SessionId, WorkspaceId};
-use schemas::message::{ModelRef, Part};
+use schemas::message::Part;
 
 use super::context;
 use crate::aggregates::SessionCommand;
@@ -74,16 +74,17 @@ pub async fn prompt(
         id: message_id.clone(),
         user_id: user.user_id.clone(),
         parts,
-        model: input.model.unwrap_or_else(|| ModelRef {
-            provider_id: "default".into(),
-            model_id: "default".into(),
-        }),
+        // Decided by the session (this, its last, the workspace's or the organization's).
+        model: crate::directory::deployment_default(),
         time: schemas::now_ms(),
     };
     // Ours, and after the prompt's (which a client may have made a little ahead of our clock).
     let assistant_message_id = MessageId::new().max(message_id.successor());
-    let command =
-        SessionCommand::Prompt { message, assistant_message_id: assistant_message_id.clone() };
+    let command = SessionCommand::Prompt {
+        message,
+        assistant_message_id: assistant_message_id.clone(),
+        model: input.model,
+    };
     let token =
         state.sessions.execute(session.as_str(), command, &context(&user, &request)).await?;
     Ok(HttpResponse::Accepted().json(PromptAccepted {

@@ -111,3 +111,19 @@ pub async fn add_project(
     Ok(HttpResponse::Created()
         .json(Accepted { id: id.to_string(), consistency_token: token.encode() }))
 }
+
+/// The workspace's default model (before the organization's).
+pub async fn set_default_model(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    ws: web::Path<WorkspaceId>,
+    body: web::Json<schemas::provider::SetDefaultModel>,
+) -> Result<HttpResponse, Problem> {
+    let command = WorkspaceCommand::SetDefaultModel {
+        model: body.into_inner().model,
+        actor: user.user_id.clone(),
+    };
+    let token = state.workspaces.execute(ws.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Ok().json(Accepted { id: ws.to_string(), consistency_token: token.encode() }))
+}

@@ -26,7 +26,7 @@ impl WireFormat for Anthropic {
         let url = format!("{}/messages", target.base_url.trim_end_matches('/'));
         let body = json!({
             "model": target.model,
-            "max_tokens": DEFAULT_MAX_TOKENS,
+            "max_tokens": if target.limit.output > 0 { target.limit.output } else { DEFAULT_MAX_TOKENS },
             "messages": messages,
             "stream": true,
         });

@@ -122,6 +122,8 @@ pub struct Target {
     pub api_key: secrecy::SecretString,
     pub headers: std::collections::BTreeMap<String, String>,
     pub model: String,
+    /// The model's context and output limits in tokens (0: unknown).
+    pub limit: schemas::provider::ModelLimit,
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ProviderEvent, ProviderError>> + Send>>;
@@ -178,6 +180,7 @@ impl Provider {
             api_key: self.cfg.provider_api_key.clone(),
             headers: Default::default(),
             model: self.cfg.provider_model.clone(),
+            limit: Default::default(),
         }
     }
 

@@ -20,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/member", web::get().to(organizations::members))
         .route("/org/{org}/audit", web::get().to(audit::list))
         .route("/org/{org}/provider", web::get().to(providers::list))
+        .route("/org/{org}/model", web::get().to(providers::models))
         .route("/workspace/{ws}", web::get().to(workspaces::get))
         .route("/workspace/{ws}/session", web::get().to(sessions::list))
         .route("/session/{id}", web::get().to(sessions::get))

@@ -285,3 +285,112 @@ async fn connections_resolve_per_prompt_rotate_and_delete_and_their_keys_never_l
         assert!(!haystack.contains(&key[..key.len() - 4]), "most of {key} leaked");
     }
 }
+
+#[tokio::test]
+async fn a_catalog_describes_models_defaults_choose_one_and_the_context_limit_trims_history() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (org, ws, _) = system.session_for("alice").await;
+    let body = json!({
+        "kind": "openai-compatible", "providerID": "oa", "name": "OA",
+        "baseURL": format!("{}/v1", system.provider_url), "apiKey": "k", "models": ["fast"],
+    });
+    let created = system.post(&alice, &format!("/org/{}/provider", org.id), body).await;
+    let connection = created.body["id"].as_str().unwrap().to_owned();
+    // A models.dev provider entry, imported as it is (unknown fields ignored).
+    let catalog = json!({ "models": {
+        "fast": { "id": "fast", "name": "Fast", "reasoning": true, "release_date": "2026-01-01",
+                  "limit": { "context": 1000, "output": 100 }, "cost": { "input": 0.075, "output": 0.3 } },
+        "smart": { "name": "Smart", "limit": { "context": 200000, "output": 8192 } },
+    }});
+    let url = format!("{}/org/{}/provider/{connection}/catalog", system.command_url(), org.id);
+    let imported = system.http.put(&url).bearer_auth(&alice).json(&catalog).send().await.unwrap();
+    assert_eq!(imported.status(), 200);
+    let token =
+        imported.json::<Value>().await.unwrap()["consistencyToken"].as_str().unwrap().to_owned();
+    let listed = system.get(&alice, &format!("/org/{}/model", org.id), Some(&token)).await;
+    assert_eq!(listed.body["connected"], json!(["oa"]), "{listed:?}");
+    let fast = &listed.body["all"][0]["models"]["fast"];
+    assert_eq!(
+        (fast["limit"]["context"].as_u64(), fast["cost"]["input"].as_f64()),
+        (Some(1000), Some(0.075))
+    );
+    assert_eq!(listed.body["all"][0]["models"]["smart"]["name"], "Smart");
+
+    let prompt_without_model = |session: String, text: String| {
+        let (system, alice) = (&system, alice.clone());
+        async move {
+            let body = json!({ "parts": [{ "type": "text", "text": text }] });
+            let a = system.post(&alice, &format!("/session/{session}/prompt_async"), body).await;
+            assert_eq!(a.status, 202, "{a:?}");
+            a.body["assistantMessageID"].as_str().unwrap().to_owned()
+        }
+    };
+    // The model that answered reply `reply` of `session`.
+    let model_of = |session: String, reply: String| {
+        let (system, alice) = (&system, alice.clone());
+        async move {
+            eventually("the reply", WAIT, || async {
+                let a = system
+                    .get(&alice, &format!("/session/{session}/message?limit=200"), None)
+                    .await;
+                let items = a.body["items"].as_array()?.clone();
+                let last = items.iter().find(|m| m["info"]["id"] == reply.as_str())?.clone();
+                (last["info"]["finish"].is_string())
+                    .then(|| last["info"]["modelID"].as_str().map(str::to_owned))?
+            })
+            .await
+        }
+    };
+    // The organization's default, then the workspace's, apply to prompts that name no model.
+    let put = |url: String, body: Value| {
+        let (system, alice) = (&system, alice.clone());
+        async move { system.http.put(url).bearer_auth(alice).json(&body).send().await.unwrap().status() }
+    };
+    let fast_model = json!({ "model": { "providerID": "oa", "modelID": "fast" } });
+    assert_eq!(
+        put(format!("{}/org/{}/default-model", system.command_url(), org.id), fast_model).await,
+        200
+    );
+    let first = system.create_session(&alice, &ws.id).await;
+    let reply = prompt_without_model(first.id.clone(), "hi [[fake tokens=1]]".into()).await;
+    assert_eq!(model_of(first.id.clone(), reply).await, "fast");
+    let smart_model = json!({ "model": { "providerID": "oa", "modelID": "smart" } });
+    assert_eq!(
+        put(format!("{}/workspace/{}/default-model", system.command_url(), ws.id), smart_model)
+            .await,
+        200
+    );
+    let second = system.create_session(&alice, &ws.id).await;
+    let reply = prompt_without_model(second.id.clone(), "hi [[fake tokens=1]]".into()).await;
+    assert_eq!(model_of(second.id.clone(), reply).await, "smart");
+    // A session remembers the model it last used.
+    let reply = prompt_without_model(first.id.clone(), "again [[fake tokens=1]]".into()).await;
+    assert_eq!(model_of(first.id.clone(), reply).await, "fast");
+    // A model nobody offers cannot be a default.
+    let nobody = json!({ "model": { "providerID": "oa", "modelID": "huge" } });
+    assert_eq!(
+        put(format!("{}/org/{}/default-model", system.command_url(), org.id), nobody).await,
+        422
+    );
+
+    // `fast` takes 1,000 tokens, 100 of them for the reply: older turns are left out.
+    let words = "w ".repeat(100);
+    for _ in 0..20 {
+        let body =
+            json!({ "parts": [{ "type": "text", "text": format!("{words}[[fake tokens=1]]") }] });
+        let a = system.post(&alice, &format!("/session/{}/prompt_async", first.id), body).await;
+        assert_eq!(a.status, 202, "{a:?}");
+        let token = a.body["consistencyToken"].as_str().unwrap().to_owned();
+        eventually("the reply", WAIT, || async {
+            let a = system.get(&alice, &format!("/session/{}", first.id), Some(&token)).await;
+            (a.body["status"]["type"] == "idle").then_some(())
+        })
+        .await;
+    }
+    let a = system.get(&alice, &format!("/session/{}/message?limit=200", first.id), None).await;
+    let last = a.body["items"].as_array().unwrap().last().unwrap().clone();
+    let input = last["info"]["tokens"]["input"].as_u64().unwrap();
+    // 900 tokens at four bytes is 3,600 bytes: about 1,800 of the fake's two-byte words.
+    assert!((200..=1_900).contains(&input), "history trimmed to the model's context: {input}");
+}
