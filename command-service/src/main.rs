@@ -1,4 +1,5 @@
-//! `command-service [serve|migrate]`: serve the write API (default), or apply migrations and exit.
+//! `command-service [serve|migrate|rewrap-keys]`: serve the write API (default), apply
+//! migrations, or re-wrap provider keys under a new key-encryption key, and exit.
 
 use command_service::config::CommandConfig;
 use command_service::startup::Application;
@@ -21,6 +22,17 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped().await
         }
         Some("migrate") => platform::db::migrate(&common.database_url).await,
-        Some(other) => anyhow::bail!("unknown subcommand `{other}` (expected serve or migrate)"),
+        Some("rewrap-keys") => {
+            // After adding a key-encryption key (OC_PROVIDER_KEKS, OC_PROVIDER_KEK_ID): wrap
+            // every provider key's data key under it; then the old one can be removed.
+            let keks = config::load::<identity::ProviderKeysConfig>()?.keks()?;
+            let db = platform::db::pool(&common)?.get().await?;
+            let n = identity::credentials::store::rewrap_all(&db, &keks).await?;
+            println!("re-wrapped {n} provider keys under the active key-encryption key");
+            Ok(())
+        }
+        Some(other) => {
+            anyhow::bail!("unknown subcommand `{other}` (expected serve, migrate or rewrap-keys)")
+        }
     }
 }

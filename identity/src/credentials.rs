@@ -265,6 +265,44 @@ pub mod store {
         }))
     }
 
+    /// Re-wrap every data key not under the active KEK (after a new KEK was configured), in
+    /// batches; ciphertexts are untouched. Returns how many were re-wrapped.
+    pub async fn rewrap_all(db: &deadpool_postgres::Client, keks: &Keks) -> anyhow::Result<u64> {
+        let mut done = 0;
+        loop {
+            let rows = db
+                .query(
+                    "SELECT connection_id, organization_id, kek_id, wrapped_dek, dek_nonce, ciphertext, nonce \
+                     FROM provider_secrets WHERE kek_id <> $1 LIMIT 100",
+                    &[&keks.active],
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(done);
+            }
+            for r in rows {
+                let (connection, org): (String, String) = (r.get(0), r.get(1));
+                let (connection, org): (ConnectionId, OrganizationId) =
+                    (connection.parse()?, org.parse()?);
+                let sealed = Sealed {
+                    kek_id: r.get(2),
+                    wrapped_dek: r.get(3),
+                    dek_nonce: r.get(4),
+                    ciphertext: r.get(5),
+                    nonce: r.get(6),
+                };
+                let rewrapped = rewrap(keks, &sealed, &org, &connection)?;
+                db.execute(
+                    "UPDATE provider_secrets SET kek_id = $2, wrapped_dek = $3, dek_nonce = $4, updated_at = now() \
+                     WHERE connection_id = $1 AND kek_id = $5",
+                    &[&connection.as_str(), &rewrapped.kek_id, &rewrapped.wrapped_dek, &rewrapped.dek_nonce, &sealed.kek_id],
+                )
+                .await?;
+                done += 1;
+            }
+        }
+    }
+
     /// Crypto-shred: the DEK goes with the row.
     pub async fn shred(
         db: &deadpool_postgres::Client,

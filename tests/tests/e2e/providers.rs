@@ -394,3 +394,51 @@ async fn a_catalog_describes_models_defaults_choose_one_and_the_context_limit_tr
     // 900 tokens at four bytes is 3,600 bytes: about 1,800 of the fake's two-byte words.
     assert!((200..=1_900).contains(&input), "history trimmed to the model's context: {input}");
 }
+
+#[tokio::test]
+async fn a_key_encryption_key_rotates_by_rewrapping_and_then_the_old_one_can_go() {
+    let mut system = System::start().await;
+    let alice = system.token("alice").await;
+    let (org, _, session) = system.session_for("alice").await;
+    let body = json!({
+        "kind": "openai-compatible", "providerID": "oa", "name": "OA",
+        "baseURL": format!("{}/v1", system.provider_url), "apiKey": "sk-rotating-kek-9876", "models": ["m"],
+    });
+    assert_eq!(system.post(&alice, &format!("/org/{}/provider", org.id), body).await.status, 201);
+
+    // A new key-encryption key: every data key is re-wrapped under it, ciphertexts untouched.
+    let new_kek = {
+        use base64::Engine;
+        let key: [u8; 32] = rand::random();
+        format!("new:{}", base64::engine::general_purpose::STANDARD.encode(key))
+    };
+    let db = system.db().await;
+    let before: Vec<u8> =
+        db.query_one("SELECT ciphertext FROM provider_secrets", &[]).await.unwrap().get(0);
+    let out = tokio::process::Command::new(e2e_tests::process::bin("command-service"))
+        .arg("rewrap-keys")
+        .env("OC_DATABASE_URL", &system.db_url)
+        .env("OC_PROVIDER_KEKS", format!("{},{new_kek}", system.keks))
+        .env("OC_PROVIDER_KEK_ID", "new")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-wrapped 1"));
+    let row = db.query_one("SELECT kek_id, ciphertext FROM provider_secrets", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "new");
+    assert_eq!(row.get::<_, Vec<u8>>(1), before, "the ciphertext is untouched");
+
+    // A worker that knows only the new key-encryption key uses the key.
+    system.workers.clear();
+    let worker = system
+        .start_service("llm-worker", "OC_WORKER_ADDR", &[("OC_PROVIDER_KEKS", &new_kek)])
+        .await;
+    system.workers.push(worker);
+    let mut seen = Seen::default();
+    let done =
+        ask(&system, &alice, &session, json!({ "providerID": "oa", "modelID": "m" }), &mut seen)
+            .await;
+    assert_eq!(done["finish"], "stop", "{done}");
+    assert_eq!(last_key_used(&system).await.0, "Bearer sk-rotating-kek-9876");
+}
