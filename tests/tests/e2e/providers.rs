@@ -442,3 +442,33 @@ async fn a_key_encryption_key_rotates_by_rewrapping_and_then_the_old_one_can_go(
     assert_eq!(done["finish"], "stop", "{done}");
     assert_eq!(last_key_used(&system).await.0, "Bearer sk-rotating-kek-9876");
 }
+
+#[tokio::test]
+async fn a_connection_cannot_point_into_the_private_network_unless_allowed() {
+    let system = System::start_with(SystemOptions {
+        worker: false,
+        service_env: vec![("OC_PROVIDER_ALLOW_PRIVATE_URLS", "false".into())],
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let (org, _, _) = system.session_for("alice").await;
+    let create = |url: &str| {
+        json!({ "kind": "openai-compatible", "providerID": format!("p{}", url.len()), "name": "x",
+                "baseURL": url, "apiKey": "k", "models": ["m"] })
+    };
+    for url in [
+        "http://127.0.0.1:9/v1",
+        "http://169.254.169.254/latest",
+        "http://10.1.2.3/v1",
+        "http://[::1]/v1",
+        "http://localhost/v1",
+    ] {
+        let a = system.post(&alice, &format!("/org/{}/provider", org.id), create(url)).await;
+        assert!(a.is_problem(422), "{url}: {a:?}");
+    }
+    let public = system
+        .post(&alice, &format!("/org/{}/provider", org.id), create("https://api.example.com/v1"))
+        .await;
+    assert_eq!(public.status, 201, "{public:?}");
+}
