@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use schemas::events::{Role, WorkspaceRole};
 use schemas::ids::{ConnectionId, OrganizationId, ProjectId, UserId, WorkspaceId};
 use schemas::message::ModelRef;
-use schemas::provider::ConnectionRef;
+use schemas::provider::{ConnectionRef, ModelCost};
 
 use crate::aggregates::{Organization, Workspace};
 use crate::error::DomainError;
@@ -48,6 +48,13 @@ pub trait Directory: Send + Sync {
         user: &UserId,
         id: &ConnectionId,
     ) -> Result<(), DomainError>;
+    /// The prices of `model` on connection `id` of `org` now, if its catalog has them.
+    async fn price_of(
+        &self,
+        org: &OrganizationId,
+        id: &ConnectionId,
+        model: &str,
+    ) -> Result<Option<ModelCost>, DomainError>;
 }
 
 /// What commands need to know of a workspace.
@@ -126,6 +133,15 @@ impl Directory for ScopedDirectory {
         }
         self.inner.may_manage_connection(org, user, id).await
     }
+
+    async fn price_of(
+        &self,
+        org: &OrganizationId,
+        id: &ConnectionId,
+        model: &str,
+    ) -> Result<Option<ModelCost>, DomainError> {
+        self.inner.price_of(org, id, model).await
+    }
 }
 
 /// The deployment's default model: its default provider (`OC_PROVIDER_*` of the workers).
@@ -199,6 +215,16 @@ impl Directory for EventStoreDirectory {
         let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
         ctx.aggregate().may_manage_connection(id, user)
     }
+
+    async fn price_of(
+        &self,
+        org: &OrganizationId,
+        id: &ConnectionId,
+        model: &str,
+    ) -> Result<Option<ModelCost>, DomainError> {
+        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
+        Ok(ctx.aggregate().price_of(id, model))
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +272,14 @@ pub mod fake {
             _: &ConnectionId,
         ) -> Result<(), DomainError> {
             Err(DomainError::NotFound)
+        }
+        async fn price_of(
+            &self,
+            _: &OrganizationId,
+            _: &ConnectionId,
+            _: &str,
+        ) -> Result<Option<ModelCost>, DomainError> {
+            Ok(None)
         }
     }
 }

@@ -65,6 +65,8 @@ struct Reply {
     text: String,
     /// The model's reasoning and its part, if it streamed any.
     reasoning: Option<(PartId, String)>,
+    /// What the provider said the reply cost, in micro-dollars, if it did.
+    provider_cost: Option<u64>,
     finish: FinishReason,
     error: Option<MessageError>,
     tokens: TokenUsage,
@@ -133,6 +135,7 @@ impl Worker {
         let reply = Reply {
             text: String::new(),
             reasoning: None,
+            provider_cost: None,
             finish: FinishReason::Stop,
             error: None,
             tokens: TokenUsage::default(),
@@ -157,6 +160,7 @@ impl Worker {
         let mut reply = Reply {
             text: String::new(),
             reasoning: None,
+            provider_cost: None,
             finish: FinishReason::Stop,
             error: None,
             tokens: TokenUsage::default(),
@@ -296,6 +300,7 @@ impl Worker {
                         }
                     }
                     Some(Ok(ProviderEvent::Usage(usage))) => reply.tokens = usage,
+                    Some(Ok(ProviderEvent::Cost(micro_dollars))) => reply.provider_cost = Some(micro_dollars),
                     Some(Err(e)) => {
                         reply = provider_failed(reply, e);
                         break;
@@ -443,6 +448,7 @@ impl Worker {
                 },
             },
             connection_id: job.connection.as_ref().map(|c| c.id.clone()),
+            provider_cost_micro_dollars: reply.provider_cost,
             attempt: job.attempt,
             causation_id: job.prompt_event_id.clone(),
         };

@@ -8,4 +8,5 @@ pub mod event_store;
 pub mod projection;
 pub mod rebuild;
 pub mod startup;
+pub mod usage;
 pub mod workspaces;

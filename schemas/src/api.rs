@@ -200,6 +200,10 @@ pub struct CompleteMessage {
     /// The provider connection that answered and paid; none for the default provider.
     #[serde(rename = "connectionID", default, skip_serializing_if = "Option::is_none")]
     pub connection_id: Option<ConnectionId>,
+    /// The cost the provider reported itself (OpenRouter does), in micro-dollars; it wins over
+    /// the catalog's prices.
+    #[serde(rename = "providerCostMicroDollars", default, skip_serializing_if = "Option::is_none")]
+    pub provider_cost_micro_dollars: Option<u64>,
     pub attempt: u32,
     /// The envelope id of the prompt event this answers.
     #[serde(rename = "causationID")]

@@ -288,9 +288,28 @@ pub struct AssistantCompletion {
     /// The provider connection that answered and paid; none for the default provider.
     #[serde(rename = "connectionID", default, skip_serializing_if = "Option::is_none")]
     pub connection_id: Option<ConnectionId>,
+    /// Who prompted, and where: what usage is attributed to.
+    #[serde(rename = "userID", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    #[serde(rename = "workspaceID", default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<WorkspaceId>,
+    /// What the reply cost, and the prices it was computed with (those in force when it
+    /// completed); none when nothing prices the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<ReplyCost>,
     /// Which delivery of the prompt produced this reply (1 unless a worker died).
     pub attempt: u32,
     pub time: i64,
+}
+
+/// A reply's cost, exactly, in micro-dollars (no floats in money).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplyCost {
+    #[serde(rename = "microDollars")]
+    pub micro_dollars: u64,
+    /// The catalog prices used; none when the provider reported the cost itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<crate::provider::ModelCost>,
 }
 
 /// How many events the commit that accepts a prompt holds: `session.status{busy}`, then

@@ -20,7 +20,7 @@ use crate::provider::{
 };
 use crate::read::{
     ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, ModelCatalog,
-    OrganizationSummary, Page, SessionView, WorkspaceDetail, WorkspaceSummary,
+    OrganizationSummary, Page, SessionView, UsageReport, WorkspaceDetail, WorkspaceSummary,
 };
 
 /// A schema made by a generator.
@@ -48,10 +48,20 @@ pub struct Operation {
     pub success: Success,
     /// Takes `?limit=` and `?cursor=`.
     pub paged: bool,
+    /// Takes `?from=`, `?to=` and `?groupBy=`.
+    pub usage: bool,
 }
 
 const fn op(method: &'static str, path: &'static str, summary: &'static str) -> Operation {
-    Operation { method, path, summary, request: None, success: Success::Empty(204), paged: false }
+    Operation {
+        method,
+        path,
+        summary,
+        request: None,
+        success: Success::Empty(204),
+        paged: false,
+        usage: false,
+    }
 }
 
 impl Operation {
@@ -65,6 +75,10 @@ impl Operation {
     }
     const fn paged(mut self) -> Self {
         self.paged = true;
+        self
+    }
+    const fn usage(mut self) -> Self {
+        self.usage = true;
         self
     }
     const fn streams(mut self) -> Self {
@@ -196,6 +210,15 @@ pub fn query_operations() -> Vec<Operation> {
             "The models you may prompt, as OpenCode's /provider lists them",
         )
         .answers(200, schema::<ModelCatalog>),
+        op("get", "/org/{org}/usage", "What the organization spent (owners and admins); CSV too")
+            .answers(200, schema::<UsageReport>)
+            .usage(),
+        op("get", "/workspace/{ws}/usage", "What the workspace spent (its admins)")
+            .answers(200, schema::<UsageReport>)
+            .usage(),
+        op("get", "/me/usage", "What you spent, across organizations")
+            .answers(200, schema::<UsageReport>)
+            .usage(),
         op("get", "/session/{id}", "A session").answers(200, schema::<SessionView>),
         op("get", "/session/{id}/message", "A session's messages with their parts")
             .answers(200, schema::<Page<MessageView>>)
@@ -272,6 +295,21 @@ pub fn document(title: &str, description: &str, operations: &[Operation]) -> Val
             parameters.push(json!({
                 "name": "cursor", "in": "query", "required": false,
                 "description": "cursor.next of the previous page", "schema": { "type": "string" },
+            }));
+        }
+        if operation.usage {
+            for (name, description) in
+                [("from", "First UTC day, YYYY-MM-DD"), ("to", "Last UTC day, YYYY-MM-DD")]
+            {
+                parameters.push(json!({
+                    "name": name, "in": "query", "required": false, "description": description,
+                    "schema": { "type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$" },
+                }));
+            }
+            parameters.push(json!({
+                "name": "groupBy", "in": "query", "required": false,
+                "description": "Comma separated: user, workspace, model, day, connection, organization",
+                "schema": { "type": "string" },
             }));
         }
         if matches!(operation.success, Success::EventStream) {

@@ -30,6 +30,8 @@ pub enum Action {
     ManageProviders,
     /// Keep a provider connection with one's own key (where the organization allows it).
     BringOwnKey,
+    /// See what the organization spends, by person, workspace, model and day.
+    ReadUsage,
 }
 
 use Action::*;
@@ -48,6 +50,7 @@ pub const POLICY: &[(Action, &[Role])] = &[
     (ReadAudit, &[Owner, Admin]),
     (ManageProviders, &[Owner, Admin]),
     (BringOwnKey, &[Owner, Admin, Member]),
+    (ReadUsage, &[Owner, Admin]),
 ];
 
 /// Whether `role` may take `action`. Actions missing from the table are allowed to nobody.
@@ -107,6 +110,7 @@ mod tests {
             ReadAudit,
             ManageProviders,
             BringOwnKey,
+            ReadUsage,
         ];
         for action in all {
             assert_eq!(POLICY.iter().filter(|(a, _)| *a == action).count(), 1, "{action:?}");

@@ -141,6 +141,23 @@ impl JsonSchema for Price {
     }
 }
 
+impl ModelCost {
+    /// The cost of `tokens` at these prices, in micro-dollars, rounded up to a whole one.
+    /// Output includes reasoning (as providers report it); reasoning is charged at its own price
+    /// where the catalog has one, else at the output price.
+    pub fn charge(&self, tokens: &crate::message::TokenUsage) -> u64 {
+        let per = |n: u64, p: Price| u128::from(n) * u128::from(p.micro_dollars);
+        let reasoning = tokens.reasoning.min(tokens.output);
+        let total = per(tokens.input, self.input)
+            + per(tokens.output - reasoning, self.output)
+            + per(reasoning, self.reasoning.unwrap_or(self.output))
+            + per(tokens.cache.read, self.cache_read.unwrap_or(self.input))
+            + per(tokens.cache.write, self.cache_write.unwrap_or(self.input));
+        // Prices are per million tokens.
+        u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    }
+}
+
 /// `PUT /org/{org}/provider/{id}/catalog`: models.dev's provider entry (`{"models": {id: …}}`)
 /// or an admin's own; listed models are offered and described, overriding what was there.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -279,4 +296,39 @@ pub struct ConnectionSaved {
     pub key_last4: String,
     #[serde(rename = "consistencyToken")]
     pub consistency_token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{CacheUsage, TokenUsage};
+
+    fn price(dollars: f64) -> Price {
+        serde_json::from_value(serde_json::json!(dollars)).unwrap()
+    }
+
+    #[test]
+    fn a_reply_costs_exactly_its_tokens_at_the_prices() {
+        let cost = ModelCost {
+            input: price(3.0),
+            output: price(15.0),
+            reasoning: None,
+            cache_read: Some(price(0.3)),
+            cache_write: Some(price(3.75)),
+        };
+        let tokens = TokenUsage {
+            input: 1_000,
+            output: 500,
+            reasoning: 200,
+            cache: CacheUsage { read: 10_000, write: 2_000 },
+        };
+        // Input 1,000 × $3 + output 300 × $15 + reasoning 200 × $15 (the output price) + cache
+        // reads 10,000 × $0.30 + cache writes 2,000 × $3.75, per million tokens:
+        // 3,000 + 4,500 + 3,000 + 3,000 + 7,500 = 21,000 micro-dollars.
+        assert_eq!(cost.charge(&tokens), 21_000);
+        assert_eq!(price(0.075).micro_dollars, 75_000, "decimal prices are exact");
+        // One token at $0.075 per million is 0.075 µ$: rounded up to 1.
+        let one = TokenUsage { input: 1, ..Default::default() };
+        assert_eq!(ModelCost { input: price(0.075), ..Default::default() }.charge(&one), 1);
+    }
 }

@@ -179,6 +179,9 @@ pub struct MessageInfo {
     /// In dollars, as OpenCode reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
+    /// The exact cost, in micro-dollars, where the model is priced.
+    #[serde(rename = "costMicroDollars", default, skip_serializing_if = "Option::is_none")]
+    pub cost_micro_dollars: Option<u64>,
     /// Which delivery of the prompt produced the reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
@@ -266,4 +269,53 @@ pub struct ModelCatalog {
     pub all: Vec<ProviderEntry>,
     pub default: std::collections::BTreeMap<String, String>,
     pub connected: Vec<String>,
+}
+
+/// Tokens, as usage reports add them up.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
+pub struct UsageTokens {
+    pub input: u64,
+    pub output: u64,
+    pub reasoning: u64,
+    pub cache: crate::message::CacheUsage,
+}
+
+/// One group of a usage report: the dimensions grouped by, and the sums.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct UsageRow {
+    /// `YYYY-MM-DD` (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    #[serde(rename = "organizationID", default, skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
+    #[serde(rename = "userID", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(rename = "workspaceID", default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    #[serde(rename = "providerID", default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    #[serde(rename = "modelID", default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    #[serde(rename = "connectionID", default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
+    /// Paid with a member's own key.
+    #[serde(rename = "ownKey", default, skip_serializing_if = "Option::is_none")]
+    pub own_key: Option<bool>,
+    pub requests: u64,
+    pub tokens: UsageTokens,
+    #[serde(rename = "costMicroDollars")]
+    pub cost_micro_dollars: u64,
+    /// The same in dollars, for display.
+    pub cost: f64,
+}
+
+/// `GET /org/{org}/usage`, `GET /workspace/{ws}/usage`, `GET /me/usage`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct UsageReport {
+    pub from: String,
+    pub to: String,
+    #[serde(rename = "groupBy")]
+    pub group_by: Vec<String>,
+    pub items: Vec<UsageRow>,
+    pub total: UsageRow,
 }

@@ -234,6 +234,11 @@ impl Organization {
         Ok(vec![OrganizationEvent::DefaultModelSet { organization_id, model, time }])
     }
 
+    /// The prices of `model` on connection `id` now (the catalog's), if known.
+    pub fn price_of(&self, id: &ConnectionId, model: &str) -> Option<schemas::provider::ModelCost> {
+        self.connections.by_id.get(id)?.catalog.get(model)?.cost
+    }
+
     /// The organization's default model, if it set one.
     pub fn default_model(&self) -> Option<&ModelRef> {
         self.connections.default_model.as_ref()

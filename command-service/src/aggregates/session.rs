@@ -10,8 +10,10 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use schemas::api::{CompleteMessage, MAX_CLIENT_ID_SKEW_MS, MAX_SESSION_BYTES, MAX_SESSION_TURNS};
 use schemas::envelope::aggregate;
-use schemas::events::{AssistantCompletion, SessionEvent, UserMessage};
-use schemas::ids::{MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId};
+use schemas::events::{AssistantCompletion, ReplyCost, SessionEvent, UserMessage};
+use schemas::ids::{
+    ConnectionId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId,
+};
 use schemas::message::{ModelRef, Part, SessionStatus};
 use schemas::policy::Action;
 use serde::{Deserialize, Serialize};
@@ -50,6 +52,13 @@ struct RunningReply {
     user_message: MessageId,
     assistant_message: MessageId,
     abort_requested: bool,
+    /// Who prompted, the model and the connection: what the reply is attributed and priced by.
+    #[serde(default)]
+    user: Option<UserId>,
+    #[serde(default)]
+    model: Option<ModelRef>,
+    #[serde(default)]
+    connection: Option<ConnectionId>,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +260,23 @@ impl Aggregate for Session {
                     Some(r) if r.assistant_message == report.message_id => r,
                     _ => return Err(DomainError::WrongState("no such reply is running".into())),
                 };
+                // Priced now, at the prices in force as it completes; the provider's own figure
+                // wins where it reported one.
+                let cost = match (report.provider_cost_micro_dollars, &running.connection) {
+                    (Some(micro_dollars), _) => Some(ReplyCost { micro_dollars, prices: None }),
+                    (None, Some(connection)) => {
+                        let org = self.organization_id.clone().ok_or(DomainError::NotFound)?;
+                        services
+                            .directory
+                            .price_of(&org, connection, &report.model.model_id)
+                            .await?
+                            .map(|prices| ReplyCost {
+                                micro_dollars: prices.charge(&report.tokens),
+                                prices: Some(prices),
+                            })
+                    }
+                    (None, None) => None,
+                };
                 let completion = AssistantCompletion {
                     id: report.message_id.clone(),
                     parent_id: running.user_message.clone(),
@@ -273,6 +299,9 @@ impl Aggregate for Session {
                     tokens: report.tokens,
                     model: report.model,
                     connection_id: report.connection_id,
+                    user_id: running.user.clone(),
+                    workspace_id: self.workspace_id.clone(),
+                    cost,
                     attempt: report.attempt,
                     time: schemas::now_ms(),
                 };
@@ -295,7 +324,7 @@ impl Aggregate for Session {
                 self.organization_id = Some(organization_id);
                 self.workspace_id = Some(workspace_id);
             }
-            SessionEvent::Prompted { message, assistant_message_id, .. } => {
+            SessionEvent::Prompted { message, assistant_message_id, connection, .. } => {
                 self.last_model = Some(message.model.clone());
                 self.turns += 1;
                 self.bytes += prompt_bytes(&message);
@@ -304,6 +333,9 @@ impl Aggregate for Session {
                     user_message: message.id,
                     assistant_message: assistant_message_id,
                     abort_requested: false,
+                    user: Some(message.user_id),
+                    model: Some(message.model),
+                    connection: connection.map(|c| c.id),
                 });
             }
             SessionEvent::StatusChanged { .. } => {}
@@ -418,6 +450,7 @@ mod tests {
             tokens: TokenUsage::default(),
             model: user.model.clone(),
             connection_id: None,
+            provider_cost_micro_dollars: None,
             attempt: 1,
             causation_id: "x".into(),
         }
@@ -537,6 +570,9 @@ mod tests {
                     tokens: TokenUsage::default(),
                     model: user.model.clone(),
                     connection_id: None,
+                    user_id: None,
+                    workspace_id: None,
+                    cost: None,
                     attempt: 1,
                     time: 0,
                 },
@@ -577,6 +613,9 @@ mod tests {
                     tokens: TokenUsage::default(),
                     model: first.model.clone(),
                     connection_id: None,
+                    user_id: None,
+                    workspace_id: None,
+                    cost: None,
                     attempt: 1,
                     time: 0,
                 },

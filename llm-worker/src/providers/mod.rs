@@ -32,6 +32,8 @@ pub enum ProviderEvent {
     /// The provider's finish reason (`stop`, `length`, …).
     Finish(String),
     Usage(TokenUsage),
+    /// The cost the provider reported itself, in micro-dollars (OpenRouter's `usage.cost`).
+    Cost(u64),
 }
 
 /// A provider failure. `Display` is for the worker's log only (it may hold the provider's error

@@ -98,6 +98,8 @@ struct Usage {
     completion_tokens: u64,
     prompt_tokens_details: Option<PromptDetails>,
     completion_tokens_details: Option<CompletionDetails>,
+    /// Dollars, where the provider reports what it charged (OpenRouter).
+    cost: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +146,10 @@ pub(super) fn parse_chunk(data: &str) -> Vec<Result<ProviderEvent, ProviderError
             reasoning,
             cache: CacheUsage { read: cached, write: 0 },
         })));
+        if let Some(dollars) = u.cost.filter(|c| c.is_finite() && *c >= 0.0) {
+            // Reported to a few decimals: rounding to a micro-dollar keeps it exact.
+            out.push(Ok(ProviderEvent::Cost((dollars * 1e6).round() as u64)));
+        }
     }
     out
 }

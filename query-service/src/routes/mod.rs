@@ -6,6 +6,7 @@ mod events;
 mod organizations;
 mod providers;
 mod sessions;
+mod usage;
 mod workspaces;
 
 use actix_web::web;
@@ -21,6 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/audit", web::get().to(audit::list))
         .route("/org/{org}/provider", web::get().to(providers::list))
         .route("/org/{org}/model", web::get().to(providers::models))
+        .route("/org/{org}/usage", web::get().to(usage::organization))
+        .route("/workspace/{ws}/usage", web::get().to(usage::workspace))
+        .route("/me/usage", web::get().to(usage::mine))
         .route("/workspace/{ws}", web::get().to(workspaces::get))
         .route("/workspace/{ws}/session", web::get().to(sessions::list))
         .route("/session/{id}", web::get().to(sessions::get))

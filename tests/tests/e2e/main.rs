@@ -21,6 +21,7 @@ mod rate_limits;
 mod resume;
 mod stream_access;
 mod tokens;
+mod usage;
 mod workspaces;
 
 use std::time::Duration;
