@@ -13,19 +13,7 @@ const POOL_WAIT: Duration = Duration::from_secs(3);
 
 /// A connection pool. Connections are made lazily, so this succeeds while PostgreSQL is down.
 pub fn pool(cfg: &CommonConfig) -> anyhow::Result<Pool> {
-    let mut pg = deadpool_postgres::Config::new();
-    pg.url = Some(cfg.database_url.clone());
-    pg.manager = Some(ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    pg.pool = Some(PoolConfig {
-        max_size: cfg.database_pool_size,
-        timeouts: Timeouts {
-            wait: Some(POOL_WAIT),
-            create: Some(POOL_WAIT),
-            recycle: Some(POOL_WAIT),
-        },
-        ..PoolConfig::default()
-    });
-    Ok(pg.create_pool(Some(Runtime::Tokio1), NoTls)?)
+    build(cfg, None, None, RecyclingMethod::Fast)
 }
 
 /// The pool tenant reads go through, connecting as `user` (a role without superuser or
@@ -34,13 +22,22 @@ pub fn pool(cfg: &CommonConfig) -> anyhow::Result<Pool> {
 /// to the pool, so a read that forgot to bind sees no tenant's rows rather than the previous
 /// caller's.
 pub fn reader_pool(cfg: &CommonConfig, user: &str, password: Option<&str>) -> anyhow::Result<Pool> {
+    let reset = RecyclingMethod::Custom("RESET oc.user_id; RESET oc.org_scope".into());
+    build(cfg, Some(user), password.filter(|p| !p.is_empty()), reset)
+}
+
+/// A pool on the configured database, as `user` (else the URL's), sized and timed out alike.
+fn build(
+    cfg: &CommonConfig,
+    user: Option<&str>,
+    password: Option<&str>,
+    recycling_method: RecyclingMethod,
+) -> anyhow::Result<Pool> {
     let mut pg = deadpool_postgres::Config::new();
     pg.url = Some(cfg.database_url.clone());
-    pg.user = Some(user.to_owned());
-    pg.password = password.filter(|p| !p.is_empty()).map(str::to_owned);
-    pg.manager = Some(ManagerConfig {
-        recycling_method: RecyclingMethod::Custom("RESET oc.user_id; RESET oc.org_scope".into()),
-    });
+    pg.user = user.map(str::to_owned);
+    pg.password = password.map(str::to_owned);
+    pg.manager = Some(ManagerConfig { recycling_method });
     pg.pool = Some(PoolConfig {
         max_size: cfg.database_pool_size,
         timeouts: Timeouts {

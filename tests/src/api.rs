@@ -130,6 +130,25 @@ impl System {
         a.body
     }
 
+    /// The requests the fake provider received, oldest first: each one's credential, extra
+    /// headers, model and prompt.
+    pub async fn provider_requests(&self) -> Vec<Value> {
+        let url = format!("{}/requests", self.provider_url);
+        self.http.get(url).send().await.expect("fake provider").json().await.expect("JSON")
+    }
+
+    /// Run `projector rebuild` on this system's database; returns what it printed.
+    pub async fn rebuild(&self) -> String {
+        let out = tokio::process::Command::new(crate::process::bin("projector"))
+            .arg("rebuild")
+            .env("OC_DATABASE_URL", &self.db_url)
+            .output()
+            .await
+            .expect("projector runs");
+        assert!(out.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// How many events the event store holds.
     pub async fn event_count(&self) -> i64 {
         self.db().await.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0)

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use e2e_tests::api::Created;
-use e2e_tests::process::bin;
 use e2e_tests::sse::{SseClient, is_idle, reply_text};
 use e2e_tests::{System, SystemOptions, eventually, fake_text};
 use futures::StreamExt;
@@ -198,13 +197,7 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
     .await;
     assert_eq!(read_models(&system).await, live, "redelivery changed nothing");
 
-    let out = tokio::process::Command::new(bin("projector"))
-        .arg("rebuild")
-        .env("OC_DATABASE_URL", &system.db_url)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+    system.rebuild().await;
     assert_eq!(read_models(&system).await, live, "rebuild gives the live read models");
 }
 

@@ -2,7 +2,6 @@
 //! per session and checked before they are stored, and an event that cannot be projected is
 //! parked after a few attempts while everything else keeps flowing.
 
-use e2e_tests::process::bin;
 use e2e_tests::{System, eventually};
 use schemas::ids::MessageId;
 use serde_json::json;
@@ -119,14 +118,7 @@ async fn an_event_that_cannot_be_projected_is_parked_and_everything_else_flows()
     assert_eq!(a.body["status"]["type"], "busy", "the event after the parked one applied");
 
     // A rebuild skips it too, says so, and finishes.
-    let out = tokio::process::Command::new(bin("projector"))
-        .arg("rebuild")
-        .env("OC_DATABASE_URL", &system.db_url)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = system.rebuild().await;
     assert!(stdout.contains("parked 1"), "the rebuild reports what it parked: {stdout}");
     let a = system.get(&alice, &format!("/session/{}", session.id), None).await;
     assert_eq!(a.body["status"]["type"], "busy");

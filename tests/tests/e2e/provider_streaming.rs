@@ -92,15 +92,7 @@ async fn both_providers_stream_text_and_reasoning_with_their_usage() {
         .await;
     }
     // What each provider was sent: its own authentication, the model, no reasoning back.
-    let seen: Vec<Value> = system
-        .http
-        .get(format!("{}/requests", system.provider_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = system.provider_requests().await;
     let last = seen.last().unwrap();
     assert_eq!(last["headers"]["x-api-key"], "key-an");
     assert!(last["authorization"].is_null(), "Anthropic authenticates with x-api-key only");
@@ -131,15 +123,7 @@ async fn provider_faults_end_replies_with_classified_errors_and_early_failures_a
         let prompt = format!("{provider} flaky [[fake fail_first=2 tokens=2]]");
         let (_, message) = ask(&system, &alice, &session, provider, &prompt).await;
         assert_eq!(message["finish"], "stop", "{provider}: {message}");
-        let seen: Vec<Value> = system
-            .http
-            .get(format!("{}/requests", system.provider_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let seen = system.provider_requests().await;
         let tries = seen.iter().filter(|r| r["prompt"] == prompt.as_str()).count();
         assert_eq!(tries, 3, "{provider}: two failures, then the answer");
     }

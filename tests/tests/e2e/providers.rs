@@ -26,15 +26,7 @@ impl Seen {
 
 /// The key the fake provider saw on the last completion request.
 async fn last_key_used(system: &System) -> (String, Value) {
-    let seen: Vec<Value> = system
-        .http
-        .get(format!("{}/requests", system.provider_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen = system.provider_requests().await;
     let last = seen.last().expect("a request reached the provider").clone();
     (last["authorization"].as_str().unwrap_or_default().to_owned(), last)
 }

@@ -2,7 +2,6 @@
 //! rebuild.
 
 use e2e_tests::api::Created;
-use e2e_tests::process::bin;
 use e2e_tests::{System, eventually};
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -163,12 +162,6 @@ async fn replies_cost_exactly_their_tokens_and_usage_adds_up_to_the_events() {
         text
     };
     let before = snapshot().await;
-    let out = tokio::process::Command::new(bin("projector"))
-        .arg("rebuild")
-        .env("OC_DATABASE_URL", &system.db_url)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    system.rebuild().await;
     assert_eq!(snapshot().await, before);
 }
