@@ -26,27 +26,31 @@ pub fn all() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Compare a generated file with its checked-in copy under `schemas/<dir>/`, or rewrite the
+/// copy when `UPDATE_SCHEMAS` is set: the drift check every published contract shares.
+#[cfg(test)]
+pub(crate) fn check_in(dir: &str, name: &str, generated: &str) {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let path = dir.join(name);
+    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&path, generated).unwrap();
+        return;
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "{} is out of date: run `UPDATE_SCHEMAS=1 cargo test -p schemas`",
+        path.display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     #[test]
     fn checked_in_schemas_match_the_types() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("json");
-        let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
         for (name, generated) in super::all() {
-            let path = dir.join(name);
-            if update {
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(&path, &generated).unwrap();
-                continue;
-            }
-            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                on_disk == generated,
-                "{} is out of date: run `UPDATE_SCHEMAS=1 cargo test -p schemas`",
-                path.display()
-            );
+            super::check_in("json", name, &generated);
         }
     }
 }

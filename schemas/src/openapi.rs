@@ -406,30 +406,15 @@ pub fn query_document() -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     #[test]
     fn checked_in_openapi_documents_match_the_types() {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("openapi");
-        let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
         for (name, document) in [
             ("command-service.json", super::command_document()),
             ("query-service.json", super::query_document()),
         ] {
             let mut generated = serde_json::to_string_pretty(&document).unwrap();
             generated.push('\n');
-            let path = dir.join(name);
-            if update {
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(&path, &generated).unwrap();
-                continue;
-            }
-            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                on_disk == generated,
-                "{} is out of date: run `UPDATE_SCHEMAS=1 cargo test -p schemas`",
-                path.display()
-            );
+            crate::json_schema::check_in("openapi", name, &generated);
         }
     }
 }

@@ -436,6 +436,37 @@ mod tests {
         }
     }
 
+    /// A prompt of `user`'s and its completed reply, as events.
+    fn answered(w: &World, user: &UserMessage) -> [SessionEvent; 2] {
+        let assistant = MessageId::new();
+        [
+            SessionEvent::Prompted {
+                session_id: w.session.clone(),
+                message: user.clone(),
+                assistant_message_id: assistant.clone(),
+                connection: None,
+            },
+            SessionEvent::MessageCompleted {
+                session_id: w.session.clone(),
+                message: AssistantCompletion {
+                    id: assistant,
+                    parent_id: user.id.clone(),
+                    parts: vec![],
+                    finish: FinishReason::Stop,
+                    error: None,
+                    tokens: TokenUsage::default(),
+                    model: user.model.clone(),
+                    connection_id: None,
+                    user_id: None,
+                    workspace_id: None,
+                    cost: None,
+                    attempt: 1,
+                    time: 0,
+                },
+            },
+        ]
+    }
+
     fn report(w: &World, user: &UserMessage, assistant: &MessageId) -> CompleteMessage {
         CompleteMessage {
             organization_id: w.org.clone(),
@@ -551,32 +582,7 @@ mod tests {
         let w = world();
         let mut history = vec![created(&w)];
         for _ in 0..MAX_SESSION_TURNS {
-            let user = user_message(&w.alice);
-            let assistant = MessageId::new();
-            history.push(SessionEvent::Prompted {
-                session_id: w.session.clone(),
-                message: user.clone(),
-                assistant_message_id: assistant.clone(),
-                connection: None,
-            });
-            history.push(SessionEvent::MessageCompleted {
-                session_id: w.session.clone(),
-                message: AssistantCompletion {
-                    id: assistant,
-                    parent_id: user.id.clone(),
-                    parts: vec![],
-                    finish: FinishReason::Stop,
-                    error: None,
-                    tokens: TokenUsage::default(),
-                    model: user.model.clone(),
-                    connection_id: None,
-                    user_id: None,
-                    workspace_id: None,
-                    cost: None,
-                    attempt: 1,
-                    time: 0,
-                },
-            });
+            history.extend(answered(&w, &user_message(&w.alice)));
         }
         let result = TestFramework::<Session>::with(w.services.clone())
             .given(history)
@@ -593,34 +599,8 @@ mod tests {
     fn a_message_id_must_be_new_in_the_session_and_not_from_the_future() {
         let w = world();
         let first = user_message(&w.alice);
-        let assistant = MessageId::new();
-        let given = vec![
-            created(&w),
-            SessionEvent::Prompted {
-                session_id: w.session.clone(),
-                message: first.clone(),
-                assistant_message_id: assistant.clone(),
-                connection: None,
-            },
-            SessionEvent::MessageCompleted {
-                session_id: w.session.clone(),
-                message: AssistantCompletion {
-                    id: assistant.clone(),
-                    parent_id: first.id.clone(),
-                    parts: vec![],
-                    finish: FinishReason::Stop,
-                    error: None,
-                    tokens: TokenUsage::default(),
-                    model: first.model.clone(),
-                    connection_id: None,
-                    user_id: None,
-                    workspace_id: None,
-                    cost: None,
-                    attempt: 1,
-                    time: 0,
-                },
-            },
-        ];
+        let mut given = vec![created(&w)];
+        given.extend(answered(&w, &first));
         let mut reused = user_message(&w.alice);
         reused.id = first.id.clone();
         let result = TestFramework::<Session>::with(w.services.clone())
