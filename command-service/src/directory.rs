@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use schemas::events::{Role, WorkspaceRole};
 use schemas::ids::{ConnectionId, OrganizationId, ProjectId, UserId, WorkspaceId};
 use schemas::message::ModelRef;
-use schemas::provider::{ConnectionRef, ModelCost};
+use schemas::provider::{ConnectionRef, ModelCost, SetPromptLimits};
 
 use crate::aggregates::{Organization, Workspace};
 use crate::error::DomainError;
@@ -55,6 +55,8 @@ pub trait Directory: Send + Sync {
         id: &ConnectionId,
         model: &str,
     ) -> Result<Option<ModelCost>, DomainError>;
+    /// How fast `org`'s members, and `org` itself, may prompt.
+    async fn prompt_limits(&self, org: &OrganizationId) -> Result<SetPromptLimits, DomainError>;
 }
 
 /// What commands need to know of a workspace.
@@ -142,6 +144,10 @@ impl Directory for ScopedDirectory {
     ) -> Result<Option<ModelCost>, DomainError> {
         self.inner.price_of(org, id, model).await
     }
+
+    async fn prompt_limits(&self, org: &OrganizationId) -> Result<SetPromptLimits, DomainError> {
+        self.inner.prompt_limits(org).await
+    }
 }
 
 /// The deployment's default model: its default provider (`OC_PROVIDER_*` of the workers).
@@ -225,6 +231,11 @@ impl Directory for EventStoreDirectory {
         let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
         Ok(ctx.aggregate().price_of(id, model))
     }
+
+    async fn prompt_limits(&self, org: &OrganizationId) -> Result<SetPromptLimits, DomainError> {
+        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
+        Ok(ctx.aggregate().prompt_limits())
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +291,9 @@ pub mod fake {
             _: &str,
         ) -> Result<Option<ModelCost>, DomainError> {
             Ok(None)
+        }
+        async fn prompt_limits(&self, _: &OrganizationId) -> Result<SetPromptLimits, DomainError> {
+            Ok(SetPromptLimits::default())
         }
     }
 }

@@ -87,6 +87,12 @@ where
         }
     }
 
+    /// Where aggregate `id` belongs (its organization, workspace, session), as last committed.
+    pub async fn scope_of(&self, id: &str) -> Result<crate::aggregates::Scope, CommandError> {
+        let mut context = self.cache.load(&self.store, id).await.map_err(CommandError::from)?;
+        Ok(context.aggregate().scope())
+    }
+
     async fn try_execute(
         &self,
         id: &str,

@@ -53,12 +53,27 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
         organization_scope: None,
     };
     let id = report.session_id.to_string();
+    let (org, user, tokens) =
+        (report.organization_id.clone(), report.user_id.clone(), report.tokens);
     match state
         .sessions
         .execute(&id, SessionCommand::Complete { report: Box::new(report) }, &ctx)
         .await
     {
-        Ok(_) => CommandReply::Done,
+        Ok(_) => {
+            // The reply's tokens count toward the token rates (once: a repeated report is
+            // AlreadyDone and charges nothing).
+            if let Some(user) = user {
+                let charged = async {
+                    let limits = state.directory.prompt_limits(&org).await?;
+                    crate::prompt_limits::charge(&state.db, limits, &org, &user, &tokens).await
+                };
+                if let Err(e) = charged.await {
+                    tracing::warn!(error = %e, "cannot charge a reply's tokens to the token rates");
+                }
+            }
+            CommandReply::Done
+        }
         Err(CommandError::Domain(DomainError::AlreadyDone)) => CommandReply::AlreadyDone,
         Err(CommandError::Domain(d)) => CommandReply::Rejected { reason: d.to_string() },
         Err(e) => CommandReply::Unavailable { reason: e.to_string() },

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod error;
 pub mod executor;
 pub mod internal;
+pub mod prompt_limits;
 pub mod relay;
 pub mod routes;
 pub mod startup;

@@ -449,6 +449,7 @@ impl Worker {
             },
             connection_id: job.connection.as_ref().map(|c| c.id.clone()),
             provider_cost_micro_dollars: reply.provider_cost,
+            user_id: Some(job.message.user_id.clone()),
             attempt: job.attempt,
             causation_id: job.prompt_event_id.clone(),
         };

@@ -48,6 +48,10 @@ impl Problem {
             "request-rate" => "urn:oc:problem:request-rate",
             "api-key-request-rate" => "urn:oc:problem:api-key-request-rate",
             "concurrent-streams" => "urn:oc:problem:concurrent-streams",
+            "member-request-rate" => "urn:oc:problem:member-request-rate",
+            "organization-request-rate" => "urn:oc:problem:organization-request-rate",
+            "member-token-rate" => "urn:oc:problem:member-token-rate",
+            "organization-token-rate" => "urn:oc:problem:organization-token-rate",
             _ => "urn:oc:problem:limit",
         };
         p.retry_after_secs = Some(retry_after_secs);

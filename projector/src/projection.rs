@@ -209,6 +209,9 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
             )
             .await?;
         }
+        // Kept on the organization aggregate (enforced by the command side); the audit trail
+        // records the change.
+        OrganizationEvent::PromptLimitsSet { .. } => {}
         OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => {
             exec(
                 tx,

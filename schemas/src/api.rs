@@ -200,6 +200,9 @@ pub struct CompleteMessage {
     /// The provider connection that answered and paid; none for the default provider.
     #[serde(rename = "connectionID", default, skip_serializing_if = "Option::is_none")]
     pub connection_id: Option<ConnectionId>,
+    /// Who prompted (their token rate is charged with the reply's tokens).
+    #[serde(rename = "userID", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
     /// The cost the provider reported itself (OpenRouter does), in micro-dollars; it wins over
     /// the catalog's prices.
     #[serde(rename = "providerCostMicroDollars", default, skip_serializing_if = "Option::is_none")]

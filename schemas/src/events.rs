@@ -112,6 +112,14 @@ pub enum OrganizationEvent {
         model: ModelRef,
         time: i64,
     },
+    /// How fast members, and the organization, may prompt.
+    #[serde(rename = "organization.prompt_limits_set")]
+    PromptLimitsSet {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        limits: crate::provider::SetPromptLimits,
+        time: i64,
+    },
     /// Whether members may bring their own provider keys.
     #[serde(rename = "organization.byok_policy_set")]
     ByokPolicySet {
@@ -393,6 +401,7 @@ impl EventName for OrganizationEvent {
             OrganizationEvent::ConnectionRemoved { .. } => "organization.connection_removed",
             OrganizationEvent::ByokPolicySet { .. } => "organization.byok_policy_set",
             OrganizationEvent::DefaultModelSet { .. } => "organization.default_model_set",
+            OrganizationEvent::PromptLimitsSet { .. } => "organization.prompt_limits_set",
         }
     }
 }

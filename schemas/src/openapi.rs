@@ -16,7 +16,7 @@ use crate::api::{
 use crate::ids::{ApiKeyId, ConnectionId, OrganizationId, SessionId, UserId, WorkspaceId};
 use crate::provider::{
     ConnectionSaved, CreateConnection, ImportCatalog, RotateKey, SetByokPolicy, SetDefaultModel,
-    UpdateConnection,
+    SetPromptLimits, UpdateConnection,
 };
 use crate::read::{
     ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, ModelCatalog,
@@ -171,6 +171,9 @@ pub fn command_operations() -> Vec<Operation> {
         .answers(200, accepted),
         op("put", "/org/{org}/default-model", "The organization's default model")
             .body(schema::<SetDefaultModel>)
+            .answers(200, accepted),
+        op("put", "/org/{org}/limits", "How fast members, and the organization, may prompt")
+            .body(schema::<SetPromptLimits>)
             .answers(200, accepted),
         op("put", "/workspace/{ws}/default-model", "The workspace's default model")
             .body(schema::<SetDefaultModel>)

@@ -173,6 +173,26 @@ pub struct SetDefaultModel {
     pub model: crate::message::ModelRef,
 }
 
+/// How fast prompts may come: requests and tokens (input and output of the replies) per minute;
+/// 0 is no limit. Counted across every command-service instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PromptLimits {
+    #[serde(rename = "requestsPerMinute", default)]
+    pub requests_per_minute: u32,
+    #[serde(rename = "tokensPerMinute", default)]
+    pub tokens_per_minute: u64,
+}
+
+/// `PUT /org/{org}/limits`: the limits of each member, and of the organization as a whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPromptLimits {
+    #[serde(default)]
+    pub member: PromptLimits,
+    #[serde(default)]
+    pub organization: PromptLimits,
+}
+
 /// Whether members may bring their own keys, and for which providers (all if empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ByokPolicy {

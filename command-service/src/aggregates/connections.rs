@@ -8,7 +8,9 @@ use schemas::events::OrganizationEvent;
 use schemas::ids::{ConnectionId, OrganizationId, UserId};
 use schemas::message::ModelRef;
 use schemas::policy::Action;
-use schemas::provider::{ByokPolicy, ConnectionInfo, ConnectionKind, ConnectionRef, ModelInfo};
+use schemas::provider::{
+    ByokPolicy, ConnectionInfo, ConnectionKind, ConnectionRef, ModelInfo, SetPromptLimits,
+};
 use serde::{Deserialize, Serialize};
 
 use super::Organization;
@@ -26,6 +28,9 @@ pub struct Connections {
     /// The model prompts use when they name none (and their session and workspace have none).
     #[serde(default)]
     pub(super) default_model: Option<ModelRef>,
+    /// How fast members and the organization may prompt.
+    #[serde(default)]
+    pub(super) limits: SetPromptLimits,
 }
 
 /// A connection as a command proposes it (validated here), without the key.
@@ -234,6 +239,21 @@ impl Organization {
         Ok(vec![OrganizationEvent::DefaultModelSet { organization_id, model, time }])
     }
 
+    pub(super) fn set_prompt_limits(
+        &self,
+        limits: SetPromptLimits,
+        actor: &UserId,
+        time: i64,
+    ) -> Result<Vec<OrganizationEvent>, DomainError> {
+        let organization_id = self.authorize(actor, Action::ManageProviders)?;
+        Ok(vec![OrganizationEvent::PromptLimitsSet { organization_id, limits, time }])
+    }
+
+    /// How fast members and the organization may prompt.
+    pub fn prompt_limits(&self) -> SetPromptLimits {
+        self.connections.limits
+    }
+
     /// The prices of `model` on connection `id` now (the catalog's), if known.
     pub fn price_of(&self, id: &ConnectionId, model: &str) -> Option<schemas::provider::ModelCost> {
         self.connections.by_id.get(id)?.catalog.get(model)?.cost
@@ -300,6 +320,7 @@ impl Organization {
             OrganizationEvent::DefaultModelSet { model, .. } => {
                 self.connections.default_model = Some(model.clone());
             }
+            OrganizationEvent::PromptLimitsSet { limits, .. } => self.connections.limits = *limits,
             _ => {}
         }
     }

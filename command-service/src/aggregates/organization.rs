@@ -11,7 +11,7 @@ use schemas::events::{OrganizationEvent, Role};
 use schemas::ids::{ConnectionId, OrganizationId, UserId};
 use schemas::message::ModelRef;
 use schemas::policy::{Action, Decision, decide};
-use schemas::provider::ByokPolicy;
+use schemas::provider::{ByokPolicy, SetPromptLimits};
 use serde::{Deserialize, Serialize};
 
 use super::connections::{ConnectionChange, ConnectionSpec, Connections};
@@ -78,6 +78,10 @@ pub enum OrganizationCommand {
     },
     SetDefaultModel {
         model: ModelRef,
+        actor: UserId,
+    },
+    SetPromptLimits {
+        limits: SetPromptLimits,
         actor: UserId,
     },
 }
@@ -229,6 +233,9 @@ impl Aggregate for Organization {
             OrganizationCommand::SetDefaultModel { model, actor } => {
                 self.set_default_model(model, &actor, time)?
             }
+            OrganizationCommand::SetPromptLimits { limits, actor } => {
+                self.set_prompt_limits(limits, &actor, time)?
+            }
             OrganizationCommand::TransferOwnership { to, actor } => {
                 let id = self.authorize(&actor, Action::ManageOwners)?;
                 self.target_role(&to)?;
@@ -271,7 +278,8 @@ impl Aggregate for Organization {
             OrganizationEvent::ConnectionSet { .. }
             | OrganizationEvent::ConnectionRemoved { .. }
             | OrganizationEvent::ByokPolicySet { .. }
-            | OrganizationEvent::DefaultModelSet { .. } => self.apply_connection(&event),
+            | OrganizationEvent::DefaultModelSet { .. }
+            | OrganizationEvent::PromptLimitsSet { .. } => self.apply_connection(&event),
         }
     }
 }

@@ -482,6 +482,7 @@ mod tests {
             model: user.model.clone(),
             connection_id: None,
             provider_cost_micro_dollars: None,
+            user_id: None,
             attempt: 1,
             causation_id: "x".into(),
         }

@@ -31,6 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/provider/{id}/catalog", web::put().to(providers::import_catalog))
         .route("/org/{org}/byok", web::put().to(providers::set_byok))
         .route("/org/{org}/default-model", web::put().to(providers::set_default_model))
+        .route("/org/{org}/limits", web::put().to(providers::set_prompt_limits))
         .route("/workspace/{ws}/default-model", web::put().to(workspaces::set_default_model))
         .route("/org/{org}/workspace", web::post().to(workspaces::create))
         .route("/workspace/{ws}", web::patch().to(workspaces::rename))

@@ -16,7 +16,7 @@ use schemas::api::Accepted;
 use schemas::ids::{ConnectionId, OrganizationId};
 use schemas::provider::{
     ByokPolicy, ConnectionSaved, CreateConnection, ImportCatalog, RotateKey, SetByokPolicy,
-    SetDefaultModel, UpdateConnection,
+    SetDefaultModel, SetPromptLimits, UpdateConnection,
 };
 
 use super::context;
@@ -250,6 +250,23 @@ pub async fn set_default_model(
 ) -> Result<HttpResponse, Problem> {
     let model = body.into_inner().model;
     let command = OrganizationCommand::SetDefaultModel { model, actor: user.user_id.clone() };
+    let token =
+        state.organizations.execute(org.as_str(), command, &context(&user, &request)).await?;
+    Ok(HttpResponse::Ok().json(Accepted { id: org.to_string(), consistency_token: token.encode() }))
+}
+
+/// How fast members, and the organization, may prompt.
+pub async fn set_prompt_limits(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    org: web::Path<OrganizationId>,
+    body: web::Json<SetPromptLimits>,
+) -> Result<HttpResponse, Problem> {
+    let command = OrganizationCommand::SetPromptLimits {
+        limits: body.into_inner(),
+        actor: user.user_id.clone(),
+    };
     let token =
         state.organizations.execute(org.as_str(), command, &context(&user, &request)).await?;
     Ok(HttpResponse::Ok().json(Accepted { id: org.to_string(), consistency_token: token.encode() }))

@@ -14,6 +14,7 @@ mod outages;
 mod personal_data;
 mod pipeline;
 mod poison_events;
+mod prompt_limits;
 mod provider_faults;
 mod provider_streaming;
 mod providers;
