@@ -130,6 +130,41 @@ impl System {
         a.body
     }
 
+    /// The caller's `usr_…` id.
+    pub async fn user_id(&self, bearer: &str) -> String {
+        let me = self.get(bearer, "/me", None).await;
+        me.body["userID"].as_str().expect("GET /me names the user").to_owned()
+    }
+
+    /// Make `member` (a bearer token) a member of `org` with `role`, added by `owner`; and, if
+    /// `workspace` is given, a member of that workspace too. Returns the member's user id.
+    pub async fn add_member(
+        &self,
+        owner: &str,
+        org: &str,
+        member: &str,
+        role: &str,
+        workspace: Option<&str>,
+    ) -> String {
+        let id = self.user_id(member).await;
+        let body = json!({ "userID": id, "role": role });
+        let a = self.post(owner, &format!("/org/{org}/member"), body).await;
+        assert_eq!(a.status, 201, "adding a member: {a:?}");
+        if let Some(ws) = workspace {
+            let url = format!("{}/workspace/{ws}/member/{id}", self.command_url());
+            let res = self
+                .http
+                .put(url)
+                .bearer_auth(owner)
+                .json(&json!({ "role": "member" }))
+                .send()
+                .await
+                .expect("command service reachable");
+            assert!(res.status().is_success(), "setting a workspace member: {res:?}");
+        }
+        id
+    }
+
     /// The requests the fake provider received, oldest first: each one's credential, extra
     /// headers, model and prompt.
     pub async fn provider_requests(&self) -> Vec<Value> {

@@ -25,25 +25,7 @@ async fn organization(system: &System, names: &[&str]) -> (Created, Created) {
     let ws = system.create_workspace(&alice, &org.id, "w").await;
     for name in names {
         let token = system.token(name).await;
-        let id = system.get(&token, "/me", None).await.body["userID"].as_str().unwrap().to_owned();
-        let a = system
-            .post(
-                &alice,
-                &format!("/org/{}/member", org.id),
-                json!({ "userID": id, "role": "member" }),
-            )
-            .await;
-        assert_eq!(a.status, 201);
-        let url = format!("{}/workspace/{}/member/{id}", system.command_url(), ws.id);
-        let set = system
-            .http
-            .put(url)
-            .bearer_auth(&alice)
-            .json(&json!({ "role": "member" }))
-            .send()
-            .await
-            .unwrap();
-        assert!(set.status().is_success());
+        system.add_member(&alice, &org.id, &token, "member", Some(&ws.id)).await;
     }
     (org, ws)
 }

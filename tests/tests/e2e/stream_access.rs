@@ -17,10 +17,6 @@ async fn expect_access_ended(mut stream: SseClient, reason: &str) {
     assert!(stream.ends_within(WAIT).await, "the stream is closed after it");
 }
 
-async fn user_id(system: &System, bearer: &str) -> String {
-    system.get(bearer, "/me", None).await.body["userID"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn streams_end_when_membership_key_sign_in_or_account_is_gone() {
     let system =
@@ -29,17 +25,9 @@ async fn streams_end_when_membership_key_sign_in_or_account_is_gone() {
     let (org, _, session) = system.session_for("alice").await;
     let (bob, carol) = (system.token("bob").await, system.token("carol").await);
     for who in [&bob, &carol] {
-        let id = user_id(&system, who).await;
-        let a = system
-            .post(
-                &alice,
-                &format!("/org/{}/member", org.id),
-                json!({ "userID": id, "role": "member" }),
-            )
-            .await;
-        assert_eq!(a.status, 201, "{a:?}");
+        system.add_member(&alice, &org.id, who, "member", None).await;
     }
-    let bob_id = user_id(&system, &bob).await;
+    let bob_id = system.user_id(&bob).await;
     let watch = |instance: usize, bearer: &str| {
         let url = system.stream_url(instance, &session);
         let bearer = bearer.to_owned();

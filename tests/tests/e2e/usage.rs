@@ -30,28 +30,7 @@ async fn replies_cost_exactly_their_tokens_and_usage_adds_up_to_the_events() {
     let alice = system.token("alice").await;
     let bob = system.token("bob").await;
     let (org, ws, first) = system.session_for("alice").await;
-    let bob_id = system.get(&bob, "/me", None).await.body["userID"].as_str().unwrap().to_owned();
-    let added = system
-        .post(
-            &alice,
-            &format!("/org/{}/member", org.id),
-            json!({ "userID": bob_id, "role": "member" }),
-        )
-        .await;
-    assert_eq!(added.status, 201);
-    let url = format!("{}/workspace/{}/member/{bob_id}", system.command_url(), ws.id);
-    assert!(
-        system
-            .http
-            .put(url)
-            .bearer_auth(&alice)
-            .json(&json!({ "role": "member" }))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .is_success()
-    );
+    system.add_member(&alice, &org.id, &bob, "member", Some(&ws.id)).await;
     let body = json!({ "kind": "openai-compatible", "providerID": "oa", "name": "OA",
         "baseURL": format!("{}/v1", system.provider_url), "apiKey": "k", "models": ["m"] });
     let connection = system.post(&alice, &format!("/org/{}/provider", org.id), body).await;
