@@ -7,6 +7,10 @@ use std::process::{Child, Command, Stdio};
 pub struct Proc {
     pub name: String,
     child: Option<Child>,
+    /// Where the output goes when nobody asked for it: kept so that a process that dies early
+    /// can say why, removed when the process is dropped.
+    scratch_log: Option<PathBuf>,
+    log: Option<PathBuf>,
 }
 
 impl Proc {
@@ -18,18 +22,36 @@ impl Proc {
     /// else shown with OC_TEST_LOGS=1 and discarded otherwise.
     pub fn spawn_logging(name: &str, mut cmd: Command, log: Option<&Path>) -> Proc {
         let show = std::env::var_os("OC_TEST_LOGS").is_some();
-        let out = || match log {
+        let scratch_log = (log.is_none() && !show).then(|| scratch_path(name));
+        let log = log.map(Path::to_path_buf).or_else(|| scratch_log.clone());
+        let out = || match &log {
             Some(path) => std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_or_else(|_| Stdio::null(), Stdio::from),
-            None if show => Stdio::inherit(),
-            None => Stdio::null(),
+            None => Stdio::inherit(),
         };
         cmd.stdout(out()).stderr(out()).stdin(Stdio::null());
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.to_owned(), child: Some(child) }
+        Proc { name: name.to_owned(), child: Some(child), scratch_log, log }
+    }
+
+    /// `Some(why)` once the process has exited by itself: its status and the end of its output.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        let output = self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        let tail: String = output
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Some(format!("{} exited ({status}); its last output:\n{tail}", self.name))
     }
 
     pub fn pid(&self) -> u32 {
@@ -60,7 +82,19 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        if let Some(path) = &self.scratch_log {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// A fresh file for the output of a process nobody asked to see.
+fn scratch_path(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join("oc-e2e-output");
+    let _ = std::fs::create_dir_all(&dir);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{name}-{}-{n}.log", std::process::id()))
 }
 
 /// A port for a process this test starts, reserved until the test process exits.

@@ -123,6 +123,7 @@ impl System {
             .collect::<Vec<_>>()
             .join(",");
         let oidc = spawn_oidc(oidc_port, &oidc_keys, &callbacks);
+        // (waited for, and started again if it died, once the system below exists)
         let issuer = format!("http://127.0.0.1:{oidc_port}");
 
         let fake_port = free_port();
@@ -161,8 +162,10 @@ impl System {
             http,
             tokens: Mutex::default(),
         };
-        system.wait_http(&format!("{}/healthz", system.provider_url)).await;
-        system.wait_http(&format!("{}/.well-known/openid-configuration", system.issuer)).await;
+        let provider_health = format!("{}/healthz", system.provider_url);
+        let ready = wait_ready(&system.http, Some(&mut system.fake_provider), &provider_health);
+        ready.await.unwrap_or_else(|why| panic!("{why}"));
+        system.start_oidc().await;
         let command = system.start_command(opts.relay).await;
         system.command.push(command);
         system.projector = Some(system.start_service("projector", "OC_PROJECTOR_ADDR", &[]).await);
@@ -251,8 +254,9 @@ impl System {
             let _ = std::fs::create_dir_all(&self.log_dir);
             self.log_dir.join(format!("{name}.log"))
         });
-        let proc = Proc::spawn_logging(name, cmd, log.as_deref());
-        self.wait_http(&format!("{ops_url}/readyz")).await;
+        let mut proc = Proc::spawn_logging(name, cmd, log.as_deref());
+        let ready = wait_ready(&self.http, Some(&mut proc), &format!("{ops_url}/readyz")).await;
+        ready.unwrap_or_else(|why| panic!("{why}"));
         Service { proc, url, ops_url }
     }
 
@@ -270,15 +274,7 @@ impl System {
 
     /// Wait until `url` answers 200.
     pub async fn wait_http(&self, url: &str) {
-        let http = self.http.clone();
-        crate::eventually(&format!("{url} to answer 200"), Duration::from_secs(60), || {
-            let (http, url) = (http.clone(), url.to_owned());
-            async move {
-                let res = http.get(&url).timeout(Duration::from_secs(2)).send().await.ok()?;
-                res.status().is_success().then_some(())
-            }
-        })
-        .await
+        wait_ready(&self.http, None, url).await.unwrap_or_else(|why| panic!("{why}"));
     }
 
     /// A bearer token for a demo user, from the OpenID provider's real authorization-code flow.
@@ -314,7 +310,24 @@ impl System {
         self.oidc.kill();
         self.oidc = spawn_oidc(self.oidc_port, &self.oidc_keys, &self.oidc_callbacks);
         self.tokens.lock().await.clear();
-        self.wait_http(&format!("{}/.well-known/openid-configuration", self.issuer)).await;
+        self.start_oidc().await;
+    }
+
+    /// Wait for the OpenID provider to serve its discovery document. Node can die at start on a
+    /// loaded machine (it is the one dependency here not written to wait for its port); a
+    /// provider that died is started again, twice at most, and its last words are reported.
+    async fn start_oidc(&mut self) {
+        let url = format!("{}/.well-known/openid-configuration", self.issuer);
+        for attempt in 1..=3 {
+            match wait_ready(&self.http, Some(&mut self.oidc), &url).await {
+                Ok(()) => return,
+                Err(why) if attempt < 3 => {
+                    eprintln!("restarting the OpenID provider: {why}");
+                    self.oidc = spawn_oidc(self.oidc_port, &self.oidc_keys, &self.oidc_callbacks);
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
     }
 
     /// Start NATS again after `self.nats.kill()`, on the same port and store.
@@ -352,6 +365,29 @@ impl Drop for System {
             rt.block_on(admin(&url, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
         })
         .join();
+    }
+}
+
+/// Wait until `url` answers 200, or `proc` (the process that should serve it) exits, or a
+/// minute passes; the error says which, with the process's last output.
+async fn wait_ready(
+    http: &reqwest::Client,
+    mut proc: Option<&mut Proc>,
+    url: &str,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let res = http.get(url).timeout(Duration::from_secs(2)).send().await;
+        if res.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if let Some(why) = proc.as_deref_mut().and_then(Proc::exited) {
+            return Err(format!("waiting for {url}: {why}"));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {url} to answer 200"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
