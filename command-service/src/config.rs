@@ -27,6 +27,10 @@ pub struct CommandConfig {
     /// `OC_RELAY_ENABLED`: run the outbox relay in this instance. Several instances may; one
     /// publishes at a time.
     pub relay_enabled: bool,
+    /// `OC_SPEND_RESERVATION_TTL_SECS`: how long what a prompt holds under its budgets is kept
+    /// at most. A completed reply releases its own at once; this only frees what a prompt held
+    /// when its instance died before the prompt committed (or a reply that ran longer).
+    pub spend_reservation_ttl_secs: u64,
 }
 
 impl Default for CommandConfig {
@@ -40,6 +44,7 @@ impl Default for CommandConfig {
             rate_limit_burst: 60,
             api_key_rate_limit_per_minute: 300,
             api_key_rate_limit_burst: 30,
+            spend_reservation_ttl_secs: 3600,
         }
     }
 }

@@ -10,12 +10,13 @@ use cqrs_es::{AggregateContext, EventStore};
 use postgres_es::PostgresEventRepository;
 use std::collections::{HashMap, HashSet};
 
+use schemas::budget::{Budget, BudgetAlert};
 use schemas::events::{Role, WorkspaceRole};
-use schemas::ids::{ConnectionId, OrganizationId, ProjectId, UserId, WorkspaceId};
+use schemas::ids::{ApiKeyId, ConnectionId, OrganizationId, ProjectId, UserId, WorkspaceId};
 use schemas::message::ModelRef;
 use schemas::provider::{ConnectionRef, ModelCost, SetPromptLimits};
 
-use crate::aggregates::{Organization, Workspace};
+use crate::aggregates::{ApiKey, Organization, Payer, Workspace};
 use crate::error::DomainError;
 
 #[async_trait]
@@ -32,15 +33,27 @@ pub trait Directory: Send + Sync {
         &self,
         workspace: &WorkspaceId,
     ) -> Result<Option<WorkspaceView>, DomainError>;
-    /// The model a prompt of `user` in `org` uses (`wanted`, else the organization's default,
-    /// else the deployment's) and the provider connection it goes to (`None`: the deployment's
-    /// default provider); refused if nothing usable offers the model.
-    async fn resolve_model(
+    /// What a prompt of `user` in `org` runs on and is charged to: the model (`wanted`, else
+    /// the organization's default, else the deployment's), the provider connection it goes to
+    /// (`None`: the deployment's default provider), its prices, and the budgets it falls under;
+    /// refused if nothing usable offers the model.
+    async fn prompt_terms(
         &self,
         org: &OrganizationId,
-        user: &UserId,
+        payer: PromptPayer,
         wanted: Option<ModelRef>,
-    ) -> Result<(ModelRef, Option<ConnectionRef>), DomainError>;
+    ) -> Result<PromptTerms, DomainError>;
+    /// The organization an API key acts in, if the key exists and is not revoked.
+    async fn api_key_organization(
+        &self,
+        key: &ApiKeyId,
+    ) -> Result<Option<OrganizationId>, DomainError>;
+    /// The organization's budgets, each with the alerts it may still raise at `time`.
+    async fn budgets(
+        &self,
+        org: &OrganizationId,
+        time: i64,
+    ) -> Result<Vec<(Budget, Vec<BudgetAlert>)>, DomainError>;
     /// Whether `user` may manage connection `id` of `org` (as the command would decide).
     async fn may_manage_connection(
         &self,
@@ -59,6 +72,24 @@ pub trait Directory: Send + Sync {
     async fn prompt_limits(&self, org: &OrganizationId) -> Result<SetPromptLimits, DomainError>;
 }
 
+/// Who a prompt is charged to (its workspace, member and API key).
+#[derive(Debug, Clone)]
+pub struct PromptPayer {
+    pub workspace: WorkspaceId,
+    pub user: UserId,
+    pub api_key: Option<ApiKeyId>,
+}
+
+/// What a prompt runs on and is charged to (`Directory::prompt_terms`).
+#[derive(Debug, Clone)]
+pub struct PromptTerms {
+    pub model: ModelRef,
+    pub connection: Option<ConnectionRef>,
+    /// The model's prices on that connection, if its catalog has them.
+    pub price: Option<ModelCost>,
+    pub budgets: Vec<Budget>,
+}
+
 /// What commands need to know of a workspace.
 #[derive(Debug, Clone)]
 pub struct WorkspaceView {
@@ -73,6 +104,8 @@ pub struct WorkspaceView {
 #[derive(Clone)]
 pub struct Services {
     pub directory: Arc<dyn Directory>,
+    /// Where prompts hold what their replies may cost under the budgets (`crate::spend`).
+    pub spend: Arc<dyn crate::spend::SpendLedger>,
 }
 
 impl Services {
@@ -81,7 +114,7 @@ impl Services {
     pub fn scoped_to(&self, organization: &OrganizationId) -> Services {
         let directory =
             ScopedDirectory { inner: self.directory.clone(), organization: organization.clone() };
-        Services { directory: Arc::new(directory) }
+        Services { directory: Arc::new(directory), spend: self.spend.clone() }
     }
 }
 
@@ -112,16 +145,32 @@ impl Directory for ScopedDirectory {
         Ok(view.filter(|v| v.organization_id == self.organization))
     }
 
-    async fn resolve_model(
+    async fn prompt_terms(
         &self,
         org: &OrganizationId,
-        user: &UserId,
+        payer: PromptPayer,
         wanted: Option<ModelRef>,
-    ) -> Result<(ModelRef, Option<ConnectionRef>), DomainError> {
+    ) -> Result<PromptTerms, DomainError> {
         if org != &self.organization {
             return Err(DomainError::NotFound);
         }
-        self.inner.resolve_model(org, user, wanted).await
+        self.inner.prompt_terms(org, payer, wanted).await
+    }
+
+    async fn api_key_organization(
+        &self,
+        key: &ApiKeyId,
+    ) -> Result<Option<OrganizationId>, DomainError> {
+        let org = self.inner.api_key_organization(key).await?;
+        Ok(org.filter(|o| o == &self.organization))
+    }
+
+    async fn budgets(
+        &self,
+        org: &OrganizationId,
+        time: i64,
+    ) -> Result<Vec<(Budget, Vec<BudgetAlert>)>, DomainError> {
+        self.inner.budgets(org, time).await
     }
 
     async fn may_manage_connection(
@@ -162,13 +211,17 @@ pub fn deployment_default() -> ModelRef {
 pub struct EventStoreDirectory {
     orgs: PersistedEventStore<PostgresEventRepository, Organization>,
     workspaces: PersistedEventStore<PostgresEventRepository, Workspace>,
+    api_keys: PersistedEventStore<PostgresEventRepository, ApiKey>,
 }
 
 impl EventStoreDirectory {
     pub fn new(pool: sqlx::PgPool) -> Self {
         Self {
             orgs: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
-            workspaces: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool)),
+            workspaces: PersistedEventStore::new_event_store(PostgresEventRepository::new(
+                pool.clone(),
+            )),
+            api_keys: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool)),
         }
     }
 }
@@ -197,19 +250,57 @@ impl Directory for EventStoreDirectory {
         Ok(ctx.aggregate().view())
     }
 
-    async fn resolve_model(
+    async fn prompt_terms(
         &self,
         org: &OrganizationId,
-        user: &UserId,
+        payer: PromptPayer,
         wanted: Option<ModelRef>,
-    ) -> Result<(ModelRef, Option<ConnectionRef>), DomainError> {
+    ) -> Result<PromptTerms, DomainError> {
         let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
         let organization = ctx.aggregate();
         let model = wanted
             .or_else(|| organization.default_model().cloned())
             .unwrap_or_else(deployment_default);
-        let connection = organization.resolve(user, &model)?;
-        Ok((model, connection))
+        let connection = organization.resolve(&payer.user, &model)?;
+        let price = connection.as_ref().and_then(|c| organization.price_of(&c.id, &model.model_id));
+        let budgets = organization.budgets_for(&Payer {
+            workspace: &payer.workspace,
+            user: &payer.user,
+            api_key: payer.api_key.as_ref(),
+            own_key: connection.as_ref().is_some_and(|c| c.own_key),
+        });
+        Ok(PromptTerms { model, connection, price, budgets })
+    }
+
+    async fn api_key_organization(
+        &self,
+        key: &ApiKeyId,
+    ) -> Result<Option<OrganizationId>, DomainError> {
+        let mut ctx = self.api_keys.load_aggregate(key.as_str()).await.map_err(unavailable)?;
+        Ok(ctx.aggregate().live_organization().cloned())
+    }
+
+    async fn budgets(
+        &self,
+        org: &OrganizationId,
+        time: i64,
+    ) -> Result<Vec<(Budget, Vec<BudgetAlert>)>, DomainError> {
+        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
+        let organization = ctx.aggregate();
+        Ok(organization
+            .budgets()
+            .map(|b| {
+                let due = b
+                    .spec
+                    .thresholds
+                    .iter()
+                    .map(|&percent| BudgetAlert::Threshold { percent })
+                    .chain([BudgetAlert::Exhausted])
+                    .filter(|a| organization.budget_alert_due(&b.id, *a, time))
+                    .collect();
+                (b.clone(), due)
+            })
+            .collect())
     }
 
     async fn may_manage_connection(
@@ -264,17 +355,32 @@ pub mod fake {
         async fn workspace(&self, ws: &WorkspaceId) -> Result<Option<WorkspaceView>, DomainError> {
             Ok(self.workspaces.lock().unwrap().get(ws).cloned())
         }
-        async fn resolve_model(
+        async fn prompt_terms(
             &self,
             _: &OrganizationId,
-            _: &UserId,
+            _: PromptPayer,
             wanted: Option<ModelRef>,
-        ) -> Result<(ModelRef, Option<ConnectionRef>), DomainError> {
+        ) -> Result<PromptTerms, DomainError> {
             let model = wanted.unwrap_or_else(deployment_default);
             match model.provider_id.as_str() {
-                crate::aggregates::DEFAULT_PROVIDER => Ok((model, None)),
+                crate::aggregates::DEFAULT_PROVIDER => {
+                    Ok(PromptTerms { model, connection: None, price: None, budgets: Vec::new() })
+                }
                 _ => Err(DomainError::Unprocessable("no such provider".into())),
             }
+        }
+        async fn api_key_organization(
+            &self,
+            _: &ApiKeyId,
+        ) -> Result<Option<OrganizationId>, DomainError> {
+            Ok(None)
+        }
+        async fn budgets(
+            &self,
+            _: &OrganizationId,
+            _: i64,
+        ) -> Result<Vec<(Budget, Vec<BudgetAlert>)>, DomainError> {
+            Ok(Vec::new())
         }
         async fn may_manage_connection(
             &self,

@@ -2,6 +2,8 @@
 
 use cqrs_es::AggregateError;
 use platform::problem::Problem;
+use schemas::budget::BudgetScope;
+use schemas::ids::BudgetId;
 
 /// What an aggregate can refuse a command with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +32,44 @@ pub enum DomainError {
     /// A lookup the decision needs failed for infrastructure reasons.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A spend budget has no room for what the prompt's reply may cost.
+    #[error("over the budget {}", .0.budget_id)]
+    OverBudget(Box<BudgetRefusal>),
+}
+
+/// Which budget refused a prompt, and how far it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRefusal {
+    pub budget_id: BudgetId,
+    pub scope: BudgetScope,
+    pub amount_micro_dollars: u64,
+    /// Spent, and held for replies still running.
+    pub spent_micro_dollars: u64,
+    pub reserved_micro_dollars: u64,
+    /// The most this prompt's reply could cost.
+    pub needed_micro_dollars: u64,
+    pub retry_after_secs: u32,
+}
+
+impl From<&BudgetRefusal> for Problem {
+    fn from(r: &BudgetRefusal) -> Self {
+        let usd = |micro: u64| serde_json::json!(micro as f64 / 1e6);
+        let used = r.spent_micro_dollars + r.reserved_micro_dollars;
+        let detail = format!(
+            "over the {} budget: ${} of ${} used, and this reply may cost up to ${}; retry in {} s",
+            r.scope.problem_type().trim_end_matches("-budget"),
+            used as f64 / 1e6,
+            r.amount_micro_dollars as f64 / 1e6,
+            r.needed_micro_dollars as f64 / 1e6,
+            r.retry_after_secs,
+        );
+        Problem::too_many_requests(r.scope.problem_type(), detail, r.retry_after_secs)
+            .with("budgetID", r.budget_id.to_string().into())
+            .with("limit", usd(r.amount_micro_dollars))
+            .with("used", usd(used))
+            .with("reserved", usd(r.reserved_micro_dollars))
+            .with("needed", usd(r.needed_micro_dollars))
+    }
 }
 
 /// A failed command, after retries.
@@ -66,6 +106,7 @@ impl From<CommandError> for Problem {
             CommandError::Domain(DomainError::Forbidden(d)) => Problem::forbidden(d),
             CommandError::Domain(DomainError::TooLarge(d)) => Problem::payload_too_large(d),
             CommandError::Domain(DomainError::Unprocessable(d)) => Problem::unprocessable(d),
+            CommandError::Domain(DomainError::OverBudget(r)) => Problem::from(&*r),
             CommandError::Domain(DomainError::AlreadyDone) => {
                 Problem::conflict("the command was already carried out")
             }

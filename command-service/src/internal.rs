@@ -53,8 +53,12 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
         organization_scope: None,
     };
     let id = report.session_id.to_string();
-    let (org, user, tokens) =
-        (report.organization_id.clone(), report.user_id.clone(), report.tokens);
+    let (org, workspace, user, tokens) = (
+        report.organization_id.clone(),
+        report.workspace_id.clone(),
+        report.user_id.clone(),
+        report.tokens,
+    );
     match state
         .sessions
         .execute(&id, SessionCommand::Complete { report: Box::new(report) }, &ctx)
@@ -70,6 +74,13 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
                 };
                 if let Err(e) = charged.await {
                     tracing::warn!(error = %e, "cannot charge a reply's tokens to the token rates");
+                }
+                // Its cost was counted with the event (migrations/0021); thresholds it crossed
+                // are raised now (missed ones are raised by the next reply of the budget).
+                let alerts =
+                    crate::spend_alerts::raise_crossed_thresholds(state, &org, &workspace, &user);
+                if let Err(e) = alerts.await {
+                    tracing::warn!(error = %e, "cannot raise budget threshold alerts");
                 }
             }
             CommandReply::Done

@@ -12,4 +12,6 @@ pub mod internal;
 pub mod prompt_limits;
 pub mod relay;
 pub mod routes;
+pub mod spend;
+pub mod spend_alerts;
 pub mod startup;

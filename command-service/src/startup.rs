@@ -20,6 +20,7 @@ use crate::aggregates::{ApiKey, Organization, Session, Workspace};
 use crate::config::CommandConfig;
 use crate::directory::{EventStoreDirectory, Services};
 use crate::executor::Executor;
+use crate::spend::PgSpend;
 use crate::{internal, relay, routes};
 
 /// What request handlers share.
@@ -36,6 +37,8 @@ pub struct AppState {
     pub workspaces: Executor<Workspace>,
     pub sessions: Executor<Session>,
     pub api_keys: Executor<ApiKey>,
+    /// Spend held and counted under the budgets.
+    pub spend: Arc<PgSpend>,
 }
 
 pub struct Application {
@@ -61,7 +64,11 @@ impl Application {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&common.database_url)?;
 
-        let services = Services { directory: Arc::new(EventStoreDirectory::new(pg.clone())) };
+        let spend = Arc::new(PgSpend::new(pool.clone()));
+        let services = Services {
+            directory: Arc::new(EventStoreDirectory::new(pg.clone())),
+            spend: spend.clone(),
+        };
         let keks = platform::config::load::<identity::ProviderKeysConfig>()?.keks()?;
         let state = Arc::new(AppState {
             keks,
@@ -72,6 +79,7 @@ impl Application {
             workspaces: Executor::new(pg.clone(), services.clone()),
             sessions: Executor::new(pg.clone(), services.clone()),
             api_keys: Executor::new(pg.clone(), services),
+            spend: spend.clone(),
         });
         let discovery = identity::Discovery::new(auth.oidc_issuer.clone())?;
         let authenticator = web::Data::new(Authenticator::new(auth, discovery, pool.clone())?);
@@ -98,6 +106,10 @@ impl Application {
                     relay::run(pg, js, stop).await;
                 }
             }));
+        }
+        {
+            let ttl = Duration::from_secs(cfg.spend_reservation_ttl_secs);
+            tasks.push(tokio::spawn(sweep_reservations(spend, ttl, shutdown.clone())));
         }
         {
             let (nats, state, stop) = (nats.clone(), state.clone(), shutdown.clone());
@@ -142,5 +154,18 @@ impl Application {
             let _ = tokio::time::timeout(self.grace, task).await;
         }
         Ok(())
+    }
+}
+
+/// Free, once a minute, what prompts held longer than `ttl` (every instance does; a
+/// reservation is released once whoever gets to it).
+async fn sweep_reservations(spend: Arc<PgSpend>, ttl: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    while stop.run_until_cancelled(tick.tick()).await.is_some() {
+        match spend.sweep(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(released = n, "released budget reservations nobody settled"),
+            Err(e) => tracing::warn!(error = %e, "cannot sweep budget reservations"),
+        }
     }
 }

@@ -498,7 +498,7 @@ impl Worker {
 /// The prompt a bus message asks to answer (None for other events).
 fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job>> {
     let envelope: Envelope<SessionEvent> = serde_json::from_slice(payload)?;
-    let SessionEvent::Prompted { session_id, message, assistant_message_id, connection } =
+    let SessionEvent::Prompted { session_id, message, assistant_message_id, connection, .. } =
         envelope.payload
     else {
         return Ok(None);

@@ -52,6 +52,10 @@ impl Problem {
             "organization-request-rate" => "urn:oc:problem:organization-request-rate",
             "member-token-rate" => "urn:oc:problem:member-token-rate",
             "organization-token-rate" => "urn:oc:problem:organization-token-rate",
+            "organization-budget" => "urn:oc:problem:organization-budget",
+            "workspace-budget" => "urn:oc:problem:workspace-budget",
+            "member-budget" => "urn:oc:problem:member-budget",
+            "api-key-budget" => "urn:oc:problem:api-key-budget",
             _ => "urn:oc:problem:limit",
         };
         p.retry_after_secs = Some(retry_after_secs);

@@ -212,6 +212,20 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
         // Kept on the organization aggregate (enforced by the command side); the audit trail
         // records the change.
         OrganizationEvent::PromptLimitsSet { .. } => {}
+        OrganizationEvent::BudgetSet { organization_id, budget, .. } => {
+            exec(
+                tx,
+                "INSERT INTO rm_budgets (budget_id, organization_id, budget) VALUES ($1, $2, $3) \
+                 ON CONFLICT (budget_id) DO UPDATE SET budget = EXCLUDED.budget",
+                &[&budget.id.as_str(), &organization_id.as_str(), &serde_json::to_value(&budget)?],
+            )
+            .await?;
+        }
+        OrganizationEvent::BudgetRemoved { budget_id, .. } => {
+            exec(tx, "DELETE FROM rm_budgets WHERE budget_id = $1", &[&budget_id.as_str()]).await?;
+        }
+        // Read in the audit trail; notifiers take it from the bus.
+        OrganizationEvent::BudgetAlert { .. } => {}
         OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => {
             exec(
                 tx,

@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{
-    ApiKeyId, ConnectionId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId,
+    ApiKeyId, BudgetId, ConnectionId, MessageId, OrganizationId, ProjectId, SessionId, UserId,
+    WorkspaceId,
 };
 use crate::message::{FinishReason, MessageError, ModelRef, Part, SessionStatus, TokenUsage};
 use crate::provider::{ByokPolicy, ConnectionInfo, ConnectionRef};
@@ -118,6 +119,44 @@ pub enum OrganizationEvent {
         #[serde(rename = "organizationID")]
         organization_id: OrganizationId,
         limits: crate::provider::SetPromptLimits,
+        time: i64,
+    },
+    /// A spend budget was set (created or changed).
+    #[serde(rename = "organization.budget_set")]
+    BudgetSet {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        budget: crate::budget::Budget,
+        #[serde(rename = "actorID")]
+        actor_id: UserId,
+        time: i64,
+    },
+    #[serde(rename = "organization.budget_removed")]
+    BudgetRemoved {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "budgetID")]
+        budget_id: BudgetId,
+        #[serde(rename = "actorID")]
+        actor_id: UserId,
+        time: i64,
+    },
+    /// A budget reached a soft threshold, or refused a prompt; at most once per period each.
+    #[serde(rename = "organization.budget_alert")]
+    BudgetAlert {
+        #[serde(rename = "organizationID")]
+        organization_id: OrganizationId,
+        #[serde(rename = "budgetID")]
+        budget_id: BudgetId,
+        alert: crate::budget::BudgetAlert,
+        scope: crate::budget::BudgetScope,
+        /// Used (spent and held for running replies) and the amount, in micro-dollars.
+        #[serde(rename = "usedMicroDollars")]
+        used_micro_dollars: u64,
+        #[serde(rename = "amountMicroDollars")]
+        amount_micro_dollars: u64,
+        /// Until when (ms since the epoch) this alert is not raised again: the period's end.
+        until: i64,
         time: i64,
     },
     /// Whether members may bring their own provider keys.
@@ -305,6 +344,12 @@ pub struct AssistantCompletion {
     /// completed); none when nothing prices the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<ReplyCost>,
+    /// Paid with the prompting member's own key (not the organization's).
+    #[serde(rename = "ownKey", default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_key: bool,
+    /// The API key the prompt was sent with, if any.
+    #[serde(rename = "apiKeyID", default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<ApiKeyId>,
     /// Which delivery of the prompt produced this reply (1 unless a worker died).
     pub attempt: u32,
     pub time: i64,
@@ -355,6 +400,9 @@ pub enum SessionEvent {
         /// The connection that answers (and pays); none for the deployment's default provider.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         connection: Option<ConnectionRef>,
+        /// The API key the prompt was sent with, if any (its budget pays too).
+        #[serde(rename = "apiKeyID", default, skip_serializing_if = "Option::is_none")]
+        api_key_id: Option<ApiKeyId>,
     },
     #[serde(rename = "session.status")]
     StatusChanged {
@@ -402,6 +450,9 @@ impl EventName for OrganizationEvent {
             OrganizationEvent::ByokPolicySet { .. } => "organization.byok_policy_set",
             OrganizationEvent::DefaultModelSet { .. } => "organization.default_model_set",
             OrganizationEvent::PromptLimitsSet { .. } => "organization.prompt_limits_set",
+            OrganizationEvent::BudgetSet { .. } => "organization.budget_set",
+            OrganizationEvent::BudgetRemoved { .. } => "organization.budget_removed",
+            OrganizationEvent::BudgetAlert { .. } => "organization.budget_alert",
         }
     }
 }

@@ -165,6 +165,10 @@ prefixed_id!(
     ConnectionId, "con"
 );
 prefixed_id!(
+    /// A spend budget of an organization.
+    BudgetId, "bdg"
+);
+prefixed_id!(
     /// A request that caused events; carried as correlation id across services.
     RequestId, "req"
 );

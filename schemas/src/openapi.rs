@@ -13,7 +13,10 @@ use crate::api::{
     CreateSession, CreateWorkspace, ProblemDetails, PromptAccepted, PromptInput,
     RenameOrganization, RenameWorkspace, SetWorkspaceMember, TransferOwnership,
 };
-use crate::ids::{ApiKeyId, ConnectionId, OrganizationId, SessionId, UserId, WorkspaceId};
+use crate::budget::{BudgetList, SetBudget};
+use crate::ids::{
+    ApiKeyId, BudgetId, ConnectionId, OrganizationId, SessionId, UserId, WorkspaceId,
+};
 use crate::provider::{
     ConnectionSaved, CreateConnection, ImportCatalog, RotateKey, SetByokPolicy, SetDefaultModel,
     SetPromptLimits, UpdateConnection,
@@ -178,6 +181,13 @@ pub fn command_operations() -> Vec<Operation> {
         op("put", "/workspace/{ws}/default-model", "The workspace's default model")
             .body(schema::<SetDefaultModel>)
             .answers(200, accepted),
+        op("post", "/org/{org}/budget", "Set a spend budget (owners and admins)")
+            .body(schema::<SetBudget>)
+            .answers(201, accepted),
+        op("put", "/org/{org}/budget/{id}", "Change a spend budget")
+            .body(schema::<SetBudget>)
+            .answers(200, accepted),
+        op("delete", "/org/{org}/budget/{id}", "Remove a spend budget").answers(200, accepted),
     ]
 }
 
@@ -219,6 +229,8 @@ pub fn query_operations() -> Vec<Operation> {
         op("get", "/workspace/{ws}/usage", "What the workspace spent (its admins)")
             .answers(200, schema::<UsageReport>)
             .usage(),
+        op("get", "/org/{org}/budget", "The spend budgets and what each has used this period")
+            .answers(200, schema::<BudgetList>),
         op("get", "/me/usage", "What you spent, across organizations")
             .answers(200, schema::<UsageReport>)
             .usage(),
@@ -239,6 +251,7 @@ fn path_parameter(g: &mut SchemaGenerator, path: &str, name: &str) -> Schema {
         "user" => schema::<UserId>(g),
         "id" if path.starts_with("/api-key") => schema::<ApiKeyId>(g),
         "id" if path.contains("/provider/") => schema::<ConnectionId>(g),
+        "id" if path.contains("/budget/") => schema::<BudgetId>(g),
         "id" => schema::<SessionId>(g),
         other => panic!("no schema for path parameter {other} of {path}"),
     }
@@ -254,7 +267,7 @@ const PROBLEMS: [(u16, &str); 10] = [
     (413, "Body, session or event over its documented size"),
     (415, "The body must be application/json"),
     (422, "Well-formed, but refers to something unusable"),
-    (429, "A rate or concurrency limit; see Retry-After"),
+    (429, "A rate, concurrency or spend limit; see Retry-After"),
     (503, "A dependency is unavailable; see Retry-After"),
 ];
 

@@ -32,6 +32,8 @@ pub enum Action {
     BringOwnKey,
     /// See what the organization spends, by person, workspace, model and day.
     ReadUsage,
+    /// Set, change and remove spend budgets.
+    ManageBudgets,
 }
 
 use Action::*;
@@ -51,6 +53,7 @@ pub const POLICY: &[(Action, &[Role])] = &[
     (ManageProviders, &[Owner, Admin]),
     (BringOwnKey, &[Owner, Admin, Member]),
     (ReadUsage, &[Owner, Admin]),
+    (ManageBudgets, &[Owner, Admin]),
 ];
 
 /// Whether `role` may take `action`. Actions missing from the table are allowed to nobody.
@@ -111,6 +114,7 @@ mod tests {
             ManageProviders,
             BringOwnKey,
             ReadUsage,
+            ManageBudgets,
         ];
         for action in all {
             assert_eq!(POLICY.iter().filter(|(a, _)| *a == action).count(), 1, "{action:?}");

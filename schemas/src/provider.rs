@@ -119,13 +119,9 @@ impl Serialize for Price {
 impl<'de> Deserialize<'de> for Price {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let dollars = f64::deserialize(d)?;
-        if !dollars.is_finite() || !(0.0..=1e9).contains(&dollars) {
-            return Err(serde::de::Error::custom(
-                "a price is dollars per million tokens, 0 to 1e9",
-            ));
-        }
-        // Prices are decimal with at most six places: rounding recovers them exactly.
-        Ok(Price { micro_dollars: (dollars * 1e6).round() as u64 })
+        crate::budget::micro_dollars(dollars, "a price is dollars per million tokens, 0 to 1e9")
+            .map(|micro_dollars| Price { micro_dollars })
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -154,6 +150,19 @@ impl ModelCost {
             + per(tokens.cache.read, self.cache_read.unwrap_or(self.input))
             + per(tokens.cache.write, self.cache_write.unwrap_or(self.input));
         // Prices are per million tokens.
+        u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+    }
+
+    /// The most a reply of at most `input` tokens in and `output` out can cost: every input
+    /// token at the dearest of the input and cache prices, every output token at the dearer of
+    /// the output and reasoning prices.
+    pub fn at_most(&self, input: u64, output: u64) -> u64 {
+        let dearest_in = [self.cache_read, self.cache_write].into_iter().flatten().max();
+        let dearest_out = self.reasoning.into_iter().max();
+        let per_in = dearest_in.map_or(self.input, |p| p.max(self.input));
+        let per_out = dearest_out.map_or(self.output, |p| p.max(self.output));
+        let total = u128::from(input) * u128::from(per_in.micro_dollars)
+            + u128::from(output) * u128::from(per_out.micro_dollars);
         u64::try_from(total.div_ceil(1_000_000)).unwrap_or(u64::MAX)
     }
 }
@@ -219,6 +228,9 @@ pub struct ConnectionRef {
     /// context, and the reply asks for at most the output.
     #[serde(default)]
     pub limit: ModelLimit,
+    /// A member's own key (bring your own key), not the organization's.
+    #[serde(rename = "ownKey", default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_key: bool,
 }
 
 impl ConnectionRef {
@@ -229,6 +241,7 @@ impl ConnectionRef {
             base_url: c.base_url.clone(),
             headers: c.headers.clone(),
             limit: c.catalog.get(model).map(|m| m.limit).unwrap_or_default(),
+            own_key: c.owner_id.is_some(),
         }
     }
 }

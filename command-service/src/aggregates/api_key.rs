@@ -35,6 +35,13 @@ pub enum ApiKeyCommand {
     },
 }
 
+impl ApiKey {
+    /// The organization the key acts in, unless it is revoked or does not exist.
+    pub fn live_organization(&self) -> Option<&OrganizationId> {
+        self.organization_id.as_ref().filter(|_| !self.revoked)
+    }
+}
+
 impl Aggregate for ApiKey {
     const TYPE: &'static str = aggregate::API_KEY;
     type Command = ApiKeyCommand;

@@ -1,12 +1,14 @@
 //! The aggregates: the consistency boundaries commands run against.
 
 mod api_key;
+mod budgets;
 mod connections;
 mod organization;
 mod session;
 mod workspace;
 
 pub use api_key::{ApiKey, ApiKeyCommand};
+pub use budgets::{AlertReport, Payer};
 pub use connections::{ConnectionChange, ConnectionSpec, DEFAULT_PROVIDER};
 pub use organization::{Organization, OrganizationCommand};
 pub use session::{Session, SessionCommand};

@@ -6,14 +6,16 @@ use std::collections::HashMap;
 
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
+use schemas::budget::SetBudget;
 use schemas::envelope::aggregate;
 use schemas::events::{OrganizationEvent, Role};
-use schemas::ids::{ConnectionId, OrganizationId, UserId};
+use schemas::ids::{BudgetId, ConnectionId, OrganizationId, UserId};
 use schemas::message::ModelRef;
 use schemas::policy::{Action, Decision, decide};
 use schemas::provider::{ByokPolicy, SetPromptLimits};
 use serde::{Deserialize, Serialize};
 
+use super::budgets::{AlertReport, Budgets};
 use super::connections::{ConnectionChange, ConnectionSpec, Connections};
 use super::{Scope, Scoped, valid_name};
 use crate::directory::Services;
@@ -26,6 +28,9 @@ pub struct Organization {
     /// Provider connections and the bring-your-own-key policy (`connections.rs`).
     #[serde(default)]
     pub(super) connections: Connections,
+    /// Spend budgets and the alerts raised in their current periods (`budgets.rs`).
+    #[serde(default)]
+    pub(super) budgets: Budgets,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +89,21 @@ pub enum OrganizationCommand {
         limits: SetPromptLimits,
         actor: UserId,
     },
+    /// Create (`create`) or replace a spend budget.
+    SetBudget {
+        id: BudgetId,
+        spec: SetBudget,
+        create: bool,
+        actor: UserId,
+    },
+    RemoveBudget {
+        id: BudgetId,
+        actor: UserId,
+    },
+    /// Raised by the service itself (a threshold crossed, a prompt refused), once per period.
+    RaiseBudgetAlert {
+        report: AlertReport,
+    },
 }
 
 impl Organization {
@@ -136,7 +156,7 @@ impl Aggregate for Organization {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _: &Self::Services,
+        services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), DomainError> {
         let time = schemas::now_ms();
@@ -236,6 +256,15 @@ impl Aggregate for Organization {
             OrganizationCommand::SetPromptLimits { limits, actor } => {
                 self.set_prompt_limits(limits, &actor, time)?
             }
+            OrganizationCommand::SetBudget { id, spec, create, actor } => {
+                self.set_budget(id, spec, create, actor, services, time).await?
+            }
+            OrganizationCommand::RemoveBudget { id, actor } => {
+                self.remove_budget(id, actor, time)?
+            }
+            OrganizationCommand::RaiseBudgetAlert { report } => {
+                self.raise_budget_alert(report, time)?
+            }
             OrganizationCommand::TransferOwnership { to, actor } => {
                 let id = self.authorize(&actor, Action::ManageOwners)?;
                 self.target_role(&to)?;
@@ -280,6 +309,9 @@ impl Aggregate for Organization {
             | OrganizationEvent::ByokPolicySet { .. }
             | OrganizationEvent::DefaultModelSet { .. }
             | OrganizationEvent::PromptLimitsSet { .. } => self.apply_connection(&event),
+            OrganizationEvent::BudgetSet { .. }
+            | OrganizationEvent::BudgetRemoved { .. }
+            | OrganizationEvent::BudgetAlert { .. } => self.apply_budget(event),
         }
     }
 }
@@ -300,7 +332,10 @@ mod tests {
     use crate::directory::fake::FakeDirectory;
 
     fn services() -> Services {
-        Services { directory: Arc::new(FakeDirectory::default()) }
+        Services {
+            directory: Arc::new(FakeDirectory::default()),
+            spend: Arc::new(crate::spend::NoBudgets),
+        }
     }
 
     struct Org {

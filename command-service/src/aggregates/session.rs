@@ -12,15 +12,16 @@ use schemas::api::{CompleteMessage, MAX_CLIENT_ID_SKEW_MS, MAX_SESSION_BYTES, MA
 use schemas::envelope::aggregate;
 use schemas::events::{AssistantCompletion, ReplyCost, SessionEvent, UserMessage};
 use schemas::ids::{
-    ConnectionId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId,
+    ApiKeyId, ConnectionId, MessageId, OrganizationId, ProjectId, SessionId, UserId, WorkspaceId,
 };
 use schemas::message::{ModelRef, Part, SessionStatus};
 use schemas::policy::Action;
 use serde::{Deserialize, Serialize};
 
 use super::{Scope, Scoped};
-use crate::directory::{Services, WorkspaceView};
+use crate::directory::{PromptPayer, Services, WorkspaceView};
 use crate::error::DomainError;
+use crate::spend::{Hold, most_a_reply_costs};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Session {
@@ -59,6 +60,11 @@ struct RunningReply {
     model: Option<ModelRef>,
     #[serde(default)]
     connection: Option<ConnectionId>,
+    /// Paid with the member's own key; sent with this API key: what the spend is charged to.
+    #[serde(default)]
+    own_key: bool,
+    #[serde(default)]
+    api_key: Option<ApiKeyId>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +82,8 @@ pub enum SessionCommand {
         message: UserMessage,
         assistant_message_id: MessageId,
         model: Option<ModelRef>,
+        /// The API key the prompt came with, if any (its budgets apply).
+        api_key: Option<ApiKeyId>,
     },
     Abort {
         actor: UserId,
@@ -189,7 +197,7 @@ impl Aggregate for Session {
                 };
                 sink.write(created, self).await;
             }
-            SessionCommand::Prompt { mut message, assistant_message_id, model } => {
+            SessionCommand::Prompt { mut message, assistant_message_id, model, api_key } => {
                 let session_id = self.id()?;
                 let workspace = self.authorize(services, &message.user_id, Action::Prompt).await?;
                 if workspace.archived {
@@ -219,16 +227,39 @@ impl Aggregate for Session {
                 // Refused now, not discovered later by the worker: a model nobody offers, a
                 // disabled connection, a key the organization does not allow.
                 let wanted = model.or_else(|| self.last_model.clone()).or(workspace.default_model);
-                let (model, connection) = services
-                    .directory
-                    .resolve_model(&workspace.organization_id, &message.user_id, wanted)
-                    .await?;
-                message.model = model;
+                let org = &workspace.organization_id;
+                let payer = PromptPayer {
+                    workspace: self.workspace_id.clone().ok_or(DomainError::NotFound)?,
+                    user: message.user_id.clone(),
+                    api_key: api_key.clone(),
+                };
+                let terms = services.directory.prompt_terms(org, payer.clone(), wanted).await?;
+                // Last, once everything else has passed: hold the most the reply can cost under
+                // the budgets it falls under (idempotent if this runs again after a conflict).
+                if !terms.budgets.is_empty() {
+                    let limit = terms.connection.as_ref().map(|c| c.limit).unwrap_or_default();
+                    let history = self.bytes + prompt_bytes(&message);
+                    let most = terms
+                        .price
+                        .as_ref()
+                        .map_or(0, |price| most_a_reply_costs(price, limit, history));
+                    let hold = Hold {
+                        session: &session_id,
+                        reply: &assistant_message_id,
+                        organization: org,
+                        payer: &payer,
+                        own_key: terms.connection.as_ref().is_some_and(|c| c.own_key),
+                        micro_dollars: most,
+                    };
+                    services.spend.reserve(&hold, &terms.budgets).await?;
+                }
+                message.model = terms.model;
                 let prompted = SessionEvent::Prompted {
                     session_id,
                     message,
                     assistant_message_id,
-                    connection,
+                    connection: terms.connection,
+                    api_key_id: api_key,
                 };
                 sink.write(prompted, self).await;
             }
@@ -302,6 +333,8 @@ impl Aggregate for Session {
                     user_id: running.user.clone(),
                     workspace_id: self.workspace_id.clone(),
                     cost,
+                    own_key: running.own_key,
+                    api_key_id: running.api_key.clone(),
                     attempt: report.attempt,
                     time: schemas::now_ms(),
                 };
@@ -324,7 +357,13 @@ impl Aggregate for Session {
                 self.organization_id = Some(organization_id);
                 self.workspace_id = Some(workspace_id);
             }
-            SessionEvent::Prompted { message, assistant_message_id, connection, .. } => {
+            SessionEvent::Prompted {
+                message,
+                assistant_message_id,
+                connection,
+                api_key_id,
+                ..
+            } => {
                 self.last_model = Some(message.model.clone());
                 self.turns += 1;
                 self.bytes += prompt_bytes(&message);
@@ -335,7 +374,9 @@ impl Aggregate for Session {
                     abort_requested: false,
                     user: Some(message.user_id),
                     model: Some(message.model),
+                    own_key: connection.as_ref().is_some_and(|c| c.own_key),
                     connection: connection.map(|c| c.id),
+                    api_key: api_key_id,
                 });
             }
             SessionEvent::StatusChanged { .. } => {}
@@ -401,7 +442,10 @@ mod tests {
             },
         );
         World {
-            services: Services { directory: Arc::new(directory) },
+            services: Services {
+                directory: Arc::new(directory),
+                spend: Arc::new(crate::spend::NoBudgets),
+            },
             org,
             ws,
             session: SessionId::new(),
@@ -445,6 +489,7 @@ mod tests {
                 message: user.clone(),
                 assistant_message_id: assistant.clone(),
                 connection: None,
+                api_key_id: None,
             },
             SessionEvent::MessageCompleted {
                 session_id: w.session.clone(),
@@ -460,6 +505,8 @@ mod tests {
                     user_id: None,
                     workspace_id: None,
                     cost: None,
+                    own_key: false,
+                    api_key_id: None,
                     attempt: 1,
                     time: 0,
                 },
@@ -499,6 +546,7 @@ mod tests {
                 message: first.clone(),
                 assistant_message_id: assistant.clone(),
                 model: None,
+                api_key: None,
             })
             .inspect_result()
             .unwrap();
@@ -516,6 +564,7 @@ mod tests {
                 message: user_message(&w.alice),
                 assistant_message_id: MessageId::new(),
                 model: None,
+                api_key: None,
             })
             .then_expect_error(DomainError::WrongState(
                 "the session is busy: wait for the reply or abort it".into(),
@@ -534,6 +583,7 @@ mod tests {
                 message: user.clone(),
                 assistant_message_id: assistant.clone(),
                 connection: None,
+                api_key_id: None,
             },
         ];
         let done = TestFramework::<Session>::with(w.services.clone())
@@ -560,6 +610,7 @@ mod tests {
                 message: user_message(&mallory),
                 assistant_message_id: MessageId::new(),
                 model: None,
+                api_key: None,
             })
             .then_expect_error(DomainError::NotFound);
         TestFramework::<Session>::with(w.services.clone())
@@ -591,6 +642,7 @@ mod tests {
                 message: user_message(&w.alice),
                 assistant_message_id: MessageId::new(),
                 model: None,
+                api_key: None,
             })
             .inspect_result();
         assert!(matches!(result, Err(DomainError::TooLarge(_))), "{result:?}");
@@ -610,6 +662,7 @@ mod tests {
                 message: reused,
                 assistant_message_id: MessageId::new(),
                 model: None,
+                api_key: None,
             })
             .inspect_result();
         assert!(matches!(result, Err(DomainError::WrongState(_))), "{result:?}");
@@ -621,6 +674,7 @@ mod tests {
                 message: future,
                 assistant_message_id: MessageId::new(),
                 model: None,
+                api_key: None,
             })
             .inspect_result();
         assert!(matches!(result, Err(DomainError::Invalid(_))), "{result:?}");

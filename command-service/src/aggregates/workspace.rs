@@ -184,9 +184,14 @@ impl Aggregate for Workspace {
             WorkspaceCommand::SetDefaultModel { model, actor } => {
                 let (workspace_id, organization_id) = self.manage(services, &actor).await?;
                 // Refused now if nobody could prompt with it (the organization decides).
+                let payer = crate::directory::PromptPayer {
+                    workspace: workspace_id.clone(),
+                    user: actor.clone(),
+                    api_key: None,
+                };
                 services
                     .directory
-                    .resolve_model(&organization_id, &actor, Some(model.clone()))
+                    .prompt_terms(&organization_id, payer, Some(model.clone()))
                     .await?;
                 vec![WorkspaceEvent::DefaultModelSet { workspace_id, organization_id, model, time }]
             }
@@ -256,7 +261,8 @@ mod tests {
         let (org, alice, mallory) = (OrganizationId::new(), UserId::new(), UserId::new());
         let directory = FakeDirectory::default();
         directory.roles.lock().unwrap().insert((org.clone(), alice.clone()), Role::Member);
-        let services = Services { directory: Arc::new(directory) };
+        let services =
+            Services { directory: Arc::new(directory), spend: Arc::new(crate::spend::NoBudgets) };
         let id = WorkspaceId::new();
         TestFramework::<Workspace>::with(services.clone())
             .given_no_previous_events()
@@ -283,7 +289,8 @@ mod tests {
         let directory = FakeDirectory::default();
         directory.roles.lock().unwrap().insert((org.clone(), owner.clone()), Role::Owner);
         directory.roles.lock().unwrap().insert((org.clone(), member.clone()), Role::Member);
-        let services = Services { directory: Arc::new(directory) };
+        let services =
+            Services { directory: Arc::new(directory), spend: Arc::new(crate::spend::NoBudgets) };
         let id = WorkspaceId::new();
         let history = vec![WorkspaceEvent::Created {
             workspace_id: id.clone(),

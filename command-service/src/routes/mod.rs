@@ -1,6 +1,7 @@
 //! The REST write API. Every route authenticates the caller (bearer JWT) and runs one command.
 
 mod api_keys;
+mod budgets;
 mod me;
 mod organizations;
 mod providers;
@@ -32,6 +33,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/byok", web::put().to(providers::set_byok))
         .route("/org/{org}/default-model", web::put().to(providers::set_default_model))
         .route("/org/{org}/limits", web::put().to(providers::set_prompt_limits))
+        .route("/org/{org}/budget", web::post().to(budgets::create))
+        .route("/org/{org}/budget/{id}", web::put().to(budgets::replace))
+        .route("/org/{org}/budget/{id}", web::delete().to(budgets::remove))
         .route("/workspace/{ws}/default-model", web::put().to(workspaces::set_default_model))
         .route("/org/{org}/workspace", web::post().to(workspaces::create))
         .route("/workspace/{ws}", web::patch().to(workspaces::rename))

@@ -1,7 +1,7 @@
 //! `POST /workspace/{ws}/session`, `POST /session/{id}/prompt_async`, `POST /session/{id}/abort`.
 
 use actix_web::{HttpResponse, web};
-use identity::AuthUser;
+use identity::{AuthUser, Credential};
 use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{
@@ -15,7 +15,7 @@ use schemas::message::Part;
 
 use super::context;
 use crate::aggregates::SessionCommand;
-use crate::error::CommandError;
+use crate::error::{CommandError, DomainError};
 use crate::startup::AppState;
 use schemas::policy::{Action, Decision, decide};
 
@@ -83,13 +83,21 @@ pub async fn prompt(
     };
     // Ours, and after the prompt's (which a client may have made a little ahead of our clock).
     let assistant_message_id = MessageId::new().max(message_id.successor());
+    let api_key = match &user.credential {
+        Credential::ApiKey { key_id, .. } => Some(key_id.clone()),
+        _ => None,
+    };
     let command = SessionCommand::Prompt {
         message,
         assistant_message_id: assistant_message_id.clone(),
         model: input.model,
+        api_key,
     };
-    let token =
-        state.sessions.execute(session.as_str(), command, &context(&user, &request)).await?;
+    let ctx = context(&user, &request);
+    let token = match state.sessions.execute(session.as_str(), command, &ctx).await {
+        Ok(token) => token,
+        Err(e) => return Err(refused(&state, &session, &assistant_message_id, e).await),
+    };
     Ok(HttpResponse::Accepted().json(PromptAccepted {
         session_id: session.into_inner(),
         user_message_id: message_id,
@@ -110,6 +118,27 @@ pub async fn abort(
         state.sessions.execute(session.as_str(), command, &context(&user, &request)).await?;
     Ok(HttpResponse::Accepted()
         .json(Accepted { id: session.to_string(), consistency_token: token.encode() }))
+}
+
+/// A prompt the command refused holds nothing under the budgets (if it held something before a
+/// later check failed, that is given back now; the sweep frees it if this fails too); a budget
+/// that refused it raises its `exhausted` alert, once per period.
+async fn refused(
+    state: &AppState,
+    session: &SessionId,
+    reply: &MessageId,
+    error: CommandError,
+) -> Problem {
+    if let Err(e) = state.spend.release(session, reply).await {
+        tracing::warn!(error = %e, "cannot release a refused prompt's budget reservation");
+    }
+    if let CommandError::Domain(DomainError::OverBudget(refusal)) = &error {
+        let spend = crate::spend_alerts::Exhausted { session, refusal };
+        if let Err(e) = spend.raise(state).await {
+            tracing::warn!(error = %e, "cannot raise a budget's exhausted alert");
+        }
+    }
+    error.into()
 }
 
 /// Take the prompt from its organization's prompt rates (`prompt_limits.rs`) — only for a member

@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod audit;
+mod budgets;
 mod events;
 mod organizations;
 mod providers;
@@ -23,6 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/org/{org}/provider", web::get().to(providers::list))
         .route("/org/{org}/model", web::get().to(providers::models))
         .route("/org/{org}/usage", web::get().to(usage::organization))
+        .route("/org/{org}/budget", web::get().to(budgets::list))
         .route("/workspace/{ws}/usage", web::get().to(usage::workspace))
         .route("/me/usage", web::get().to(usage::mine))
         .route("/workspace/{ws}", web::get().to(workspaces::get))

@@ -6,6 +6,7 @@ mod api_keys;
 mod authorization;
 mod bad_input;
 mod browser;
+mod budgets;
 mod consistency_waits;
 mod durability;
 mod isolation;
