@@ -398,3 +398,33 @@ async fn thresholds_and_exhaustion_are_raised_once_a_period_on_the_bus_and_in_th
         }
     }
 }
+
+#[tokio::test]
+async fn holds_taken_on_fifty_connections_at_the_same_instant_never_overlap() {
+    // The statement itself, without HTTP in front of it to spread the calls out: fifty
+    // connections each ask for $0.10 of a $1.00 budget at the same moment.
+    let system = System::start().await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(system.db().await);
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let holds = clients.into_iter().enumerate().map(|(i, db)| {
+        let start = start.clone();
+        async move {
+            let stmt = db
+                .prepare(
+                    "SELECT count(*) FROM spend_reserve('ses_x', $1, 'org_x', ARRAY['org:org_x'], \
+                     false, 100000, ARRAY['bdg_x'], ARRAY['org:org_x'], ARRAY[1000000::bigint], \
+                     ARRAY['day'], ARRAY[0], ARRAY[true])",
+                )
+                .await
+                .unwrap();
+            start.wait().await;
+            let refused: i64 = db.query_one(&stmt, &[&format!("msg_{i}")]).await.unwrap().get(0);
+            refused == 0
+        }
+    });
+    let taken = join_all(holds).await.into_iter().filter(|taken| *taken).count();
+    assert_eq!(taken, 10);
+}
