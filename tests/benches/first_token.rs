@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use e2e_tests::bench::{ms, percentiles};
 use e2e_tests::process::{cpu_seconds, resident_kb};
 use e2e_tests::{System, SystemOptions};
 use futures::future::join_all;
@@ -116,17 +117,8 @@ async fn run(
     join_all(runs).await.into_iter().flatten().collect()
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 fn report(scenario: &str, samples: &[Sample]) {
-    let pick = |f: fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = samples.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
-        format!("p50 {:.1} / p90 {:.1} / p99 {:.1} ms", at(0.5), at(0.9), at(0.99))
-    };
+    let pick = |f: fn(&Sample) -> f64| percentiles(&samples.iter().map(f).collect::<Vec<_>>());
     println!(
         "{scenario} ({} prompts): accepted {}; POST to first delta {}",
         samples.len(),
