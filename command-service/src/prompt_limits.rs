@@ -8,7 +8,7 @@
 //! next prompts wait until it is paid off.
 
 use identity::AuthUser;
-use platform::limits::{self, Exceeded, Rate};
+use platform::limits::{self, Exceeded, Rate, Refused};
 use platform::problem::Problem;
 use schemas::ids::{OrganizationId, UserId};
 use schemas::message::TokenUsage;
@@ -58,21 +58,21 @@ pub async fn admit(
     {
         if limits.tokens_per_minute > 0 {
             let rate = tokens(limits.tokens_per_minute);
-            if let Some(wait) = limits::take(&db, &token_key, rate, 1).await? {
+            if let Some(refused) = limits::take(&db, &token_key, rate, 1).await? {
                 return Err(exceeded(
                     token_limit,
                     format!("{} tokens per minute", limits.tokens_per_minute),
-                    wait,
+                    refused,
                 ));
             }
         }
         if limits.requests_per_minute > 0 {
             let rate = requests(limits.requests_per_minute);
-            if let Some(wait) = limits::take(&db, &request_key, rate, 1).await? {
+            if let Some(refused) = limits::take(&db, &request_key, rate, 1).await? {
                 return Err(exceeded(
                     request_limit,
                     format!("{} prompts per minute", limits.requests_per_minute),
-                    wait,
+                    refused,
                 ));
             }
         }
@@ -80,8 +80,8 @@ pub async fn admit(
     Ok(())
 }
 
-fn exceeded(limit: &'static str, allowed: String, retry_after: std::time::Duration) -> Problem {
-    Exceeded { limit, allowed, retry_after }.into()
+fn exceeded(limit: &'static str, allowed: String, refused: Refused) -> Problem {
+    Exceeded { limit, allowed, retry_after: refused.wait, used: Some(refused.used) }.into()
 }
 
 /// Charge a finished reply's tokens to its member's and organization's token rates.

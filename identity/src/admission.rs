@@ -24,12 +24,14 @@ impl RequestLimits {
     pub async fn admit(&self, user: &AuthUser) -> Result<(), Problem> {
         let db = self.db.get().await?;
         if let Credential::ApiKey { key_id, .. } = &user.credential
-            && let Some(wait) = take(&db, &format!("key:{key_id}"), self.per_key, 1).await?
+            && let Some(refused) = take(&db, &format!("key:{key_id}"), self.per_key, 1).await?
         {
-            return Err(Exceeded::rate("api-key-request-rate", self.per_key, wait).into());
+            return Err(Exceeded::rate("api-key-request-rate", self.per_key, refused).into());
         }
-        if let Some(wait) = take(&db, &format!("user:{}", user.user_id), self.per_user, 1).await? {
-            return Err(Exceeded::rate("request-rate", self.per_user, wait).into());
+        if let Some(refused) =
+            take(&db, &format!("user:{}", user.user_id), self.per_user, 1).await?
+        {
+            return Err(Exceeded::rate("request-rate", self.per_user, refused).into());
         }
         Ok(())
     }

@@ -34,27 +34,35 @@ pub struct Exceeded {
     pub allowed: String,
     /// When the request would fit again.
     pub retry_after: Duration,
+    /// How much of the limit is in use (requests or tokens in the current window, or open
+    /// streams), where known.
+    pub used: Option<u64>,
 }
 
 impl From<Exceeded> for Problem {
     fn from(e: Exceeded) -> Self {
         let secs = e.retry_after.as_secs_f64().ceil().max(1.0) as u32;
-        Problem::too_many_requests(
+        let problem = Problem::too_many_requests(
             e.limit,
             format!("over the {} limit of {}; retry in {secs} s", e.limit, e.allowed),
             secs,
         )
-        .with("limit", e.allowed.into())
+        .with("limit", e.allowed.into());
+        match e.used {
+            Some(used) => problem.with("used", used.into()),
+            None => problem,
+        }
     }
 }
 
 impl Exceeded {
-    /// A request rate exceeded: how long until it fits again.
-    pub fn rate(limit: &'static str, rate: Rate, wait: Duration) -> Self {
+    /// A request rate exceeded: how long until it fits again, and how much is in use.
+    pub fn rate(limit: &'static str, rate: Rate, refused: Refused) -> Self {
         Exceeded {
             limit,
             allowed: format!("{} requests per minute (bursts of {})", rate.per_minute, rate.burst),
-            retry_after: wait,
+            retry_after: refused.wait,
+            used: Some(refused.used),
         }
     }
 }
@@ -73,13 +81,23 @@ pub async fn charge(
     Ok(())
 }
 
-/// Take `count` from `key`'s allowance at `rate`: `Ok(None)` if taken, `Ok(Some(wait))` if not.
+/// A take that did not fit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refused {
+    /// How long until it would.
+    pub wait: Duration,
+    /// What the window holds now (requests or tokens taken and not yet refilled).
+    pub used: u64,
+}
+
+/// Take `count` from `key`'s allowance at `rate`: `Ok(None)` if taken, `Ok(Some(refused))` if
+/// not.
 pub async fn take(
     db: &deadpool_postgres::Client,
     key: &str,
     rate: Rate,
     count: u32,
-) -> Result<Option<Duration>, tokio_postgres::Error> {
+) -> Result<Option<Refused>, tokio_postgres::Error> {
     let stmt = db
         .prepare_cached(
             "SELECT extract(epoch FROM rate_limit_take($1, make_interval(secs => $2), make_interval(secs => $3)))::float8",
@@ -89,5 +107,10 @@ pub async fn take(
     let cost = interval * f64::from(count);
     let window = interval * f64::from(rate.burst.max(1));
     let wait: Option<f64> = db.query_one(&stmt, &[&key, &cost, &window]).await?.get(0);
-    Ok(wait.map(|s| Duration::from_secs_f64(s.max(0.001))))
+    // Refused when the theoretical arrival time, moved by `cost`, lies `wait` past the window:
+    // what the window holds now is (wait + window - cost) worth of intervals.
+    Ok(wait.map(|s| Refused {
+        wait: Duration::from_secs_f64(s.max(0.001)),
+        used: ((s + window - cost) / interval).round().max(0.0) as u64,
+    }))
 }

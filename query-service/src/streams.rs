@@ -56,6 +56,7 @@ impl StreamLeases {
                 limit: "concurrent-streams",
                 allowed: format!("{} open event streams per user", self.cap),
                 retry_after: Duration::from_secs(1),
+                used: Some(self.cap as u64),
             }
             .into());
         }

@@ -66,6 +66,12 @@ async fn burst(system: &System, who: &str, ws: &Created, count: usize) -> Vec<(u
     join_all(prompts).await
 }
 
+/// Every rate's window moves a minute on, as if a minute had passed.
+async fn minute_passes(system: &System) {
+    let db = system.db().await;
+    db.execute("UPDATE rate_limits SET tat = tat - interval '1 minute'", &[]).await.unwrap();
+}
+
 fn refused_as(answers: &[(u16, Value)], kind: &str) -> usize {
     answers
         .iter()
@@ -84,6 +90,14 @@ async fn a_members_prompt_rate_holds_across_instances_and_only_for_them() {
     let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
     assert!((5..=6).contains(&accepted), "accepted {accepted} of 20 at 5 a minute: {answers:?}");
     assert_eq!(refused_as(&answers, "urn:oc:problem:member-request-rate"), 20 - accepted);
+    let refusal = &answers.iter().find(|(s, _)| *s == 429).unwrap().1;
+    let used = refusal["used"].as_u64().expect("what is used");
+    assert!((4..=6).contains(&used), "a minute's worth is in use: {refusal}");
+    assert_eq!(refusal["limit"], "5 prompts per minute");
+    // A minute later the rate has refilled.
+    minute_passes(&system).await;
+    let later = burst(&system, "bob", &ws, 1).await;
+    assert_eq!(later[0].0, 202, "{later:?}");
     // Another member prompts as usual.
     let carols = burst(&system, "carol", &ws, 2).await;
     assert!(carols.iter().all(|(s, _)| *s == 202), "{carols:?}");
@@ -135,4 +149,10 @@ async fn a_members_token_rate_is_charged_with_each_reply_and_refuses_once_spent(
     let (i, a) = refused.expect("the token rate refused a prompt");
     assert!(i >= 1, "the first prompt fits the minute");
     assert_eq!(a.body["type"], "urn:oc:problem:member-token-rate", "{a:?}");
+    assert!(a.body["used"].as_u64().unwrap() >= 39, "the tokens charged: {a:?}");
+    // A minute later the tokens are paid off.
+    minute_passes(&system).await;
+    let body = json!({ "parts": [{ "type": "text", "text": "later [[fake tokens=1]]" }] });
+    let a = system.post(&bob, &format!("/session/{}/prompt_async", session.id), body).await;
+    assert_eq!(a.status, 202, "{a:?}");
 }
