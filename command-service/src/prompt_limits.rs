@@ -43,6 +43,7 @@ fn keys(org: &OrganizationId, user: &UserId) -> [(String, String, &'static str, 
 }
 
 /// Let a prompt of `user` in `org` through, or say which limit refused it and when to retry.
+/// Every rate the organization set is taken in one statement, all or nothing.
 pub async fn admit(
     db: &deadpool_postgres::Pool,
     set: SetPromptLimits,
@@ -52,32 +53,29 @@ pub async fn admit(
     if set == SetPromptLimits::default() {
         return Ok(());
     }
-    let db = db.get().await?;
+    let mut rates = Vec::new();
     for ((request_key, token_key, request_limit, token_limit), limits) in
         keys(org, &user.user_id).into_iter().zip([set.member, set.organization])
     {
         if limits.tokens_per_minute > 0 {
-            let rate = tokens(limits.tokens_per_minute);
-            if let Some(refused) = limits::take(&db, &token_key, rate, 1).await? {
-                return Err(exceeded(
-                    token_limit,
-                    format!("{} tokens per minute", limits.tokens_per_minute),
-                    refused,
-                ));
-            }
+            let allowed = format!("{} tokens per minute", limits.tokens_per_minute);
+            rates.push((token_key, tokens(limits.tokens_per_minute), token_limit, allowed));
         }
         if limits.requests_per_minute > 0 {
-            let rate = requests(limits.requests_per_minute);
-            if let Some(refused) = limits::take(&db, &request_key, rate, 1).await? {
-                return Err(exceeded(
-                    request_limit,
-                    format!("{} prompts per minute", limits.requests_per_minute),
-                    refused,
-                ));
-            }
+            let allowed = format!("{} prompts per minute", limits.requests_per_minute);
+            rates.push((request_key, requests(limits.requests_per_minute), request_limit, allowed));
         }
     }
-    Ok(())
+    let db = db.get().await?;
+    let takes: Vec<(&str, Rate, u32)> =
+        rates.iter().map(|(k, r, _, _)| (k.as_str(), *r, 1)).collect();
+    match limits::take_all(&db, &takes).await? {
+        None => Ok(()),
+        Some((i, refused)) => {
+            let (_, _, limit, allowed) = rates.swap_remove(i);
+            Err(exceeded(limit, allowed, refused))
+        }
+    }
 }
 
 fn exceeded(limit: &'static str, allowed: String, refused: Refused) -> Problem {

@@ -22,8 +22,11 @@ async fn main() {
         std::env::var("OC_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let system = System::start_with(SystemOptions {
         worker_env: vec![("OC_WORKER_CONCURRENCY", (sessions * 2).to_string())],
-        // The services' default pool size, not the small one the tests use.
-        service_env: vec![("OC_DATABASE_POOL_SIZE", "16".into())],
+        // The services' default pool size, and room for every session's stream (one user).
+        service_env: vec![
+            ("OC_DATABASE_POOL_SIZE", "16".into()),
+            ("OC_SSE_STREAMS_PER_USER", (sessions * 4).to_string()),
+        ],
         ..Default::default()
     })
     .await;
