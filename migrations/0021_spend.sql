@@ -83,7 +83,7 @@ LANGUAGE sql AS $$
 $$;
 
 -- Hold `p_amount` for a prompt's reply under every budget given (b_*: id, scope key, amount,
--- period, rolling hours, whether own keys count), or refuse: the first budget it would go
+-- period, rolling hours, whether own keys count), in the counters of `p_scopes`, or refuse: the first budget it would go
 -- over, what that budget has used, and in how many seconds to try again (5 when replies still
 -- running hold what is missing, else when the window next moves). No row: held (or held
 -- already: the command ran again after a conflict).
@@ -95,41 +95,41 @@ RETURNS TABLE (budget_id text, spent bigint, reserved bigint, retry_after_secs i
 LANGUAGE plpgsql AS $$
 DECLARE
     now_ts timestamp := clock_timestamp() AT TIME ZONE 'UTC';
-    s text;
-    w record;
-    u record;
 BEGIN
     PERFORM 1 FROM spend_reservations r WHERE r.session_id = p_session AND r.message_id = p_message;
     IF FOUND THEN
         RETURN;
     END IF;
+    -- The hold commits without waiting for its WAL to reach the disk: prompts under one budget
+    -- queue on its locks, and each would otherwise hold them through a disk flush. Safe: the
+    -- prompt's own commit comes after and is flushed, and WAL is flushed in order, so a prompt
+    -- that survives a crash has its hold too; one lost with a crash had no prompt.
+    PERFORM set_config('synchronous_commit', 'off', true);
     -- One reservation at a time per budgeted scope, across instances; locks taken in one order,
     -- so two prompts never wait on each other.
-    FOR s IN SELECT DISTINCT x FROM unnest(b_scopes) x ORDER BY x LOOP
-        PERFORM pg_advisory_xact_lock(hashtext('spend'), hashtext(s));
-    END LOOP;
-    FOR i IN 1 .. coalesce(array_length(b_ids, 1), 0) LOOP
-        SELECT * INTO w FROM spend_window(b_periods[i], b_hours[i], now_ts);
-        SELECT * INTO u FROM spend_used(b_scopes[i], b_include_own[i], w.granularity, w.from_ts);
-        IF u.spent + u.reserved + p_amount > b_amounts[i] THEN
-            budget_id := b_ids[i];
-            spent := u.spent;
-            reserved := u.reserved;
-            retry_after_secs := CASE
-                WHEN u.spent + p_amount <= b_amounts[i] THEN 5
-                ELSE greatest(1, ceil(extract(epoch FROM w.until_ts - now_ts)))::integer
-            END;
-            RETURN NEXT;
-            RETURN;
-        END IF;
-    END LOOP;
+    PERFORM pg_advisory_xact_lock(hashtext('spend'), hashtext(s))
+    FROM (SELECT DISTINCT x AS s FROM unnest(b_scopes) x ORDER BY 1) locks;
+    RETURN QUERY
+    SELECT b.id, u.spent, u.reserved,
+           CASE WHEN u.spent + p_amount <= b.amount THEN 5
+                ELSE greatest(1, ceil(extract(epoch FROM w.until_ts - now_ts)))::integer END
+    FROM unnest(b_ids, b_scopes, b_amounts, b_periods, b_hours, b_include_own)
+             WITH ORDINALITY AS b(id, scope, amount, period, hours, include_own, n),
+         LATERAL spend_window(b.period, b.hours, now_ts) w,
+         LATERAL spend_used(b.scope, b.include_own, w.granularity, w.from_ts) u
+    WHERE u.spent + u.reserved + p_amount > b.amount
+    ORDER BY b.n
+    LIMIT 1;
+    IF FOUND THEN
+        RETURN;
+    END IF;
     INSERT INTO spend_reservations (session_id, message_id, organization_id, scopes, own_key, hour, amount)
     VALUES (p_session, p_message, p_org, p_scopes, p_own, date_trunc('hour', now_ts), p_amount);
     PERFORM spend_add(p_org, p_scopes, p_own, date_trunc('hour', now_ts), 0, p_amount);
 END $$;
 
 -- Give back what a reservation holds (idempotent: a second call finds nothing).
-CREATE FUNCTION spend_release(p_session text, p_message text) RETURNS void
+CREATE FUNCTION spend_unhold(p_session text, p_message text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     r spend_reservations;
@@ -139,6 +139,15 @@ BEGIN
     IF FOUND THEN
         PERFORM spend_add(r.organization_id, r.scopes, r.own_key, r.hour, 0, -r.amount);
     END IF;
+END $$;
+
+-- What a failed prompt command calls. Not flushed at commit: a release lost with a crash leaves
+-- the hold to the sweep.
+CREATE FUNCTION spend_release(p_session text, p_message text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM spend_unhold(p_session, p_message);
 END $$;
 
 -- Release reservations older than `ttl` (their command never committed, or their reply ran
@@ -166,7 +175,8 @@ DECLARE
     cost bigint := coalesce((m -> 'cost' ->> 'microDollars')::bigint, 0);
     scopes text[];
 BEGIN
-    PERFORM spend_release(NEW.aggregate_id, m ->> 'id');
+    -- (never spend_release here: that would let the event's own commit skip the flush)
+    PERFORM spend_unhold(NEW.aggregate_id, m ->> 'id');
     IF cost > 0 AND org IS NOT NULL THEN
         scopes := array_remove(ARRAY[
             'org:' || org,

@@ -10,11 +10,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use schemas::budget::{Budget, BudgetScope};
+use schemas::budget::Budget;
 use schemas::ids::{MessageId, OrganizationId, SessionId};
 use schemas::provider::{ModelCost, ModelLimit};
 
-use crate::directory::PromptPayer;
 use crate::error::{BudgetRefusal, DomainError};
 
 /// Output tokens assumed for a model whose catalog gives no output limit (what the worker asks
@@ -41,25 +40,8 @@ pub struct Hold<'a> {
     /// The assistant message the reply will be: the completion event releases the hold by it.
     pub reply: &'a MessageId,
     pub organization: &'a OrganizationId,
-    pub payer: &'a PromptPayer,
     pub own_key: bool,
     pub micro_dollars: u64,
-}
-
-impl Hold<'_> {
-    /// The counters the reply is charged to, as the settling trigger names them.
-    fn scopes(&self) -> Vec<String> {
-        let org = self.organization;
-        let mut scopes = vec![
-            BudgetScope::Organization.counter_key(org),
-            BudgetScope::Workspace(self.payer.workspace.clone()).counter_key(org),
-            BudgetScope::Member(self.payer.user.clone()).counter_key(org),
-        ];
-        if let Some(key) = &self.payer.api_key {
-            scopes.push(BudgetScope::ApiKey(key.clone()).counter_key(org));
-        }
-        scopes
-    }
 }
 
 /// Holds and releases spend (a trait so aggregate tests run without a database).
@@ -135,6 +117,11 @@ impl SpendLedger for PgSpend {
         let org = hold.organization;
         let ids: Vec<&str> = budgets.iter().map(|b| b.id.as_str()).collect();
         let scopes: Vec<String> = budgets.iter().map(|b| b.spec.scope.counter_key(org)).collect();
+        // The hold goes where the budgets look: their scopes' counters (the cost, later, goes
+        // to every scope the reply is charged to, budgeted or not).
+        let mut held_in = scopes.clone();
+        held_in.sort_unstable();
+        held_in.dedup();
         let amounts: Vec<i64> = budgets.iter().map(|b| n(b.spec.amount.micro_dollars)).collect();
         let periods: Vec<&str> = budgets.iter().map(|b| b.spec.period.sql().0).collect();
         let hours: Vec<i32> = budgets.iter().map(|b| b.spec.period.sql().1).collect();
@@ -146,7 +133,7 @@ impl SpendLedger for PgSpend {
                     &hold.session.as_str(),
                     &hold.reply.as_str(),
                     &org.as_str(),
-                    &hold.scopes(),
+                    &held_in,
                     &hold.own_key,
                     &n(hold.micro_dollars),
                     &ids,

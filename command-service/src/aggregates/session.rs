@@ -247,7 +247,6 @@ impl Aggregate for Session {
                         session: &session_id,
                         reply: &assistant_message_id,
                         organization: org,
-                        payer: &payer,
                         own_key: terms.connection.as_ref().is_some_and(|c| c.own_key),
                         micro_dollars: most,
                     };
