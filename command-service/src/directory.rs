@@ -88,6 +88,8 @@ pub struct PromptTerms {
     /// The model's prices on that connection, if its catalog has them.
     pub price: Option<ModelCost>,
     pub budgets: Vec<Budget>,
+    /// How fast the organization lets its members prompt.
+    pub limits: SetPromptLimits,
 }
 
 /// What commands need to know of a workspace.
@@ -269,7 +271,7 @@ impl Directory for EventStoreDirectory {
             api_key: payer.api_key.as_ref(),
             own_key: connection.as_ref().is_some_and(|c| c.own_key),
         });
-        Ok(PromptTerms { model, connection, price, budgets })
+        Ok(PromptTerms { model, connection, price, budgets, limits: organization.prompt_limits() })
     }
 
     async fn api_key_organization(
@@ -363,9 +365,13 @@ pub mod fake {
         ) -> Result<PromptTerms, DomainError> {
             let model = wanted.unwrap_or_else(deployment_default);
             match model.provider_id.as_str() {
-                crate::aggregates::DEFAULT_PROVIDER => {
-                    Ok(PromptTerms { model, connection: None, price: None, budgets: Vec::new() })
-                }
+                crate::aggregates::DEFAULT_PROVIDER => Ok(PromptTerms {
+                    model,
+                    connection: None,
+                    price: None,
+                    budgets: Vec::new(),
+                    limits: SetPromptLimits::default(),
+                }),
                 _ => Err(DomainError::Unprocessable("no such provider".into())),
             }
         }

@@ -32,6 +32,9 @@ pub enum DomainError {
     /// A lookup the decision needs failed for infrastructure reasons.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A rate the organization set has no room for the prompt now.
+    #[error("over the {} limit", .0.limit)]
+    RateLimited(Box<platform::limits::Exceeded>),
     /// A spend budget has no room for what the prompt's reply may cost.
     #[error("over the budget {}", .0.budget_id)]
     OverBudget(Box<BudgetRefusal>),
@@ -107,6 +110,7 @@ impl From<CommandError> for Problem {
             CommandError::Domain(DomainError::TooLarge(d)) => Problem::payload_too_large(d),
             CommandError::Domain(DomainError::Unprocessable(d)) => Problem::unprocessable(d),
             CommandError::Domain(DomainError::OverBudget(r)) => Problem::from(&*r),
+            CommandError::Domain(DomainError::RateLimited(e)) => (*e).into(),
             CommandError::Domain(DomainError::AlreadyDone) => {
                 Problem::conflict("the command was already carried out")
             }

@@ -75,7 +75,7 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
                 if let Err(e) = charged.await {
                     tracing::warn!(error = %e, "cannot charge a reply's tokens to the token rates");
                 }
-                // Its cost was counted with the event (migrations/0021); thresholds it crossed
+                // Its cost was counted with the event (migrations/0022_spend.sql); thresholds it crossed
                 // are raised now (missed ones are raised by the next reply of the budget).
                 let alerts =
                     crate::spend_alerts::raise_crossed_thresholds(state, &org, &workspace, &user);

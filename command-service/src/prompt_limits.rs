@@ -2,14 +2,14 @@
 //! tokens per minute, for each member and for the organization as a whole, counted across every
 //! instance (`platform::limits`, GCRA in PostgreSQL; a minute's worth may come at once).
 //!
-//! Requests are taken when a prompt is sent, before its command runs. Tokens are known only when
-//! the reply is done: they are charged then, and a prompt is refused while the tokens already
-//! charged are more than a minute's worth ahead. So one reply may overshoot a token limit; the
-//! next prompts wait until it is paid off.
+//! Requests are taken when a prompt is accepted, by the prompt command once the sender is known
+//! to be a member who may prompt (so strangers use up nothing), in the same statement as its
+//! budget holds (`crate::spend`). Tokens are known only when the reply is done: they are
+//! charged then, and a prompt is refused while the tokens already charged are more than a
+//! minute's worth ahead. So one reply may overshoot a token limit; the next prompts wait until
+//! it is paid off.
 
-use identity::AuthUser;
-use platform::limits::{self, Exceeded, Rate, Refused};
-use platform::problem::Problem;
+use platform::limits::{self, Exceeded, Rate};
 use schemas::ids::{OrganizationId, UserId};
 use schemas::message::TokenUsage;
 use schemas::provider::SetPromptLimits;
@@ -42,44 +42,55 @@ fn keys(org: &OrganizationId, user: &UserId) -> [(String, String, &'static str, 
     ]
 }
 
-/// Let a prompt of `user` in `org` through, or say which limit refused it and when to retry.
-/// Every rate the organization set is taken in one statement, all or nothing.
-pub async fn admit(
-    db: &deadpool_postgres::Pool,
-    set: SetPromptLimits,
-    org: &OrganizationId,
-    user: &AuthUser,
-) -> Result<(), Problem> {
-    if set == SetPromptLimits::default() {
-        return Ok(());
-    }
-    let mut rates = Vec::new();
-    for ((request_key, token_key, request_limit, token_limit), limits) in
-        keys(org, &user.user_id).into_iter().zip([set.member, set.organization])
-    {
-        if limits.tokens_per_minute > 0 {
-            let allowed = format!("{} tokens per minute", limits.tokens_per_minute);
-            rates.push((token_key, tokens(limits.tokens_per_minute), token_limit, allowed));
-        }
-        if limits.requests_per_minute > 0 {
-            let allowed = format!("{} prompts per minute", limits.requests_per_minute);
-            rates.push((request_key, requests(limits.requests_per_minute), request_limit, allowed));
-        }
-    }
-    let db = db.get().await?;
-    let takes: Vec<(&str, Rate, u32)> =
-        rates.iter().map(|(k, r, _, _)| (k.as_str(), *r, 1)).collect();
-    match limits::take_all(&db, &takes).await? {
-        None => Ok(()),
-        Some((i, refused)) => {
-            let (_, _, limit, allowed) = rates.swap_remove(i);
-            Err(exceeded(limit, allowed, refused))
+/// A rate a prompt takes one of: its key in `rate_limits`, the rate, and how a refusal names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptRate {
+    pub key: String,
+    pub rate: Rate,
+    pub limit: &'static str,
+    pub allowed: String,
+}
+
+impl PromptRate {
+    /// The refusal of a prompt by this rate, `wait_secs` before it would fit.
+    pub fn refused(&self, wait_secs: f64) -> Exceeded {
+        let (interval, window) = (self.rate.interval_secs(), self.rate.window_secs());
+        Exceeded {
+            limit: self.limit,
+            allowed: self.allowed.clone(),
+            retry_after: std::time::Duration::from_secs_f64(wait_secs.max(0.001)),
+            // Refused when one more would lie `wait` past the window: what the window holds now.
+            used: Some(((wait_secs + window - interval) / interval).round().max(0.0) as u64),
         }
     }
 }
 
-fn exceeded(limit: &'static str, allowed: String, refused: Refused) -> Problem {
-    Exceeded { limit, allowed, retry_after: refused.wait, used: Some(refused.used) }.into()
+/// The rates a prompt of `user` in `org` takes (taken with its budget holds, in one statement:
+/// `crate::spend`): requests, and a token rate not yet paid off, for the member and for the
+/// organization, where set.
+pub fn rates_for(set: SetPromptLimits, org: &OrganizationId, user: &UserId) -> Vec<PromptRate> {
+    let mut rates = Vec::new();
+    for ((request_key, token_key, request_limit, token_limit), limits) in
+        keys(org, user).into_iter().zip([set.member, set.organization])
+    {
+        if limits.tokens_per_minute > 0 {
+            rates.push(PromptRate {
+                key: token_key,
+                rate: tokens(limits.tokens_per_minute),
+                limit: token_limit,
+                allowed: format!("{} tokens per minute", limits.tokens_per_minute),
+            });
+        }
+        if limits.requests_per_minute > 0 {
+            rates.push(PromptRate {
+                key: request_key,
+                rate: requests(limits.requests_per_minute),
+                limit: request_limit,
+                allowed: format!("{} prompts per minute", limits.requests_per_minute),
+            });
+        }
+    }
+    rates
 }
 
 /// Charge a finished reply's tokens to its member's and organization's token rates.

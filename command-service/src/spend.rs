@@ -1,6 +1,7 @@
-//! Spend budgets, held across every instance in PostgreSQL (migrations/0021_spend.sql): a
-//! prompt under a budget reserves the most its reply can cost before it is accepted; the
-//! `message.completed` event releases that and counts the real cost, in its own transaction.
+//! Spend budgets and prompt rates, enforced across every instance in PostgreSQL
+//! (migrations/0022_spend.sql): a prompt takes its rates and holds the most its reply can cost
+//! under its budgets in one statement before it is accepted; the `message.completed` event
+//! releases the hold and counts the real cost, in its own transaction.
 //!
 //! PostgreSQL rather than JetStream KV: the counters must move in the same transaction as the
 //! completion event (so a cost is counted exactly once whatever crashes), and the check-and-hold
@@ -15,6 +16,7 @@ use schemas::ids::{MessageId, OrganizationId, SessionId};
 use schemas::provider::{ModelCost, ModelLimit};
 
 use crate::error::{BudgetRefusal, DomainError};
+use crate::prompt_limits::PromptRate;
 
 /// Output tokens assumed for a model whose catalog gives no output limit (what the worker asks
 /// an Anthropic model for in that case).
@@ -33,23 +35,27 @@ pub fn most_a_reply_costs(price: &ModelCost, limit: ModelLimit, history_bytes: u
     price.at_most(input, output)
 }
 
-/// A reservation for one prompt's reply.
+/// What a prompt must get past before it is accepted: its rates, and a hold of the most its
+/// reply can cost under its budgets.
 #[derive(Debug, Clone)]
-pub struct Hold<'a> {
+pub struct Admission<'a> {
     pub session: &'a SessionId,
     /// The assistant message the reply will be: the completion event releases the hold by it.
     pub reply: &'a MessageId,
     pub organization: &'a OrganizationId,
     pub own_key: bool,
     pub micro_dollars: u64,
+    pub budgets: &'a [Budget],
+    pub rates: &'a [PromptRate],
 }
 
-/// Holds and releases spend (a trait so aggregate tests run without a database).
+/// Admits prompts (a trait so aggregate tests run without a database).
 #[async_trait]
 pub trait SpendLedger: Send + Sync {
-    /// Hold the reply's most under `budgets`, or refuse with the first budget it would exceed.
-    /// Idempotent per reply: a command run again after a conflict holds nothing more.
-    async fn reserve(&self, hold: &Hold<'_>, budgets: &[Budget]) -> Result<(), DomainError>;
+    /// Take the prompt's rates and hold its reply's most under its budgets, all or nothing, or
+    /// refuse with the first budget or rate it would exceed. Idempotent per reply: a command
+    /// run again after a conflict takes and holds nothing more.
+    async fn admit(&self, admission: &Admission<'_>) -> Result<(), DomainError>;
 }
 
 /// The ledger in PostgreSQL.
@@ -106,36 +112,42 @@ impl PgSpend {
 
 #[async_trait]
 impl SpendLedger for PgSpend {
-    async fn reserve(&self, hold: &Hold<'_>, budgets: &[Budget]) -> Result<(), DomainError> {
+    async fn admit(&self, a: &Admission<'_>) -> Result<(), DomainError> {
         let db = self.db.get().await.map_err(db_error)?;
         let stmt = db
             .prepare_cached(
-                "SELECT * FROM spend_reserve($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                "SELECT * FROM prompt_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             )
             .await
             .map_err(db_error)?;
-        let org = hold.organization;
-        let ids: Vec<&str> = budgets.iter().map(|b| b.id.as_str()).collect();
-        let scopes: Vec<String> = budgets.iter().map(|b| b.spec.scope.counter_key(org)).collect();
+        let org = a.organization;
+        let ids: Vec<&str> = a.budgets.iter().map(|b| b.id.as_str()).collect();
+        let scopes: Vec<String> = a.budgets.iter().map(|b| b.spec.scope.counter_key(org)).collect();
         // The hold goes where the budgets look: their scopes' counters (the cost, later, goes
         // to every scope the reply is charged to, budgeted or not).
         let mut held_in = scopes.clone();
         held_in.sort_unstable();
         held_in.dedup();
-        let amounts: Vec<i64> = budgets.iter().map(|b| n(b.spec.amount.micro_dollars)).collect();
-        let periods: Vec<&str> = budgets.iter().map(|b| b.spec.period.sql().0).collect();
-        let hours: Vec<i32> = budgets.iter().map(|b| b.spec.period.sql().1).collect();
-        let own: Vec<bool> = budgets.iter().map(|b| b.spec.include_own_keys).collect();
+        let amounts: Vec<i64> = a.budgets.iter().map(|b| n(b.spec.amount.micro_dollars)).collect();
+        let periods: Vec<&str> = a.budgets.iter().map(|b| b.spec.period.sql().0).collect();
+        let hours: Vec<i32> = a.budgets.iter().map(|b| b.spec.period.sql().1).collect();
+        let own: Vec<bool> = a.budgets.iter().map(|b| b.spec.include_own_keys).collect();
+        let rate_keys: Vec<&str> = a.rates.iter().map(|r| r.key.as_str()).collect();
+        let rate_costs: Vec<f64> = a.rates.iter().map(|r| r.rate.interval_secs()).collect();
+        let rate_windows: Vec<f64> = a.rates.iter().map(|r| r.rate.window_secs()).collect();
         let refused = db
             .query_opt(
                 &stmt,
                 &[
-                    &hold.session.as_str(),
-                    &hold.reply.as_str(),
+                    &a.session.as_str(),
+                    &a.reply.as_str(),
                     &org.as_str(),
                     &held_in,
-                    &hold.own_key,
-                    &n(hold.micro_dollars),
+                    &a.own_key,
+                    &n(a.micro_dollars),
+                    &rate_keys,
+                    &rate_costs,
+                    &rate_windows,
                     &ids,
                     &scopes,
                     &amounts,
@@ -147,29 +159,36 @@ impl SpendLedger for PgSpend {
             .await
             .map_err(db_error)?;
         let Some(row) = refused else { return Ok(()) };
-        let id: String = row.get(0);
-        let budget = budgets.iter().find(|b| b.id.as_str() == id).ok_or_else(|| db_error(&id))?;
-        let (spent, reserved, retry): (i64, i64, i32) = (row.get(1), row.get(2), row.get(3));
+        let retry: f64 = row.get(3);
+        if let Some(index) = row.get::<_, Option<i32>>(4) {
+            let rate = usize::try_from(index - 1).ok().and_then(|i| a.rates.get(i));
+            let rate = rate.ok_or_else(|| db_error(format!("no rate {index}")))?;
+            return Err(DomainError::RateLimited(Box::new(rate.refused(retry))));
+        }
+        let id: Option<String> = row.get(0);
+        let id = id.unwrap_or_default();
+        let budget = a.budgets.iter().find(|b| b.id.as_str() == id).ok_or_else(|| db_error(&id))?;
+        let (spent, reserved): (i64, i64) = (row.get(1), row.get(2));
         Err(DomainError::OverBudget(Box::new(BudgetRefusal {
             budget_id: budget.id.clone(),
             scope: budget.spec.scope.clone(),
             amount_micro_dollars: budget.spec.amount.micro_dollars,
             spent_micro_dollars: spent.max(0) as u64,
             reserved_micro_dollars: reserved.max(0) as u64,
-            needed_micro_dollars: hold.micro_dollars,
-            retry_after_secs: retry.max(1) as u32,
+            needed_micro_dollars: a.micro_dollars,
+            retry_after_secs: retry.max(1.0) as u32,
         })))
     }
 }
 
-/// A ledger that holds nothing (aggregate unit tests).
+/// A ledger that admits everything (aggregate unit tests).
 #[cfg(test)]
 pub struct NoBudgets;
 
 #[cfg(test)]
 #[async_trait]
 impl SpendLedger for NoBudgets {
-    async fn reserve(&self, _: &Hold<'_>, _: &[Budget]) -> Result<(), DomainError> {
+    async fn admit(&self, _: &Admission<'_>) -> Result<(), DomainError> {
         Ok(())
     }
 }

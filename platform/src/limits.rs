@@ -23,10 +23,15 @@ impl Rate {
     pub fn interval_secs(&self) -> f64 {
         60.0 / f64::from(self.per_minute.max(1))
     }
+
+    /// How far ahead of now the allowance may run: the burst.
+    pub fn window_secs(&self) -> f64 {
+        self.interval_secs() * f64::from(self.burst.max(1))
+    }
 }
 
 /// A limit was reached.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exceeded {
     /// Which limit (the problem type names it too).
     pub limit: &'static str,
@@ -113,36 +118,4 @@ pub async fn take(
         wait: Duration::from_secs_f64(s.max(0.001)),
         used: ((s + window - cost) / interval).round().max(0.0) as u64,
     }))
-}
-
-/// Take `count` from each of `rates` (key, rate, count) at once, all or nothing: `Ok(None)` if
-/// taken from every one, else the index of the first that refused and by how much.
-pub async fn take_all(
-    db: &deadpool_postgres::Client,
-    rates: &[(&str, Rate, u32)],
-) -> Result<Option<(usize, Refused)>, tokio_postgres::Error> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT refused, extract(epoch FROM wait)::float8 FROM rate_limit_take_all($1, \
-             (SELECT array_agg(make_interval(secs => c) ORDER BY n) FROM unnest($2::float8[]) WITH ORDINALITY AS a(c, n)), \
-             (SELECT array_agg(make_interval(secs => w) ORDER BY n) FROM unnest($3::float8[]) WITH ORDINALITY AS b(w, n)))",
-        )
-        .await?;
-    let keys: Vec<&str> = rates.iter().map(|(k, _, _)| *k).collect();
-    let costs: Vec<f64> = rates.iter().map(|(_, r, n)| r.interval_secs() * f64::from(*n)).collect();
-    let windows: Vec<f64> =
-        rates.iter().map(|(_, r, _)| r.interval_secs() * f64::from(r.burst.max(1))).collect();
-    let Some(row) = db.query_opt(&stmt, &[&keys, &costs, &windows]).await? else {
-        return Ok(None);
-    };
-    let (index, wait): (i32, f64) = (row.get(0), row.get(1));
-    let i = usize::try_from(index - 1).unwrap_or(0);
-    let (interval, cost, window) = (rates[i].1.interval_secs(), costs[i], windows[i]);
-    Ok(Some((
-        i,
-        Refused {
-            wait: Duration::from_secs_f64(wait.max(0.001)),
-            used: ((wait + window - cost) / interval).round().max(0.0) as u64,
-        },
-    )))
 }

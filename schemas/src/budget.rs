@@ -173,7 +173,7 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 
 impl BudgetPeriod {
     /// The period in force at `now_ms` (ms since the epoch): when it began and when it next
-    /// moves, the same windows the spend counters sum (`spend_window` in migrations/0021).
+    /// moves, the same windows the spend counters sum (`spend_window` in migrations/0022_spend.sql).
     pub fn bounds(&self, now_ms: i64) -> (i64, i64) {
         match *self {
             BudgetPeriod::Day => {

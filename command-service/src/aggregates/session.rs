@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::{Scope, Scoped};
 use crate::directory::{PromptPayer, Services, WorkspaceView};
 use crate::error::DomainError;
-use crate::spend::{Hold, most_a_reply_costs};
+use crate::spend::{Admission, most_a_reply_costs};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Session {
@@ -233,24 +233,29 @@ impl Aggregate for Session {
                     user: message.user_id.clone(),
                     api_key: api_key.clone(),
                 };
-                let terms = services.directory.prompt_terms(org, payer.clone(), wanted).await?;
-                // Last, once everything else has passed: hold the most the reply can cost under
-                // the budgets it falls under (idempotent if this runs again after a conflict).
-                if !terms.budgets.is_empty() {
+                let terms = services.directory.prompt_terms(org, payer, wanted).await?;
+                // Last, once everything else has passed (strangers and refused prompts use up
+                // nothing): take the organization's prompt rates and hold the most the reply
+                // can cost under the budgets it falls under — one statement, idempotent if this
+                // runs again after a conflict.
+                let rates = crate::prompt_limits::rates_for(terms.limits, org, &message.user_id);
+                if !terms.budgets.is_empty() || !rates.is_empty() {
                     let limit = terms.connection.as_ref().map(|c| c.limit).unwrap_or_default();
                     let history = self.bytes + prompt_bytes(&message);
-                    let most = terms
-                        .price
-                        .as_ref()
-                        .map_or(0, |price| most_a_reply_costs(price, limit, history));
-                    let hold = Hold {
+                    let most = match (&terms.price, terms.budgets.is_empty()) {
+                        (Some(price), false) => most_a_reply_costs(price, limit, history),
+                        _ => 0,
+                    };
+                    let admission = Admission {
                         session: &session_id,
                         reply: &assistant_message_id,
                         organization: org,
                         own_key: terms.connection.as_ref().is_some_and(|c| c.own_key),
                         micro_dollars: most,
+                        budgets: &terms.budgets,
+                        rates: &rates,
                     };
-                    services.spend.reserve(&hold, &terms.budgets).await?;
+                    services.spend.admit(&admission).await?;
                 }
                 message.model = terms.model;
                 let prompted = SessionEvent::Prompted {

@@ -17,7 +17,6 @@ use super::context;
 use crate::aggregates::SessionCommand;
 use crate::error::{CommandError, DomainError};
 use crate::startup::AppState;
-use schemas::policy::{Action, Decision, decide};
 
 pub async fn create(
     user: AuthUser,
@@ -49,7 +48,6 @@ pub async fn prompt(
     body: web::Json<PromptInput>,
 ) -> Result<HttpResponse, Problem> {
     let input = body.into_inner();
-    admit(&state, &session, &user).await?;
     if input.parts.len() > MAX_PROMPT_PARTS {
         return Err(Problem::bad_request(format!("at most {MAX_PROMPT_PARTS} parts")));
     }
@@ -139,18 +137,4 @@ async fn refused(
         }
     }
     error.into()
-}
-
-/// Take the prompt from its organization's prompt rates (`prompt_limits.rs`) — only for a member
-/// who may prompt there: anyone else is refused by the command as if the session did not exist,
-/// and must not be able to use up another organization's rates.
-async fn admit(state: &AppState, session: &SessionId, user: &AuthUser) -> Result<(), Problem> {
-    let scope = state.sessions.scope_of(session.as_str()).await?;
-    let Some(org) = scope.organization.filter(|org| user.reaches(org)) else { return Ok(()) };
-    let role = state.directory.role_in(&org, &user.user_id).await.map_err(CommandError::from)?;
-    if decide(role, Action::Prompt) != Decision::Allowed {
-        return Ok(());
-    }
-    let limits = state.directory.prompt_limits(&org).await.map_err(CommandError::from)?;
-    crate::prompt_limits::admit(&state.db, limits, &org, user).await
 }

@@ -1,6 +1,6 @@
 //! `GET /org/{org}/budget` (owners and admins): the organization's spend budgets from
 //! `rm_budgets`, each with what its current period has spent and holds, read from the spend
-//! counters the command side keeps (migrations/0021_spend.sql).
+//! counters the command side keeps (migrations/0022_spend.sql).
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use identity::AuthUser;

@@ -414,9 +414,9 @@ async fn holds_taken_on_fifty_connections_at_the_same_instant_never_overlap() {
         async move {
             let stmt = db
                 .prepare(
-                    "SELECT count(*) FROM spend_reserve('ses_x', $1, 'org_x', ARRAY['org:org_x'], \
-                     false, 100000, ARRAY['bdg_x'], ARRAY['org:org_x'], ARRAY[1000000::bigint], \
-                     ARRAY['day'], ARRAY[0], ARRAY[true])",
+                    "SELECT count(*) FROM prompt_admit('ses_x', $1, 'org_x', ARRAY['org:org_x'], \
+                     false, 100000, '{}', '{}', '{}', ARRAY['bdg_x'], ARRAY['org:org_x'], \
+                     ARRAY[1000000::bigint], ARRAY['day'], ARRAY[0], ARRAY[true])",
                 )
                 .await
                 .unwrap();

@@ -5,7 +5,7 @@
 --   transaction as its `message.completed` event: counted exactly once, never lost, whoever
 --   (or whatever instance) commits it.
 -- * Reserved: when a prompt is accepted under one or more budgets, the most its reply can cost
---   is held (`spend_reserve`, one statement, serialised per budgeted scope); the completion
+--   is held (`prompt_admit`, one statement, serialised per budgeted scope); the completion
 --   releases it, and so does a failed command (`spend_release`) or, for a reservation whose
 --   command never committed (an instance died between the two), the sweep after a TTL.
 --
@@ -82,37 +82,47 @@ LANGUAGE sql AS $$
         SET spent = c.spent + EXCLUDED.spent, reserved = c.reserved + EXCLUDED.reserved
 $$;
 
--- Hold `p_amount` for a prompt's reply under every budget given (b_*: id, scope key, amount,
--- period, rolling hours, whether own keys count), in the counters of `p_scopes`, or refuse: the first budget it would go
--- over, what that budget has used, and in how many seconds to try again (5 when replies still
--- running hold what is missing, else when the window next moves). No row: held (or held
--- already: the command ran again after a conflict).
-CREATE FUNCTION spend_reserve(
+-- Admit a prompt: take its rates and hold `p_amount` for its reply under every budget given,
+-- all or nothing, or say what refused it. One statement, so the prompt path pays one round
+-- trip for all its limits.
+--   r_*: the rates to take (keys, costs, windows: see rate_limit_take_all, migrations/0021);
+--   b_*: the budgets (id, scope key, amount, period, rolling hours, whether own keys count);
+--   p_scopes: the counters the hold goes to (the budgets' scopes).
+-- Answers no row when admitted (or admitted already: the command ran again after a conflict,
+-- and the reservation row, written even when nothing is held, says so). Otherwise one row:
+-- a budget that refused (its id, what it has spent and holds, seconds to retry: 5 when replies
+-- still running hold what is missing, else when the window next moves), or a rate that refused
+-- (its 1-based index and seconds until it would fit).
+CREATE FUNCTION prompt_admit(
     p_session text, p_message text, p_org text, p_scopes text[], p_own boolean, p_amount bigint,
+    r_keys text[], r_costs float8[], r_windows float8[],
     b_ids text[], b_scopes text[], b_amounts bigint[], b_periods text[], b_hours integer[],
     b_include_own boolean[])
-RETURNS TABLE (budget_id text, spent bigint, reserved bigint, retry_after_secs integer)
+RETURNS TABLE (budget_id text, spent bigint, reserved bigint, retry_after_secs float8,
+               rate_index integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     now_ts timestamp := clock_timestamp() AT TIME ZONE 'UTC';
+    rate record;
 BEGIN
     PERFORM 1 FROM spend_reservations r WHERE r.session_id = p_session AND r.message_id = p_message;
     IF FOUND THEN
         RETURN;
     END IF;
-    -- The hold commits without waiting for its WAL to reach the disk: prompts under one budget
-    -- queue on its locks, and each would otherwise hold them through a disk flush. Safe: the
-    -- prompt's own commit comes after and is flushed, and WAL is flushed in order, so a prompt
-    -- that survives a crash has its hold too; one lost with a crash had no prompt.
+    -- Commits without waiting for its WAL to reach the disk: prompts under one budget queue on
+    -- its locks, and each would otherwise hold them through a disk flush. Safe: the prompt's own
+    -- commit comes after and is flushed, and WAL is flushed in order, so a prompt that survives
+    -- a crash has its hold too; one lost with a crash had no prompt. (Rates are unlogged.)
     PERFORM set_config('synchronous_commit', 'off', true);
-    -- One reservation at a time per budgeted scope, across instances; locks taken in one order,
+    -- One admission at a time per budgeted scope, across instances; locks taken in one order,
     -- so two prompts never wait on each other.
     PERFORM pg_advisory_xact_lock(hashtext('spend'), hashtext(s))
     FROM (SELECT DISTINCT x AS s FROM unnest(b_scopes) x ORDER BY 1) locks;
     RETURN QUERY
     SELECT b.id, u.spent, u.reserved,
            CASE WHEN u.spent + p_amount <= b.amount THEN 5
-                ELSE greatest(1, ceil(extract(epoch FROM w.until_ts - now_ts)))::integer END
+                ELSE greatest(1, ceil(extract(epoch FROM w.until_ts - now_ts))) END::float8,
+           NULL::integer
     FROM unnest(b_ids, b_scopes, b_amounts, b_periods, b_hours, b_include_own)
              WITH ORDINALITY AS b(id, scope, amount, period, hours, include_own, n),
          LATERAL spend_window(b.period, b.hours, now_ts) w,
@@ -122,6 +132,17 @@ BEGIN
     LIMIT 1;
     IF FOUND THEN
         RETURN;
+    END IF;
+    IF coalesce(array_length(r_keys, 1), 0) > 0 THEN
+        SELECT * INTO rate FROM rate_limit_take_all(
+            r_keys,
+            ARRAY(SELECT make_interval(secs => c) FROM unnest(r_costs) WITH ORDINALITY a(c, n) ORDER BY n),
+            ARRAY(SELECT make_interval(secs => w) FROM unnest(r_windows) WITH ORDINALITY a(w, n) ORDER BY n));
+        IF FOUND THEN
+            RETURN QUERY SELECT NULL::text, NULL::bigint, NULL::bigint,
+                extract(epoch FROM rate.wait)::float8, rate.refused;
+            RETURN;
+        END IF;
     END IF;
     INSERT INTO spend_reservations (session_id, message_id, organization_id, scopes, own_key, hour, amount)
     VALUES (p_session, p_message, p_org, p_scopes, p_own, date_trunc('hour', now_ts), p_amount);
