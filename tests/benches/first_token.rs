@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use e2e_tests::System;
 use e2e_tests::bench::{ms, percentiles};
 use e2e_tests::process::{cpu_seconds, resident_kb};
-use e2e_tests::{System, SystemOptions};
 use futures::future::join_all;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -18,18 +18,8 @@ type Sample = (f64, f64);
 
 #[tokio::main]
 async fn main() {
-    let sessions: usize =
-        std::env::var("OC_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let system = System::start_with(SystemOptions {
-        worker_env: vec![("OC_WORKER_CONCURRENCY", (sessions * 2).to_string())],
-        // The services' default pool size, and room for every session's stream (one user).
-        service_env: vec![
-            ("OC_DATABASE_POOL_SIZE", "16".into()),
-            ("OC_SSE_STREAMS_PER_USER", (sessions * 4).to_string()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let sessions = e2e_tests::bench::sessions();
+    let system = e2e_tests::bench::system(sessions).await;
     let services = system.command.iter().chain(&system.query).chain(&system.projector);
     for service in services.chain(&system.workers) {
         let rss = resident_kb(service.proc.pid()) / 1024.0;

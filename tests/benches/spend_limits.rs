@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+use e2e_tests::System;
 use e2e_tests::api::Created;
 use e2e_tests::bench::{ms, percentiles, quantile};
-use e2e_tests::{System, SystemOptions};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -17,18 +17,8 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() {
-    let sessions: usize =
-        std::env::var("OC_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let system = System::start_with(SystemOptions {
-        worker_env: vec![("OC_WORKER_CONCURRENCY", (sessions * 2).to_string())],
-        // The services' default pool size, and room for every session's stream (one user).
-        service_env: vec![
-            ("OC_DATABASE_POOL_SIZE", "16".into()),
-            ("OC_SSE_STREAMS_PER_USER", (sessions * 4).to_string()),
-        ],
-        ..Default::default()
-    })
-    .await;
+    let sessions = e2e_tests::bench::sessions();
+    let system = e2e_tests::bench::system(sessions).await;
     let alice = system.token("alice").await;
     let open = organization(&system, &alice, "no limits", false).await;
     let limited = organization(&system, &alice, "limited", true).await;

@@ -1,6 +1,28 @@
-//! What the benchmarks share: latencies in milliseconds and their percentiles.
+//! What the benchmarks share: the system a latency benchmark runs, latencies in milliseconds
+//! and their percentiles.
 
 use std::time::Duration;
+
+use crate::{System, SystemOptions};
+
+/// How many sessions prompt at once in the latency benchmarks (`OC_BENCH_SESSIONS`, 50).
+pub fn sessions() -> usize {
+    std::env::var("OC_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
+}
+
+/// The system for `sessions` sessions of one user prompting at once: the services' default
+/// database pool (not the tests' small one), worker slots and stream leases for all of them.
+pub async fn system(sessions: usize) -> System {
+    System::start_with(SystemOptions {
+        worker_env: vec![("OC_WORKER_CONCURRENCY", (sessions * 2).to_string())],
+        service_env: vec![
+            ("OC_DATABASE_POOL_SIZE", "16".into()),
+            ("OC_SSE_STREAMS_PER_USER", (sessions * 4).to_string()),
+        ],
+        ..Default::default()
+    })
+    .await
+}
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

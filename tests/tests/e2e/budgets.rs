@@ -56,6 +56,11 @@ async fn price(system: &System, bearer: &str, org: &Created, connection: &str) {
     assert_eq!(res.status(), 200);
 }
 
+/// An organization budget of `usd` dollars per `period` (day or month).
+fn org_budget(usd: f64, period: &str) -> Value {
+    json!({ "scope": { "type": "organization" }, "amountUsd": usd, "period": { "type": period } })
+}
+
 async fn set_budget(system: &System, org: &Created, budget: Value) -> String {
     let alice = system.token("alice").await;
     let a = system.post(&alice, &format!("/org/{}/budget", org.id), budget).await;
@@ -120,13 +125,7 @@ async fn fifty_prompts_at_once_on_two_instances_take_only_what_the_budget_allows
     let alice = system.token("alice").await;
     let o = priced_org(&system, &[]).await;
     // Room for exactly ten prompts' holds.
-    let budget = set_budget(
-        &system,
-        &o.org,
-        json!({ "scope": { "type": "organization" },
-        "amountUsd": 10.0 * HOLD_USD, "period": { "type": "day" } }),
-    )
-    .await;
+    let budget = set_budget(&system, &o.org, org_budget(10.0 * HOLD_USD, "day")).await;
 
     let mut sessions = Vec::new();
     for _ in 0..50 {
@@ -239,19 +238,18 @@ async fn each_kind_of_budget_refuses_with_its_type_and_lets_prompts_in_when_its_
     }
 
     // Only owners and admins set budgets, and only on what is in their organization.
-    let budget =
-        json!({ "scope": { "type": "organization" }, "amountUsd": 5, "period": { "type": "day" } });
+    let budget = org_budget(5.0, "day");
     assert!(system.post(&bob, &format!("/org/{}/budget", o.org.id), budget).await.is_problem(403));
     let elsewhere = system.create_org(&alice, "Other").await;
     let their_ws = system.create_workspace(&alice, &elsewhere.id, "x").await;
     for bad in [
         json!({ "scope": { "type": "workspace", "id": their_ws.id }, "amountUsd": 5, "period": { "type": "day" } }),
         json!({ "scope": { "type": "member", "id": system.user_id(&system.token("carol").await).await }, "amountUsd": 5, "period": { "type": "day" } }),
-        json!({ "scope": { "type": "organization" }, "amountUsd": 0, "period": { "type": "day" } }),
+        org_budget(0.0, "day"),
         json!({ "scope": { "type": "organization" }, "amountUsd": 5, "period": { "type": "rolling", "hours": 0 } }),
         json!({ "scope": { "type": "organization" }, "amountUsd": 5, "period": { "type": "day" }, "thresholds": [100] }),
-        json!({ "scope": { "type": "organization" }, "amountUsd": -1, "period": { "type": "day" } }),
-        json!({ "scope": { "type": "organization" }, "amountUsd": 5, "period": { "type": "week" } }),
+        org_budget(-1.0, "day"),
+        org_budget(5.0, "week"),
     ] {
         let a = system.post(&alice, &format!("/org/{}/budget", o.org.id), bad.clone()).await;
         assert!(a.is_problem(400), "{bad}: {a:?}");
@@ -264,13 +262,7 @@ async fn a_failed_or_aborted_reply_gives_back_what_it_held() {
     let alice = system.token("alice").await;
     let o = priced_org(&system, &[]).await;
     // Room for one hold at a time.
-    let budget = set_budget(
-        &system,
-        &o.org,
-        json!({ "scope": { "type": "organization" },
-        "amountUsd": 0.15, "period": { "type": "day" } }),
-    )
-    .await;
+    let budget = set_budget(&system, &o.org, org_budget(0.15, "day")).await;
     let session = system.create_session(&alice, &o.ws.id).await.id;
 
     // A reply the provider refuses outright costs nothing and holds nothing afterwards.
