@@ -27,7 +27,13 @@ struct Advisory {
     deliveries: u64,
 }
 
-pub async fn listen(worker: Worker, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// End, as failed, every reply whose prompt ran out of deliveries; the advisories are kept in a
+/// stream of `replicas` copies until a worker has done so.
+pub async fn listen(
+    worker: Worker,
+    replicas: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let subject =
         format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{CONSUMER}", subjects::STREAM);
     worker
@@ -37,6 +43,7 @@ pub async fn listen(worker: Worker, shutdown: CancellationToken) -> anyhow::Resu
             subjects: vec![subject],
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(7 * 24 * 3600),
+            num_replicas: replicas.max(1),
             ..Default::default()
         })
         .await?;

@@ -45,11 +45,12 @@ pub async fn run(
     };
     bus::report_consumer_lag(js.clone(), consumer::CONSUMER, shutdown.clone());
     let give_up = {
-        let (worker, shutdown) = (worker.clone(), shutdown.clone());
+        let (worker, shutdown, replicas) =
+            (worker.clone(), shutdown.clone(), common.stream_replicas);
         // `listen` returns Ok only at shutdown.
         tokio::spawn(async move {
             platform::retry::until_stopped("max-deliveries advisories", &shutdown, || {
-                crate::give_up::listen(worker.clone(), shutdown.clone())
+                crate::give_up::listen(worker.clone(), replicas, shutdown.clone())
             })
             .await
         })

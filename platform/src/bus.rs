@@ -10,8 +10,17 @@ use crate::config::CommonConfig;
 /// Connect to NATS. The first connection is retried in the background, so a service starts (and
 /// reports not-ready) while NATS is down, and reconnects for ever after.
 pub async fn connect(cfg: &CommonConfig, name: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let (Some(user), Some(password)) = (&cfg.nats_user, &cfg.nats_password) {
+        use secrecy::ExposeSecret;
+        options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+    }
+    let servers: Vec<String> = cfg.nats_url.split(',').map(|s| s.trim().to_owned()).collect();
+    let client = options
         .name(name)
+        // Replies come to an inbox of this service's own, so that NATS permissions can keep
+        // each service from reading another's (compose/nats/permissions.conf).
+        .custom_inbox_prefix(format!("_INBOX_{}", name.replace('-', "_")))
         .retry_on_initial_connect()
         .max_reconnects(None)
         // Retry soon after an outage ends: at most one second between attempts (the default
@@ -23,7 +32,7 @@ pub async fn connect(cfg: &CommonConfig, name: &str) -> anyhow::Result<async_nat
         .event_callback(|event| async move {
             tracing::info!(%event, "nats connection event");
         })
-        .connect(&cfg.nats_url)
+        .connect(servers.as_slice())
         .await?;
     Ok(client)
 }
@@ -43,6 +52,7 @@ pub async fn ensure_stream(js: &jetstream::Context, cfg: &CommonConfig) -> anyho
         max_age: Duration::from_secs(cfg.stream_max_age_secs),
         duplicate_window: Duration::from_secs(cfg.stream_duplicate_window_secs),
         allow_direct: true,
+        num_replicas: cfg.stream_replicas.max(1),
         ..Default::default()
     };
     // get_or_create_stream ignores changed settings on an existing stream; this applies them.

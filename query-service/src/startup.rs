@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use identity::AuthConfig;
 use identity::Authenticator;
 use platform::config::CommonConfig;
-use platform::{bus, db, http};
+use platform::{db, http};
 use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -103,14 +103,10 @@ impl Application {
         )?;
         let hub = Hub::new(cfg.sse_session_buffer);
         let hub_task = {
-            let (hub, js, stop, common) =
-                (hub.clone(), js.clone(), shutdown.clone(), common.clone());
-            tokio::spawn(async move {
-                if let Err(e) = bus::ensure_stream(&js, &common).await {
-                    tracing::warn!(error = %e, "cannot ensure the event stream; the hub will retry");
-                }
-                hub.run(js, stop).await;
-            })
+            let (hub, js, stop) = (hub.clone(), js.clone(), shutdown.clone());
+            // The stream is the writers' to create (the query service may only read it); the
+            // hub waits for it.
+            tokio::spawn(async move { hub.run(js, stop).await })
         };
         let notifications = crate::notifications::Notifications::new();
         let streams = crate::streams::StreamLeases::new(identity.clone(), cfg.sse_streams_per_user);

@@ -27,7 +27,19 @@ pub struct SystemOptions {
     /// Write every service's output (at debug level) to files in `System::log_dir`, so a test
     /// can search the logs.
     pub capture_logs: bool,
+    /// Run NATS with the services' users and permissions (compose/nats/permissions.conf): each
+    /// service connects as itself, and anonymous clients are refused.
+    pub nats_auth: bool,
 }
+
+/// The NATS user of each service, the environment variable its password is set from in
+/// compose/nats/permissions.conf, and the password the tests give it.
+pub const NATS_USERS: [(&str, &str, &str); 4] = [
+    ("command-service", "OC_NATS_COMMAND_PASSWORD", "test-command-secret"),
+    ("llm-worker", "OC_NATS_WORKER_PASSWORD", "test-worker-secret"),
+    ("projector", "OC_NATS_PROJECTOR_PASSWORD", "test-projector-secret"),
+    ("query-service", "OC_NATS_QUERY_PASSWORD", "test-query-secret"),
+];
 
 impl Default for SystemOptions {
     fn default() -> Self {
@@ -39,6 +51,7 @@ impl Default for SystemOptions {
             worker_env: Vec::new(),
             service_env: Vec::new(),
             capture_logs: false,
+            nats_auth: false,
         }
     }
 }
@@ -108,9 +121,7 @@ impl System {
 
         let nats_port = free_port();
         let nats_dir = std::env::temp_dir().join(format!("oc-e2e-nats-{db_name}"));
-        let mut cmd = Command::new(nats_server());
-        cmd.args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"]).arg(&nats_dir);
-        let nats = Proc::spawn("nats-server", cmd);
+        let nats = spawn_nats(nats_port, &nats_dir, opts.nats_auth);
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
         let oidc_port = free_port();
@@ -247,6 +258,11 @@ impl System {
             }
             None => url.clone(),
         };
+        if self.opts.nats_auth
+            && let Some((user, _, password)) = NATS_USERS.iter().find(|(u, _, _)| *u == name)
+        {
+            cmd.env("OC_NATS_USER", user).env("OC_NATS_PASSWORD", password);
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -332,7 +348,7 @@ impl System {
 
     /// Start NATS again after `self.nats.kill()`, on the same port and store.
     pub fn restart_nats(&mut self) {
-        self.nats = spawn_nats(self.nats_port, &self.nats_dir);
+        self.nats = spawn_nats(self.nats_port, &self.nats_dir, self.opts.nats_auth);
     }
 
     pub async fn nats(&self) -> async_nats::Client {
@@ -401,8 +417,14 @@ fn spawn_oidc(port: u16, keys_out: &std::path::Path, callbacks: &str) -> Proc {
     Proc::spawn("oidc-provider", cmd)
 }
 
-fn spawn_nats(port: u16, dir: &std::path::Path) -> Proc {
+fn spawn_nats(port: u16, dir: &std::path::Path, auth: bool) -> Proc {
     let mut cmd = Command::new(nats_server());
+    if auth {
+        cmd.arg("-c").arg(repo_root().join("compose/nats/single.conf"));
+        for (_, var, password) in NATS_USERS {
+            cmd.env(var, password);
+        }
+    }
     cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
     Proc::spawn("nats-server", cmd)
 }

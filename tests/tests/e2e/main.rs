@@ -7,6 +7,7 @@ mod authorization;
 mod bad_input;
 mod browser;
 mod budgets;
+mod bus_security;
 mod consistency_waits;
 mod durability;
 mod isolation;
