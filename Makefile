@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` (the whole system) and `make test` (every test).
-.PHONY: up down token test lint schemas bench
+.PHONY: up down token test lint schemas bench deploy-check
 
 up:
 	@dev/up.sh
@@ -35,3 +35,8 @@ bench:
 # Regenerate the checked-in JSON Schemas and OpenAPI documents after changing bus or API types.
 schemas:
 	UPDATE_SCHEMAS=1 cargo test -p schemas checked_in
+
+# Validates compose/ (Compose Specification), the Kubernetes manifests and the NATS configurations,
+# offline.
+deploy-check:
+	@dev/deploy-check.sh

@@ -90,6 +90,6 @@ const provider = new Provider(issuer, {
   },
 });
 
-provider.listen(port, '127.0.0.1', () => {
+provider.listen(port, process.env.OIDC_HOST || '127.0.0.1', () => {
   console.log(`oidc-provider listening on ${issuer}`);
 });
