@@ -15,6 +15,10 @@ use schemas::subjects;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+/// How long the subscription may be silent before the hub checks that the stream has not moved
+/// on without it.
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One event as SSE clients receive it.
 #[derive(Debug, Clone)]
 pub struct Frame {
@@ -126,11 +130,29 @@ impl Hub {
             })
             .await?;
         let mut messages = consumer.messages().await?;
+        // The ordered consumer lives on one server; if that server goes (a NATS node lost), the
+        // client is meant to notice and make a new one, but may stay silent instead. So: when
+        // nothing has arrived for a while, ask the stream whether it has moved past us, and if
+        // it has, follow again from our position (nothing is skipped or repeated).
+        let mut check = tokio::time::interval(STALL_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut arrived = false;
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = check.tick() => {
+                    if !std::mem::take(&mut arrived) {
+                        let last = stream.info().await?.state.last_sequence;
+                        if last > self.position() {
+                            metrics::counter!("hub_stalls_total").increment(1);
+                            anyhow::bail!("the subscription stalled at {} of {last}", self.position());
+                        }
+                    }
+                    continue;
+                }
                 m = messages.next() => m,
             };
+            arrived = true;
             let msg = match msg {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => anyhow::bail!(e),

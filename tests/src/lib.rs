@@ -12,6 +12,7 @@
 pub mod api;
 pub mod bench;
 pub mod browser;
+pub mod nats;
 pub mod process;
 pub mod sse;
 pub mod system;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use crate::nats::{NATS_USERS, NatsServers};
 use crate::process::{Proc, bin, free_port, repo_root};
 
 /// What to start.
@@ -30,16 +31,9 @@ pub struct SystemOptions {
     /// Run NATS with the services' users and permissions (compose/nats/permissions.conf): each
     /// service connects as itself, and anonymous clients are refused.
     pub nats_auth: bool,
+    /// Run a NATS cluster of three, the stream and consumers replicated on all three.
+    pub nats_cluster: bool,
 }
-
-/// The NATS user of each service, the environment variable its password is set from in
-/// compose/nats/permissions.conf, and the password the tests give it.
-pub const NATS_USERS: [(&str, &str, &str); 4] = [
-    ("command-service", "OC_NATS_COMMAND_PASSWORD", "test-command-secret"),
-    ("llm-worker", "OC_NATS_WORKER_PASSWORD", "test-worker-secret"),
-    ("projector", "OC_NATS_PROJECTOR_PASSWORD", "test-projector-secret"),
-    ("query-service", "OC_NATS_QUERY_PASSWORD", "test-query-secret"),
-];
 
 impl Default for SystemOptions {
     fn default() -> Self {
@@ -52,6 +46,7 @@ impl Default for SystemOptions {
             service_env: Vec::new(),
             capture_logs: false,
             nats_auth: false,
+            nats_cluster: false,
         }
     }
 }
@@ -79,10 +74,8 @@ pub struct System {
     oidc_callbacks: String,
     /// Where the OpenID provider wrote its signing keys (for token-forging tests).
     pub oidc_keys: PathBuf,
-    pub nats: Proc,
+    pub nats: NatsServers,
     pub nats_url: String,
-    nats_port: u16,
-    nats_dir: PathBuf,
     pub db_url: String,
     db_name: String,
     admin_url: String,
@@ -93,10 +86,6 @@ pub struct System {
     pub log_dir: PathBuf,
     pub http: reqwest::Client,
     tokens: Mutex<HashMap<String, String>>,
-}
-
-fn nats_server() -> String {
-    std::env::var("OC_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
 }
 
 impl System {
@@ -119,10 +108,11 @@ impl System {
             None => panic!("OC_TEST_POSTGRES_URL must end with a database name"),
         };
 
-        let nats_port = free_port();
         let nats_dir = std::env::temp_dir().join(format!("oc-e2e-nats-{db_name}"));
-        let nats = spawn_nats(nats_port, &nats_dir, opts.nats_auth);
-        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+        let nats_count = if opts.nats_cluster { 3 } else { 1 };
+        let nats = NatsServers::start(nats_count, opts.nats_auth, &nats_dir);
+        let nats_url = nats.url();
+        let log_dir = std::env::temp_dir().join(format!("oc-e2e-logs-{db_name}"));
 
         let oidc_port = free_port();
         let oidc_keys = std::env::temp_dir().join(format!("oc-e2e-oidc-{db_name}.json"));
@@ -158,8 +148,6 @@ impl System {
             oidc_keys,
             nats,
             nats_url,
-            nats_port,
-            nats_dir,
             db_url,
             db_name,
             admin_url,
@@ -169,7 +157,7 @@ impl System {
                 let key: [u8; 32] = rand::random();
                 format!("test:{}", base64::engine::general_purpose::STANDARD.encode(key))
             },
-            log_dir: std::env::temp_dir().join(format!("oc-e2e-logs-{}", nats_port)),
+            log_dir,
             http,
             tokens: Mutex::default(),
         };
@@ -204,6 +192,7 @@ impl System {
         cmd.env("OC_DATABASE_URL", &self.db_url)
             .env("OC_DATABASE_POOL_SIZE", "4")
             .env("OC_NATS_URL", &self.nats_url)
+            .env("OC_STREAM_REPLICAS", self.nats.len().to_string())
             .env("OC_OIDC_ISSUER", &self.issuer)
             .env("OC_PROVIDER_BASE_URL", format!("{}/v1", self.provider_url))
             .env("OC_WORKER_ACK_WAIT_SECS", self.opts.worker_ack_wait_secs.to_string())
@@ -348,11 +337,12 @@ impl System {
 
     /// Start NATS again after `self.nats.kill()`, on the same port and store.
     pub fn restart_nats(&mut self) {
-        self.nats = spawn_nats(self.nats_port, &self.nats_dir, self.opts.nats_auth);
+        self.nats.restart_node(0);
     }
 
+    /// A client of the tests' NATS (any server of the cluster).
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(&self.nats_url).await.expect("nats")
+        async_nats::connect(self.nats.urls().as_slice()).await.expect("nats")
     }
 
     pub fn command_url(&self) -> &str {
@@ -370,8 +360,6 @@ impl Drop for System {
         self.query.clear();
         self.projector = None;
         self.workers.clear();
-        self.nats.kill();
-        let _ = std::fs::remove_dir_all(&self.nats_dir);
         let _ = std::fs::remove_file(&self.oidc_keys);
         let _ = std::fs::remove_dir_all(&self.log_dir);
         let (url, name) = (self.admin_url.clone(), self.db_name.clone());
@@ -415,18 +403,6 @@ fn spawn_oidc(port: u16, keys_out: &std::path::Path, callbacks: &str) -> Proc {
         .env("OIDC_TEST_KEYS_OUT", keys_out)
         .env("OIDC_WEB_REDIRECT_URIS", callbacks);
     Proc::spawn("oidc-provider", cmd)
-}
-
-fn spawn_nats(port: u16, dir: &std::path::Path, auth: bool) -> Proc {
-    let mut cmd = Command::new(nats_server());
-    if auth {
-        cmd.arg("-c").arg(repo_root().join("compose/nats/single.conf"));
-        for (_, var, password) in NATS_USERS {
-            cmd.env(var, password);
-        }
-    }
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
-    Proc::spawn("nats-server", cmd)
 }
 
 async fn admin(url: &str, sql: &str) {

@@ -12,6 +12,7 @@ mod consistency_waits;
 mod durability;
 mod isolation;
 mod limits;
+mod nats_cluster;
 mod outages;
 mod personal_data;
 mod pipeline;
