@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     /// `OC_WORKER_CONTEXT_BYTES`: most text (history and prompt, as stored) sent with a prompt;
     /// older turns are left out. About 4 bytes a token: the default suits 100k-token models.
     pub worker_context_bytes: usize,
+    /// `OC_WORKER_PUBLISH_PATIENCE_SECS`: how long a reply waits for NATS to take its next live
+    /// event (a restart, a cluster's leader election) before it ends as failed.
+    pub worker_publish_patience_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -58,6 +61,7 @@ impl Default for WorkerConfig {
             worker_ack_wait_secs: 30,
             max_reply_bytes: 512 * 1024,
             worker_context_bytes: 400_000,
+            worker_publish_patience_secs: 60,
         }
     }
 }
@@ -65,5 +69,9 @@ impl Default for WorkerConfig {
 impl WorkerConfig {
     pub fn coalesce(&self) -> Duration {
         Duration::from_millis(self.delta_coalesce_ms)
+    }
+
+    pub fn publish_patience(&self) -> Duration {
+        Duration::from_secs(self.worker_publish_patience_secs)
     }
 }

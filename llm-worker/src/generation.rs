@@ -381,7 +381,10 @@ impl Worker {
         self.publish_live(job, n, delta).await
     }
 
-    /// Publish a live event and wait for JetStream to store it (keeps deltas in order).
+    /// Publish a live event and wait for JetStream to store it (keeps deltas in order). A NATS
+    /// restart or a cluster's leader election is ridden out: the same message (same id, so
+    /// JetStream keeps it once) is sent again until it is stored, for up to
+    /// `OC_WORKER_PUBLISH_PATIENCE_SECS`; the reply waits meanwhile, and nothing is skipped.
     async fn publish_live(&self, job: &Job, n: &mut u32, event: LiveEvent) -> anyhow::Result<()> {
         *n += 1;
         let event_type = event.event_type();
@@ -400,11 +403,20 @@ impl Worker {
             payload: event,
         };
         let subject = subjects::live_event(&job.org, &job.workspace, &job.session, event_type);
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(serde_json::to_vec(&envelope)?.into())
-            .message_id(&envelope.id);
+        let payload: bytes::Bytes = serde_json::to_vec(&envelope)?.into();
         let started = std::time::Instant::now();
-        self.js.send_publish(subject, publish).await?.await?;
+        let publish = || async {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&envelope.id);
+            let stored = async { self.js.send_publish(subject.clone(), message).await?.await };
+            stored.await.inspect_err(|_| {
+                metrics::counter!("live_publish_failures_total").increment(1);
+            })?;
+            anyhow::Ok(())
+        };
+        platform::retry::within("publishing a live event", self.cfg.publish_patience(), publish)
+            .await?;
         metrics::histogram!("live_publish_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }

@@ -63,3 +63,18 @@ where
         )
         .await
 }
+
+/// Run `work` until it returns `Ok`, retrying with backoff for at most `patience` of waiting in
+/// all (a NATS restart, a leader election); the last error after that.
+pub async fn within<T, E, F, Fut>(what: &str, patience: Duration, work: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    work.retry(backoff().without_max_times().with_total_delay(Some(patience)))
+        .notify(
+            |e: &E, wait: Duration| tracing::warn!(error = %e, ?wait, "{what} failed; retrying"),
+        )
+        .await
+}

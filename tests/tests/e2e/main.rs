@@ -13,6 +13,7 @@ mod durability;
 mod isolation;
 mod limits;
 mod nats_cluster;
+mod nats_restart;
 mod outages;
 mod personal_data;
 mod pipeline;
