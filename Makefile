@@ -1,5 +1,5 @@
 # The two commands of the README: `make up` (the whole system) and `make test` (every test).
-.PHONY: up down token test lint schemas bench deploy-check
+.PHONY: up down token test lint schemas bench deploy-check chaos
 
 up:
 	@dev/up.sh
@@ -40,3 +40,10 @@ schemas:
 # offline.
 deploy-check:
 	@dev/deploy-check.sh
+
+# The fault suite's long profile: 1,000 prompts while service instances are killed and restarted
+# one after another (the short profile, 48 prompts, is part of `make test`).
+chaos:
+	@eval "$$(dev/deps.sh)" && \
+	cargo build --workspace --bins && \
+	OC_CHAOS_PROMPTS=$${OC_CHAOS_PROMPTS:-1000} cargo nextest run -p e2e-tests --no-capture chaos

@@ -58,11 +58,30 @@ pub struct Hub {
     /// The last stream sequence this instance has fanned out.
     position: AtomicU64,
     buffer: usize,
+    /// Whether the hub follows the stream yet: until it does, it does not know where "now" is
+    /// on the stream, and a client subscribed then would miss what comes before it starts.
+    following: tokio::sync::watch::Sender<bool>,
 }
 
 impl Hub {
     pub fn new(buffer: usize) -> Arc<Self> {
-        Arc::new(Self { sessions: Mutex::default(), position: AtomicU64::new(0), buffer })
+        Arc::new(Self {
+            sessions: Mutex::default(),
+            position: AtomicU64::new(0),
+            buffer,
+            following: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// Whether the hub has started following the stream.
+    pub fn is_following(&self) -> bool {
+        *self.following.borrow()
+    }
+
+    /// Wait, at most `within`, for the hub to follow the stream; whether it does.
+    pub async fn until_following(&self, within: std::time::Duration) -> bool {
+        let mut rx = self.following.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|f| *f)).await.is_ok_and(|r| r.is_ok())
     }
 
     pub fn position(&self) -> u64 {
@@ -130,6 +149,8 @@ impl Hub {
             })
             .await?;
         let mut messages = consumer.messages().await?;
+        // From here every event after `position` reaches the subscribers.
+        self.following.send_replace(true);
         // The ordered consumer lives on one server; if that server goes (a NATS node lost), the
         // client is meant to notice and make a new one, but may stay silent instead. So: when
         // nothing has arrived for a while, ask the stream whether it has moved past us, and if

@@ -123,7 +123,21 @@ impl Application {
             identity.clone(),
         ));
         let authenticator = web::Data::new(Authenticator::new(auth, discovery, identity.clone())?);
-        let ready = http::readiness(pool.clone(), nats);
+        let ready = {
+            // Ready once PostgreSQL and NATS answer and the hub follows the stream.
+            let (base, hub) = (http::readiness(pool.clone(), nats), hub.clone());
+            let ready: http::ReadinessCheck = Arc::new(move || {
+                let (base, hub) = (base.clone(), hub.clone());
+                Box::pin(async move {
+                    base().await?;
+                    match hub.is_following() {
+                        true => Ok(()),
+                        false => Err("the event hub does not follow the stream yet".into()),
+                    }
+                })
+            });
+            ready
+        };
         let listener = TcpListener::bind(&cfg.query_addr)?;
         let ops_listener = TcpListener::bind(&cfg.query_ops_addr)?;
         let port = listener.local_addr()?.port();

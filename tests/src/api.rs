@@ -184,6 +184,29 @@ impl System {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The read models as one comparable value (every `rm_` table, rows in a fixed order).
+    pub async fn read_models(&self) -> Value {
+        let db = self.db().await;
+        let mut all = serde_json::Map::new();
+        // Every read model, by the `rm_` naming rule (the rebuild uses the same rule).
+        let tables = db
+            .query(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'rm\\_%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(tables.len() >= 10, "the read models are found");
+        for row in tables {
+            let table: String = row.get(0);
+            let sql =
+                format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM {table} t");
+            let text: String = db.query_one(&sql, &[]).await.unwrap().get(0);
+            all.insert(table, serde_json::from_str(&text).unwrap());
+        }
+        all.into()
+    }
+
     /// How many events the event store holds.
     pub async fn event_count(&self) -> i64 {
         self.db().await.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0)

@@ -42,10 +42,14 @@ impl SseClient {
         Self::open(req).await
     }
 
-    /// Open a stream with a request made by the caller (cookies, other headers).
+    /// Open a stream with a request made by the caller (cookies, other headers). An instance
+    /// that cannot be reached answers status 0.
     pub async fn open(req: reqwest::RequestBuilder) -> Result<SseClient, (u16, Value)> {
         let req = req.header("accept", "text/event-stream");
-        let res = req.send().await.expect("query service reachable");
+        let res = match req.send().await {
+            Ok(res) => res,
+            Err(e) => return Err((0, Value::String(format!("query service unreachable: {e}")))),
+        };
         if !res.status().is_success() {
             let status = res.status().as_u16();
             return Err((status, res.json().await.unwrap_or(Value::Null)));
@@ -97,6 +101,22 @@ impl SseClient {
     }
 
     /// Whether the server ended the stream within `timeout`.
+    /// The next event within `timeout`, or `None` if the stream ended, broke or stayed silent
+    /// (a client would then reconnect with `Last-Event-ID`).
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Event> {
+        loop {
+            let item = tokio::time::timeout(timeout, self.inner.next()).await.ok()??.ok()?;
+            if item.event.is_empty() && item.data.is_empty() {
+                continue;
+            }
+            return Some(Event {
+                id: item.id,
+                event: item.event,
+                data: serde_json::from_str(&item.data).unwrap_or(Value::String(item.data)),
+            });
+        }
+    }
+
     pub async fn ends_within(&mut self, timeout: Duration) -> bool {
         matches!(
             tokio::time::timeout(timeout, self.inner.next()).await,

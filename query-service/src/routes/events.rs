@@ -51,6 +51,11 @@ pub async fn stream(
         let db = state.reader(&req, &user).await?;
         access::session(&db, &id, &user, Action::Read).await?.organization_id
     };
+    // A hub that does not follow the stream yet (the instance has just started, NATS is still
+    // coming up) would start after events this client is owed: wait for it, briefly.
+    if !state.hub.until_following(state.cfg.consistency_wait()).await {
+        return Err(Problem::unavailable("the event stream is not followed yet; retry"));
+    }
     // One more open stream for this user, if they are under the cap (held until it ends).
     let lease = state.streams.take(&user.user_id).await?;
     // Subscribe before reading the position: nothing published after it can be missed.

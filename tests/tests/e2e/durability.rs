@@ -117,29 +117,6 @@ async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
     assert_bus_matches_store(&system).await;
 }
 
-/// The read models as one comparable value.
-async fn read_models(system: &System) -> serde_json::Value {
-    let db = system.db().await;
-    let mut all = serde_json::Map::new();
-    // Every read model, by the `rm_` naming rule (the rebuild uses the same rule).
-    let tables = db
-        .query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE 'rm\\_%'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(tables.len() >= 10, "the read models are found");
-    for row in tables {
-        let table: String = row.get(0);
-        let sql =
-            format!("SELECT coalesce(json_agg(t ORDER BY t::text), '[]')::text FROM {table} t");
-        let text: String = db.query_one(&sql, &[]).await.unwrap().get(0);
-        all.insert(table, serde_json::from_str(&text).unwrap());
-    }
-    all.into()
-}
-
 #[tokio::test]
 async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same_read_models() {
     let system = System::start().await;
@@ -163,7 +140,7 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
         (a.body["status"]["type"] == "idle" && n == 2).then_some(())
     };
     eventually("both replies projected", WAIT, settled).await;
-    let live = read_models(&system).await;
+    let live = system.read_models().await;
 
     // Redeliver every domain event (new message ids, so JetStream stores them again).
     let js = async_nats::jetstream::new(system.nats().await);
@@ -195,10 +172,10 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
         (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
     })
     .await;
-    assert_eq!(read_models(&system).await, live, "redelivery changed nothing");
+    assert_eq!(system.read_models().await, live, "redelivery changed nothing");
 
     system.rebuild().await;
-    assert_eq!(read_models(&system).await, live, "rebuild gives the live read models");
+    assert_eq!(system.read_models().await, live, "rebuild gives the live read models");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod bad_input;
 mod browser;
 mod budgets;
 mod bus_security;
+mod chaos;
 mod consistency_waits;
 mod durability;
 mod isolation;

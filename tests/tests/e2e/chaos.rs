@@ -1,0 +1,280 @@
+//! Faults under load: sessions prompt and stream without pause, their clients drop and resume at
+//! random on either query instance, while service instances of every kind are SIGKILLed one
+//! after another and started again on the same port. Afterwards: every prompt answered 202 got
+//! exactly one completed reply; every client saw each reply's final attempt equal to the stored
+//! text, and no event twice or out of order; the read models equal a rebuild.
+//!
+//! `OC_CHAOS_PROMPTS` sets how many prompts (default 48: the short profile `make test` runs;
+//! `make chaos` runs 1,000).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use e2e_tests::sse::{Event, SseClient, reply_text};
+use e2e_tests::{System, SystemOptions, eventually};
+use serde_json::{Value, json};
+
+/// How long one prompt may take to be answered, kills included.
+const REPLY_WAIT: Duration = Duration::from_secs(90);
+const SESSIONS: usize = 8;
+
+/// One session's client: prompts one after another, following its stream across reconnections.
+struct Client {
+    http: reqwest::Client,
+    bearer: String,
+    session: String,
+    commands: Vec<String>,
+    queries: Vec<String>,
+}
+
+/// What a client saw: the assistant message ids it was promised, and every event it received.
+struct Seen {
+    session: String,
+    replies: Vec<String>,
+    events: Vec<Event>,
+    reconnects: usize,
+}
+
+impl Client {
+    async fn run(self, prompts: usize, token: String) -> Seen {
+        let mut seen = Seen {
+            session: self.session.clone(),
+            replies: Vec::new(),
+            events: Vec::new(),
+            reconnects: 0,
+        };
+        // The id to resume after: the last event seen, or the `server.connected` of a new stream
+        // (its position on the stream) before any.
+        let mut last: Option<String> = None;
+        let mut stream = self.open(&token, &mut last, &mut seen).await;
+        for i in 0..prompts {
+            let reply = self.prompt(i).await;
+            let deadline = Instant::now() + REPLY_WAIT;
+            loop {
+                assert!(Instant::now() < deadline, "no reply to {reply} in time");
+                // Now and then the client drops its stream and resumes from the last id it saw.
+                if rand::random_ratio(1, 12) {
+                    stream = self.open(&token, &mut last, &mut seen).await;
+                }
+                match stream.next_within(Duration::from_secs(2)).await {
+                    // The server's own notices (`server.lagged` before it ends the stream) are
+                    // not session events.
+                    Some(event) if event.event.starts_with("server.") => {}
+                    Some(event) => {
+                        last = Some(event.id.clone());
+                        let done = event.event == "message.completed"
+                            && event.data["properties"]["message"]["id"] == reply.as_str();
+                        seen.events.push(event);
+                        if done {
+                            break;
+                        }
+                    }
+                    None => {
+                        // The stream ended or went quiet (its query instance was killed):
+                        // resume from the last event seen, on any instance.
+                        stream = self.open(&token, &mut last, &mut seen).await;
+                    }
+                }
+            }
+            seen.replies.push(reply);
+        }
+        seen
+    }
+
+    /// Open the session's stream on a random query instance, resuming after `last` (or, for a
+    /// new stream, setting `last` to where it starts); retried while instances restart.
+    async fn open(&self, token: &str, last: &mut Option<String>, seen: &mut Seen) -> SseClient {
+        seen.reconnects += 1;
+        let deadline = Instant::now() + REPLY_WAIT;
+        loop {
+            let i = rand::random_range(0..self.queries.len());
+            let url =
+                format!("{}/session/{}/event?consistency={}", self.queries[i], self.session, token);
+            let why = match SseClient::connect(&url, &self.bearer, last.as_deref()).await {
+                // A resumed stream replays from `last`; a new one is live from `server.connected`
+                // on (nothing before it is sent), so it is awaited before anything is prompted.
+                Ok(stream) if last.is_some() => return stream,
+                Ok(mut stream) => match stream.next_within(Duration::from_secs(5)).await {
+                    Some(hello) if hello.event == "server.connected" => {
+                        *last = Some(hello.id);
+                        return stream;
+                    }
+                    other => format!("first event {other:?}"),
+                },
+                Err(e) => format!("{e:?}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "the stream of {} never opened: {why}",
+                self.session
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Send prompt `i` to a command instance (the other one while one restarts); the reply's id.
+    async fn prompt(&self, i: usize) -> String {
+        let body = json!({ "parts": [{ "type": "text", "text": format!("q{i} [[fake tokens=15 delay_ms=20]]") }] });
+        let deadline = Instant::now() + REPLY_WAIT;
+        let mut attempt = i;
+        loop {
+            let url = format!(
+                "{}/session/{}/prompt_async",
+                self.commands[attempt % self.commands.len()],
+                self.session
+            );
+            let res = self.http.post(url).bearer_auth(&self.bearer).json(&body).send().await;
+            match res {
+                Ok(r) if r.status() == 202 => {
+                    let accepted: Value = r.json().await.unwrap();
+                    return accepted["assistantMessageID"].as_str().unwrap().to_owned();
+                }
+                // 409: the previous reply is not completed yet where this instance looks (its
+                // aggregate is behind); 503 and connection errors: an instance restarting.
+                Ok(r) if [409, 503].contains(&r.status().as_u16()) => {}
+                Ok(r) => panic!("prompt refused: {} {}", r.status(), r.text().await.unwrap()),
+                Err(_) => {}
+            }
+            assert!(Instant::now() < deadline, "no instance accepted prompt {i}");
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn prompts_survive_service_instances_killed_under_load() {
+    let prompts: usize =
+        std::env::var("OC_CHAOS_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
+    let mut system = System::start_with(SystemOptions {
+        query_instances: 2,
+        // A dead worker's prompt goes to another within seconds.
+        worker_ack_wait_secs: 3,
+        worker_env: vec![("OC_WORKER_MAX_DELIVER", "20".into())],
+        // One user holds every session here; a killed query instance's stream leases lapse only
+        // after their time to live.
+        service_env: vec![("OC_SSE_STREAMS_PER_USER", "1000".into())],
+        ..Default::default()
+    })
+    .await;
+    let second = system.start_command(true).await;
+    system.command.push(second);
+    let worker = system.start_worker().await;
+    system.workers.push(worker);
+
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Chaos").await;
+    let ws = system.create_workspace(&alice, &org.id, "w").await;
+    let mut clients = Vec::new();
+    for _ in 0..SESSIONS {
+        let session = system.create_session(&alice, &ws.id).await;
+        let client = Client {
+            http: system.http.clone(),
+            bearer: alice.clone(),
+            session: session.id.clone(),
+            commands: system.command.iter().map(|s| s.url.clone()).collect(),
+            queries: system.query.iter().map(|s| s.url.clone()).collect(),
+        };
+        clients.push(tokio::spawn(client.run(prompts / SESSIONS, session.token)));
+    }
+
+    // Kill an instance of each kind in turn, and start it again on its port, until the load ends.
+    let mut kills = 0;
+    let mut turn = 0;
+    while !clients.iter().all(|c| c.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let victims = ["worker", "command", "query", "projector"];
+        let kind = victims[turn % victims.len()];
+        turn += 1;
+        let (victim, name, addr) = match kind {
+            "worker" => (&mut system.workers[turn % 2], "llm-worker", "OC_WORKER_ADDR"),
+            "command" => (&mut system.command[turn % 2], "command-service", "OC_COMMAND_ADDR"),
+            "query" => (&mut system.query[turn % 2], "query-service", "OC_QUERY_ADDR"),
+            _ => (system.projector.as_mut().unwrap(), "projector", "OC_PROJECTOR_ADDR"),
+        };
+        let port = port_of(&victim.url);
+        victim.proc.kill();
+        kills += 1;
+        let extra: Vec<(&str, &str)> = match kind {
+            "command" => vec![("OC_RELAY_ENABLED", "true")],
+            "worker" => vec![("OC_WORKER_MAX_DELIVER", "20")],
+            _ => vec![],
+        };
+        let restarted = system.start_service_at(name, addr, port, &extra).await;
+        match kind {
+            "worker" => system.workers[turn % 2] = restarted,
+            "command" => system.command[turn % 2] = restarted,
+            "query" => system.query[turn % 2] = restarted,
+            _ => system.projector = Some(restarted),
+        }
+    }
+    let mut seen = Vec::new();
+    for client in clients {
+        seen.push(client.await.expect("a client failed"));
+    }
+
+    // Every promise kept once, and every client saw exactly what was stored.
+    let mut answered = 0;
+    for s in &seen {
+        let ids: Vec<u64> = s.events.iter().map(Event::seq).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{}: an event twice or out of order",
+            s.session
+        );
+        let stored = stored_replies(&system, &alice, &s.session, s.replies.len()).await;
+        assert_eq!(stored.len(), s.replies.len(), "{}: one stored reply per prompt", s.session);
+        for reply in &s.replies {
+            let text = stored.get(reply).unwrap_or_else(|| panic!("{reply} was never stored"));
+            let about: Vec<String> = s
+                .events
+                .iter()
+                .take(8)
+                .map(|e| format!("{} {} {}", e.id, e.event, e.data["properties"]["attempt"]))
+                .collect();
+            assert_eq!(
+                &reply_text(&s.events, reply),
+                text,
+                "{reply}: streamed ≠ stored; seen {about:?}"
+            );
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, prompts / SESSIONS * SESSIONS);
+    let live = system.read_models().await;
+    system.rebuild().await;
+    assert_eq!(system.read_models().await, live, "the read models equal a rebuild");
+    let reconnects: usize = seen.iter().map(|s| s.reconnects).sum();
+    eprintln!(
+        "chaos: {answered} prompts answered, {kills} instances killed, {reconnects} stream (re)connections, 0 lost"
+    );
+}
+
+/// The session's assistant replies once all `count` are stored: id → text.
+async fn stored_replies(
+    system: &System,
+    bearer: &str,
+    session: &str,
+    count: usize,
+) -> HashMap<String, String> {
+    eventually("every reply stored", REPLY_WAIT, || async {
+        let page = system.get(bearer, &format!("/session/{session}/message?limit=200"), None).await;
+        let replies: HashMap<String, String> = page.body["items"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["info"]["role"] == "assistant")
+            .map(|m| {
+                let text =
+                    m["parts"].as_array().into_iter().flatten().find(|p| p["type"] == "text");
+                let text = text.and_then(|p| p["text"].as_str()).unwrap_or_default();
+                (m["info"]["id"].as_str().unwrap_or_default().to_owned(), text.to_owned())
+            })
+            .collect();
+        (replies.len() >= count).then_some(replies)
+    })
+    .await
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+}
