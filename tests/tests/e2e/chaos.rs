@@ -50,7 +50,12 @@ impl Client {
         for i in 0..prompts {
             let reply = self.prompt(i).await;
             let deadline = Instant::now() + REPLY_WAIT;
-            loop {
+            // (a prompt whose answer was lost may have been answered already)
+            let completed = |e: &Event| {
+                e.event == "message.completed"
+                    && e.data["properties"]["message"]["id"] == reply.as_str()
+            };
+            while !seen.events.iter().any(completed) {
                 assert!(Instant::now() < deadline, "no reply to {reply} in time");
                 // Now and then the client drops its stream and resumes from the last id it saw.
                 if rand::random_ratio(1, 12) {
@@ -62,12 +67,7 @@ impl Client {
                     Some(event) if event.event.starts_with("server.") => {}
                     Some(event) => {
                         last = Some(event.id.clone());
-                        let done = event.event == "message.completed"
-                            && event.data["properties"]["message"]["id"] == reply.as_str();
                         seen.events.push(event);
-                        if done {
-                            break;
-                        }
                     }
                     None => {
                         // The stream ended or went quiet (its query instance was killed):
@@ -113,10 +113,16 @@ impl Client {
     }
 
     /// Send prompt `i` to a command instance (the other one while one restarts); the reply's id.
+    /// The prompt carries its own message id, as OpenCode's clients do: when an attempt's answer
+    /// is lost (its instance died), the prompt may have been accepted anyway, and the session's
+    /// messages say so (the reply's `parentID` is the prompt's id), instead of prompting twice.
     async fn prompt(&self, i: usize) -> String {
-        let body = json!({ "parts": [{ "type": "text", "text": format!("q{i} [[fake tokens=15 delay_ms=20]]") }] });
+        let id = schemas::ids::MessageId::new().to_string();
+        let body = json!({ "messageID": id,
+            "parts": [{ "type": "text", "text": format!("q{i} [[fake tokens=15 delay_ms=20]]") }] });
         let deadline = Instant::now() + REPLY_WAIT;
         let mut attempt = i;
+        let mut answer_lost = false;
         loop {
             let url = format!(
                 "{}/session/{}/prompt_async",
@@ -130,14 +136,36 @@ impl Client {
                     return accepted["assistantMessageID"].as_str().unwrap().to_owned();
                 }
                 // 409: the previous reply is not completed yet where this instance looks (its
-                // aggregate is behind); 503 and connection errors: an instance restarting.
-                Ok(r) if [409, 503].contains(&r.status().as_u16()) => {}
+                // aggregate is behind), or this very prompt was accepted by a lost attempt;
+                // 503 and connection errors: an instance restarting.
+                Ok(r) if [409, 503].contains(&r.status().as_u16()) => {
+                    if answer_lost && let Some(reply) = self.reply_to(&id).await {
+                        return reply;
+                    }
+                }
                 Ok(r) => panic!("prompt refused: {} {}", r.status(), r.text().await.unwrap()),
-                Err(_) => {}
+                Err(_) => answer_lost = true,
             }
             assert!(Instant::now() < deadline, "no instance accepted prompt {i}");
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The reply owed to prompt `id`, if the session holds that prompt.
+    async fn reply_to(&self, id: &str) -> Option<String> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+            let url =
+                format!("{}/session/{}/message?limit=200{after}", self.queries[0], self.session);
+            let res = self.http.get(url).bearer_auth(&self.bearer).send().await.ok()?;
+            let page: Value = res.json().await.ok()?;
+            let reply = page["items"].as_array()?.iter().find(|m| m["info"]["parentID"] == id);
+            if let Some(reply) = reply {
+                return reply["info"]["id"].as_str().map(str::to_owned);
+            }
+            cursor = Some(page["cursor"]["next"].as_str()?.to_owned());
         }
     }
 }
@@ -258,18 +286,27 @@ async fn stored_replies(
     count: usize,
 ) -> HashMap<String, String> {
     eventually("every reply stored", REPLY_WAIT, || async {
-        let page = system.get(bearer, &format!("/session/{session}/message?limit=200"), None).await;
-        let replies: HashMap<String, String> = page.body["items"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["info"]["role"] == "assistant")
-            .map(|m| {
+        let mut replies = HashMap::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+            let path = format!("/session/{session}/message?limit=200{after}");
+            let page = system.get(bearer, &path, None).await;
+            for m in page.body["items"].as_array()? {
+                if m["info"]["role"] != "assistant" {
+                    continue;
+                }
                 let text =
                     m["parts"].as_array().into_iter().flatten().find(|p| p["type"] == "text");
                 let text = text.and_then(|p| p["text"].as_str()).unwrap_or_default();
-                (m["info"]["id"].as_str().unwrap_or_default().to_owned(), text.to_owned())
-            })
-            .collect();
+                let id = m["info"]["id"].as_str().unwrap_or_default().to_owned();
+                replies.insert(id, text.to_owned());
+            }
+            match page.body["cursor"]["next"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
         (replies.len() >= count).then_some(replies)
     })
     .await
