@@ -118,16 +118,19 @@ pub async fn abort(
         .json(Accepted { id: session.to_string(), consistency_token: token.encode() }))
 }
 
-/// A prompt the command refused holds nothing under the budgets (if it held something before a
-/// later check failed, that is given back now; the sweep frees it if this fails too); a budget
-/// that refused it raises its `exhausted` alert, once per period.
+/// A prompt the command refused holds nothing under the budgets: the hold is the command's last
+/// step, so only a failure to commit after it (a conflict, the event store unavailable) can leave
+/// one, which is given back now (the sweep frees it if this fails too). A budget that refused
+/// the prompt raises its `exhausted` alert, once per period.
 async fn refused(
     state: &AppState,
     session: &SessionId,
     reply: &MessageId,
     error: CommandError,
 ) -> Problem {
-    if let Err(e) = state.spend.release(session, reply).await {
+    if !matches!(error, CommandError::Domain(_))
+        && let Err(e) = state.spend.release(session, reply).await
+    {
         tracing::warn!(error = %e, "cannot release a refused prompt's budget reservation");
     }
     if let CommandError::Domain(DomainError::OverBudget(refusal)) = &error {
