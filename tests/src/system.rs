@@ -379,20 +379,18 @@ async fn wait_ready(
     mut proc: Option<&mut Proc>,
     url: &str,
 ) -> Result<(), String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let res = http.get(url).timeout(Duration::from_secs(2)).send().await;
-        if res.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
+    let answered = crate::within(Duration::from_secs(60), || {
+        // Checked before each poll: a process that died will never answer.
+        let exited = proc.as_deref_mut().and_then(Proc::exited);
+        async move {
+            if let Some(why) = exited {
+                return Some(Err(format!("waiting for {url}: {why}")));
+            }
+            let res = http.get(url).timeout(Duration::from_secs(2)).send().await;
+            res.is_ok_and(|r| r.status().is_success()).then_some(Ok(()))
         }
-        if let Some(why) = proc.as_deref_mut().and_then(Proc::exited) {
-            return Err(format!("waiting for {url}: {why}"));
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(format!("timed out waiting for {url} to answer 200"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    });
+    answered.await.unwrap_or_else(|| Err(format!("timed out waiting for {url} to answer 200")))
 }
 
 fn spawn_oidc(port: u16, keys_out: &std::path::Path, callbacks: &str) -> Proc {

@@ -8,15 +8,19 @@
 //! `make chaos` runs 1,000).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e_tests::sse::{Event, SseClient, reply_text};
-use e2e_tests::{System, SystemOptions, eventually};
+use e2e_tests::{System, SystemOptions, eventually, within};
 use serde_json::{Value, json};
 
 /// How long one prompt may take to be answered, kills included.
 const REPLY_WAIT: Duration = Duration::from_secs(90);
 const SESSIONS: usize = 8;
+/// Replies answered between two kills (about a second and a half of load here).
+const REPLIES_BETWEEN_KILLS: usize = 8;
 
 /// One session's client: prompts one after another, following its stream across reconnections.
 struct Client {
@@ -25,6 +29,8 @@ struct Client {
     session: String,
     commands: Vec<String>,
     queries: Vec<String>,
+    /// Replies answered by every client so far: what paces the kills.
+    progress: Arc<AtomicUsize>,
 }
 
 /// What a client saw: the assistant message ids it was promised, and every event it received.
@@ -77,6 +83,7 @@ impl Client {
                 }
             }
             seen.replies.push(reply);
+            self.progress.fetch_add(1, Ordering::Relaxed);
         }
         seen
     }
@@ -85,31 +92,38 @@ impl Client {
     /// new stream, setting `last` to where it starts); retried while instances restart.
     async fn open(&self, token: &str, last: &mut Option<String>, seen: &mut Seen) -> SseClient {
         seen.reconnects += 1;
-        let deadline = Instant::now() + REPLY_WAIT;
-        loop {
+        let why = std::sync::Mutex::new(String::new());
+        let resume = last.clone();
+        let opened = within(REPLY_WAIT, || async {
             let i = rand::random_range(0..self.queries.len());
             let url =
                 format!("{}/session/{}/event?consistency={}", self.queries[i], self.session, token);
-            let why = match SseClient::connect(&url, &self.bearer, last.as_deref()).await {
+            match SseClient::connect(&url, &self.bearer, resume.as_deref()).await {
                 // A resumed stream replays from `last`; a new one is live from `server.connected`
                 // on (nothing before it is sent), so it is awaited before anything is prompted.
-                Ok(stream) if last.is_some() => return stream,
+                Ok(stream) if resume.is_some() => Some((stream, None)),
                 Ok(mut stream) => match stream.next_within(Duration::from_secs(5)).await {
                     Some(hello) if hello.event == "server.connected" => {
-                        *last = Some(hello.id);
-                        return stream;
+                        Some((stream, Some(hello.id)))
                     }
-                    other => format!("first event {other:?}"),
+                    other => {
+                        *why.lock().unwrap() = format!("first event {other:?}");
+                        None
+                    }
                 },
-                Err(e) => format!("{e:?}"),
-            };
-            assert!(
-                Instant::now() < deadline,
-                "the stream of {} never opened: {why}",
-                self.session
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(e) => {
+                    *why.lock().unwrap() = format!("{e:?}");
+                    None
+                }
+            }
+        });
+        let Some((stream, start)) = opened.await else {
+            panic!("the stream of {} never opened: {}", self.session, why.lock().unwrap());
+        };
+        if start.is_some() {
+            *last = start;
         }
+        stream
     }
 
     /// Send prompt `i` to a command instance (the other one while one restarts); the reply's id.
@@ -120,36 +134,34 @@ impl Client {
         let id = schemas::ids::MessageId::new().to_string();
         let body = json!({ "messageID": id,
             "parts": [{ "type": "text", "text": format!("q{i} [[fake tokens=15 delay_ms=20]]") }] });
-        let deadline = Instant::now() + REPLY_WAIT;
-        let mut attempt = i;
-        let mut answer_lost = false;
-        loop {
-            let url = format!(
-                "{}/session/{}/prompt_async",
-                self.commands[attempt % self.commands.len()],
-                self.session
-            );
-            let res = self.http.post(url).bearer_auth(&self.bearer).json(&body).send().await;
-            match res {
+        let attempt = AtomicUsize::new(i);
+        let answer_lost = std::sync::atomic::AtomicBool::new(false);
+        let accepted = within(REPLY_WAIT, || async {
+            let instance =
+                &self.commands[attempt.fetch_add(1, Ordering::Relaxed) % self.commands.len()];
+            let url = format!("{instance}/session/{}/prompt_async", self.session);
+            match self.http.post(url).bearer_auth(&self.bearer).json(&body).send().await {
                 Ok(r) if r.status() == 202 => {
                     let accepted: Value = r.json().await.unwrap();
-                    return accepted["assistantMessageID"].as_str().unwrap().to_owned();
+                    accepted["assistantMessageID"].as_str().map(str::to_owned)
                 }
                 // 409: the previous reply is not completed yet where this instance looks (its
                 // aggregate is behind), or this very prompt was accepted by a lost attempt;
                 // 503 and connection errors: an instance restarting.
                 Ok(r) if [409, 503].contains(&r.status().as_u16()) => {
-                    if answer_lost && let Some(reply) = self.reply_to(&id).await {
-                        return reply;
+                    match answer_lost.load(Ordering::Relaxed) {
+                        true => self.reply_to(&id).await,
+                        false => None,
                     }
                 }
                 Ok(r) => panic!("prompt refused: {} {}", r.status(), r.text().await.unwrap()),
-                Err(_) => answer_lost = true,
+                Err(_) => {
+                    answer_lost.store(true, Ordering::Relaxed);
+                    None
+                }
             }
-            assert!(Instant::now() < deadline, "no instance accepted prompt {i}");
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        });
+        accepted.await.unwrap_or_else(|| panic!("no instance accepted prompt {i}"))
     }
 
     /// The reply owed to prompt `id`, if the session holds that prompt.
@@ -194,6 +206,7 @@ async fn prompts_survive_service_instances_killed_under_load() {
     let org = system.create_org(&alice, "Chaos").await;
     let ws = system.create_workspace(&alice, &org.id, "w").await;
     let mut clients = Vec::new();
+    let progress = Arc::new(AtomicUsize::new(0));
     for _ in 0..SESSIONS {
         let session = system.create_session(&alice, &ws.id).await;
         let client = Client {
@@ -202,15 +215,24 @@ async fn prompts_survive_service_instances_killed_under_load() {
             session: session.id.clone(),
             commands: system.command.iter().map(|s| s.url.clone()).collect(),
             queries: system.query.iter().map(|s| s.url.clone()).collect(),
+            progress: progress.clone(),
         };
         clients.push(tokio::spawn(client.run(prompts / SESSIONS, session.token)));
     }
 
-    // Kill an instance of each kind in turn, and start it again on its port, until the load ends.
+    // Kill an instance of each kind in turn, and start it again on its port, each time the load
+    // has answered a few more prompts, until it ends.
     let mut kills = 0;
     let mut turn = 0;
-    while !clients.iter().all(|c| c.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+    loop {
+        let next_kill = progress.load(Ordering::Relaxed) + REPLIES_BETWEEN_KILLS;
+        let ended = within(REPLY_WAIT, || async {
+            let ended = clients.iter().all(|c| c.is_finished());
+            (ended || progress.load(Ordering::Relaxed) >= next_kill).then_some(ended)
+        });
+        if ended.await.expect("the load answered no prompt between two kills") {
+            break;
+        }
         let victims = ["worker", "command", "query", "projector"];
         let kind = victims[turn % victims.len()];
         turn += 1;
