@@ -48,12 +48,10 @@ pub trait Directory: Send + Sync {
         &self,
         key: &ApiKeyId,
     ) -> Result<Option<OrganizationId>, DomainError>;
-    /// The organization's budgets, each with the alerts it may still raise at `time`.
-    async fn budgets(
-        &self,
-        org: &OrganizationId,
-        time: i64,
-    ) -> Result<Vec<(Budget, Vec<BudgetAlert>)>, DomainError>;
+    /// What a completed reply of `org` is charged against: its prompt rates, and its budgets,
+    /// each with the alerts it may still raise at `time` (one read of the organization).
+    async fn spend_rules(&self, org: &OrganizationId, time: i64)
+    -> Result<SpendRules, DomainError>;
     /// Whether `user` may manage connection `id` of `org` (as the command would decide).
     async fn may_manage_connection(
         &self,
@@ -68,8 +66,14 @@ pub trait Directory: Send + Sync {
         id: &ConnectionId,
         model: &str,
     ) -> Result<Option<ModelCost>, DomainError>;
-    /// How fast `org`'s members, and `org` itself, may prompt.
-    async fn prompt_limits(&self, org: &OrganizationId) -> Result<SetPromptLimits, DomainError>;
+}
+
+/// An organization's prompt rates and budgets (`Directory::spend_rules`).
+#[derive(Debug, Clone, Default)]
+pub struct SpendRules {
+    pub limits: SetPromptLimits,
+    /// Each budget with the alerts it may still raise.
+    pub budgets: Vec<(Budget, Vec<BudgetAlert>)>,
 }
 
 /// Who a prompt is charged to (its workspace, member and API key).
@@ -167,12 +171,12 @@ impl Directory for ScopedDirectory {
         Ok(org.filter(|o| o == &self.organization))
     }
 
-    async fn budgets(
+    async fn spend_rules(
         &self,
         org: &OrganizationId,
         time: i64,
-    ) -> Result<Vec<(Budget, Vec<BudgetAlert>)>, DomainError> {
-        self.inner.budgets(org, time).await
+    ) -> Result<SpendRules, DomainError> {
+        self.inner.spend_rules(org, time).await
     }
 
     async fn may_manage_connection(
@@ -194,10 +198,6 @@ impl Directory for ScopedDirectory {
         model: &str,
     ) -> Result<Option<ModelCost>, DomainError> {
         self.inner.price_of(org, id, model).await
-    }
-
-    async fn prompt_limits(&self, org: &OrganizationId) -> Result<SetPromptLimits, DomainError> {
-        self.inner.prompt_limits(org).await
     }
 }
 
@@ -282,14 +282,14 @@ impl Directory for EventStoreDirectory {
         Ok(ctx.aggregate().live_organization().cloned())
     }
 
-    async fn budgets(
+    async fn spend_rules(
         &self,
         org: &OrganizationId,
         time: i64,
-    ) -> Result<Vec<(Budget, Vec<BudgetAlert>)>, DomainError> {
+    ) -> Result<SpendRules, DomainError> {
         let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
         let organization = ctx.aggregate();
-        Ok(organization
+        let budgets = organization
             .budgets()
             .map(|b| {
                 let due = b
@@ -302,7 +302,8 @@ impl Directory for EventStoreDirectory {
                     .collect();
                 (b.clone(), due)
             })
-            .collect())
+            .collect();
+        Ok(SpendRules { limits: organization.prompt_limits(), budgets })
     }
 
     async fn may_manage_connection(
@@ -323,11 +324,6 @@ impl Directory for EventStoreDirectory {
     ) -> Result<Option<ModelCost>, DomainError> {
         let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
         Ok(ctx.aggregate().price_of(id, model))
-    }
-
-    async fn prompt_limits(&self, org: &OrganizationId) -> Result<SetPromptLimits, DomainError> {
-        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
-        Ok(ctx.aggregate().prompt_limits())
     }
 }
 
@@ -381,12 +377,8 @@ pub mod fake {
         ) -> Result<Option<OrganizationId>, DomainError> {
             Ok(None)
         }
-        async fn budgets(
-            &self,
-            _: &OrganizationId,
-            _: i64,
-        ) -> Result<Vec<(Budget, Vec<BudgetAlert>)>, DomainError> {
-            Ok(Vec::new())
+        async fn spend_rules(&self, _: &OrganizationId, _: i64) -> Result<SpendRules, DomainError> {
+            Ok(SpendRules::default())
         }
         async fn may_manage_connection(
             &self,
@@ -403,9 +395,6 @@ pub mod fake {
             _: &str,
         ) -> Result<Option<ModelCost>, DomainError> {
             Ok(None)
-        }
-        async fn prompt_limits(&self, _: &OrganizationId) -> Result<SetPromptLimits, DomainError> {
-            Ok(SetPromptLimits::default())
         }
     }
 }

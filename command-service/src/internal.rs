@@ -68,17 +68,26 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
             // The reply's tokens count toward the token rates (once: a repeated report is
             // AlreadyDone and charges nothing).
             if let Some(user) = user {
-                let charged = async {
-                    let limits = state.directory.prompt_limits(&org).await?;
-                    crate::prompt_limits::charge(&state.db, limits, &org, &user, &tokens).await
+                let rules = match state.directory.spend_rules(&org, schemas::now_ms()).await {
+                    Ok(rules) => rules,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the organization's rates and budgets");
+                        return CommandReply::Done;
+                    }
                 };
+                let charged =
+                    crate::prompt_limits::charge(&state.db, rules.limits, &org, &user, &tokens);
                 if let Err(e) = charged.await {
                     tracing::warn!(error = %e, "cannot charge a reply's tokens to the token rates");
                 }
-                // Its cost was counted with the event (migrations/0022_spend.sql); thresholds it crossed
-                // are raised now (missed ones are raised by the next reply of the budget).
-                let alerts =
-                    crate::spend_alerts::raise_crossed_thresholds(state, &org, &workspace, &user);
+                // Its cost was counted with the event (migrations/0022_spend.sql); thresholds it
+                // crossed are raised now (missed ones are raised by the next reply of the budget).
+                let alerts = crate::spend_alerts::raise_crossed_thresholds(
+                    state,
+                    &org,
+                    (&workspace, &user),
+                    rules.budgets,
+                );
                 if let Err(e) = alerts.await {
                     tracing::warn!(error = %e, "cannot raise budget threshold alerts");
                 }

@@ -14,13 +14,9 @@ use schemas::ids::{OrganizationId, UserId};
 use schemas::message::TokenUsage;
 use schemas::provider::SetPromptLimits;
 
-fn requests(per_minute: u32) -> Rate {
-    Rate { per_minute, burst: per_minute }
-}
-
-/// A token rate: `per_minute` tokens, a minute's worth at once. GCRA counts in whole units, so
+/// `per_minute` prompts or tokens, a minute's worth at once. GCRA counts in whole units, so
 /// tokens are counted per minute exactly as requests are.
-fn tokens(per_minute: u64) -> Rate {
+fn per_minute(per_minute: u64) -> Rate {
     let per_minute = u32::try_from(per_minute).unwrap_or(u32::MAX);
     Rate { per_minute, burst: per_minute }
 }
@@ -69,28 +65,23 @@ impl PromptRate {
 /// `crate::spend`): requests, and a token rate not yet paid off, for the member and for the
 /// organization, where set.
 pub fn rates_for(set: SetPromptLimits, org: &OrganizationId, user: &UserId) -> Vec<PromptRate> {
-    let mut rates = Vec::new();
-    for ((request_key, token_key, request_limit, token_limit), limits) in
-        keys(org, user).into_iter().zip([set.member, set.organization])
-    {
-        if limits.tokens_per_minute > 0 {
-            rates.push(PromptRate {
-                key: token_key,
-                rate: tokens(limits.tokens_per_minute),
-                limit: token_limit,
-                allowed: format!("{} tokens per minute", limits.tokens_per_minute),
-            });
-        }
-        if limits.requests_per_minute > 0 {
-            rates.push(PromptRate {
-                key: request_key,
-                rate: requests(limits.requests_per_minute),
-                limit: request_limit,
-                allowed: format!("{} prompts per minute", limits.requests_per_minute),
-            });
-        }
-    }
-    rates
+    keys(org, user)
+        .into_iter()
+        .zip([set.member, set.organization])
+        .flat_map(|((request_key, token_key, request_limit, token_limit), limits)| {
+            [
+                (token_key, limits.tokens_per_minute, token_limit, "tokens"),
+                (request_key, u64::from(limits.requests_per_minute), request_limit, "prompts"),
+            ]
+        })
+        .filter(|(_, n, _, _)| *n > 0)
+        .map(|(key, n, limit, unit)| PromptRate {
+            key,
+            rate: per_minute(n),
+            limit,
+            allowed: format!("{n} {unit} per minute"),
+        })
+        .collect()
 }
 
 /// Charge a finished reply's tokens to its member's and organization's token rates.
@@ -110,7 +101,7 @@ pub async fn charge(
         keys(org, user).into_iter().zip([set.member, set.organization])
     {
         if limits.tokens_per_minute > 0 {
-            limits::charge(&db, &token_key, tokens(limits.tokens_per_minute), total).await?;
+            limits::charge(&db, &token_key, per_minute(limits.tokens_per_minute), total).await?;
         }
     }
     Ok(())

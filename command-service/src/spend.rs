@@ -8,12 +8,14 @@
 //! across up to four budgets is one statement under row and advisory locks, which a key-value
 //! compare-and-set can only approximate with retries.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use schemas::budget::Budget;
 use schemas::ids::{MessageId, OrganizationId, SessionId};
 use schemas::provider::{ModelCost, ModelLimit};
+use tokio::sync::Semaphore;
 
 use crate::error::{BudgetRefusal, DomainError};
 use crate::prompt_limits::PromptRate;
@@ -61,7 +63,15 @@ pub trait SpendLedger: Send + Sync {
 /// The ledger in PostgreSQL.
 pub struct PgSpend {
     db: deadpool_postgres::Pool,
+    /// Admissions of one organization running at once on this instance. Its admissions queue on
+    /// its budgets' locks in PostgreSQL anyway; bounding them here keeps that queue in memory, so
+    /// a burst of one organization's prompts holds at most this many of the pool's connections
+    /// while every other tenant's commands find theirs.
+    gates: moka::future::Cache<OrganizationId, Arc<Semaphore>>,
 }
+
+/// Admissions of one organization in PostgreSQL at once, per instance.
+const ADMISSIONS_PER_ORGANIZATION: usize = 2;
 
 fn db_error(e: impl std::fmt::Display) -> DomainError {
     DomainError::Unavailable(e.to_string())
@@ -73,7 +83,11 @@ fn n(v: u64) -> i64 {
 
 impl PgSpend {
     pub fn new(db: deadpool_postgres::Pool) -> Self {
-        Self { db }
+        let gates = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_idle(Duration::from_secs(600))
+            .build();
+        Self { db, gates }
     }
 
     /// Give back what a prompt held (its command failed); nothing if it held nothing.
@@ -113,6 +127,13 @@ impl PgSpend {
 #[async_trait]
 impl SpendLedger for PgSpend {
     async fn admit(&self, a: &Admission<'_>) -> Result<(), DomainError> {
+        let gate = self
+            .gates
+            .get_with_by_ref(a.organization, async {
+                Arc::new(Semaphore::new(ADMISSIONS_PER_ORGANIZATION))
+            })
+            .await;
+        let _turn = gate.acquire().await.map_err(db_error)?;
         let db = self.db.get().await.map_err(db_error)?;
         let stmt = db
             .prepare_cached(

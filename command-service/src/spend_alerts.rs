@@ -3,7 +3,7 @@
 //! once per budget period by the organization aggregate, so it reaches the audit trail and the
 //! bus (`oc.evt.<org>.….organization.budget_alert`) for a notifier to pick up.
 
-use schemas::budget::{BudgetAlert, BudgetScope};
+use schemas::budget::{Budget, BudgetAlert, BudgetScope};
 use schemas::ids::{OrganizationId, SessionId, UserId, WorkspaceId};
 
 use crate::aggregates::{AlertReport, OrganizationCommand};
@@ -32,24 +32,20 @@ async fn raise(
     }
 }
 
-/// A budget refused a prompt of `session`.
-pub struct Exhausted<'a> {
-    pub session: &'a SessionId,
-    pub refusal: &'a BudgetRefusal,
-}
-
-impl Exhausted<'_> {
-    pub async fn raise(&self, state: &AppState) -> Result<(), CommandError> {
-        let scope = state.sessions.scope_of(self.session.as_str()).await?;
-        let Some(org) = scope.organization else { return Ok(()) };
-        let r = self.refusal;
-        let report = AlertReport {
-            budget: r.budget_id.clone(),
-            alert: BudgetAlert::Exhausted,
-            used_micro_dollars: r.spent_micro_dollars + r.reserved_micro_dollars,
-        };
-        raise(state, &org, report).await
-    }
+/// A budget refused a prompt of `session`: its exhausted alert.
+pub async fn raise_exhausted(
+    state: &AppState,
+    session: &SessionId,
+    refusal: &BudgetRefusal,
+) -> Result<(), CommandError> {
+    let scope = state.sessions.scope_of(session.as_str()).await?;
+    let Some(org) = scope.organization else { return Ok(()) };
+    let report = AlertReport {
+        budget: refusal.budget_id.clone(),
+        alert: BudgetAlert::Exhausted,
+        used_micro_dollars: refusal.spent_micro_dollars + refusal.reserved_micro_dollars,
+    };
+    raise(state, &org, report).await
 }
 
 /// After a reply of `user` in `workspace` completed: raise every threshold its budgets have
@@ -57,10 +53,9 @@ impl Exhausted<'_> {
 pub async fn raise_crossed_thresholds(
     state: &AppState,
     org: &OrganizationId,
-    workspace: &WorkspaceId,
-    user: &UserId,
+    (workspace, user): (&WorkspaceId, &UserId),
+    budgets: Vec<(Budget, Vec<BudgetAlert>)>,
 ) -> anyhow::Result<()> {
-    let budgets = state.directory.budgets(org, schemas::now_ms()).await?;
     for (budget, due) in budgets {
         let concerned = match &budget.spec.scope {
             BudgetScope::Organization | BudgetScope::ApiKey(_) => true,

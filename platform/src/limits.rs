@@ -110,7 +110,7 @@ pub async fn take(
         .await?;
     let interval = rate.interval_secs();
     let cost = interval * f64::from(count);
-    let window = interval * f64::from(rate.burst.max(1));
+    let window = rate.window_secs();
     let wait: Option<f64> = db.query_one(&stmt, &[&key, &cost, &window]).await?.get(0);
     // Refused when the theoretical arrival time, moved by `cost`, lies `wait` past the window:
     // what the window holds now is (wait + window - cost) worth of intervals.

@@ -133,11 +133,10 @@ async fn refused(
     {
         tracing::warn!(error = %e, "cannot release a refused prompt's budget reservation");
     }
-    if let CommandError::Domain(DomainError::OverBudget(refusal)) = &error {
-        let spend = crate::spend_alerts::Exhausted { session, refusal };
-        if let Err(e) = spend.raise(state).await {
-            tracing::warn!(error = %e, "cannot raise a budget's exhausted alert");
-        }
+    if let CommandError::Domain(DomainError::OverBudget(refusal)) = &error
+        && let Err(e) = crate::spend_alerts::raise_exhausted(state, session, refusal).await
+    {
+        tracing::warn!(error = %e, "cannot raise a budget's exhausted alert");
     }
     error.into()
 }
