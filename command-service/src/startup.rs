@@ -56,7 +56,7 @@ impl Application {
         cfg: CommandConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let platform::startup::Foundation { metrics, db: pool, nats, js } =
+        let platform::startup::Foundation { metrics, db: pool, nats, js, .. } =
             platform::startup::foundation(&common, "command-service").await?;
         // Besides the deadpool pool (identity, readiness): sqlx for the event store (postgres-es).
         let pg = PgPoolOptions::new()

@@ -17,7 +17,7 @@ pub async fn run(
     cfg: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let platform::startup::Foundation { metrics, db: pool, nats, js } =
+    let platform::startup::Foundation { metrics, db: pool, nats, js, .. } =
         platform::startup::foundation(&common, "llm-worker").await?;
     let ready = http::readiness(pool.clone(), nats.clone());
     let spec = http::ServerSpec {

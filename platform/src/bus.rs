@@ -7,9 +7,20 @@ use schemas::subjects;
 
 use crate::config::CommonConfig;
 
+/// Counts the moments at which core NATS deliveries to a client may have been lost: each
+/// (re)connection, and each subscription that fell behind and had messages dropped. Whoever
+/// relies on core subscriptions (the query service's session feeds) re-reads from JetStream
+/// what it may have missed when it changes.
+pub type DeliveryLosses = tokio::sync::watch::Receiver<u64>;
+
 /// Connect to NATS. The first connection is retried in the background, so a service starts (and
 /// reports not-ready) while NATS is down, and reconnects for ever after.
-pub async fn connect(cfg: &CommonConfig, name: &str) -> anyhow::Result<async_nats::Client> {
+pub async fn connect(
+    cfg: &CommonConfig,
+    name: &str,
+) -> anyhow::Result<(async_nats::Client, DeliveryLosses)> {
+    let (losses, losses_rx) = tokio::sync::watch::channel(0u64);
+    let losses = std::sync::Arc::new(losses);
     let mut options = async_nats::ConnectOptions::new();
     if let (Some(user), Some(password)) = (&cfg.nats_user, &cfg.nats_password) {
         use secrecy::ExposeSecret;
@@ -29,12 +40,21 @@ pub async fn connect(cfg: &CommonConfig, name: &str) -> anyhow::Result<async_nat
             Duration::from_millis((attempts as u64 * 100).min(1000))
         })
         .connection_timeout(Duration::from_secs(2))
-        .event_callback(|event| async move {
-            tracing::info!(%event, "nats connection event");
+        .event_callback(move |event| {
+            let losses = losses.clone();
+            async move {
+                if matches!(
+                    event,
+                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                ) {
+                    losses.send_modify(|n| *n += 1);
+                }
+                tracing::info!(%event, "nats connection event");
+            }
         })
         .connect(servers.as_slice())
         .await?;
-    Ok(client)
+    Ok((client, losses_rx))
 }
 
 /// A JetStream context whose calls fail after `timeout` instead of hanging.
@@ -63,6 +83,26 @@ pub async fn ensure_stream(js: &jetstream::Context, cfg: &CommonConfig) -> anyho
 /// Whether the client is connected right now (for readiness).
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Publish the client's traffic as counters every second, for as long as the process runs:
+/// `nats_received_bytes_total`, `nats_received_messages_total`, `nats_sent_bytes_total`,
+/// `nats_sent_messages_total`, `nats_connects_total` (payload and headers, no protocol overhead).
+pub fn report_traffic(client: &async_nats::Client) {
+    let stats = client.statistics();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            use std::sync::atomic::Ordering::Relaxed;
+            let (s, counter) = (&stats, |name| metrics::counter!(name));
+            counter("nats_received_bytes_total").absolute(s.in_bytes.load(Relaxed));
+            counter("nats_received_messages_total").absolute(s.in_messages.load(Relaxed));
+            counter("nats_sent_bytes_total").absolute(s.out_bytes.load(Relaxed));
+            counter("nats_sent_messages_total").absolute(s.out_messages.load(Relaxed));
+            counter("nats_connects_total").absolute(s.connects.load(Relaxed));
+        }
+    });
 }
 
 /// Publish a durable consumer's backlog as gauges every few seconds, until shutdown:

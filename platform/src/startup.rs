@@ -11,6 +11,8 @@ pub struct Foundation {
     pub metrics: PrometheusHandle,
     pub db: deadpool_postgres::Pool,
     pub nats: async_nats::Client,
+    /// When deliveries of core NATS subscriptions may have been lost (see `bus::DeliveryLosses`).
+    pub nats_losses: bus::DeliveryLosses,
     pub js: async_nats::jetstream::Context,
 }
 
@@ -25,7 +27,8 @@ pub async fn foundation(
     }
     let metrics = crate::telemetry::init_metrics(service)?;
     let db = db::pool(common)?;
-    let nats = bus::connect(common, service).await?;
+    let (nats, nats_losses) = bus::connect(common, service).await?;
+    bus::report_traffic(&nats);
     let js = bus::jetstream(nats.clone());
-    Ok(Foundation { metrics, db, nats, js })
+    Ok(Foundation { metrics, db, nats, nats_losses, js })
 }

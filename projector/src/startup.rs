@@ -28,7 +28,7 @@ pub async fn run(
     cfg: ProjectorConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let platform::startup::Foundation { metrics, db: pool, nats, js } =
+    let platform::startup::Foundation { metrics, db: pool, nats, js, .. } =
         platform::startup::foundation(&common, "projector").await?;
     let ready = http::readiness(pool.clone(), nats);
     let spec = http::ServerSpec {

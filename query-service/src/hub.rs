@@ -1,23 +1,37 @@
-//! The instance's one bus subscription, fanned out in process: an ordered JetStream consumer on
-//! the whole events stream, whose messages are handed to the SSE clients of the session they
-//! are about. Each frame carries its stream sequence, the SSE `id:` that makes streams resumable
-//! on any instance.
+//! The instance's live events, by interest: one feed per session that this instance's SSE
+//! clients watch, and nothing else. A feed is an ordered JetStream consumer filtered to the
+//! session's subjects, so each instance receives the traffic of its own clients' sessions, not
+//! of every tenant, and JetStream's ordering and gap detection hold for each session: a feed
+//! whose consumer fails (a NATS node lost, a reconnection) makes a new one from the last event
+//! it delivered, so nothing is skipped or repeated.
+//!
+//! A consumer can also go quiet without failing (its server lost, the client not noticing):
+//! once a feed that was active has been quiet for a moment, or after a reconnection, it asks the
+//! stream's leader whether the session has anything newer than what the feed delivered, and
+//! follows again from there if so.
+//!
+//! Frames reach the feed's clients in stream order, each once; each frame carries its stream
+//! sequence, the SSE `id:` that makes streams resumable on any instance.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix_web_lab::sse;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, consumer, stream::RawMessageErrorKind};
 use bytestring::ByteString;
 use futures::StreamExt;
+use platform::bus::DeliveryLosses;
 use schemas::subjects;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-/// How long the subscription may be silent before the hub checks that the stream has not moved
-/// on without it.
-const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a feed must be quiet after activity before it checks with the stream that it has
+/// missed nothing.
+const QUIET: Duration = Duration::from_secs(3);
+/// How long a feed waits before trying again when NATS does not answer.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// One event as SSE clients receive it.
 #[derive(Debug, Clone)]
@@ -53,137 +67,259 @@ impl Frame {
     }
 }
 
+/// One watched session's live events.
+struct Feed {
+    tx: broadcast::Sender<Arc<Frame>>,
+    /// Every event of the session up to this stream sequence has been sent on `tx`, or came
+    /// before the feed started.
+    covered: AtomicU64,
+    /// Whether the feed knows where it starts (and so what its clients are owed).
+    ready: watch::Sender<bool>,
+    /// Ends the feed when its last client leaves.
+    stop: CancellationToken,
+}
+
+impl Feed {
+    fn covered(&self) -> u64 {
+        self.covered.load(Ordering::Acquire)
+    }
+
+    /// Hand event `seq` to the clients. The position moves first: a client that subscribes
+    /// between the two reads a position that already includes `seq`, and skips the frame.
+    fn deliver(&self, seq: u64, payload: &[u8]) {
+        self.covered.store(seq, Ordering::Release);
+        if let Some(frame) = Frame::decode(seq, payload) {
+            let _ = self.tx.send(Arc::new(frame));
+        }
+    }
+}
+
+/// A client's view of one session: its frames from `position` on. Dropping it lets the feed go
+/// when nobody else watches the session.
+pub struct Subscription {
+    frames: Option<broadcast::Receiver<Arc<Frame>>>,
+    position: u64,
+    hub: Arc<Hub>,
+    session: String,
+}
+
+impl Subscription {
+    /// Everything about the session up to this stream sequence came before this subscription;
+    /// everything after comes through `recv`.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The next frame (`Lagged` if this client fell further behind than the session's buffer).
+    pub async fn recv(&mut self) -> Result<Arc<Frame>, broadcast::error::RecvError> {
+        match self.frames.as_mut() {
+            Some(frames) => frames.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.frames.take());
+        self.hub.release(&self.session);
+    }
+}
+
 pub struct Hub {
-    sessions: Mutex<HashMap<String, broadcast::Sender<Arc<Frame>>>>,
-    /// The last stream sequence this instance has fanned out.
-    position: AtomicU64,
+    js: jetstream::Context,
+    feeds: Mutex<HashMap<String, Arc<Feed>>>,
     buffer: usize,
-    /// Whether the hub follows the stream yet: until it does, it does not know where "now" is
-    /// on the stream, and a client subscribed then would miss what comes before it starts.
-    following: tokio::sync::watch::Sender<bool>,
+    losses: DeliveryLosses,
+    /// Whether the event stream has been reached (it is the writers' to create).
+    has_stream: watch::Sender<bool>,
+    shutdown: CancellationToken,
 }
 
 impl Hub {
-    pub fn new(buffer: usize) -> Arc<Self> {
+    pub fn new(
+        js: jetstream::Context,
+        losses: DeliveryLosses,
+        buffer: usize,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            sessions: Mutex::default(),
-            position: AtomicU64::new(0),
+            js,
+            feeds: Mutex::default(),
             buffer,
-            following: tokio::sync::watch::Sender::new(false),
+            losses,
+            has_stream: watch::Sender::new(false),
+            shutdown,
         })
     }
 
-    /// Whether the hub has started following the stream.
-    pub fn is_following(&self) -> bool {
-        *self.following.borrow()
+    /// Whether the event stream has been reached: readiness.
+    pub fn has_stream(&self) -> bool {
+        *self.has_stream.borrow()
     }
 
-    /// Wait, at most `within`, for the hub to follow the stream; whether it does.
-    pub async fn until_following(&self, within: std::time::Duration) -> bool {
-        let mut rx = self.following.subscribe();
-        tokio::time::timeout(within, rx.wait_for(|f| *f)).await.is_ok_and(|r| r.is_ok())
-    }
-
-    pub fn position(&self) -> u64 {
-        self.position.load(Ordering::Acquire)
-    }
-
-    /// Receive every frame about `session` published from now on.
-    pub fn subscribe(&self, session: &str) -> broadcast::Receiver<Arc<Frame>> {
-        let mut sessions = self.lock();
-        sessions
-            .entry(session.to_owned())
-            .or_insert_with(|| broadcast::channel(self.buffer).0)
-            .subscribe()
-    }
-
-    /// Forget sessions nobody listens to any more.
-    pub fn unsubscribe_idle(&self, session: &str) {
-        let mut sessions = self.lock();
-        if sessions.get(session).is_some_and(|tx| tx.receiver_count() == 0) {
-            sessions.remove(session);
+    /// Wait until the event stream exists (the writers create it), or shutdown.
+    pub async fn run(self: Arc<Self>) {
+        let found =
+            platform::retry::until_stopped("finding the event stream", &self.shutdown, || {
+                self.js.get_stream(subjects::STREAM)
+            });
+        if found.await.is_some() {
+            self.has_stream.send_replace(true);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<Frame>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Feed>>> {
         // Nothing panics while holding the lock; recover from poisoning regardless.
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        self.feeds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, session: &str, frame: Frame) {
-        let seq = frame.seq;
-        if let Some(tx) = self.lock().get(session) {
-            let _ = tx.send(Arc::new(frame));
-        }
-        self.position.store(seq, Ordering::Release);
-    }
-
-    /// Follow the stream from its current end until shutdown, re-subscribing after failures.
-    pub async fn run(self: Arc<Self>, js: jetstream::Context, shutdown: CancellationToken) {
-        // `follow` returns Ok only at shutdown.
-        platform::retry::until_stopped("event hub subscription", &shutdown, || {
-            self.follow(&js, &shutdown)
-        })
-        .await;
-    }
-
-    async fn follow(
-        &self,
-        js: &jetstream::Context,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let mut stream = js.get_stream(subjects::STREAM).await?;
-        let last = stream.info().await?.state.last_sequence;
-        // Continue where we stopped; on first start, from the end of the stream.
-        let start = match self.position() {
-            0 => {
-                self.position.store(last, Ordering::Release);
-                last + 1
-            }
-            p => p + 1,
+    /// Watch `session` of `org`, waiting at most `within` for its feed to start; None if it did
+    /// not (NATS unreachable).
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        org: &str,
+        session: &str,
+        within: Duration,
+    ) -> Option<Subscription> {
+        let (feed, frames) = {
+            let mut feeds = self.lock();
+            let feed = feeds.entry(session.to_owned()).or_insert_with(|| {
+                let feed = Arc::new(Feed {
+                    tx: broadcast::channel(self.buffer).0,
+                    covered: AtomicU64::new(0),
+                    ready: watch::Sender::new(false),
+                    stop: self.shutdown.child_token(),
+                });
+                tokio::spawn(self.clone().follow(org.to_owned(), session.to_owned(), feed.clone()));
+                feed
+            });
+            (feed.clone(), feed.tx.subscribe())
         };
+        // From here the subscription releases the feed when dropped, started or not.
+        let mut sub = Subscription {
+            frames: Some(frames),
+            position: 0,
+            hub: self.clone(),
+            session: session.to_owned(),
+        };
+        let mut ready = feed.ready.subscribe();
+        tokio::time::timeout(within, ready.wait_for(|r| *r)).await.ok()?.ok()?;
+        sub.position = feed.covered();
+        Some(sub)
+    }
+
+    /// Stop the session's feed if nobody watches it any more.
+    fn release(&self, session: &str) {
+        let mut feeds = self.lock();
+        if feeds.get(session).is_some_and(|f| f.tx.receiver_count() == 0) {
+            if let Some(feed) = feeds.remove(session) {
+                feed.stop.cancel();
+            }
+        }
+    }
+
+    /// Run one session's feed until it is released or the service stops.
+    async fn follow(self: Arc<Self>, org: String, session: String, feed: Arc<Feed>) {
+        metrics::gauge!("hub_feeds").increment(1.0);
+        let filters = subjects::session_filters_of(&org, &session);
+        let check = subjects::session_events(&org, &session);
+        let mut losses = self.losses.clone();
+        losses.mark_unchanged();
+        while !feed.stop.is_cancelled() {
+            let outcome = async {
+                let messages = self.consume(&filters, &feed).await?;
+                self.pump(&check, &feed, messages, &mut losses).await
+            };
+            if let Err(e) = outcome.await {
+                metrics::counter!("hub_refollows_total").increment(1);
+                tracing::debug!(error = %e, %session, "a session feed follows again");
+                tokio::select! {
+                    _ = feed.stop.cancelled() => {}
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+        metrics::gauge!("hub_feeds").decrement(1.0);
+    }
+
+    /// A consumer of the session's events after what the feed has delivered; for a new feed,
+    /// after the end of the stream (its clients learn that position).
+    async fn consume(
+        &self,
+        filters: &[String; 2],
+        feed: &Feed,
+    ) -> anyhow::Result<consumer::pull::Ordered> {
+        let stream = self.js.get_stream(subjects::STREAM).await?;
+        if !*feed.ready.borrow() {
+            let last = stream.cached_info().state.last_sequence;
+            feed.covered.store(last, Ordering::Release);
+        }
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                filter_subjects: filters.to_vec(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: feed.covered() + 1,
+                },
                 ..Default::default()
             })
             .await?;
-        let mut messages = consumer.messages().await?;
-        // From here every event after `position` reaches the subscribers.
-        self.following.send_replace(true);
-        // The ordered consumer lives on one server; if that server goes (a NATS node lost), the
-        // client is meant to notice and make a new one, but may stay silent instead. So: when
-        // nothing has arrived for a while, ask the stream whether it has moved past us, and if
-        // it has, follow again from our position (nothing is skipped or repeated).
-        let mut check = tokio::time::interval(STALL_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut arrived = false;
+        let messages = consumer.messages().await?;
+        feed.ready.send_replace(true);
+        Ok(messages)
+    }
+
+    /// Deliver the session's events in order until the feed stops (Ok) or must follow again
+    /// (Err).
+    async fn pump(
+        &self,
+        check: &str,
+        feed: &Feed,
+        mut messages: consumer::pull::Ordered,
+        losses: &mut DeliveryLosses,
+    ) -> anyhow::Result<()> {
+        // Starting out counts as activity: check once quiet.
+        let mut unchecked = true;
         loop {
-            let msg = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = check.tick() => {
-                    if !std::mem::take(&mut arrived) {
-                        let last = stream.info().await?.state.last_sequence;
-                        if last > self.position() {
-                            metrics::counter!("hub_stalls_total").increment(1);
-                            anyhow::bail!("the subscription stalled at {} of {last}", self.position());
-                        }
+            tokio::select! {
+                _ = feed.stop.cancelled() => return Ok(()),
+                changed = losses.changed() => {
+                    if changed.is_err() {
+                        return Ok(()); // the client is gone: the service is stopping
                     }
-                    continue;
+                    unchecked = true;
                 }
-                m = messages.next() => m,
-            };
-            arrived = true;
-            let msg = match msg {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => anyhow::bail!(e),
-                None => anyhow::bail!("subscription ended"),
-            };
-            let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-            match (subjects::session_of(&msg.subject), Frame::decode(seq, &msg.payload)) {
-                (Some(session), Some(frame)) => self.publish(session, frame),
-                _ => self.position.store(seq, Ordering::Release),
+                _ = tokio::time::sleep(QUIET), if unchecked => {
+                    match self.has_newer(check, feed.covered()).await {
+                        Ok(true) => anyhow::bail!("the consumer went quiet"),
+                        Ok(false) => unchecked = false,
+                        // (checked again after the next quiet moment)
+                        Err(e) => tracing::debug!(error = %e, "cannot check a session feed"),
+                    }
+                }
+                msg = messages.next() => {
+                    let msg = match msg {
+                        Some(m) => m?,
+                        None => anyhow::bail!("the consumer ended"),
+                    };
+                    unchecked = true;
+                    let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                    if seq > feed.covered() {
+                        feed.deliver(seq, &msg.payload);
+                    }
+                }
             }
+        }
+    }
+
+    /// Whether the stream holds an event of the session after `after` (asked of the stream's
+    /// leader, which has everything stored).
+    async fn has_newer(&self, check: &str, after: u64) -> anyhow::Result<bool> {
+        let stream = self.js.get_stream_no_info(subjects::STREAM).await?;
+        match stream.raw_message_builder().sequence(after + 1).next_by_subject(check).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 }

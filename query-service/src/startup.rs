@@ -93,7 +93,7 @@ impl Application {
         login: identity::LoginConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let platform::startup::Foundation { metrics, db: identity, nats, js } =
+        let platform::startup::Foundation { metrics, db: identity, nats, nats_losses, js } =
             platform::startup::foundation(&common, "query-service").await?;
         // Tenant reads: their own role and pool (see `platform::db::reader_pool`).
         let pool = db::reader_pool(
@@ -101,13 +101,10 @@ impl Application {
             &cfg.reader_database_user,
             Some(cfg.reader_database_password.expose_secret()),
         )?;
-        let hub = Hub::new(cfg.sse_session_buffer);
-        let hub_task = {
-            let (hub, js, stop) = (hub.clone(), js.clone(), shutdown.clone());
-            // The stream is the writers' to create (the query service may only read it); the
-            // hub waits for it.
-            tokio::spawn(async move { hub.run(js, stop).await })
-        };
+        let hub = Hub::new(js.clone(), nats_losses, cfg.sse_session_buffer, shutdown.clone());
+        // The stream is the writers' to create (the query service may only read it); the hub
+        // waits for it.
+        let hub_task = tokio::spawn(hub.clone().run());
         let notifications = crate::notifications::Notifications::new();
         let streams = crate::streams::StreamLeases::new(identity.clone(), cfg.sse_streams_per_user);
         let renew_task = tokio::spawn(streams.clone().renew(shutdown.clone()));
@@ -124,15 +121,15 @@ impl Application {
         ));
         let authenticator = web::Data::new(Authenticator::new(auth, discovery, identity.clone())?);
         let ready = {
-            // Ready once PostgreSQL and NATS answer and the hub follows the stream.
+            // Ready once PostgreSQL and NATS answer and the event stream exists.
             let (base, hub) = (http::readiness(pool.clone(), nats), hub.clone());
             let ready: http::ReadinessCheck = Arc::new(move || {
                 let (base, hub) = (base.clone(), hub.clone());
                 Box::pin(async move {
                     base().await?;
-                    match hub.is_following() {
+                    match hub.has_stream() {
                         true => Ok(()),
-                        false => Err("the event hub does not follow the stream yet".into()),
+                        false => Err("the event stream does not exist yet".into()),
                     }
                 })
             });

@@ -60,7 +60,18 @@ pub fn live_event(
 
 /// Both filters that together select everything about one session.
 pub fn session_filters(org: &OrganizationId, session: &SessionId) -> [String; 2] {
+    session_filters_of(org.as_str(), session.as_str())
+}
+
+/// `session_filters`, from ids already checked.
+pub fn session_filters_of(org: &str, session: &str) -> [String; 2] {
     [format!("oc.evt.{org}.*.{session}.>"), format!("oc.live.{org}.*.{session}.>")]
+}
+
+/// One filter selecting everything about one session in the stream (whose subjects are only
+/// `oc.evt.>` and `oc.live.>`).
+pub fn session_events(org: &str, session: &str) -> String {
+    format!("oc.*.{org}.*.{session}.>")
 }
 
 /// The (organization, workspace, session) tokens of an event subject, `_` where not scoped.
@@ -90,6 +101,7 @@ mod tests {
         assert_eq!(scope_of(&subject), Some((o.as_str(), w.as_str(), s.as_str())));
         let org_subject = domain_event(&o, None, None, "organization.created");
         assert_eq!(session_of(&org_subject), None);
+        assert_eq!(session_events(o.as_str(), s.as_str()), format!("oc.*.{o}.*.{s}.>"));
         assert_eq!(
             live_event(&o, &w, &s, "message.part.delta"),
             format!("oc.live.{o}.{w}.{s}.message_part_delta")

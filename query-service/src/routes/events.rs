@@ -29,7 +29,7 @@ use schemas::subjects;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::access;
-use crate::hub::Frame;
+use crate::hub::{Frame, Subscription};
 use crate::notifications::Interest;
 use crate::startup::AppState;
 use schemas::policy::Action;
@@ -51,16 +51,14 @@ pub async fn stream(
         let db = state.reader(&req, &user).await?;
         access::session(&db, &id, &user, Action::Read).await?.organization_id
     };
-    // A hub that does not follow the stream yet (the instance has just started, NATS is still
-    // coming up) would start after events this client is owed: wait for it, briefly.
-    if !state.hub.until_following(state.cfg.consistency_wait()).await {
-        return Err(Problem::unavailable("the event stream is not followed yet; retry"));
-    }
     // One more open stream for this user, if they are under the cap (held until it ends).
     let lease = state.streams.take(&user.user_id).await?;
-    // Subscribe before reading the position: nothing published after it can be missed.
-    let live = state.hub.subscribe(id.as_str());
-    let position = state.hub.position();
+    // The session's live events from a known position on: nothing after it can be missed. A
+    // feed that cannot start (NATS unreachable) would not know what this client is owed.
+    let wait = state.cfg.consistency_wait();
+    let Some(live) = state.hub.subscribe(org.as_str(), id.as_str(), wait).await else {
+        return Err(Problem::unavailable("the session's events cannot be followed now; retry"));
+    };
     let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
     let keep_alive = Duration::from_secs(state.cfg.sse_keep_alive_secs);
     let state = state.into_inner();
@@ -73,14 +71,12 @@ pub async fn stream(
     };
     tokio::spawn(async move {
         metrics::gauge!("sse_clients").increment(1.0);
-        let outcome =
-            serve(&state, &org, &session, last_event_id, position, live, watch, &tx).await;
+        let outcome = serve(&state, &org, &session, last_event_id, live, watch, &tx).await;
         if let Err(e) = outcome {
             tracing::debug!(error = %e, %session, "sse stream ended");
         }
         metrics::gauge!("sse_clients").decrement(1.0);
         drop(lease);
-        state.hub.unsubscribe_idle(session.as_str());
     });
     Ok(sse::Sse::from_infallible_receiver(rx)
         .with_keep_alive(keep_alive)
@@ -139,20 +135,19 @@ impl AccessWatch {
 }
 
 /// Feed one client until it goes away, lags, loses the right to read, or the service stops.
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn serve(
     state: &AppState,
     org: &OrganizationId,
     session: &SessionId,
     resume_after: Option<u64>,
-    position: u64,
-    mut live: broadcast::Receiver<Arc<Frame>>,
+    mut live: Subscription,
     mut watch: AccessWatch,
     tx: &mpsc::Sender<sse::Event>,
 ) -> anyhow::Result<()> {
     let expires_in = watch.user.credential.expires_at_ms() - schemas::now_ms();
     let expiry = tokio::time::sleep(Duration::from_millis(expires_in.max(0) as u64));
     tokio::pin!(expiry);
+    let position = live.position();
     let mut sent = position;
     if let Some(after) = resume_after {
         sent = replay(state, org, session, after, position, tx).await?;
