@@ -223,6 +223,18 @@ impl System {
         )
     }
 
+    /// The sum of every series of metric `name` a service reports at `ops_url`, if it reports it.
+    pub async fn metric(&self, ops_url: &str, name: &str) -> Option<f64> {
+        let text =
+            self.http.get(format!("{ops_url}/metrics")).send().await.ok()?.text().await.ok()?;
+        let values = text.lines().filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let series_name = series.split('{').next()?;
+            (series_name == name).then(|| value.parse::<f64>().ok()).flatten()
+        });
+        values.fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
+    }
+
     /// Open `session`'s event stream as `bearer` and read past `server.connected`.
     pub async fn watch(&self, bearer: &str, session: &Created) -> crate::sse::SseClient {
         let url = self.stream_url(0, session);

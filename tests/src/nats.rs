@@ -23,6 +23,8 @@ struct Node {
     proc: Proc,
     port: u16,
     route_port: u16,
+    /// The server's monitoring endpoint (`/connz`, `/jsz`, …).
+    monitor_port: u16,
     dir: PathBuf,
 }
 
@@ -41,8 +43,9 @@ impl NatsServers {
             .enumerate()
             .map(|(i, &(port, route_port))| {
                 let dir = base.with_extension(format!("n{i}"));
-                let proc = spawn(i, port, route_port, &dir, auth, &ports);
-                Node { proc, port, route_port, dir }
+                let monitor_port = free_port();
+                let proc = spawn(i, (port, route_port, monitor_port), &dir, auth, &ports);
+                Node { proc, port, route_port, monitor_port, dir }
             })
             .collect();
         Self { nodes, auth }
@@ -55,6 +58,11 @@ impl NatsServers {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// Server `i`'s monitoring endpoint, e.g. `{…}/connz` for its connections' traffic.
+    pub fn monitor_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].monitor_port)
     }
 
     pub fn len(&self) -> usize {
@@ -83,7 +91,8 @@ impl NatsServers {
     pub fn restart_node(&mut self, i: usize) {
         let ports: Vec<(u16, u16)> = self.nodes.iter().map(|n| (n.port, n.route_port)).collect();
         let node = &mut self.nodes[i];
-        node.proc = spawn(i, node.port, node.route_port, &node.dir, self.auth, &ports);
+        let node_ports = (node.port, node.route_port, node.monitor_port);
+        node.proc = spawn(i, node_ports, &node.dir, self.auth, &ports);
     }
 
     /// Which server (by index) runs as `name` (`n0`, `n1`, …: what JetStream reports leaders by).
@@ -101,7 +110,9 @@ impl Drop for NatsServers {
     }
 }
 
-fn spawn(i: usize, port: u16, route_port: u16, dir: &Path, auth: bool, all: &[(u16, u16)]) -> Proc {
+/// Start server `i` on its (client, route, monitoring) ports.
+fn spawn(i: usize, ports: (u16, u16, u16), dir: &Path, auth: bool, all: &[(u16, u16)]) -> Proc {
+    let (port, route_port, monitor_port) = ports;
     let mut cmd = Command::new(nats_server());
     if auth {
         cmd.arg("-c").arg(repo_root().join("compose/nats/single.conf"));
@@ -109,7 +120,8 @@ fn spawn(i: usize, port: u16, route_port: u16, dir: &Path, auth: bool, all: &[(u
             cmd.env(var, password);
         }
     }
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string()]);
+    cmd.args(["-js", "-sd"]).arg(dir);
     if all.len() > 1 {
         let routes: Vec<String> =
             all.iter().map(|(_, r)| format!("nats://127.0.0.1:{r}")).collect();

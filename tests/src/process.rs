@@ -139,8 +139,14 @@ fn ephemeral_start() -> u32 {
         .unwrap_or(32_768)
 }
 
-/// Where cargo put the workspace's binaries (next to this test binary's `deps/`).
+/// Where cargo put the workspace's binaries (next to this test binary's `deps/`), unless
+/// `OC_TEST_BIN_<NAME>` (e.g. `OC_TEST_BIN_QUERY_SERVICE`) names another build to run instead:
+/// how a benchmark compares a change with the build before it.
 pub fn bin(name: &str) -> PathBuf {
+    let other = format!("OC_TEST_BIN_{}", name.to_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(other).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);

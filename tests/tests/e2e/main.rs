@@ -11,6 +11,7 @@ mod bus_security;
 mod chaos;
 mod consistency_waits;
 mod durability;
+mod interest;
 mod isolation;
 mod limits;
 mod nats_cluster;
