@@ -7,6 +7,9 @@ use schemas::subjects;
 
 use crate::config::CommonConfig;
 
+/// How often the connection is checked for a server that no longer answers.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Counts the moments at which core NATS deliveries to a client may have been lost: each
 /// (re)connection, and each subscription that fell behind and had messages dropped. Whoever
 /// relies on core subscriptions (the query service's session feeds) re-reads from JetStream
@@ -40,6 +43,10 @@ pub async fn connect(
             Duration::from_millis((attempts as u64 * 100).min(1000))
         })
         .connection_timeout(Duration::from_secs(2))
+        // A server that stops answering without closing the connection (frozen, or cut off by
+        // the network) is given up after three unanswered pings, ~6 s, and another node of the
+        // cluster is used: with the default (60 s) publishes time out for minutes meanwhile.
+        .ping_interval(PING_INTERVAL)
         .event_callback(move |event| {
             let losses = losses.clone();
             async move {

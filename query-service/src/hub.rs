@@ -212,10 +212,10 @@ impl Hub {
     /// Stop the session's feed if nobody watches it any more.
     fn release(&self, session: &str) {
         let mut feeds = self.lock();
-        if feeds.get(session).is_some_and(|f| f.tx.receiver_count() == 0) {
-            if let Some(feed) = feeds.remove(session) {
-                feed.stop.cancel();
-            }
+        if feeds.get(session).is_some_and(|f| f.tx.receiver_count() == 0)
+            && let Some(feed) = feeds.remove(session)
+        {
+            feed.stop.cancel();
         }
     }
 
@@ -304,6 +304,8 @@ impl Hub {
                     };
                     unchecked = true;
                     let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                    // (a consumer the client library made again before its first message
+                    // starts from the beginning of the stream: async-nats 0.51)
                     if seq > feed.covered() {
                         feed.deliver(seq, &msg.payload);
                     }

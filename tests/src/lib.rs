@@ -6,13 +6,15 @@
 //! fake LLM provider, and its own service processes built by `cargo build --workspace --bins`.
 //! PostgreSQL is the machine's (`OC_TEST_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); `nats-server` must be 2.10+ on PATH (or
-//! `OC_TEST_NATS_SERVER`).
+//! `OC_TEST_NATS_SERVER`). A test that restarts PostgreSQL gets a server of its own
+//! (`SystemOptions::own_postgres`).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod bench;
 pub mod browser;
 pub mod nats;
+pub mod postgres;
 pub mod process;
 pub mod sse;
 pub mod system;

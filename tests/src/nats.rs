@@ -87,6 +87,17 @@ impl NatsServers {
         self.nodes[i].proc.kill();
     }
 
+    /// Freeze server `i` (SIGSTOP): its connections stay open, nothing on them is answered, as
+    /// when the network to it is cut.
+    pub fn freeze_node(&mut self, i: usize) {
+        self.nodes[i].proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Thaw a frozen server (SIGCONT).
+    pub fn thaw_node(&mut self, i: usize) {
+        self.nodes[i].proc.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
     /// Start server `i` again on its port and store.
     pub fn restart_node(&mut self, i: usize) {
         let ports: Vec<(u16, u16)> = self.nodes.iter().map(|n| (n.port, n.route_port)).collect();

@@ -74,6 +74,21 @@ impl Proc {
         c.wait().expect("wait")
     }
 
+    /// Send `signal` (SIGSTOP and SIGCONT freeze and thaw the process: a server that stops
+    /// answering without closing its connections, as behind a network partition).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("{signal} {}: {e}", self.name));
+    }
+
+    /// Wait for the process to exit by itself (after a signal that ends it).
+    pub fn wait(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }

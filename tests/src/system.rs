@@ -33,6 +33,8 @@ pub struct SystemOptions {
     pub nats_auth: bool,
     /// Run a NATS cluster of three, the stream and consumers replicated on all three.
     pub nats_cluster: bool,
+    /// Run a PostgreSQL server of the test's own (`System::restart_postgres`), not the machine's.
+    pub own_postgres: bool,
 }
 
 impl Default for SystemOptions {
@@ -47,6 +49,7 @@ impl Default for SystemOptions {
             capture_logs: false,
             nats_auth: false,
             nats_cluster: false,
+            own_postgres: false,
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct System {
     pub db_url: String,
     db_name: String,
     admin_url: String,
+    /// The test's own PostgreSQL server, when it has one (dropped after the database is).
+    own_postgres: Option<crate::postgres::OwnPostgres>,
     pub opts: SystemOptions,
     /// The key-encryption key every service seals or opens provider keys with.
     pub keks: String,
@@ -94,8 +99,15 @@ impl System {
     }
 
     pub async fn start_with(opts: SystemOptions) -> System {
-        let admin_url = std::env::var("OC_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let own_postgres = match opts.own_postgres {
+            true => Some(crate::postgres::OwnPostgres::start().await),
+            false => None,
+        };
+        let admin_url = match &own_postgres {
+            Some(pg) => pg.admin_url(),
+            None => std::env::var("OC_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+        };
         let db_name = format!(
             "oc_e2e_{}_{}",
             std::process::id(),
@@ -151,6 +163,7 @@ impl System {
             db_url,
             db_name,
             admin_url,
+            own_postgres,
             opts: opts.clone(),
             keks: {
                 use base64::Engine;
@@ -336,6 +349,11 @@ impl System {
     }
 
     /// Start NATS again after `self.nats.kill()`, on the same port and store.
+    /// Crash the test's own PostgreSQL (`own_postgres`) and start it again on the same data.
+    pub async fn restart_postgres(&mut self) {
+        self.own_postgres.as_mut().expect("a test's own PostgreSQL").restart().await;
+    }
+
     pub fn restart_nats(&mut self) {
         self.nats.restart_node(0);
     }

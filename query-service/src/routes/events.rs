@@ -21,6 +21,7 @@ use std::time::Duration;
 use actix_web::{HttpRequest, web};
 use actix_web_lab::sse;
 use async_nats::jetstream::consumer;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures::StreamExt;
 use identity::{AuthUser, Authenticator};
 use platform::problem::Problem;
@@ -36,7 +37,7 @@ use schemas::policy::Action;
 
 /// Frames queued for one client's socket. Small: the per-session broadcast buffer is the slack.
 const CLIENT_QUEUE: usize = 32;
-/// Longest a replay may go without a message before it is taken as finished.
+/// Longest a replay may wait for its next message before the stream ends (the client resumes).
 const REPLAY_IDLE: Duration = Duration::from_secs(2);
 
 pub async fn stream(
@@ -218,6 +219,17 @@ async fn replay(
     if after >= until {
         return Ok(after);
     }
+    // Whether anything of the session lies between `after` and `until`, asked of the stream's
+    // leader (which has everything stored): if not, the client is caught up to `until` at once.
+    let check = subjects::session_events(org.as_str(), session.as_str());
+    let first =
+        stream.raw_message_builder().sequence(after + 1).next_by_subject(check).send().await;
+    match first {
+        Ok(m) if m.sequence > until => return Ok(until),
+        Ok(_) => {}
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(until),
+        Err(e) => return Err(e.into()),
+    }
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subjects: subjects::session_filters(org, session).to_vec(),
@@ -228,25 +240,32 @@ async fn replay(
     let mut messages = consumer.messages().await?;
     let mut sent = after;
     loop {
-        let next = tokio::time::timeout(REPLAY_IDLE, messages.next()).await;
-        let msg = match next {
-            Err(_) | Ok(None) => break,
+        // Something is owed: a replay that stalls (NATS electing a leader) ends the stream
+        // rather than pass over what it did not send; the client resumes from what it got.
+        let msg = match tokio::time::timeout(REPLAY_IDLE, messages.next()).await {
+            Err(_) => anyhow::bail!("the replay stalled"),
+            Ok(None) => anyhow::bail!("the replay ended early"),
             Ok(Some(m)) => m?,
         };
         let meta = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
         let (seq, pending) = (meta.stream_sequence, meta.pending);
+        // An ordered consumer that the client library makes again before its first message
+        // starts from the beginning of the stream (async-nats 0.51 falls back to "deliver
+        // all"): what the client has is never sent again.
+        if seq <= sent {
+            continue;
+        }
         if let Some(frame) = Frame::decode(seq, &msg.payload) {
             tx.send(frame.to_sse()).await?;
             metrics::counter!("sse_events_replayed_total").increment(1);
         }
         sent = seq;
+        // Nothing more of the session is stored (pending 0), or the rest comes live: the
+        // client is caught up to `until` at least.
         if pending == 0 || seq >= until {
-            break;
+            return Ok(seq.max(until));
         }
     }
-    // Nothing of this session between the last replayed event and `until`: the client is
-    // caught up to `until` whatever it was sent.
-    Ok(sent.max(until))
 }
 
 async fn reload(

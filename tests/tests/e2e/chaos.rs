@@ -1,15 +1,22 @@
 //! Faults under load: sessions prompt and stream without pause, their clients drop and resume at
-//! random on either query instance, while service instances of every kind are SIGKILLed one
-//! after another and started again on the same port. Afterwards: every prompt answered 202 got
-//! exactly one completed reply; every client saw each reply's final attempt equal to the stored
-//! text, and no event twice or out of order; the read models equal a rebuild.
+//! random on either query instance, while
+//! - service instances of every kind are SIGKILLed one after another and started again on the
+//!   same port (one NATS server, the machine's PostgreSQL);
+//! - on a three-node NATS cluster and a PostgreSQL of the test's own: a NATS node is SIGKILLed
+//!   and restarted, PostgreSQL crashes and restarts, the node leading the stream is SIGKILLed
+//!   and restarted, a node is frozen (partitioned) for longer than the client timeouts.
 //!
-//! `OC_CHAOS_PROMPTS` sets how many prompts (default 48: the short profile `make test` runs;
-//! `make chaos` runs 1,000).
+//! Afterwards: every prompt answered 202 got exactly one completed reply; every client saw each
+//! reply's final attempt equal to the stored text, and no event twice or out of order; the read
+//! models equal a rebuild. The infrastructure test reports how soon the system served again
+//! after each kind of fault (the first reply to a prompt accepted after it).
+//!
+//! `OC_CHAOS_PROMPTS` sets how many prompts per test (default 48 and 80: the short profile
+//! `make test` runs; `make chaos` runs 1,000).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e_tests::sse::{Event, SseClient, reply_text};
@@ -31,6 +38,8 @@ struct Client {
     queries: Vec<String>,
     /// Replies answered by every client so far: what paces the kills.
     progress: Arc<AtomicUsize>,
+    /// (accepted, completed) of every reply answered so far.
+    answered: Arc<Mutex<Vec<(Instant, Instant)>>>,
 }
 
 /// What a client saw: the assistant message ids it was promised, and every event it received.
@@ -55,6 +64,7 @@ impl Client {
         let mut stream = self.open(&token, &mut last, &mut seen).await;
         for i in 0..prompts {
             let reply = self.prompt(i).await;
+            let accepted = Instant::now();
             let deadline = Instant::now() + REPLY_WAIT;
             // (a prompt whose answer was lost may have been answered already)
             let completed = |e: &Event| {
@@ -83,6 +93,7 @@ impl Client {
                 }
             }
             seen.replies.push(reply);
+            self.answered.lock().unwrap().push((accepted, Instant::now()));
             self.progress.fetch_add(1, Ordering::Relaxed);
         }
         seen
@@ -182,11 +193,118 @@ impl Client {
     }
 }
 
-#[tokio::test]
-async fn prompts_survive_service_instances_killed_under_load() {
-    let prompts: usize =
-        std::env::var("OC_CHAOS_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(48);
-    let mut system = System::start_with(SystemOptions {
+/// Sessions prompting and streaming without pause on the system, one client each.
+struct Load {
+    clients: Vec<tokio::task::JoinHandle<Seen>>,
+    /// Replies answered so far.
+    progress: Arc<AtomicUsize>,
+    /// When each answered reply's prompt was accepted, and when it completed on its stream.
+    answered: Arc<Mutex<Vec<(Instant, Instant)>>>,
+    bearer: String,
+    prompts: usize,
+}
+
+impl Load {
+    async fn start(system: &System, prompts: usize) -> Load {
+        let alice = system.token("alice").await;
+        let org = system.create_org(&alice, "Chaos").await;
+        let ws = system.create_workspace(&alice, &org.id, "w").await;
+        let progress = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let mut clients = Vec::new();
+        for _ in 0..SESSIONS {
+            let session = system.create_session(&alice, &ws.id).await;
+            let client = Client {
+                http: system.http.clone(),
+                bearer: alice.clone(),
+                session: session.id.clone(),
+                commands: system.command.iter().map(|s| s.url.clone()).collect(),
+                queries: system.query.iter().map(|s| s.url.clone()).collect(),
+                progress: progress.clone(),
+                answered: answered.clone(),
+            };
+            clients.push(tokio::spawn(client.run(prompts / SESSIONS, session.token)));
+        }
+        Load { clients, progress, answered, bearer: alice, prompts: prompts / SESSIONS * SESSIONS }
+    }
+
+    /// Wait until the load has answered `replies` more prompts (true), or has ended (false).
+    async fn answers(&self, replies: usize) -> bool {
+        let next = self.progress.load(Ordering::Relaxed) + replies;
+        let ended = within(REPLY_WAIT, || async {
+            let ended = self.clients.iter().all(|c| c.is_finished());
+            (ended || self.progress.load(Ordering::Relaxed) >= next).then_some(ended)
+        });
+        !ended.await.expect("the load answered no prompt in time")
+    }
+
+    /// How long after `fault` the system served again: the first reply to a prompt accepted
+    /// after it completed.
+    fn served_again(&self, fault: Instant) -> Option<Duration> {
+        let answered = self.answered.lock().unwrap();
+        answered
+            .iter()
+            .filter(|(accepted, _)| *accepted >= fault)
+            .map(|(_, done)| *done - fault)
+            .min()
+    }
+
+    /// Wait for every client, then check every promise was kept once and every client saw
+    /// exactly what was stored; the read models equal a rebuild. Returns (answered, reconnects).
+    async fn check(self, system: &mut System) -> (usize, usize) {
+        let mut seen = Vec::new();
+        for client in self.clients {
+            seen.push(client.await.expect("a client failed"));
+        }
+        let mut answered = 0;
+        for s in &seen {
+            let ids: Vec<u64> = s.events.iter().map(Event::seq).collect();
+            if let Some(at) = ids.windows(2).position(|w| w[0] >= w[1]) {
+                let around: Vec<String> = s.events[at.saturating_sub(3)..(at + 4).min(ids.len())]
+                    .iter()
+                    .map(|e| format!("{} {}", e.id, e.event))
+                    .collect();
+                panic!("{}: an event twice or out of order: {around:?}", s.session);
+            }
+            let stored = stored_replies(system, &self.bearer, &s.session, s.replies.len()).await;
+            assert_eq!(stored.len(), s.replies.len(), "{}: one stored reply per prompt", s.session);
+            for reply in &s.replies {
+                let text = stored.get(reply).unwrap_or_else(|| panic!("{reply} was never stored"));
+                let about: Vec<String> = s
+                    .events
+                    .iter()
+                    .take(8)
+                    .map(|e| format!("{} {} {}", e.id, e.event, e.data["properties"]["attempt"]))
+                    .collect();
+                let of_reply: Vec<String> = s
+                    .events
+                    .iter()
+                    .filter(|e| e.data.to_string().contains(reply.as_str()))
+                    .map(|e| format!("{} {}", e.id, e.event))
+                    .collect();
+                assert_eq!(
+                    &reply_text(&s.events, reply),
+                    text,
+                    "{reply}: streamed ≠ stored; seen {about:?}; of the reply {of_reply:?}"
+                );
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, self.prompts);
+        let live = system.read_models().await;
+        system.rebuild().await;
+        assert_eq!(system.read_models().await, live, "the read models equal a rebuild");
+        (answered, seen.iter().map(|s| s.reconnects).sum())
+    }
+}
+
+fn prompts(short: usize) -> usize {
+    std::env::var("OC_CHAOS_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(short)
+}
+
+/// The topology both fault tests run: two instances of every service.
+fn options(nats_cluster: bool) -> SystemOptions {
+    SystemOptions {
         query_instances: 2,
         // A dead worker's prompt goes to another within seconds.
         worker_ack_wait_secs: 3,
@@ -194,45 +312,30 @@ async fn prompts_survive_service_instances_killed_under_load() {
         // One user holds every session here; a killed query instance's stream leases lapse only
         // after their time to live.
         service_env: vec![("OC_SSE_STREAMS_PER_USER", "1000".into())],
+        nats_cluster,
+        own_postgres: nats_cluster,
         ..Default::default()
-    })
-    .await;
+    }
+}
+
+async fn second_instances(system: &mut System) {
     let second = system.start_command(true).await;
     system.command.push(second);
     let worker = system.start_worker().await;
     system.workers.push(worker);
+}
 
-    let alice = system.token("alice").await;
-    let org = system.create_org(&alice, "Chaos").await;
-    let ws = system.create_workspace(&alice, &org.id, "w").await;
-    let mut clients = Vec::new();
-    let progress = Arc::new(AtomicUsize::new(0));
-    for _ in 0..SESSIONS {
-        let session = system.create_session(&alice, &ws.id).await;
-        let client = Client {
-            http: system.http.clone(),
-            bearer: alice.clone(),
-            session: session.id.clone(),
-            commands: system.command.iter().map(|s| s.url.clone()).collect(),
-            queries: system.query.iter().map(|s| s.url.clone()).collect(),
-            progress: progress.clone(),
-        };
-        clients.push(tokio::spawn(client.run(prompts / SESSIONS, session.token)));
-    }
+#[tokio::test]
+async fn prompts_survive_service_instances_killed_under_load() {
+    let mut system = System::start_with(options(false)).await;
+    second_instances(&mut system).await;
+    let load = Load::start(&system, prompts(48)).await;
 
     // Kill an instance of each kind in turn, and start it again on its port, each time the load
     // has answered a few more prompts, until it ends.
     let mut kills = 0;
     let mut turn = 0;
-    loop {
-        let next_kill = progress.load(Ordering::Relaxed) + REPLIES_BETWEEN_KILLS;
-        let ended = within(REPLY_WAIT, || async {
-            let ended = clients.iter().all(|c| c.is_finished());
-            (ended || progress.load(Ordering::Relaxed) >= next_kill).then_some(ended)
-        });
-        if ended.await.expect("the load answered no prompt between two kills") {
-            break;
-        }
+    while load.answers(REPLIES_BETWEEN_KILLS).await {
         let victims = ["worker", "command", "query", "projector"];
         let kind = victims[turn % victims.len()];
         turn += 1;
@@ -258,46 +361,126 @@ async fn prompts_survive_service_instances_killed_under_load() {
             _ => system.projector = Some(restarted),
         }
     }
-    let mut seen = Vec::new();
-    for client in clients {
-        seen.push(client.await.expect("a client failed"));
-    }
-
-    // Every promise kept once, and every client saw exactly what was stored.
-    let mut answered = 0;
-    for s in &seen {
-        let ids: Vec<u64> = s.events.iter().map(Event::seq).collect();
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "{}: an event twice or out of order",
-            s.session
-        );
-        let stored = stored_replies(&system, &alice, &s.session, s.replies.len()).await;
-        assert_eq!(stored.len(), s.replies.len(), "{}: one stored reply per prompt", s.session);
-        for reply in &s.replies {
-            let text = stored.get(reply).unwrap_or_else(|| panic!("{reply} was never stored"));
-            let about: Vec<String> = s
-                .events
-                .iter()
-                .take(8)
-                .map(|e| format!("{} {} {}", e.id, e.event, e.data["properties"]["attempt"]))
-                .collect();
-            assert_eq!(
-                &reply_text(&s.events, reply),
-                text,
-                "{reply}: streamed ≠ stored; seen {about:?}"
-            );
-            answered += 1;
-        }
-    }
-    assert_eq!(answered, prompts / SESSIONS * SESSIONS);
-    let live = system.read_models().await;
-    system.rebuild().await;
-    assert_eq!(system.read_models().await, live, "the read models equal a rebuild");
-    let reconnects: usize = seen.iter().map(|s| s.reconnects).sum();
+    let (answered, reconnects) = load.check(&mut system).await;
     eprintln!(
         "chaos: {answered} prompts answered, {kills} instances killed, {reconnects} stream (re)connections, 0 lost"
     );
+}
+
+/// The faults of the infrastructure, in the order the test injects them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Fault {
+    /// SIGKILL a NATS node that does not lead the stream; start it again on its store.
+    NatsNode,
+    /// SIGKILL the node that leads the stream; start it again on its store.
+    NatsLeader,
+    /// Crash PostgreSQL (immediate stop) and start it again.
+    Postgres,
+    /// Freeze one NATS node (SIGSTOP: it neither answers nor closes its connections) for longer
+    /// than every client timeout, then thaw it.
+    NatsPartition,
+}
+
+/// How long a partitioned node stays frozen: past the services' JetStream request timeout
+/// (5 s) and connection timeout (2 s), and long enough for the cluster to elect a new leader.
+const PARTITION: Duration = Duration::from_secs(8);
+
+#[tokio::test]
+async fn prompts_survive_nats_nodes_lost_partitioned_and_postgres_restarted_under_load() {
+    let mut system = System::start_with(options(true)).await;
+    second_instances(&mut system).await;
+    let load = Load::start(&system, prompts(80)).await;
+    let faults = [Fault::NatsNode, Fault::Postgres, Fault::NatsLeader, Fault::NatsPartition];
+    let mut injected: Vec<(Fault, Instant)> = Vec::new();
+    let mut turn = 0;
+    while load.answers(REPLIES_BETWEEN_KILLS).await {
+        let fault = faults[turn % faults.len()];
+        turn += 1;
+        let at = Instant::now();
+        eprintln!("chaos: {fault:?} after {} replies", load.progress.load(Ordering::Relaxed));
+        match fault {
+            Fault::Postgres => system.restart_postgres().await,
+            Fault::NatsNode | Fault::NatsLeader | Fault::NatsPartition => {
+                let leader = stream_leader(&system).await;
+                let node = match fault {
+                    Fault::NatsNode => (leader + 1) % system.nats.len(),
+                    _ => leader,
+                };
+                if fault == Fault::NatsPartition {
+                    system.nats.freeze_node(node);
+                } else {
+                    system.nats.kill_node(node);
+                }
+                // The system serves on with one node of three gone, then gets it back.
+                let still = load.answers(REPLIES_BETWEEN_KILLS);
+                let partitioned = tokio::time::sleep(if fault == Fault::NatsPartition {
+                    PARTITION
+                } else {
+                    Duration::ZERO
+                });
+                let (_, ongoing) = tokio::join!(partitioned, still);
+                if fault == Fault::NatsPartition {
+                    system.nats.thaw_node(node);
+                } else {
+                    system.nats.restart_node(node);
+                }
+                // One fault at a time, as operators would have it: the node is back in step
+                // before the next (else two nodes of three would be out, and no quorum left).
+                all_nodes_current(&system).await;
+                if !ongoing {
+                    injected.push((fault, at));
+                    break;
+                }
+            }
+        }
+        injected.push((fault, at));
+    }
+    let mut recovery: HashMap<Fault, Vec<f64>> = HashMap::new();
+    for (fault, at) in &injected {
+        if let Some(took) = load.served_again(*at) {
+            recovery.entry(*fault).or_default().push(took.as_secs_f64());
+        }
+    }
+    let (answered, reconnects) = load.check(&mut system).await;
+    for fault in faults {
+        let mut took = recovery.remove(&fault).unwrap_or_default();
+        took.sort_by(f64::total_cmp);
+        let worst = took.last().copied().unwrap_or(0.0);
+        let median = took.get(took.len() / 2).copied().unwrap_or(0.0);
+        eprintln!(
+            "chaos: {fault:?} ×{}: served again after {median:.1} s (median), {worst:.1} s (worst)",
+            took.len()
+        );
+    }
+    eprintln!(
+        "chaos: {answered} prompts answered through {} faults, {reconnects} stream (re)connections, 0 lost",
+        injected.len()
+    );
+}
+
+/// Wait until the event stream has a leader and both its replicas are current.
+async fn all_nodes_current(system: &System) {
+    eventually("every NATS node in step", REPLY_WAIT, || async {
+        let js = async_nats::jetstream::new(system.nats().await);
+        let mut stream = js.get_stream(schemas::subjects::STREAM).await.ok()?;
+        let info = stream.info().await.ok()?;
+        let cluster = info.cluster.as_ref()?;
+        let replicas = &cluster.replicas;
+        (cluster.leader.is_some() && replicas.len() == 2 && replicas.iter().all(|r| r.current))
+            .then_some(())
+    })
+    .await;
+}
+
+/// Which NATS node leads the event stream.
+async fn stream_leader(system: &System) -> usize {
+    eventually("the stream's leader", REPLY_WAIT, || async {
+        let js = async_nats::jetstream::new(system.nats().await);
+        let mut stream = js.get_stream(schemas::subjects::STREAM).await.ok()?;
+        let info = stream.info().await.ok()?;
+        system.nats.index_of(info.cluster.as_ref()?.leader.as_ref()?)
+    })
+    .await
 }
 
 /// The session's assistant replies once all `count` are stored: id → text.
@@ -315,7 +498,8 @@ async fn stored_replies(
             let path = format!("/session/{session}/message?limit=200{after}");
             let page = system.get(bearer, &path, None).await;
             for m in page.body["items"].as_array()? {
-                if m["info"]["role"] != "assistant" {
+                // (a reply is stored once the read models have its completion; they may lag)
+                if m["info"]["role"] != "assistant" || m["info"]["finish"].is_null() {
                     continue;
                 }
                 let text =

@@ -40,7 +40,7 @@ async fn a_query_instance_receives_only_the_sessions_its_clients_watch() {
     let mut watch_b = open(&system, 1, &alice, &b).await;
     let first = system.query[0].ops_url.clone();
     let received = || async { system.metric(&first, "nats_received_messages_total").await };
-    let before = eventually("the first instance's traffic counter", WAIT, || received()).await;
+    let before = eventually("the first instance's traffic counter", WAIT, &received).await;
 
     // A long reply in b, then a short one in a.
     system.prompt(&alice, &b.id, "[[fake tokens=200 delay_ms=2]]").await;
