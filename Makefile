@@ -42,7 +42,8 @@ deploy-check:
 	@dev/deploy-check.sh
 
 # The fault suite's long profile: 1,000 prompts while service instances are killed and restarted
-# one after another (the short profile, 48 prompts, is part of `make test`).
+# one after another, and 1,000 more while NATS nodes are killed or frozen and PostgreSQL crashes
+# (the short profiles, 48 and 80 prompts, are part of `make test`).
 chaos:
 	@eval "$$(dev/deps.sh)" && \
 	cargo build --workspace --bins && \

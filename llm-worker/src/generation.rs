@@ -101,6 +101,21 @@ impl Worker {
     }
 
     async fn answer(&self, job: Job, msg: jetstream::Message, shutdown: &CancellationToken) {
+        if job.attempt > 1 {
+            let answered =
+                self.history.answered(&self.pool, &job.session, job.sequence, &job.assistant);
+            match answered.await {
+                Ok(true) => {
+                    tracing::info!("delivered again, but an earlier attempt completed the reply");
+                    metrics::counter!("prompts_already_answered_total").increment(1);
+                    let _ = msg.double_ack().await;
+                    return;
+                }
+                Ok(false) => {}
+                // (answered anyway: the command service refuses a second completion)
+                Err(e) => tracing::warn!(error = %e, "cannot tell whether the reply was completed"),
+            }
+        }
         tracing::debug!("answering a prompt");
         let cancel = self.aborts.register(&job.assistant);
         let reply = self.generate(&job, &msg, &cancel).await;
