@@ -366,19 +366,49 @@ impl FromRequest for AuthUser {
     }
 }
 
+/// The credential an `Authorization` header carries: a bearer token (a JWT or an API key), or
+/// HTTP Basic with an API key as the password and any user name. Basic is what OpenCode's own
+/// clients send (`opencode attach -p <key>`, the SDK); it carries API keys only, never a JWT, so
+/// a browser that caches Basic credentials holds nothing but a revocable, organization-scoped key.
+fn credential_of(header: &str) -> Result<String, Problem> {
+    let (scheme, value) = header.trim().split_once(' ').unwrap_or((header, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(value.trim().to_owned());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(Problem::unauthorized("use a bearer token, or Basic with an API key"));
+    }
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .ok_or_else(|| Problem::unauthorized("malformed Basic credentials"))?;
+    let (_user, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| Problem::unauthorized("malformed Basic credentials"))?;
+    if !password.starts_with(crate::api_keys::PREFIX) {
+        return Err(Problem::unauthorized(
+            "Basic authentication takes an API key as the password (any user name)",
+        ));
+    }
+    Ok(password.to_owned())
+}
+
 impl AuthUser {
-    /// Who sent `req`: a bearer token (JWT or API key), else a login session cookie (with CSRF
-    /// protection for state-changing requests).
+    /// Who sent `req`: a bearer token (JWT or API key) or Basic with an API key, else a login
+    /// session cookie (with CSRF protection for state-changing requests).
     fn authenticate(
         req: &HttpRequest,
         auth: Option<web::Data<Authenticator>>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Problem>>>> {
-        let token = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(|t| t.trim().to_owned());
+        let authorization =
+            req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = match authorization.map(credential_of) {
+            Some(Ok(token)) => Some(token),
+            Some(Err(problem)) => return Box::pin(async move { Err(problem) }),
+            None => None,
+        };
         // Without a bearer token, a browser's login session cookie will do; a state-changing
         // request must then also echo the session's CSRF token (a bearer token needs none: a
         // browser never attaches it on its own).
@@ -417,5 +447,32 @@ impl AuthUser {
                 },
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credential_of;
+
+    fn basic(pair: &str) -> String {
+        use base64::Engine;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+
+    #[test]
+    fn bearer_tokens_and_basic_api_keys_are_credentials() {
+        assert_eq!(credential_of("Bearer abc.def").unwrap(), "abc.def");
+        assert_eq!(credential_of("bearer  abc ").unwrap(), "abc");
+        assert_eq!(credential_of(&basic("opencode:ock_1_s")).unwrap(), "ock_1_s");
+        assert_eq!(credential_of(&basic(":ock_1_s:with:colons")).unwrap(), "ock_1_s:with:colons");
+    }
+
+    #[test]
+    fn basic_takes_nothing_but_an_api_key() {
+        for header in [basic("opencode:eyJhbGciOi.x.y"), basic("opencode:"), basic("ock_1_s")] {
+            assert_eq!(credential_of(&header).unwrap_err().status, 401, "{header}");
+        }
+        assert_eq!(credential_of("Basic %%%").unwrap_err().status, 401);
+        assert_eq!(credential_of("Digest ock_1_s").unwrap_err().status, 401);
     }
 }

@@ -394,11 +394,13 @@ pub fn document(title: &str, description: &str, operations: &[Operation]) -> Val
             "securitySchemes": {
                 "bearer": { "type": "http", "scheme": "bearer",
                             "description": "An access token from the organization's OpenID provider, or a personal API key (ock_…)" },
+                "basic": { "type": "http", "scheme": "basic",
+                           "description": "A personal API key (ock_…) as the password, any user name: what OpenCode's own clients send" },
                 "session": { "type": "apiKey", "in": "cookie", "name": "oc_session",
                              "description": "A browser login session (writes also need X-CSRF-Token)" },
             },
         },
-        "security": [{ "bearer": [] }, { "session": [] }],
+        "security": [{ "bearer": [] }, { "basic": [] }, { "session": [] }],
     })
 }
 

@@ -130,3 +130,50 @@ async fn malformed_expired_and_made_up_keys_are_refused() {
         .unwrap();
     assert!(system.get(&key, "/org", None).await.is_problem(401));
 }
+
+/// OpenCode's own clients (`opencode attach -p <key>`, its SDK) only send HTTP Basic: an API key
+/// as the password, with any user name, is accepted wherever a bearer token is; a Basic password
+/// that is not an API key (a JWT, a made-up password) is refused, and so is a revoked key.
+#[tokio::test]
+async fn basic_authentication_takes_an_api_key_as_the_password() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (org, ws, session) = system.session_for("alice").await;
+    let created =
+        system.post(&alice, &format!("/org/{}/api-key", org.id), json!({ "name": "cli" })).await;
+    let key = created.body["key"].as_str().unwrap().to_owned();
+    let key_id = created.body["id"].as_str().unwrap().to_owned();
+    let session_url = format!("{}/session/{}", system.query_url(), session.id);
+    let basic = |user: &str, password: &str| {
+        use base64::Engine;
+        let pair = format!("{user}:{password}");
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    };
+    let read = |authorization: String| {
+        let req = system.http.get(&session_url).header("authorization", authorization);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+
+    for user in ["opencode", "alice", ""] {
+        assert_eq!(read(basic(user, &key)).await, 200, "user name {user:?}");
+    }
+    let write = system
+        .http
+        .post(format!("{}/workspace/{}/session", system.command_url(), ws.id))
+        .header("authorization", basic("opencode", &key))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 201);
+
+    // Only API keys: not a JWT, not a made-up password, not a malformed header.
+    assert_eq!(read(basic("opencode", &alice)).await, 401);
+    assert_eq!(read(basic("opencode", "hunter2")).await, 401);
+    assert_eq!(read("Basic %%%".into()).await, 401);
+    assert_eq!(read(format!("Digest {key}")).await, 401);
+
+    let url = format!("{}/api-key/{key_id}", system.command_url());
+    assert_eq!(system.http.delete(&url).bearer_auth(&alice).send().await.unwrap().status(), 200);
+    assert_eq!(read(basic("opencode", &key)).await, 401, "revoked");
+}
