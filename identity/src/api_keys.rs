@@ -5,7 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use schemas::ids::{ApiKeyId, OrganizationId, UserId};
+use schemas::ids::{ApiKeyId, OrganizationId, UserId, WorkspaceId};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -43,6 +43,8 @@ pub struct KeyIdentity {
     pub key_id: ApiKeyId,
     pub user_id: UserId,
     pub organization_id: OrganizationId,
+    /// The key's default workspace, if it has one.
+    pub workspace_id: Option<WorkspaceId>,
     /// When the key stops working, in milliseconds since the Unix epoch.
     pub expires_at_ms: i64,
 }
@@ -57,7 +59,7 @@ pub async fn verify(
     let stmt = db
         .prepare_cached(
             "SELECT k.user_id, k.organization_id, k.secret_sha256, \
-                    (extract(epoch FROM k.expires_at) * 1000)::bigint FROM api_keys k \
+                    (extract(epoch FROM k.expires_at) * 1000)::bigint, k.workspace_id FROM api_keys k \
              JOIN users u USING (user_id) \
              WHERE k.key_id = $1 AND k.revoked_at IS NULL AND k.expires_at > now() AND u.erased_at IS NULL",
         )
@@ -69,10 +71,12 @@ pub async fn verify(
         return Ok(None);
     }
     let (user, org, expires_at_ms): (String, String, i64) = (row.get(0), row.get(1), row.get(3));
+    let workspace_id = row.get::<_, Option<String>>(4).and_then(|w| w.parse().ok());
     Ok(user.parse().ok().zip(org.parse().ok()).map(|(user_id, organization_id)| KeyIdentity {
         key_id: id,
         user_id,
         organization_id,
+        workspace_id,
         expires_at_ms,
     }))
 }
@@ -83,13 +87,15 @@ pub async fn store(
     id: &ApiKeyId,
     user: &UserId,
     organization: &OrganizationId,
+    workspace: Option<&WorkspaceId>,
     key: &NewKey,
     expires_at_ms: i64,
 ) -> Result<(), tokio_postgres::Error> {
+    let workspace = workspace.map(WorkspaceId::as_str);
     db.execute(
-        "INSERT INTO api_keys (key_id, user_id, organization_id, secret_sha256, expires_at) \
-         VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0))",
-        &[&id.as_str(), &user.as_str(), &organization.as_str(), &key.secret_sha256, &expires_at_ms],
+        "INSERT INTO api_keys (key_id, user_id, organization_id, workspace_id, secret_sha256, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, to_timestamp($6::bigint / 1000.0))",
+        &[&id.as_str(), &user.as_str(), &organization.as_str(), &workspace, &key.secret_sha256, &expires_at_ms],
     )
     .await?;
     Ok(())

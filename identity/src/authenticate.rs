@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use moka::future::Cache;
-use schemas::ids::{ApiKeyId, OrganizationId, UserId};
+use schemas::ids::{ApiKeyId, OrganizationId, UserId, WorkspaceId};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
@@ -40,7 +40,7 @@ pub enum Credential {
     /// A JWT access token from the issuer.
     Bearer { expires_at_ms: i64 },
     /// A personal API key.
-    ApiKey { key_id: ApiKeyId, expires_at_ms: i64 },
+    ApiKey { key_id: ApiKeyId, workspace_id: Option<WorkspaceId>, expires_at_ms: i64 },
     /// A browser login session (the SHA-256 of its cookie).
     LoginSession { token_sha256: Vec<u8>, expires_at_ms: i64 },
 }
@@ -168,6 +168,7 @@ impl Authenticator {
                 scope: Some(key.organization_id),
                 credential: Credential::ApiKey {
                     key_id: key.key_id,
+                    workspace_id: key.workspace_id,
                     expires_at_ms: key.expires_at_ms,
                 },
             });

@@ -240,12 +240,21 @@ async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow:
 
 async fn api_key(tx: &Transaction<'_>, event: ApiKeyEvent) -> anyhow::Result<()> {
     match event {
-        ApiKeyEvent::Created { key_id, organization_id, user_id, name, expires_at, time } => {
+        ApiKeyEvent::Created {
+            key_id,
+            organization_id,
+            user_id,
+            name,
+            expires_at,
+            time,
+            workspace_id,
+        } => {
+            let workspace = workspace_id.as_ref().map(|w| w.as_str());
             exec(
                 tx,
-                "INSERT INTO rm_api_keys (key_id, organization_id, user_id, name, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&key_id.as_str(), &organization_id.as_str(), &user_id.as_str(), &name, &time, &expires_at],
+                "INSERT INTO rm_api_keys (key_id, organization_id, user_id, name, created_at, expires_at, workspace_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&key_id.as_str(), &organization_id.as_str(), &user_id.as_str(), &name, &time, &expires_at, &workspace],
             )
             .await?;
         }

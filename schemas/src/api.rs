@@ -124,6 +124,10 @@ pub struct CreateApiKey {
     /// Days until the key stops working (1 to 365, default 90).
     #[serde(rename = "expiresInDays")]
     pub expires_in_days: Option<u32>,
+    /// The key's default workspace (of its organization, and one its owner may work in): where
+    /// OpenCode's own clients create and list sessions unless their directory names another.
+    #[serde(rename = "workspaceID", default)]
+    pub workspace_id: Option<WorkspaceId>,
 }
 
 /// The new key. `key` is shown this once: only its hash is kept.

@@ -290,6 +290,9 @@ pub enum ApiKeyEvent {
         #[serde(rename = "expiresAt")]
         expires_at: i64,
         time: i64,
+        /// The key's default workspace, if its owner chose one.
+        #[serde(rename = "workspaceID", default, skip_serializing_if = "Option::is_none")]
+        workspace_id: Option<WorkspaceId>,
     },
     #[serde(rename = "api_key.revoked")]
     Revoked {

@@ -22,7 +22,7 @@ use crate::provider::{
     SetPromptLimits, UpdateConnection,
 };
 use crate::read::{
-    ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, ModelCatalog,
+    ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, ModelCatalog, OpenCodePath,
     OrganizationSummary, Page, SessionView, UsageReport, WorkspaceDetail, WorkspaceSummary,
 };
 
@@ -234,6 +234,10 @@ pub fn query_operations() -> Vec<Operation> {
         op("get", "/me/usage", "What you spent, across organizations")
             .answers(200, schema::<UsageReport>)
             .usage(),
+        op("get", "/session", "OpenCode's session list: the sessions of the workspace the directory names (x-opencode-directory or ?directory=/<workspace id>), else of the API key's default workspace; newest first, ?limit= up to 1000")
+            .answers(200, schema::<Vec<SessionView>>),
+        op("get", "/path", "OpenCode's paths: every one is the workspace the directory means (/<workspace id>)")
+            .answers(200, schema::<OpenCodePath>),
         op("get", "/session/{id}", "A session").answers(200, schema::<SessionView>),
         op("get", "/session/{id}/message", "A session's messages with their parts")
             .answers(200, schema::<Page<MessageView>>)

@@ -115,6 +115,17 @@ pub struct SessionTimes {
     pub updated: i64,
 }
 
+/// OpenCode's `GET /path`: where a client works. Here every path is the workspace's
+/// (`/<workspace id>`): there is no file system of the user's on the service.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OpenCodePath {
+    pub home: String,
+    pub state: String,
+    pub config: String,
+    pub worktree: String,
+    pub directory: String,
+}
+
 /// A session (OpenCode's `Session.Info`, with our tenancy fields).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SessionView {
@@ -126,6 +137,13 @@ pub struct SessionView {
     #[serde(rename = "projectID")]
     pub project_id: Option<ProjectId>,
     pub title: String,
+    /// OpenCode's directory of the session: `/<workspace id>`, which OpenCode's own clients send
+    /// back to stay in the session's workspace (docs/opencode-clients.md).
+    pub directory: String,
+    /// OpenCode's short name of the session: its id here.
+    pub slug: String,
+    /// The service version that serves the session (OpenCode's `version`).
+    pub version: String,
     pub status: SessionStatus,
     #[serde(rename = "createdBy")]
     pub created_by: UserId,
@@ -213,6 +231,9 @@ pub struct ApiKeyView {
     #[serde(rename = "organizationID")]
     pub organization_id: OrganizationId,
     pub name: String,
+    /// The key's default workspace, if it has one.
+    #[serde(rename = "workspaceID", default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<WorkspaceId>,
     pub time: KeyTimes,
     /// Neither revoked nor expired.
     pub active: bool,

@@ -87,6 +87,20 @@ impl System {
         answer(req.send().await.expect("query service reachable")).await
     }
 
+    /// GET `path` of the query service as OpenCode's clients do: HTTP Basic with an API key
+    /// (user name `opencode`), and the directory, if any, in `x-opencode-directory`
+    /// (percent-encoded, as they send it).
+    pub async fn get_as_opencode(&self, key: &str, path: &str, directory: Option<&str>) -> Answer {
+        let mut req =
+            self.http.get(format!("{}{path}", self.query_url())).basic_auth("opencode", Some(key));
+        if let Some(d) = directory {
+            let encoded =
+                percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC);
+            req = req.header("x-opencode-directory", encoded.to_string());
+        }
+        answer(req.send().await.expect("query service reachable")).await
+    }
+
     pub async fn get(&self, bearer: &str, path: &str, consistency: Option<&str>) -> Answer {
         self.get_on(0, bearer, path, consistency).await
     }

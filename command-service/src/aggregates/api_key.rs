@@ -5,7 +5,7 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use schemas::envelope::aggregate;
 use schemas::events::ApiKeyEvent;
-use schemas::ids::{ApiKeyId, OrganizationId, UserId};
+use schemas::ids::{ApiKeyId, OrganizationId, UserId, WorkspaceId};
 use schemas::policy::Action;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,8 @@ pub enum ApiKeyCommand {
     Create {
         id: ApiKeyId,
         organization: OrganizationId,
+        /// The key's default workspace: one of the organization's, where its owner may work.
+        workspace: Option<WorkspaceId>,
         name: String,
         expires_at: i64,
         actor: UserId,
@@ -57,12 +59,22 @@ impl Aggregate for ApiKey {
     ) -> Result<(), DomainError> {
         let time = schemas::now_ms();
         let event = match command {
-            ApiKeyCommand::Create { id, organization, name, expires_at, actor } => {
+            ApiKeyCommand::Create { id, organization, workspace, name, expires_at, actor } => {
                 if self.id.is_some() {
                     return Err(DomainError::WrongState("the key already exists".into()));
                 }
                 // Any member may have keys; a key acts with its owner's role at the time of use.
                 super::authorize(services, &organization, &actor, Action::Read).await?;
+                if let Some(workspace) = &workspace {
+                    // Another organization's workspace, or one its owner may not work in, is as
+                    // invisible as a missing one.
+                    let view = services.directory.workspace(workspace).await?;
+                    let view = view
+                        .filter(|v| v.organization_id == organization)
+                        .ok_or(DomainError::NotFound)?;
+                    super::authorize_in_workspace(services, &view, &actor, Action::CreateSession)
+                        .await?;
+                }
                 let name = valid_name("name", &name)?;
                 ApiKeyEvent::Created {
                     key_id: id,
@@ -71,6 +83,7 @@ impl Aggregate for ApiKey {
                     name,
                     expires_at,
                     time,
+                    workspace_id: workspace,
                 }
             }
             ApiKeyCommand::Revoke { actor } => {

@@ -45,10 +45,12 @@ pub async fn create(
     let id = ApiKeyId::new();
     let key = api_keys::generate(&id);
     let db = state.db.get().await?;
-    api_keys::store(&db, &id, &user.user_id, &org, &key, expires_at).await?;
+    let workspace = body.workspace_id;
+    api_keys::store(&db, &id, &user.user_id, &org, workspace.as_ref(), &key, expires_at).await?;
     let command = ApiKeyCommand::Create {
         id: id.clone(),
         organization: org.into_inner(),
+        workspace,
         name: body.name,
         expires_at,
         actor: user.user_id.clone(),

@@ -18,7 +18,7 @@ pub async fn mine(
     let db = state.reader(&req, &user).await?;
     let rows = db
         .query(
-            "SELECT key_id, organization_id, name, created_at, expires_at, revoked_at FROM rm_api_keys \
+            "SELECT key_id, organization_id, name, created_at, expires_at, revoked_at, workspace_id FROM rm_api_keys \
              WHERE user_id = $1 AND ($2 = '' OR key_id < $2) ORDER BY key_id DESC LIMIT $3",
             &[&user.user_id.as_str(), &after, &(limit + 1)],
         )
@@ -32,6 +32,7 @@ pub async fn mine(
                 id: parse_id(r.get(0))?,
                 organization_id: parse_id(r.get(1))?,
                 name: r.get(2),
+                workspace_id: r.get::<_, Option<&str>>(6).map(parse_id).transpose()?,
                 time: KeyTimes { created: r.get(3), expires, revoked },
                 active: revoked.is_none() && expires > now,
             })

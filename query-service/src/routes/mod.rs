@@ -4,6 +4,7 @@ mod api_keys;
 mod audit;
 mod budgets;
 mod events;
+mod opencode;
 mod organizations;
 mod providers;
 mod sessions;
@@ -29,6 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/me/usage", web::get().to(usage::mine))
         .route("/workspace/{ws}", web::get().to(workspaces::get))
         .route("/workspace/{ws}/session", web::get().to(sessions::list))
+        .route("/session", web::get().to(opencode::sessions))
+        .route("/path", web::get().to(opencode::path))
         .route("/session/{id}", web::get().to(sessions::get))
         .route("/session/{id}/message", web::get().to(sessions::messages))
         .route("/session/{id}/event", web::get().to(events::stream));

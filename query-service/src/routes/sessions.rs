@@ -14,13 +14,18 @@ use crate::startup::AppState;
 use schemas::policy::Action;
 
 /// OpenCode's `Session` shape, from an `rm_sessions` row.
-fn session_view(r: &tokio_postgres::Row) -> Result<SessionView, Problem> {
+pub(crate) fn session_view(r: &tokio_postgres::Row) -> Result<SessionView, Problem> {
     let project: Option<&str> = r.get("project_id");
+    let id: SessionId = parse_id(r.get("session_id"))?;
+    let workspace: WorkspaceId = parse_id(r.get("workspace_id"))?;
     Ok(SessionView {
-        id: parse_id(r.get("session_id"))?,
+        slug: id.to_string(),
+        id,
         organization_id: parse_id(r.get("organization_id"))?,
-        workspace_id: parse_id(r.get("workspace_id"))?,
+        directory: format!("/{workspace}"),
+        workspace_id: workspace,
         project_id: project.map(parse_id).transpose()?,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         title: r.get("title"),
         status: parse_tagged(r.get("status"))?,
         created_by: parse_id(r.get("created_by"))?,

@@ -16,6 +16,7 @@ mod isolation;
 mod limits;
 mod nats_cluster;
 mod nats_restart;
+mod opencode_api;
 mod outages;
 mod personal_data;
 mod pipeline;

@@ -1,0 +1,105 @@
+//! OpenCode's own clients send a directory (a local path, meaningless here) instead of naming a
+//! workspace: `/<workspace id>[/…]` names one, anything else means the API key's default
+//! workspace, and a workspace the caller may not read does not exist for them
+//! (docs/opencode-clients.md).
+
+use e2e_tests::api::Answer;
+use e2e_tests::{System, eventually};
+use serde_json::json;
+
+use crate::WAIT;
+
+/// The ids of the sessions an OpenCode session list answered.
+fn ids(answer: &Answer) -> Vec<String> {
+    let items = answer.body.as_array().unwrap_or_else(|| panic!("a list: {answer:?}"));
+    items.iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn key(system: &System, bearer: &str, org: &str, body: serde_json::Value) -> Answer {
+    system.post(bearer, &format!("/org/{org}/api-key"), body).await
+}
+
+#[tokio::test]
+async fn opencode_clients_see_the_sessions_of_the_workspace_their_directory_or_key_names() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Acme").await;
+    let (one, two) = (
+        system.create_workspace(&alice, &org.id, "one").await,
+        system.create_workspace(&alice, &org.id, "two").await,
+    );
+    let (s1, s2) = (
+        system.create_session(&alice, &one.id).await,
+        system.create_session(&alice, &two.id).await,
+    );
+    let with_default =
+        key(&system, &alice, &org.id, json!({ "name": "cli", "workspaceID": one.id })).await;
+    assert_eq!(with_default.status, 201, "{with_default:?}");
+    let keyed = with_default.body["key"].as_str().unwrap().to_owned();
+    let plain = key(&system, &alice, &org.id, json!({ "name": "plain" })).await;
+    let plain = plain.body["key"].as_str().unwrap().to_owned();
+
+    // No directory, `/`, or a local path: the key's default workspace.
+    for directory in [None, Some("/"), Some("/home/alice/src/acme")] {
+        let listed = eventually("the first workspace's sessions", WAIT, || async {
+            let a = system.get_as_opencode(&keyed, "/session", directory).await;
+            (a.status == 200 && !ids(&a).is_empty()).then_some(a)
+        })
+        .await;
+        assert_eq!(ids(&listed), vec![s1.id.clone()], "directory {directory:?}");
+        assert_eq!(listed.body[0]["directory"], format!("/{}", one.id));
+    }
+    // A directory naming a workspace: that one, from the header or the query.
+    let two_dir = format!("/{}/services/api", two.id);
+    let listed = eventually("the second workspace's sessions", WAIT, || async {
+        let a = system.get_as_opencode(&keyed, "/session", Some(&two_dir)).await;
+        (a.status == 200 && !ids(&a).is_empty()).then_some(a)
+    })
+    .await;
+    assert_eq!(ids(&listed), vec![s2.id.clone()]);
+    let query = format!("/session?directory=/{}", two.id);
+    assert_eq!(ids(&system.get_as_opencode(&keyed, &query, None).await), vec![s2.id.clone()]);
+    let session = system.get_as_opencode(&keyed, &format!("/session/{}", s2.id), None).await;
+    assert_eq!(session.body["directory"], format!("/{}", two.id));
+    assert_eq!(session.body["slug"], s2.id.as_str());
+    let path = system.get_as_opencode(&keyed, "/path", None).await;
+    assert_eq!(path.body["directory"], format!("/{}", one.id), "{path:?}");
+
+    // A key without a default workspace must name one.
+    let unnamed = system.get_as_opencode(&plain, "/session", Some("/home/alice")).await;
+    assert!(unnamed.is_problem(400), "{unnamed:?}");
+    assert_eq!(
+        ids(&system.get_as_opencode(&plain, "/session", Some(&two_dir)).await),
+        vec![s2.id.clone()]
+    );
+
+    // Another organization's key reaches none of it, whatever directory it sends; nor can a key
+    // default to another organization's workspace.
+    let bob = system.token("bob").await;
+    let bobs = system.create_org(&bob, "Bobco").await;
+    let bobs_ws = system.create_workspace(&bob, &bobs.id, "b").await;
+    let stolen_default =
+        key(&system, &bob, &bobs.id, json!({ "name": "x", "workspaceID": one.id })).await;
+    assert!(stolen_default.is_problem(404), "{stolen_default:?}");
+    let bobs_key =
+        key(&system, &bob, &bobs.id, json!({ "name": "b", "workspaceID": bobs_ws.id })).await;
+    let bobs_key = bobs_key.body["key"].as_str().unwrap().to_owned();
+    for directory in [format!("/{}", one.id), two_dir.clone()] {
+        let a = system.get_as_opencode(&bobs_key, "/session", Some(&directory)).await;
+        assert!(a.is_problem(404), "{directory}: {a:?}");
+        let p = system.get_as_opencode(&bobs_key, "/path", Some(&directory)).await;
+        assert!(p.is_problem(404), "{directory}: {p:?}");
+    }
+    let own = system.get_as_opencode(&bobs_key, "/session", None).await;
+    assert_eq!(own.status, 200, "{own:?}");
+    assert!(ids(&own).is_empty(), "bob's own workspace has no session: {own:?}");
+
+    // The key's listing shows its default workspace.
+    let listed = eventually("the key listed", WAIT, || async {
+        let a = system.get(&alice, "/me/api-key", None).await;
+        let items = a.body["items"].as_array()?.clone();
+        items.into_iter().find(|k| k["name"] == "cli")
+    })
+    .await;
+    assert_eq!(listed["workspaceID"], one.id.as_str());
+}
