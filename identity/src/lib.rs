@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod authenticate;
 pub mod config;
 pub mod credentials;
+pub mod directory;
 pub mod discovery;
 pub mod login_sessions;
 pub mod sign_in;

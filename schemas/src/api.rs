@@ -76,6 +76,17 @@ pub struct CreateSession {
     pub project_id: Option<ProjectId>,
 }
 
+/// OpenCode's session creation body (`POST /session`). Its clients also send `permission` rules
+/// (for tools, which do not run on this service), and newer ones `agent`, `model` or
+/// `workspaceID`: accepted and not used, so that every client version can create sessions.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct OpenCodeCreateSession {
+    pub title: Option<String>,
+    /// A parent session: child sessions are not supported (400).
+    #[serde(rename = "parentID")]
+    pub parent_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameWorkspace {

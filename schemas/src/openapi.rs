@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use crate::api::{
     Accepted, AddMember, AddProject, ApiKeyCreated, ChangeRole, CreateApiKey, CreateOrganization,
-    CreateSession, CreateWorkspace, ProblemDetails, PromptAccepted, PromptInput,
-    RenameOrganization, RenameWorkspace, SetWorkspaceMember, TransferOwnership,
+    CreateSession, CreateWorkspace, OpenCodeCreateSession, ProblemDetails, PromptAccepted,
+    PromptInput, RenameOrganization, RenameWorkspace, SetWorkspaceMember, TransferOwnership,
 };
 use crate::budget::{BudgetList, SetBudget};
 use crate::ids::{
@@ -132,6 +132,9 @@ pub fn command_operations() -> Vec<Operation> {
         op("post", "/workspace/{ws}/project", "Add a Git project")
             .body(schema::<AddProject>)
             .answers(201, accepted),
+        op("post", "/session", "OpenCode's session creation: in the workspace the directory names (x-opencode-directory or ?directory=/<workspace id>), else in the API key's default workspace; answers OpenCode's Session")
+            .body(schema::<OpenCodeCreateSession>)
+            .answers(200, schema::<SessionView>),
         op("post", "/workspace/{ws}/session", "Start a session")
             .body(schema::<CreateSession>)
             .answers(201, accepted),

@@ -101,6 +101,25 @@ impl System {
         answer(req.send().await.expect("query service reachable")).await
     }
 
+    /// POST `body` to `path` of the command service as OpenCode's clients do (see
+    /// `get_as_opencode`).
+    pub async fn post_as_opencode(
+        &self,
+        key: &str,
+        path: &str,
+        directory: Option<&str>,
+        body: Value,
+    ) -> Answer {
+        let url = format!("{}{path}", self.command_url());
+        let mut req = self.http.post(url).basic_auth("opencode", Some(key)).json(&body);
+        if let Some(d) = directory {
+            let encoded =
+                percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC);
+            req = req.header("x-opencode-directory", encoded.to_string());
+        }
+        answer(req.send().await.expect("command service reachable")).await
+    }
+
     pub async fn get(&self, bearer: &str, path: &str, consistency: Option<&str>) -> Answer {
         self.get_on(0, bearer, path, consistency).await
     }

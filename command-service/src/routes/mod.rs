@@ -3,6 +3,7 @@
 mod api_keys;
 mod budgets;
 mod me;
+mod opencode;
 mod organizations;
 mod providers;
 mod sessions;
@@ -44,6 +45,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/workspace/{ws}/member/{user}", web::delete().to(workspaces::remove_member))
         .route("/workspace/{ws}/project", web::post().to(workspaces::add_project))
         .route("/workspace/{ws}/session", web::post().to(sessions::create))
+        .route("/session", web::post().to(opencode::create_session))
         .route("/session/{id}/prompt_async", web::post().to(sessions::prompt))
         .route("/session/{id}/abort", web::post().to(sessions::abort));
 }

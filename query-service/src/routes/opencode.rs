@@ -1,14 +1,13 @@
 //! OpenCode's own read API, as its stock clients call it (docs/opencode-clients.md): `GET /session`
 //! and `GET /path`, scoped by the directory the client sends.
 //!
-//! A directory `/<workspace id>[/…]` names a workspace; any other directory (none, `/`, a local
-//! path that means nothing here) means the API key's default workspace. A workspace the caller may
-//! not read is as missing as one that does not exist, so no directory reaches another tenant.
+//! The directory means a workspace (`identity::directory`); a workspace the caller may not read
+//! is as missing as one that does not exist, so no directory reaches another tenant.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use identity::{AuthUser, Credential};
+use identity::AuthUser;
+use identity::directory::{directory_of, of_workspace, workspace_meant};
 use platform::problem::Problem;
-use schemas::ids::WorkspaceId;
 use schemas::policy::Action;
 use schemas::read::{OpenCodePath, SessionView};
 use serde::Deserialize;
@@ -24,31 +23,6 @@ const DEFAULT_LISTED: i64 = 100;
 pub struct ListQuery {
     directory: Option<String>,
     limit: Option<i64>,
-}
-
-/// The directory an OpenCode client sent: `?directory=`, else the `x-opencode-directory` header
-/// (which its clients percent-encode).
-fn directory_of(req: &HttpRequest, query: Option<&str>) -> Option<String> {
-    if let Some(d) = query {
-        return Some(d.to_owned());
-    }
-    let header = req.headers().get("x-opencode-directory")?.to_str().ok()?;
-    Some(percent_encoding::percent_decode_str(header).decode_utf8().ok()?.into_owned())
-}
-
-/// The workspace a directory means for `user` (see the module doc).
-fn workspace_meant(directory: Option<&str>, user: &AuthUser) -> Result<WorkspaceId, Problem> {
-    let first = directory.and_then(|d| d.trim_start_matches('/').split('/').next());
-    if let Some(named) = first.and_then(|f| f.parse::<WorkspaceId>().ok()) {
-        return Ok(named);
-    }
-    match &user.credential {
-        Credential::ApiKey { workspace_id: Some(ws), .. } => Ok(ws.clone()),
-        _ => Err(Problem::bad_request(
-            "no workspace: send the directory /<workspace id>, or use an API key created with a \
-             default workspace (workspaceID)",
-        )),
-    }
 }
 
 /// `GET /session`: the sessions of the workspace the directory means, newest first.
@@ -96,7 +70,7 @@ pub async fn path(
     let ws = workspace_meant(directory.as_deref(), &user)?;
     let db = state.reader(&req, &user).await?;
     access::workspace(&db, &ws, &user, Action::Read).await?;
-    let root = format!("/{ws}");
+    let root = of_workspace(&ws);
     Ok(HttpResponse::Ok().json(OpenCodePath {
         home: root.clone(),
         state: root.clone(),

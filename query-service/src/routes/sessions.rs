@@ -22,7 +22,7 @@ pub(crate) fn session_view(r: &tokio_postgres::Row) -> Result<SessionView, Probl
         slug: id.to_string(),
         id,
         organization_id: parse_id(r.get("organization_id"))?,
-        directory: format!("/{workspace}"),
+        directory: identity::directory::of_workspace(&workspace),
         workspace_id: workspace,
         project_id: project.map(parse_id).transpose()?,
         version: env!("CARGO_PKG_VERSION").to_owned(),

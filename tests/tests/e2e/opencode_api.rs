@@ -94,6 +94,34 @@ async fn opencode_clients_see_the_sessions_of_the_workspace_their_directory_or_k
     assert_eq!(own.status, 200, "{own:?}");
     assert!(ids(&own).is_empty(), "bob's own workspace has no session: {own:?}");
 
+    // Sessions created as `opencode run --attach` does (permission rules, no directory) land in
+    // the key's default workspace; with a directory, in the one it names; never in another
+    // organization's.
+    let rules =
+        json!({ "permission": [{ "permission": "question", "action": "deny", "pattern": "*" }] });
+    let created = system.post_as_opencode(&keyed, "/session", None, rules.clone()).await;
+    assert_eq!(created.status, 200, "{created:?}");
+    assert_eq!(created.body["directory"], format!("/{}", one.id));
+    assert!(created.body["title"].as_str().unwrap().starts_with("New session - "));
+    let new_id = created.body["id"].as_str().unwrap().to_owned();
+    eventually("the new session listed in its workspace", WAIT, || async {
+        let a = system.get_as_opencode(&keyed, "/session", None).await;
+        ids(&a).contains(&new_id).then_some(())
+    })
+    .await;
+    let titled = json!({ "title": "Explain the repository", "permission": [] });
+    let in_two = system.post_as_opencode(&keyed, "/session", Some(&two_dir), titled).await;
+    assert_eq!(in_two.body["directory"], format!("/{}", two.id), "{in_two:?}");
+    assert_eq!(in_two.body["title"], "Explain the repository");
+    let foreign =
+        system.post_as_opencode(&bobs_key, "/session", Some(&two_dir), rules.clone()).await;
+    assert!(foreign.is_problem(404), "{foreign:?}");
+    let child =
+        system.post_as_opencode(&keyed, "/session", None, json!({ "parentID": s1.id })).await;
+    assert!(child.is_problem(400), "{child:?}");
+    let unnamed = system.post_as_opencode(&plain, "/session", None, rules).await;
+    assert!(unnamed.is_problem(400), "{unnamed:?}");
+
     // The key's listing shows its default workspace.
     let listed = eventually("the key listed", WAIT, || async {
         let a = system.get(&alice, "/me/api-key", None).await;

@@ -1,0 +1,70 @@
+//! OpenCode's own write API, as its stock clients call it (docs/opencode-clients.md):
+//! `POST /session`, in the workspace the client's directory (or its API key) means
+//! (`identity::directory`).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use identity::AuthUser;
+use identity::directory::{directory_of, of_workspace, workspace_meant};
+use platform::http::RequestId;
+use platform::problem::Problem;
+use schemas::api::OpenCodeCreateSession;
+use schemas::ids::SessionId;
+use schemas::message::SessionStatus;
+use schemas::read::{SessionTimes, SessionView};
+use serde::Deserialize;
+
+use super::context;
+use crate::aggregates::SessionCommand;
+use crate::error::{CommandError, DomainError};
+use crate::startup::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct DirectoryQuery {
+    directory: Option<String>,
+}
+
+/// `POST /session`: a new session, answered in OpenCode's `Session` shape (200, as OpenCode does).
+pub async fn create_session(
+    user: AuthUser,
+    request: RequestId,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<DirectoryQuery>,
+    body: web::Json<OpenCodeCreateSession>,
+) -> Result<HttpResponse, Problem> {
+    let body = body.into_inner();
+    if body.parent_id.is_some() {
+        return Err(Problem::bad_request("child sessions (parentID) are not supported"));
+    }
+    let directory = directory_of(&req, query.directory.as_deref());
+    let workspace = workspace_meant(directory.as_deref(), &user)?;
+    let time = schemas::now_ms();
+    let title = body.title.unwrap_or_else(|| format!("New session - {time}"));
+    let id = SessionId::new();
+    let command = SessionCommand::Create {
+        id: id.clone(),
+        workspace: workspace.clone(),
+        project: None,
+        title: Some(title.clone()),
+        actor: user.user_id.clone(),
+    };
+    let token = state.sessions.execute(id.as_str(), command, &context(&user, &request)).await?;
+    // The workspace exists and the caller may work in it: the command said so.
+    let view = state.directory.workspace(&workspace).await.map_err(CommandError::Domain)?;
+    let view = view.ok_or(CommandError::Domain(DomainError::NotFound))?;
+    Ok(HttpResponse::Ok().insert_header(("X-Consistency-Token", token.encode())).json(
+        SessionView {
+            slug: id.to_string(),
+            id,
+            organization_id: view.organization_id,
+            directory: of_workspace(&workspace),
+            workspace_id: workspace,
+            project_id: None,
+            title,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            status: SessionStatus::Idle,
+            created_by: user.user_id,
+            time: SessionTimes { created: time, updated: time },
+        },
+    ))
+}
