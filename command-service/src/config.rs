@@ -31,6 +31,9 @@ pub struct CommandConfig {
     /// at most. A completed reply releases its own at once; this only frees what a prompt held
     /// when its instance died before the prompt committed (or a reply that ran longer).
     pub spend_reservation_ttl_secs: u64,
+    /// `OC_SYNC_PROMPT_WAIT_SECS`: longest a synchronous prompt (OpenCode's
+    /// `POST /session/{id}/message`) waits for its reply before answering 504 (the reply goes on).
+    pub sync_prompt_wait_secs: u64,
 }
 
 impl Default for CommandConfig {
@@ -45,6 +48,7 @@ impl Default for CommandConfig {
             api_key_rate_limit_per_minute: 300,
             api_key_rate_limit_burst: 30,
             spend_reservation_ttl_secs: 3600,
+            sync_prompt_wait_secs: 600,
         }
     }
 }

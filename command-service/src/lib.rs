@@ -15,3 +15,4 @@ pub mod routes;
 pub mod spend;
 pub mod spend_alerts;
 pub mod startup;
+pub mod sync_prompts;

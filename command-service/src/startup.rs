@@ -39,6 +39,8 @@ pub struct AppState {
     pub api_keys: Executor<ApiKey>,
     /// Spend held and counted under the budgets.
     pub spend: Arc<PgSpend>,
+    /// Synchronous prompts waiting for their replies.
+    pub sync_prompts: crate::sync_prompts::SyncPrompts,
 }
 
 pub struct Application {
@@ -80,6 +82,11 @@ impl Application {
             sessions: Executor::new(pg.clone(), services.clone()),
             api_keys: Executor::new(pg.clone(), services),
             spend: spend.clone(),
+            sync_prompts: crate::sync_prompts::SyncPrompts::new(
+                nats.clone(),
+                pool.clone(),
+                Duration::from_secs(cfg.sync_prompt_wait_secs),
+            ),
         });
         let discovery = identity::Discovery::new(auth.oidc_issuer.clone())?;
         let authenticator = web::Data::new(Authenticator::new(auth, discovery, pool.clone())?);

@@ -109,6 +109,11 @@ impl Problem {
         p
     }
 
+    /// What was asked goes on, but longer than this request may wait for it.
+    pub fn timed_out(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout", Some(detail.into()))
+    }
+
     /// Log the cause; tell the client nothing about it.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

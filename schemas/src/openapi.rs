@@ -135,6 +135,9 @@ pub fn command_operations() -> Vec<Operation> {
         op("post", "/session", "OpenCode's session creation: in the workspace the directory names (x-opencode-directory or ?directory=/<workspace id>), else in the API key's default workspace; answers OpenCode's Session")
             .body(schema::<OpenCodeCreateSession>)
             .answers(200, schema::<SessionView>),
+        op("post", "/session/{id}/message", "OpenCode's synchronous prompt: accepted as prompt_async is, answered with the completed reply ({info, parts}); 504 after OC_SYNC_PROMPT_WAIT_SECS (the reply goes on); at most 8 waiting per user and instance (429)")
+            .body(schema::<PromptInput>)
+            .answers(200, schema::<MessageView>),
         op("post", "/workspace/{ws}/session", "Start a session")
             .body(schema::<CreateSession>)
             .answers(201, accepted),

@@ -217,6 +217,33 @@ pub struct MessageView {
     pub parts: Vec<Part>,
 }
 
+impl MessageInfo {
+    /// A completed reply's info, as the read models hold it (without `time.created`, which the
+    /// prompt's acceptance set) and OpenCode's synchronous prompt answers it.
+    pub fn of_completion(session: &SessionId, reply: &crate::events::AssistantCompletion) -> Self {
+        MessageInfo {
+            id: reply.id.clone(),
+            session_id: session.clone(),
+            role: MessageRole::Assistant,
+            time: MessageTime { created: None, completed: Some(reply.time) },
+            user_id: None,
+            model: None,
+            parent_id: Some(reply.parent_id.clone()),
+            provider_id: Some(reply.model.provider_id.clone()),
+            model_id: Some(reply.model.model_id.clone()),
+            finish: Some(reply.finish),
+            error: reply.error.clone(),
+            tokens: Some(reply.tokens),
+            // OpenCode's `cost` is dollars; the exact figure is micro-dollars.
+            cost: Some(reply.cost.map_or(0.0, |c| c.micro_dollars as f64 / 1e6)),
+            cost_micro_dollars: reply.cost.map(|c| c.micro_dollars),
+            attempt: Some(reply.attempt),
+            connection_id: reply.connection_id.clone(),
+            abort_requested: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 pub struct KeyTimes {
     pub created: i64,

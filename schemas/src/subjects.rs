@@ -23,6 +23,11 @@ pub const ALL_DOMAIN_EVENTS: &str = "oc.evt.>";
 pub const ALL_PROMPTS: &str = "oc.evt.*.*.*.session_prompted";
 /// Every abort request, which workers watch to stop a reply in progress.
 pub const ALL_ABORTS: &str = "oc.evt.*.*.*.session_abort_requested";
+/// Every completed reply of one session, whatever its organization and workspace (session ids are
+/// unique): what a synchronous prompt waits on.
+pub fn session_completions(session: &SessionId) -> String {
+    format!("oc.evt.*.*.{session}.message_completed")
+}
 /// Internal command: an LLM worker reports a finished reply.
 pub const CMD_COMPLETE_MESSAGE: &str = "oc.cmd.complete_message";
 

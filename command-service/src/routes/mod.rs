@@ -46,6 +46,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/workspace/{ws}/project", web::post().to(workspaces::add_project))
         .route("/workspace/{ws}/session", web::post().to(sessions::create))
         .route("/session", web::post().to(opencode::create_session))
+        .route("/session/{id}/message", web::post().to(opencode::prompt_and_wait))
         .route("/session/{id}/prompt_async", web::post().to(sessions::prompt))
         .route("/session/{id}/abort", web::post().to(sessions::abort));
 }

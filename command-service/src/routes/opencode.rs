@@ -1,16 +1,16 @@
 //! OpenCode's own write API, as its stock clients call it (docs/opencode-clients.md):
 //! `POST /session`, in the workspace the client's directory (or its API key) means
-//! (`identity::directory`).
+//! (`identity::directory`), and the synchronous prompt `POST /session/{id}/message`.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use identity::AuthUser;
 use identity::directory::{directory_of, of_workspace, workspace_meant};
 use platform::http::RequestId;
 use platform::problem::Problem;
-use schemas::api::OpenCodeCreateSession;
+use schemas::api::{OpenCodeCreateSession, PromptInput};
 use schemas::ids::SessionId;
 use schemas::message::SessionStatus;
-use schemas::read::{SessionTimes, SessionView};
+use schemas::read::{MessageInfo, MessageView, SessionTimes, SessionView};
 use serde::Deserialize;
 
 use super::context;
@@ -67,4 +67,27 @@ pub async fn create_session(
             time: SessionTimes { created: time, updated: time },
         },
     ))
+}
+
+/// `POST /session/{id}/message`: OpenCode's synchronous prompt. The prompt is accepted as
+/// `prompt_async` accepts it; the answer is the completed reply, `{info, parts}`.
+pub async fn prompt_and_wait(
+    user: AuthUser,
+    request: RequestId,
+    state: web::Data<AppState>,
+    session: web::Path<SessionId>,
+    body: web::Json<PromptInput>,
+) -> Result<HttpResponse, Problem> {
+    let session = session.into_inner();
+    let waiter = state.sync_prompts.listen(&user.user_id, &session).await?;
+    let created = schemas::now_ms();
+    let accepted =
+        super::sessions::accept(&user, &request, &state, session.clone(), body.into_inner())
+            .await?;
+    let reply = state.sync_prompts.wait(waiter, &accepted.assistant_message_id).await?;
+    let mut info = MessageInfo::of_completion(&session, &reply);
+    info.time.created = Some(created);
+    Ok(HttpResponse::Ok()
+        .insert_header(("X-Consistency-Token", accepted.consistency_token))
+        .json(MessageView { info, parts: reply.parts }))
 }

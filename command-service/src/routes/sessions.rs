@@ -47,7 +47,18 @@ pub async fn prompt(
     session: web::Path<SessionId>,
     body: web::Json<PromptInput>,
 ) -> Result<HttpResponse, Problem> {
-    let input = body.into_inner();
+    let accepted = accept(&user, &request, &state, session.into_inner(), body.into_inner()).await?;
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
+/// Accept a prompt in `session`: the command, with its checks, budgets and rates.
+pub(super) async fn accept(
+    user: &AuthUser,
+    request: &RequestId,
+    state: &AppState,
+    session: SessionId,
+    input: PromptInput,
+) -> Result<PromptAccepted, Problem> {
     if input.parts.len() > MAX_PROMPT_PARTS {
         return Err(Problem::bad_request(format!("at most {MAX_PROMPT_PARTS} parts")));
     }
@@ -91,17 +102,17 @@ pub async fn prompt(
         model: input.model,
         api_key,
     };
-    let ctx = context(&user, &request);
+    let ctx = context(user, request);
     let token = match state.sessions.execute(session.as_str(), command, &ctx).await {
         Ok(token) => token,
-        Err(e) => return Err(refused(&state, &session, &assistant_message_id, e).await),
+        Err(e) => return Err(refused(state, &session, &assistant_message_id, e).await),
     };
-    Ok(HttpResponse::Accepted().json(PromptAccepted {
-        session_id: session.into_inner(),
+    Ok(PromptAccepted {
+        session_id: session,
         user_message_id: message_id,
         assistant_message_id,
         consistency_token: token.encode(),
-    }))
+    })
 }
 
 /// Ask the worker to stop the running reply; it ends as aborted with the text so far.

@@ -4,7 +4,7 @@
 //! (docs/opencode-clients.md).
 
 use e2e_tests::api::Answer;
-use e2e_tests::{System, eventually};
+use e2e_tests::{System, SystemOptions, eventually};
 use serde_json::json;
 
 use crate::WAIT;
@@ -130,4 +130,92 @@ async fn opencode_clients_see_the_sessions_of_the_workspace_their_directory_or_k
     })
     .await;
     assert_eq!(listed["workspaceID"], one.id.as_str());
+}
+
+/// A user of one organization with an API key whose default workspace is `ws`: (bearer, key, ws).
+async fn keyed_user(system: &System, user: &str) -> (String, String, String) {
+    let bearer = system.token(user).await;
+    let org = system.create_org(&bearer, &format!("{user}'s")).await;
+    let ws = system.create_workspace(&bearer, &org.id, "main").await;
+    let created =
+        key(system, &bearer, &org.id, json!({ "name": "cli", "workspaceID": ws.id })).await;
+    (bearer, created.body["key"].as_str().unwrap().to_owned(), ws.id)
+}
+
+async fn opencode_session(system: &System, key: &str) -> String {
+    let created = system.post_as_opencode(key, "/session", None, json!({ "permission": [] })).await;
+    assert_eq!(created.status, 200, "{created:?}");
+    created.body["id"].as_str().unwrap().to_owned()
+}
+
+fn text_prompt(text: &str) -> serde_json::Value {
+    json!({ "parts": [{ "type": "text", "text": text }] })
+}
+
+/// OpenCode's `POST /session/{id}/message` answers once the reply is complete, with the reply;
+/// a user may keep only a few such requests waiting (the rest 429, not queued); another
+/// organization's key gets 404 and prompts nothing.
+#[tokio::test]
+async fn a_synchronous_prompt_answers_with_the_completed_reply() {
+    let system = System::start().await;
+    let (_, key, _) = keyed_user(&system, "alice").await;
+    let session = opencode_session(&system, &key).await;
+    let path = format!("/session/{session}/message");
+    let answer =
+        system.post_as_opencode(&key, &path, None, text_prompt("q [[fake tokens=6]]")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let info = &answer.body["info"];
+    assert_eq!(info["role"], "assistant");
+    assert_eq!(info["sessionID"], session.as_str());
+    assert_eq!(info["finish"], "stop");
+    assert!(info["parentID"].is_string() && info["time"]["completed"].is_i64(), "{info}");
+    let text = answer.body["parts"].as_array().unwrap().iter().find(|p| p["type"] == "text");
+    assert_eq!(text.unwrap()["text"], e2e_tests::fake_text(6));
+
+    let (_, bobs_key, _) = keyed_user(&system, "bob").await;
+    let foreign = system.post_as_opencode(&bobs_key, &path, None, text_prompt("x")).await;
+    assert!(foreign.is_problem(404), "{foreign:?}");
+
+    // Nine slow replies at once, each in its own session: eight wait, the ninth is refused.
+    let mut sessions = Vec::new();
+    for _ in 0..9 {
+        sessions.push(opencode_session(&system, &key).await);
+    }
+    let slow = text_prompt("slow [[fake tokens=10 delay_ms=300]]");
+    let waits =
+        sessions.iter().map(|s| {
+            let (system, key, body) = (&system, &key, slow.clone());
+            async move {
+                system.post_as_opencode(key, &format!("/session/{s}/message"), None, body).await
+            }
+        });
+    let answers = futures::future::join_all(waits).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 8, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
+}
+
+/// A reply longer than a synchronous prompt may wait: 504, and the reply goes on to completion.
+#[tokio::test]
+async fn a_synchronous_prompt_that_waits_too_long_gets_504_and_the_reply_goes_on() {
+    let system = System::start_with(SystemOptions {
+        service_env: vec![("OC_SYNC_PROMPT_WAIT_SECS", "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let (bearer, key, _) = keyed_user(&system, "alice").await;
+    let session = opencode_session(&system, &key).await;
+    let path = format!("/session/{session}/message");
+    let slow = text_prompt("slow [[fake tokens=10 delay_ms=300]]");
+    let answer = system.post_as_opencode(&key, &path, None, slow).await;
+    assert!(answer.is_problem(504), "{answer:?}");
+    eventually("the reply completed and stored", WAIT, || async {
+        let page = system.get(&bearer, &format!("/session/{session}/message"), None).await;
+        let items = page.body["items"].as_array()?.clone();
+        items
+            .iter()
+            .any(|m| m["info"]["role"] == "assistant" && m["info"]["finish"] == "stop")
+            .then_some(())
+    })
+    .await;
 }
