@@ -67,7 +67,17 @@ impl Frame {
     }
 }
 
-/// One watched session's live events.
+/// What one feed follows: a session, or every session of a workspace.
+struct Scope {
+    /// The feed's name among the instance's feeds.
+    key: String,
+    /// The stream subjects it takes (domain and live events).
+    filters: [String; 2],
+    /// One filter for both, to ask the stream whether there is anything newer.
+    check: String,
+}
+
+/// One watched scope's live events.
 struct Feed {
     tx: broadcast::Sender<Arc<Frame>>,
     /// Every event of the session up to this stream sequence has been sent on `tx`, or came
@@ -182,27 +192,48 @@ impl Hub {
         session: &str,
         within: Duration,
     ) -> Option<Subscription> {
+        let scope = Scope {
+            key: session.to_owned(),
+            filters: subjects::session_filters_of(org, session),
+            check: subjects::session_events(org, session),
+        };
+        self.watch(scope, within).await
+    }
+
+    /// Watch every session of workspace `ws` of `org` (OpenCode's `/event`), as `subscribe`.
+    pub async fn subscribe_workspace(
+        self: &Arc<Self>,
+        org: &str,
+        ws: &str,
+        within: Duration,
+    ) -> Option<Subscription> {
+        let scope = Scope {
+            key: format!("workspace:{ws}"),
+            filters: [format!("oc.evt.{org}.{ws}.>"), format!("oc.live.{org}.{ws}.>")],
+            check: format!("oc.*.{org}.{ws}.>"),
+        };
+        self.watch(scope, within).await
+    }
+
+    async fn watch(self: &Arc<Self>, scope: Scope, within: Duration) -> Option<Subscription> {
+        let key = scope.key.clone();
         let (feed, frames) = {
             let mut feeds = self.lock();
-            let feed = feeds.entry(session.to_owned()).or_insert_with(|| {
+            let feed = feeds.entry(key.clone()).or_insert_with(|| {
                 let feed = Arc::new(Feed {
                     tx: broadcast::channel(self.buffer).0,
                     covered: AtomicU64::new(0),
                     ready: watch::Sender::new(false),
                     stop: self.shutdown.child_token(),
                 });
-                tokio::spawn(self.clone().follow(org.to_owned(), session.to_owned(), feed.clone()));
+                tokio::spawn(self.clone().follow(scope, feed.clone()));
                 feed
             });
             (feed.clone(), feed.tx.subscribe())
         };
         // From here the subscription releases the feed when dropped, started or not.
-        let mut sub = Subscription {
-            frames: Some(frames),
-            position: 0,
-            hub: self.clone(),
-            session: session.to_owned(),
-        };
+        let mut sub =
+            Subscription { frames: Some(frames), position: 0, hub: self.clone(), session: key };
         let mut ready = feed.ready.subscribe();
         tokio::time::timeout(within, ready.wait_for(|r| *r)).await.ok()?.ok()?;
         sub.position = feed.covered();
@@ -219,11 +250,10 @@ impl Hub {
         }
     }
 
-    /// Run one session's feed until it is released or the service stops.
-    async fn follow(self: Arc<Self>, org: String, session: String, feed: Arc<Feed>) {
+    /// Run one feed until it is released or the service stops.
+    async fn follow(self: Arc<Self>, scope: Scope, feed: Arc<Feed>) {
         metrics::gauge!("hub_feeds").increment(1.0);
-        let filters = subjects::session_filters_of(&org, &session);
-        let check = subjects::session_events(&org, &session);
+        let Scope { key: session, filters, check } = scope;
         let mut losses = self.losses.clone();
         losses.mark_unchanged();
         while !feed.stop.is_cancelled() {

@@ -22,8 +22,9 @@ use crate::provider::{
     SetPromptLimits, UpdateConnection,
 };
 use crate::read::{
-    ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, ModelCatalog, OpenCodePath,
-    OrganizationSummary, Page, SessionView, UsageReport, WorkspaceDetail, WorkspaceSummary,
+    ApiKeyView, AuditEntry, ConnectionList, Me, Member, MessageView, ModelCatalog, OpenCodeConfig,
+    OpenCodePath, OrganizationSummary, Page, SessionView, UsageReport, WorkspaceDetail,
+    WorkspaceSummary,
 };
 
 /// A schema made by a generator.
@@ -244,6 +245,11 @@ pub fn query_operations() -> Vec<Operation> {
             .answers(200, schema::<Vec<SessionView>>),
         op("get", "/path", "OpenCode's paths: every one is the workspace the directory means (/<workspace id>)")
             .answers(200, schema::<OpenCodePath>),
+        op("get", "/config", "OpenCode's configuration, as far as the service sets it (sharing disabled)")
+            .answers(200, schema::<OpenCodeConfig>),
+        op("get", "/event", "OpenCode's event stream of the workspace the directory means: every session's events in OpenCode's shapes, server.connected first, server.heartbeat every 10 s; not resumable")
+            .streams(),
+        op("get", "/global/event", "The same, each event as {directory, payload}").streams(),
         op("get", "/session/{id}", "A session").answers(200, schema::<SessionView>),
         op("get", "/session/{id}/message", "A session's messages with their parts")
             .answers(200, schema::<Page<MessageView>>)

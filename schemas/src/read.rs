@@ -115,6 +115,15 @@ pub struct SessionTimes {
     pub updated: i64,
 }
 
+/// OpenCode's `GET /config`, as far as this service has settings for its clients: sessions are
+/// not shared to a public page, and the service does not update itself from the client.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OpenCodeConfig {
+    /// `"disabled"`: OpenCode's share links would publish a session outside the organization.
+    pub share: String,
+    pub autoupdate: bool,
+}
+
 /// OpenCode's `GET /path`: where a client works. Here every path is the workspace's
 /// (`/<workspace id>`): there is no file system of the user's on the service.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

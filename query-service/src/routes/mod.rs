@@ -32,6 +32,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/workspace/{ws}/session", web::get().to(sessions::list))
         .route("/session", web::get().to(opencode::sessions))
         .route("/path", web::get().to(opencode::path))
+        .route("/config", web::get().to(opencode::config))
+        .route("/event", web::get().to(opencode::events))
+        .route("/global/event", web::get().to(opencode::global_events))
         .route("/session/{id}", web::get().to(sessions::get))
         .route("/session/{id}/message", web::get().to(sessions::messages))
         .route("/session/{id}/event", web::get().to(events::stream));

@@ -4,13 +4,18 @@
 //! The directory means a workspace (`identity::directory`); a workspace the caller may not read
 //! is as missing as one that does not exist, so no directory reaches another tenant.
 
+use std::time::Duration;
+
 use actix_web::{HttpRequest, HttpResponse, web};
-use identity::AuthUser;
+use actix_web_lab::sse;
 use identity::directory::{directory_of, of_workspace, workspace_meant};
+use identity::{AuthUser, Authenticator};
 use platform::problem::Problem;
 use schemas::policy::Action;
-use schemas::read::{OpenCodePath, SessionView};
+use schemas::read::{OpenCodeConfig, OpenCodePath, SessionView};
 use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
 
 use crate::access;
 use crate::startup::AppState;
@@ -54,6 +59,21 @@ pub async fn sessions(
     Ok(HttpResponse::Ok().json(sessions))
 }
 
+/// `GET /config`: what OpenCode's clients read of their configuration (the same for every
+/// workspace; the directory is checked all the same, so a bad one fails here as it would later).
+pub async fn config(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<PathQuery>,
+) -> Result<HttpResponse, Problem> {
+    let directory = directory_of(&req, query.directory.as_deref());
+    let ws = workspace_meant(directory.as_deref(), &user)?;
+    let db = state.reader(&req, &user).await?;
+    access::workspace(&db, &ws, &user, Action::Read).await?;
+    Ok(HttpResponse::Ok().json(OpenCodeConfig { share: "disabled".into(), autoupdate: false }))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct PathQuery {
     directory: Option<String>,
@@ -78,4 +98,123 @@ pub async fn path(
         worktree: root.clone(),
         directory: root,
     }))
+}
+
+/// How often OpenCode's streams send `server.heartbeat`: under the 15 s of silence after which
+/// OpenCode's web app gives a stream up.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Events queued for one client's socket.
+const CLIENT_QUEUE: usize = 64;
+
+#[derive(Debug, Deserialize)]
+pub struct EventQuery {
+    directory: Option<String>,
+}
+
+/// `GET /event`: OpenCode's event stream of the workspace the directory means — every session
+/// of it, live, in OpenCode's shapes (`crate::opencode_events`), `server.connected` first and
+/// `server.heartbeat` every 10 s. Not resumable (OpenCode's clients do not resume it; each
+/// session's own stream, `/session/{id}/event`, is).
+pub async fn events(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: web::Data<Authenticator>,
+    query: web::Query<EventQuery>,
+) -> Result<impl actix_web::Responder, Problem> {
+    stream(user, req, state, auth, query.into_inner(), false).await
+}
+
+/// `GET /global/event`: the same, each event wrapped as `{directory, payload}`.
+pub async fn global_events(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: web::Data<Authenticator>,
+    query: web::Query<EventQuery>,
+) -> Result<impl actix_web::Responder, Problem> {
+    stream(user, req, state, auth, query.into_inner(), true).await
+}
+
+async fn stream(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: web::Data<Authenticator>,
+    query: EventQuery,
+    global: bool,
+) -> Result<impl actix_web::Responder, Problem> {
+    let directory = directory_of(&req, query.directory.as_deref());
+    let ws = workspace_meant(directory.as_deref(), &user)?;
+    let org = {
+        let db = state.reader(&req, &user).await?;
+        access::workspace(&db, &ws, &user, Action::Read).await?.organization_id
+    };
+    let lease = state.streams.take(&user.user_id).await?;
+    let wait = state.cfg.consistency_wait();
+    let Some(mut live) = state.hub.subscribe_workspace(org.as_str(), ws.as_str(), wait).await
+    else {
+        return Err(Problem::unavailable("the workspace's events cannot be followed now; retry"));
+    };
+    let (tx, rx) = mpsc::channel::<sse::Event>(CLIENT_QUEUE);
+    let state = state.into_inner();
+    let auth = auth.into_inner();
+    let mut changes = state.notifications.access.interest(user.user_id.as_str());
+    let dir = of_workspace(&ws);
+    tokio::spawn(async move {
+        let send = |e: serde_json::Value| {
+            let body = if global { json!({ "directory": dir, "payload": e }) } else { e };
+            sse::Event::Data(sse::Data::new(body.to_string()))
+        };
+        let mut translator = crate::opencode_events::Translator::default();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        if tx.send(send(json!({ "type": "server.connected", "properties": {} }))).await.is_err() {
+            return;
+        }
+        loop {
+            let frame = tokio::select! {
+                _ = state.shutdown.cancelled() => break,
+                _ = tx.closed() => break,
+                _ = heartbeat.tick() => {
+                    let beat = json!({ "type": "server.heartbeat", "properties": {} });
+                    if tx.send(send(beat)).await.is_err() { break }
+                    continue;
+                }
+                _ = changes.changed() => {
+                    if still_allowed(&state, &auth, &user, &ws).await { continue }
+                    let ended = json!({ "type": "server.access_ended", "properties": {} });
+                    let _ = tx.send(send(ended)).await;
+                    break;
+                }
+                f = live.recv() => f,
+            };
+            let Ok(frame) = frame else { break }; // lagged or closed: the client reconnects
+            for e in translator.translate(&frame.data, &dir) {
+                if tx.send(send(e)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        drop(lease);
+    });
+    Ok(sse::Sse::from_infallible_receiver(rx))
+}
+
+/// Whether `user` may still read workspace `ws` (a failed check keeps the stream: a later
+/// change or reconnect checks again).
+async fn still_allowed(
+    state: &AppState,
+    auth: &Authenticator,
+    user: &AuthUser,
+    ws: &schemas::ids::WorkspaceId,
+) -> bool {
+    if matches!(auth.still_valid(user).await, Ok(false)) {
+        return false;
+    }
+    let Ok(db) = state.bind(user).await else { return true };
+    match access::workspace(&db, ws, user, Action::Read).await {
+        Ok(_) => true,
+        Err(p) => p.status != 404 && p.status != 403,
+    }
 }

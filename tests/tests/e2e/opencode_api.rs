@@ -64,6 +64,8 @@ async fn opencode_clients_see_the_sessions_of_the_workspace_their_directory_or_k
     assert_eq!(session.body["slug"], s2.id.as_str());
     let path = system.get_as_opencode(&keyed, "/path", None).await;
     assert_eq!(path.body["directory"], format!("/{}", one.id), "{path:?}");
+    let config = system.get_as_opencode(&keyed, "/config", Some(&two_dir)).await;
+    assert_eq!(config.body["share"], "disabled", "{config:?}");
 
     // A key without a default workspace must name one.
     let unnamed = system.get_as_opencode(&plain, "/session", Some("/home/alice")).await;
@@ -218,4 +220,54 @@ async fn a_synchronous_prompt_that_waits_too_long_gets_504_and_the_reply_goes_on
             .then_some(())
     })
     .await;
+}
+
+/// OpenCode's `/event` of a workspace carries its sessions' replies in OpenCode's shapes: the
+/// reply announced (`message.updated`), its deltas, its text part ended (`message.part.updated`
+/// with `time.end`, what `opencode run` prints), then `session.status` idle and `session.idle`.
+/// Another organization's key cannot follow the workspace.
+#[tokio::test]
+async fn the_workspace_event_stream_speaks_opencodes_events() {
+    let system = System::start().await;
+    let (_, key, ws) = keyed_user(&system, "alice").await;
+    let session = opencode_session(&system, &key).await;
+    let url = format!("{}/event?directory=/{ws}", system.query_url());
+    let mut events = e2e_tests::sse::SseClient::connect(&url, &key, None).await.expect("/event");
+    assert_eq!(events.next(WAIT).await.data["type"], "server.connected");
+
+    let path = format!("/session/{session}/message");
+    let answer =
+        system.post_as_opencode(&key, &path, None, text_prompt("q [[fake tokens=4]]")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let reply = answer.body["info"]["id"].as_str().unwrap().to_owned();
+    let seen = events
+        .until(WAIT, |e| {
+            e.data["type"] == "session.idle"
+                && e.data["properties"]["sessionID"] == session.as_str()
+        })
+        .await;
+    fn of<'a>(
+        seen: &'a [e2e_tests::sse::Event],
+        kind: &'a str,
+    ) -> impl Iterator<Item = &'a serde_json::Value> {
+        seen.iter().filter(move |e| e.data["type"] == kind).map(|e| &e.data["properties"])
+    }
+    assert!(
+        of(&seen, "message.updated")
+            .any(|p| p["info"]["id"] == reply.as_str() && p["info"]["role"] == "assistant")
+    );
+    assert!(of(&seen, "message.part.delta").any(|p| p["messageID"] == reply.as_str()), "{seen:?}");
+    let ended = of(&seen, "message.part.updated")
+        .map(|p| &p["part"])
+        .find(|p| {
+            p["messageID"] == reply.as_str() && p["type"] == "text" && p["time"]["end"].is_i64()
+        })
+        .unwrap_or_else(|| panic!("no ended text part: {seen:?}"));
+    assert_eq!(ended["sessionID"], session.as_str());
+    assert_eq!(ended["text"], e2e_tests::fake_text(4));
+    assert!(of(&seen, "session.status").any(|p| p["status"]["type"] == "idle"));
+
+    let (_, bobs_key, _) = keyed_user(&system, "bob").await;
+    let refused = e2e_tests::sse::SseClient::connect(&url, &bobs_key, None).await;
+    assert!(matches!(refused, Err((404, _))), "another organization's key followed the workspace");
 }
