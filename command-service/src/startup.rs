@@ -72,6 +72,8 @@ impl Application {
             spend: spend.clone(),
         };
         let keks = platform::config::load::<identity::ProviderKeysConfig>()?.keks()?;
+        // The projector's progress, for synchronous prompts that wait for the read models.
+        let notifications = platform::notifications::Notifications::new();
         let state = Arc::new(AppState {
             keks,
             allow_private_urls: cfg.provider_allow_private_urls,
@@ -85,6 +87,7 @@ impl Application {
             sync_prompts: crate::sync_prompts::SyncPrompts::new(
                 nats.clone(),
                 pool.clone(),
+                notifications.progress.clone(),
                 Duration::from_secs(cfg.sync_prompt_wait_secs),
             ),
         });
@@ -101,6 +104,9 @@ impl Application {
         let ready = http::readiness(pool, nats.clone());
 
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            notifications.clone().run(common.database_url.clone(), shutdown.clone()),
+        ));
         if cfg.relay_enabled {
             let (js, pg, stop, common) = (js.clone(), pg.clone(), shutdown.clone(), common.clone());
             tasks.push(tokio::spawn(async move {

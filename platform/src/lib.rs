@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod limits;
+pub mod notifications;
 pub mod problem;
 pub mod retry;
 pub mod shutdown;

@@ -4,7 +4,7 @@
 //!
 //! The wait holds no pooled connection: a waiter checks the position with a connection it gives
 //! back at once, then sleeps until the projector's NOTIFY for that aggregate (see
-//! `notifications.rs`) wakes it. A token beyond what was ever committed for its aggregate could
+//! `platform::notifications`) wakes it. A token beyond what was ever committed for its aggregate could
 //! never be reached and is refused at once (404, as a write that does not exist); whether the
 //! caller may read the token's aggregate is checked after the wait, like the resource it names
 //! (`access::aggregate`).
@@ -16,11 +16,9 @@ use actix_web::HttpRequest;
 use platform::problem::Problem;
 use schemas::api::ConsistencyToken;
 
-use crate::notifications::Signals;
+use platform::notifications::{ProjectionWait, Signals, wait_for_projection};
 
 pub const HEADER: &str = "X-Consistency-Token";
-/// A waiter re-checks at least this often, in case a notification was lost.
-const RECHECK: Duration = Duration::from_secs(1);
 
 /// The token of a request, if it has one. A malformed token is a 400.
 pub fn token(req: &HttpRequest) -> Result<Option<ConsistencyToken>, Problem> {
@@ -54,39 +52,11 @@ pub async fn wait_for(
     max_wait: Duration,
 ) -> Result<(), Problem> {
     let wanted = i64::try_from(token.sequence).map_err(|_| Problem::not_found())?;
-    // Interest first, then the check: a notification between the two is not missed.
-    let mut woken = progress.interest(&token.aggregate_id);
-    let (at, committed) = positions(pool, &token.aggregate_id).await?;
-    if wanted > committed {
-        return Err(Problem::not_found());
-    }
-    let deadline = tokio::time::Instant::now() + max_wait;
-    let mut at = at;
-    while at < wanted {
-        // Re-check now and then even without a notification, in case one was lost.
-        let wake = tokio::time::timeout(RECHECK, woken.changed());
-        if tokio::time::timeout_at(deadline, wake).await.is_err() {
-            return Err(Problem::unavailable(
-                "the read models have not caught up with this write yet",
-            ));
+    match wait_for_projection(pool, progress, &token.aggregate_id, wanted, max_wait).await? {
+        Ok(()) => Ok(()),
+        Err(ProjectionWait::NeverCommitted) => Err(Problem::not_found()),
+        Err(ProjectionWait::TimedOut) => {
+            Err(Problem::unavailable("the read models have not caught up with this write yet"))
         }
-        at = positions(pool, &token.aggregate_id).await?.0;
     }
-    Ok(())
-}
-
-/// (projected, committed) sequences of an aggregate; the connection goes back at once.
-async fn positions(
-    pool: &deadpool_postgres::Pool,
-    aggregate_id: &str,
-) -> Result<(i64, i64), Problem> {
-    let db = pool.get().await?;
-    let stmt = db
-        .prepare_cached(
-            "SELECT coalesce((SELECT sequence FROM rm_positions WHERE aggregate_id = $1), 0), \
-                    oc_committed_sequence($1)",
-        )
-        .await?;
-    let row = db.query_one(&stmt, &[&aggregate_id]).await?;
-    Ok((row.get(0), row.get(1)))
 }

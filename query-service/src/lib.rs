@@ -7,7 +7,6 @@ pub mod access;
 pub mod config;
 pub mod consistency;
 pub mod hub;
-pub mod notifications;
 pub mod opencode_events;
 pub mod page;
 pub mod routes;

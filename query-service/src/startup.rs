@@ -33,7 +33,7 @@ pub struct AppState {
     pub streams: Arc<crate::streams::StreamLeases>,
     /// The instance's database notifications: the projector's progress (read-your-writes
     /// waits) and access changes (open streams re-check).
-    pub notifications: Arc<crate::notifications::Notifications>,
+    pub notifications: Arc<platform::notifications::Notifications>,
 }
 
 impl AppState {
@@ -105,7 +105,7 @@ impl Application {
         // The stream is the writers' to create (the query service may only read it); the hub
         // waits for it.
         let hub_task = tokio::spawn(hub.clone().run());
-        let notifications = crate::notifications::Notifications::new();
+        let notifications = platform::notifications::Notifications::new();
         let streams = crate::streams::StreamLeases::new(identity.clone(), cfg.sse_streams_per_user);
         let renew_task = tokio::spawn(streams.clone().renew(shutdown.clone()));
         let listener_task = {

@@ -31,8 +31,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::access;
 use crate::hub::{Frame, Subscription};
-use crate::notifications::Interest;
 use crate::startup::AppState;
+use platform::notifications::Interest;
 use schemas::policy::Action;
 
 /// Frames queued for one client's socket. Small: the per-session broadcast buffer is the slack.

@@ -173,6 +173,13 @@ async fn a_synchronous_prompt_answers_with_the_completed_reply() {
     assert!(info["parentID"].is_string() && info["time"]["completed"].is_i64(), "{info}");
     let text = answer.body["parts"].as_array().unwrap().iter().find(|p| p["type"] == "text");
     assert_eq!(text.unwrap()["text"], e2e_tests::fake_text(6));
+    // Read your writes: the session's messages, read at once, have the reply.
+    let listed = system.get_as_opencode(&key, &format!("/session/{session}/message"), None).await;
+    let items = listed.body["items"].as_array().unwrap();
+    assert!(
+        items.iter().any(|m| m["info"]["id"] == info["id"] && m["info"]["finish"] == "stop"),
+        "{listed:?}"
+    );
 
     let (_, bobs_key, _) = keyed_user(&system, "bob").await;
     let foreign = system.post_as_opencode(&bobs_key, &path, None, text_prompt("x")).await;

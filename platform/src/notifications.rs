@@ -1,6 +1,7 @@
-//! The instance's one PostgreSQL LISTEN connection, outside the pool, and the in-process
+//! An instance's one PostgreSQL LISTEN connection, outside the pool, and the in-process
 //! signals it drives: the projector's progress per aggregate (`rm_progress`) and changes to a
-//! user's access (`oc_access`). Whoever waits on a signal holds no pooled connection, and only
+//! user's access (`oc_access`); and the wait, bounded and holding no pooled connection, until the
+//! read models reflect an aggregate up to a sequence (`wait_for_projection`). Whoever waits on a signal holds no pooled connection, and only
 //! the waiters of that aggregate or user wake. Notifications can be lost while the connection is
 //! down, so every (re)connect wakes every waiter to re-check.
 
@@ -98,7 +99,7 @@ impl Notifications {
 
     /// Listen until shutdown, reconnecting after failures.
     pub async fn run(self: Arc<Self>, database_url: String, shutdown: CancellationToken) {
-        platform::retry::until_stopped("database notifications", &shutdown, || {
+        crate::retry::until_stopped("database notifications", &shutdown, || {
             self.listen(&database_url, &shutdown)
         })
         .await;
@@ -142,4 +143,59 @@ impl Notifications {
         driver.abort();
         result
     }
+}
+
+/// A waiter re-checks at least this often, in case a notification was lost.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why the read models were not waited for to the end.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProjectionWait {
+    /// No write of that aggregate was ever committed at that sequence.
+    NeverCommitted,
+    /// Not reached within the time allowed.
+    TimedOut,
+}
+
+/// Wait until the read models reflect `aggregate_id` up to `sequence`, at most `max_wait`. The
+/// position is checked with a connection given back at once; between checks the waiter sleeps
+/// until the projector's notification for that aggregate (or a re-check now and then).
+pub async fn wait_for_projection(
+    pool: &deadpool_postgres::Pool,
+    progress: &Arc<Signals>,
+    aggregate_id: &str,
+    sequence: i64,
+    max_wait: std::time::Duration,
+) -> Result<Result<(), ProjectionWait>, crate::problem::Problem> {
+    // Interest first, then the check: a notification between the two is not missed.
+    let mut woken = progress.interest(aggregate_id);
+    let (mut at, committed) = positions(pool, aggregate_id).await?;
+    if sequence > committed {
+        return Ok(Err(ProjectionWait::NeverCommitted));
+    }
+    let deadline = tokio::time::Instant::now() + max_wait;
+    while at < sequence {
+        let wake = tokio::time::timeout(RECHECK, woken.changed());
+        if tokio::time::timeout_at(deadline, wake).await.is_err() {
+            return Ok(Err(ProjectionWait::TimedOut));
+        }
+        at = positions(pool, aggregate_id).await?.0;
+    }
+    Ok(Ok(()))
+}
+
+/// (projected, committed) sequences of an aggregate; the connection goes back at once.
+async fn positions(
+    pool: &deadpool_postgres::Pool,
+    aggregate_id: &str,
+) -> Result<(i64, i64), crate::problem::Problem> {
+    let db = pool.get().await?;
+    let stmt = db
+        .prepare_cached(
+            "SELECT coalesce((SELECT sequence FROM rm_positions WHERE aggregate_id = $1), 0), \
+                    oc_committed_sequence($1)",
+        )
+        .await?;
+    let row = db.query_one(&stmt, &[&aggregate_id]).await?;
+    Ok((row.get(0), row.get(1)))
 }
