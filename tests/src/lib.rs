@@ -13,6 +13,7 @@
 pub mod api;
 pub mod bench;
 pub mod browser;
+pub mod front;
 pub mod nats;
 pub mod postgres;
 pub mod process;

@@ -17,6 +17,7 @@ mod limits;
 mod nats_cluster;
 mod nats_restart;
 mod opencode_api;
+mod opencode_cli;
 mod outages;
 mod personal_data;
 mod pipeline;

@@ -1,0 +1,127 @@
+//! The stock OpenCode CLI (npm `opencode-ai`, pinned in tests/opencode), unmodified, against the
+//! whole system through the deployment's front (nginx): `opencode run --attach <front> -p <key>`
+//! prints the streamed reply and exits 0; `--format json` prints OpenCode's event JSON; `-s`
+//! continues a session; a model the organization cannot use, or a revoked key, exits non-zero.
+//!
+//! The fake provider answers in 0.1 s a token, as models do: `opencode run` sends its prompt
+//! without waiting for its `/event` stream to connect, so a reply complete within milliseconds
+//! could end before the stream begins (with OpenCode's own server too).
+
+use std::process::Output;
+use std::time::Duration;
+
+use e2e_tests::front::Front;
+use e2e_tests::{System, fake_text};
+use serde_json::{Value, json};
+
+/// Longest one CLI run may take.
+const RUN: Duration = Duration::from_secs(60);
+
+/// Run `opencode run --attach <front> -p <key> <args…>` with a home of its own.
+async fn opencode(front: &Front, key: &str, home: &std::path::Path, args: &[&str]) -> Output {
+    let bin = std::env::var("OC_TEST_OPENCODE").unwrap_or_else(|_| {
+        e2e_tests::process::repo_root()
+            .join("tests/opencode/node_modules/.bin/opencode")
+            .display()
+            .to_string()
+    });
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(["run", "--attach", &front.url, "-p", key])
+        .args(args)
+        .env("HOME", home)
+        .env("OPENCODE_DISABLE_AUTOUPDATE", "true")
+        .env("OPENCODE_DISABLE_MODELS_FETCH", "true")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(RUN, cmd.output()).await;
+    out.expect("opencode run finished in time").expect("opencode runs")
+}
+
+fn printed(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // Without a terminal it prints plain text, but strip colours all the same.
+    let mut plain = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    plain
+}
+
+#[tokio::test]
+async fn opencode_run_attaches_prints_the_reply_continues_and_fails_clearly() {
+    let system = System::start().await;
+    let front = Front::start(&system).await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Acme").await;
+    let ws = system.create_workspace(&alice, &org.id, "main").await;
+    let created = system
+        .post(
+            &alice,
+            &format!("/org/{}/api-key", org.id),
+            json!({ "name": "cli", "workspaceID": ws.id }),
+        )
+        .await;
+    let key = created.body["key"].as_str().unwrap().to_owned();
+    let key_id = created.body["id"].as_str().unwrap().to_owned();
+    // (the read models know the new workspace before the CLI looks for it)
+    e2e_tests::eventually("the workspace readable", crate::WAIT, || async {
+        let a = system.get_as_opencode(&key, "/path", None).await;
+        (a.status == 200).then_some(())
+    })
+    .await;
+    let home = std::env::temp_dir().join(format!("oc-e2e-opencode-home-{}", org.id));
+    std::fs::create_dir_all(&home).unwrap();
+
+    // A new session: the streamed reply is printed.
+    let out =
+        opencode(&front, &key, &home, &["explain this repository [[fake tokens=5 delay_ms=100]]"])
+            .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {}{stderr}", out.status, printed(&out));
+    assert!(printed(&out).contains(fake_text(5).trim()), "{}{stderr}", printed(&out));
+
+    // OpenCode's event JSON; then that session continued with -s.
+    let out = opencode(
+        &front,
+        &key,
+        &home,
+        &["--format", "json", "again [[fake tokens=3 delay_ms=100]]"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", printed(&out));
+    let events: Vec<Value> =
+        printed(&out).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let text = events.iter().find(|e| e["type"] == "text" && e["part"]["text"] == fake_text(3));
+    let session = text.unwrap_or_else(|| panic!("no text event: {events:?}"))["sessionID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out =
+        opencode(&front, &key, &home, &["-s", &session, "more [[fake tokens=2 delay_ms=100]]"])
+            .await;
+    assert!(
+        out.status.success() && printed(&out).contains(fake_text(2).trim()),
+        "{}",
+        printed(&out)
+    );
+    let messages = system.get(&alice, &format!("/session/{session}/message"), None).await;
+    assert_eq!(messages.body["items"].as_array().unwrap().len(), 4, "two prompts, two replies");
+
+    // A model the organization has no connection for, and a revoked key: a clear failure.
+    let out = opencode(&front, &key, &home, &["--model", "nope/never", "x"]).await;
+    assert!(!out.status.success(), "{}", printed(&out));
+    let url = format!("{}/api-key/{key_id}", system.command_url());
+    assert_eq!(system.http.delete(&url).bearer_auth(&alice).send().await.unwrap().status(), 200);
+    let out = opencode(&front, &key, &home, &["after revocation"]).await;
+    assert!(!out.status.success(), "{}", printed(&out));
+    let _ = std::fs::remove_dir_all(&home);
+}
