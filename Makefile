@@ -14,7 +14,7 @@ token:
 # Installs/starts PostgreSQL, NATS 2.10+ and the OpenID provider's package if missing, builds the
 # service binaries the end-to-end tests start, and runs every test.
 test:
-	@eval "$$(dev/deps.sh)" && \
+	@deps=$$(dev/deps.sh) && eval "$$deps" && \
 	cargo build --workspace --bins && \
 	if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
@@ -28,7 +28,7 @@ lint:
 
 # Benchmarks against release binaries (numbers go in docs/performance.md, never in tests).
 bench:
-	@eval "$$(dev/deps.sh)" && \
+	@deps=$$(dev/deps.sh) && eval "$$deps" && \
 	cargo build --release --workspace --bins && \
 	cargo bench -p e2e-tests
 
@@ -45,6 +45,6 @@ deploy-check:
 # one after another, and 1,000 more while NATS nodes are killed or frozen and PostgreSQL crashes
 # (the short profiles, 48 and 80 prompts, are part of `make test`).
 chaos:
-	@eval "$$(dev/deps.sh)" && \
+	@deps=$$(dev/deps.sh) && eval "$$deps" && \
 	cargo build --workspace --bins && \
 	OC_CHAOS_PROMPTS=$${OC_CHAOS_PROMPTS:-1000} cargo nextest run -p e2e-tests --no-capture chaos

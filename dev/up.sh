@@ -4,7 +4,8 @@
 # provider, the fake LLM provider and the four services. State and logs go to .dev-state/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(dev/deps.sh)"
+deps=$(dev/deps.sh)   # (a failure stops here: set -e)
+eval "$deps"
 state=.dev-state
 mkdir -p "$state/logs" "$state/nats"
 

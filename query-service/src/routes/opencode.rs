@@ -11,6 +11,7 @@ use actix_web_lab::sse;
 use identity::directory::{directory_of, of_workspace, workspace_meant};
 use identity::{AuthUser, Authenticator};
 use platform::problem::Problem;
+use schemas::ids::{OrganizationId, WorkspaceId};
 use schemas::policy::Action;
 use schemas::read::{OpenCodeConfig, OpenCodePath, SessionView};
 use serde::Deserialize;
@@ -19,6 +20,21 @@ use tokio::sync::mpsc;
 
 use crate::access;
 use crate::startup::AppState;
+
+/// The workspace an OpenCode request means (its directory, else its key's default), checked
+/// readable by the caller: its id, its organization, and the reader connection that checked it.
+async fn workspace_of(
+    req: &HttpRequest,
+    state: &AppState,
+    user: &AuthUser,
+    directory: Option<&str>,
+) -> Result<(WorkspaceId, OrganizationId, deadpool_postgres::Object), Problem> {
+    let directory = directory_of(req, directory);
+    let ws = workspace_meant(directory.as_deref(), user)?;
+    let db = state.reader(req, user).await?;
+    let granted = access::workspace(&db, &ws, user, Action::Read).await?;
+    Ok((ws, granted.organization_id, db))
+}
 
 /// OpenCode's `GET /session` has no paging: the newest this many.
 const MAX_LISTED: i64 = 1000;
@@ -41,15 +57,12 @@ pub async fn sessions(
     if !(1..=MAX_LISTED).contains(&limit) {
         return Err(Problem::bad_request(format!("limit must be between 1 and {MAX_LISTED}")));
     }
-    let directory = directory_of(&req, query.directory.as_deref());
-    let ws = workspace_meant(directory.as_deref(), &user)?;
-    let db = state.reader(&req, &user).await?;
-    let workspace = access::workspace(&db, &ws, &user, Action::Read).await?;
+    let (ws, org, db) = workspace_of(&req, &state, &user, query.directory.as_deref()).await?;
     let rows = db
         .query(
             "SELECT * FROM rm_sessions WHERE organization_id = $1 AND workspace_id = $2 \
              ORDER BY session_id DESC LIMIT $3",
-            &[&workspace.organization_id.as_str(), &ws.as_str(), &limit],
+            &[&org.as_str(), &ws.as_str(), &limit],
         )
         .await?;
     let sessions = rows
@@ -65,18 +78,10 @@ pub async fn config(
     user: AuthUser,
     req: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<PathQuery>,
+    query: web::Query<DirectoryQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let directory = directory_of(&req, query.directory.as_deref());
-    let ws = workspace_meant(directory.as_deref(), &user)?;
-    let db = state.reader(&req, &user).await?;
-    access::workspace(&db, &ws, &user, Action::Read).await?;
+    let _checked = workspace_of(&req, &state, &user, query.directory.as_deref()).await?;
     Ok(HttpResponse::Ok().json(OpenCodeConfig { share: "disabled".into(), autoupdate: false }))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct PathQuery {
-    directory: Option<String>,
 }
 
 /// `GET /path`: where a client of the workspace the directory means works (`/<workspace id>`).
@@ -84,12 +89,9 @@ pub async fn path(
     user: AuthUser,
     req: HttpRequest,
     state: web::Data<AppState>,
-    query: web::Query<PathQuery>,
+    query: web::Query<DirectoryQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let directory = directory_of(&req, query.directory.as_deref());
-    let ws = workspace_meant(directory.as_deref(), &user)?;
-    let db = state.reader(&req, &user).await?;
-    access::workspace(&db, &ws, &user, Action::Read).await?;
+    let (ws, ..) = workspace_of(&req, &state, &user, query.directory.as_deref()).await?;
     let root = of_workspace(&ws);
     Ok(HttpResponse::Ok().json(OpenCodePath {
         home: root.clone(),
@@ -106,8 +108,9 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Events queued for one client's socket.
 const CLIENT_QUEUE: usize = 64;
 
+/// The directory of an OpenCode request, when sent in the query.
 #[derive(Debug, Deserialize)]
-pub struct EventQuery {
+pub struct DirectoryQuery {
     directory: Option<String>,
 }
 
@@ -120,7 +123,7 @@ pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,
     auth: web::Data<Authenticator>,
-    query: web::Query<EventQuery>,
+    query: web::Query<DirectoryQuery>,
 ) -> Result<impl actix_web::Responder, Problem> {
     stream(user, req, state, auth, query.into_inner(), false).await
 }
@@ -131,7 +134,7 @@ pub async fn global_events(
     req: HttpRequest,
     state: web::Data<AppState>,
     auth: web::Data<Authenticator>,
-    query: web::Query<EventQuery>,
+    query: web::Query<DirectoryQuery>,
 ) -> Result<impl actix_web::Responder, Problem> {
     stream(user, req, state, auth, query.into_inner(), true).await
 }
@@ -141,15 +144,11 @@ async fn stream(
     req: HttpRequest,
     state: web::Data<AppState>,
     auth: web::Data<Authenticator>,
-    query: EventQuery,
+    query: DirectoryQuery,
     global: bool,
 ) -> Result<impl actix_web::Responder, Problem> {
-    let directory = directory_of(&req, query.directory.as_deref());
-    let ws = workspace_meant(directory.as_deref(), &user)?;
-    let org = {
-        let db = state.reader(&req, &user).await?;
-        access::workspace(&db, &ws, &user, Action::Read).await?.organization_id
-    };
+    // (the connection goes back before the stream starts)
+    let (ws, org, _) = workspace_of(&req, &state, &user, query.directory.as_deref()).await?;
     let lease = state.streams.take(&user.user_id).await?;
     let wait = state.cfg.consistency_wait();
     let Some(mut live) = state.hub.subscribe_workspace(org.as_str(), ws.as_str(), wait).await
@@ -207,7 +206,7 @@ async fn still_allowed(
     state: &AppState,
     auth: &Authenticator,
     user: &AuthUser,
-    ws: &schemas::ids::WorkspaceId,
+    ws: &WorkspaceId,
 ) -> bool {
     if matches!(auth.still_valid(user).await, Ok(false)) {
         return false;
