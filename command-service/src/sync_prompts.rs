@@ -31,7 +31,7 @@ pub struct SyncPrompts {
     progress: Arc<Signals>,
     /// Longest a request waits for its reply.
     patience: Duration,
-    slots: moka::sync::Cache<UserId, Arc<Semaphore>>,
+    slots: moka::future::Cache<UserId, Arc<Semaphore>>,
 }
 
 /// A waiter's interest in its session's completions, taken before the prompt is accepted.
@@ -48,7 +48,7 @@ impl SyncPrompts {
         progress: Arc<Signals>,
         patience: Duration,
     ) -> Self {
-        let slots = moka::sync::Cache::builder()
+        let slots = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_idle(Duration::from_secs(600))
             .build();
@@ -57,7 +57,10 @@ impl SyncPrompts {
 
     /// Start listening for `session`'s completions (429 if the user waits on too many already).
     pub async fn listen(&self, user: &UserId, session: &SessionId) -> Result<Waiter, Problem> {
-        let gate = self.slots.get_with(user.clone(), || Arc::new(Semaphore::new(WAITS_PER_USER)));
+        let gate = self
+            .slots
+            .get_with_by_ref(user, async { Arc::new(Semaphore::new(WAITS_PER_USER)) })
+            .await;
         let slot = gate.try_acquire_owned().map_err(|_| {
             Problem::too_many_requests(
                 "synchronous-prompts",

@@ -6,6 +6,7 @@ use anyhow::Context;
 use deadpool_postgres::Transaction;
 use schemas::envelope::{Envelope, aggregate};
 use schemas::events::{ApiKeyEvent, OrganizationEvent, SessionEvent};
+use schemas::read::MessageInfo;
 use serde_json::{Value, json};
 use tokio_postgres::types::ToSql;
 
@@ -346,16 +347,7 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
         }
         SessionEvent::MessageCompleted { session_id, message } => {
             crate::usage::record(tx, &session_id, &message).await?;
-            let info = json!({
-                "id": message.id, "sessionID": session_id, "role": "assistant", "parentID": message.parent_id,
-                "providerID": message.model.provider_id, "modelID": message.model.model_id,
-                "time": { "completed": message.time }, "finish": message.finish, "error": message.error,
-                "tokens": message.tokens, "attempt": message.attempt,
-                // OpenCode's `cost` is dollars; the exact figure is micro-dollars.
-                "cost": message.cost.map_or(0.0, |c| c.micro_dollars as f64 / 1e6),
-                "costMicroDollars": message.cost.map(|c| c.micro_dollars),
-                "connectionID": message.connection_id,
-            });
+            let info = serde_json::to_value(MessageInfo::of_completion(&session_id, &message))?;
             // Merge so `time.created` from the prompt survives.
             exec(
                 tx,

@@ -127,3 +127,37 @@ pub async fn session(
 ) -> Result<Granted, Problem> {
     find(db, "rm_sessions", "session_id", session.as_str(), user, action).await
 }
+
+/// What an open event stream reads: one session, or every session of a workspace.
+pub enum Readable<'a> {
+    Session(&'a SessionId),
+    Workspace(&'a WorkspaceId),
+}
+
+/// Why `user` may no longer read `what`, if so: `"credential"` (revoked, signed out, erased) or
+/// `"access"` (no longer a member who may read it). A failed check (the database away) keeps the
+/// stream: a later change or reconnect checks again.
+pub async fn lost(
+    state: &crate::startup::AppState,
+    auth: &identity::Authenticator,
+    user: &AuthUser,
+    what: Readable<'_>,
+) -> Option<&'static str> {
+    match auth.still_valid(user).await {
+        Ok(false) => return Some("credential"),
+        Ok(true) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-check a stream's credential");
+            return None;
+        }
+    }
+    let db = state.bind(user).await.ok()?;
+    let found = match what {
+        Readable::Session(s) => session(&db, s, user, Action::Read).await,
+        Readable::Workspace(w) => workspace(&db, w, user, Action::Read).await,
+    };
+    match found {
+        Err(p) if p.status == 404 || p.status == 403 => Some("access"),
+        _ => None,
+    }
+}

@@ -18,6 +18,24 @@ impl Answer {
     }
 }
 
+/// A request as OpenCode's clients send it: Basic with an API key (user name `opencode`), and the
+/// directory, if any, percent-encoded in `x-opencode-directory`.
+fn as_opencode(
+    req: reqwest::RequestBuilder,
+    key: &str,
+    directory: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let req = req.basic_auth("opencode", Some(key));
+    match directory {
+        Some(d) => {
+            let encoded =
+                percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC);
+            req.header("x-opencode-directory", encoded.to_string())
+        }
+        None => req,
+    }
+}
+
 async fn answer(res: reqwest::Response) -> Answer {
     let status = res.status().as_u16();
     let content_type = res
@@ -91,13 +109,8 @@ impl System {
     /// (user name `opencode`), and the directory, if any, in `x-opencode-directory`
     /// (percent-encoded, as they send it).
     pub async fn get_as_opencode(&self, key: &str, path: &str, directory: Option<&str>) -> Answer {
-        let mut req =
-            self.http.get(format!("{}{path}", self.query_url())).basic_auth("opencode", Some(key));
-        if let Some(d) = directory {
-            let encoded =
-                percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC);
-            req = req.header("x-opencode-directory", encoded.to_string());
-        }
+        let req = self.http.get(format!("{}{path}", self.query_url()));
+        let req = as_opencode(req, key, directory);
         answer(req.send().await.expect("query service reachable")).await
     }
 
@@ -110,13 +123,8 @@ impl System {
         directory: Option<&str>,
         body: Value,
     ) -> Answer {
-        let url = format!("{}{path}", self.command_url());
-        let mut req = self.http.post(url).basic_auth("opencode", Some(key)).json(&body);
-        if let Some(d) = directory {
-            let encoded =
-                percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC);
-            req = req.header("x-opencode-directory", encoded.to_string());
-        }
+        let req = self.http.post(format!("{}{path}", self.command_url())).json(&body);
+        let req = as_opencode(req, key, directory);
         answer(req.send().await.expect("command service reachable")).await
     }
 

@@ -11,7 +11,7 @@ pub use api_key::{ApiKey, ApiKeyCommand};
 pub use budgets::{AlertReport, Payer};
 pub use connections::{ConnectionChange, ConnectionSpec, DEFAULT_PROVIDER};
 pub use organization::{Organization, OrganizationCommand};
-pub use session::{Session, SessionCommand};
+pub use session::{Session, SessionCommand, default_title};
 pub use workspace::{Workspace, WorkspaceCommand};
 
 use schemas::ids::{OrganizationId, SessionId, WorkspaceId};

@@ -153,6 +153,11 @@ fn prompt_bytes(message: &UserMessage) -> u64 {
     message.parts.iter().map(|p| p.text().len() as u64).sum()
 }
 
+/// A session's title when it is given none (OpenCode's own form).
+pub fn default_title(time: i64) -> String {
+    format!("New session - {time}")
+}
+
 impl Aggregate for Session {
     const TYPE: &'static str = aggregate::SESSION;
     type Command = SessionCommand;
@@ -184,7 +189,7 @@ impl Aggregate for Session {
                 let (time, org) = (schemas::now_ms(), view.organization_id);
                 let title = match title {
                     Some(t) => super::valid_name("title", &t)?,
-                    None => format!("New session - {time}"),
+                    None => default_title(time),
                 };
                 let created = SessionEvent::Created {
                     session_id: id,

@@ -13,8 +13,7 @@ use schemas::message::SessionStatus;
 use schemas::read::{MessageInfo, MessageView, SessionTimes, SessionView};
 use serde::Deserialize;
 
-use super::context;
-use crate::aggregates::SessionCommand;
+use crate::aggregates::default_title;
 use crate::error::{CommandError, DomainError};
 use crate::startup::AppState;
 
@@ -38,35 +37,34 @@ pub async fn create_session(
     }
     let directory = directory_of(&req, query.directory.as_deref());
     let workspace = workspace_meant(directory.as_deref(), &user)?;
+    // Titled here, so that the answer holds the title the session gets.
     let time = schemas::now_ms();
-    let title = body.title.unwrap_or_else(|| format!("New session - {time}"));
-    let id = SessionId::new();
-    let command = SessionCommand::Create {
-        id: id.clone(),
-        workspace: workspace.clone(),
-        project: None,
-        title: Some(title.clone()),
-        actor: user.user_id.clone(),
-    };
-    let token = state.sessions.execute(id.as_str(), command, &context(&user, &request)).await?;
+    let title = body.title.unwrap_or_else(|| default_title(time));
+    let started = super::sessions::start(
+        &user,
+        &request,
+        &state,
+        workspace.clone(),
+        None,
+        Some(title.clone()),
+    );
+    let (id, token) = started.await?;
     // The workspace exists and the caller may work in it: the command said so.
     let view = state.directory.workspace(&workspace).await.map_err(CommandError::Domain)?;
     let view = view.ok_or(CommandError::Domain(DomainError::NotFound))?;
-    Ok(HttpResponse::Ok().insert_header(("X-Consistency-Token", token.encode())).json(
-        SessionView {
-            slug: id.to_string(),
-            id,
-            organization_id: view.organization_id,
-            directory: of_workspace(&workspace),
-            workspace_id: workspace,
-            project_id: None,
-            title,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            status: SessionStatus::Idle,
-            created_by: user.user_id,
-            time: SessionTimes { created: time, updated: time },
-        },
-    ))
+    Ok(HttpResponse::Ok().insert_header(("X-Consistency-Token", token)).json(SessionView {
+        slug: id.to_string(),
+        id,
+        organization_id: view.organization_id,
+        directory: of_workspace(&workspace),
+        workspace_id: workspace,
+        project_id: None,
+        title,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        status: SessionStatus::Idle,
+        created_by: user.user_id,
+        time: SessionTimes { created: time, updated: time },
+    }))
 }
 
 /// `POST /session/{id}/message`: OpenCode's synchronous prompt. The prompt is accepted as

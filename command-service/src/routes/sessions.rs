@@ -25,18 +25,32 @@ pub async fn create(
     workspace: web::Path<WorkspaceId>,
     body: web::Json<CreateSession>,
 ) -> Result<HttpResponse, Problem> {
-    let id = SessionId::new();
     let body = body.into_inner();
+    let (id, token) =
+        start(&user, &request, &state, workspace.into_inner(), body.project_id, body.title).await?;
+    Ok(HttpResponse::Created().json(Accepted { id: id.to_string(), consistency_token: token }))
+}
+
+/// Start a session in `workspace` (the command checks the caller may); its id and consistency
+/// token.
+pub(super) async fn start(
+    user: &AuthUser,
+    request: &RequestId,
+    state: &AppState,
+    workspace: WorkspaceId,
+    project: Option<schemas::ids::ProjectId>,
+    title: Option<String>,
+) -> Result<(SessionId, String), Problem> {
+    let id = SessionId::new();
     let command = SessionCommand::Create {
         id: id.clone(),
-        workspace: workspace.into_inner(),
-        project: body.project_id,
-        title: body.title,
+        workspace,
+        project,
+        title,
         actor: user.user_id.clone(),
     };
-    let token = state.sessions.execute(id.as_str(), command, &context(&user, &request)).await?;
-    Ok(HttpResponse::Created()
-        .json(Accepted { id: id.to_string(), consistency_token: token.encode() }))
+    let token = state.sessions.execute(id.as_str(), command, &context(user, request)).await?;
+    Ok((id, token.encode()))
 }
 
 /// Accept a prompt; the reply streams on the session's event stream.

@@ -115,23 +115,9 @@ struct AccessWatch {
 }
 
 impl AccessWatch {
-    /// Why the reader may no longer read `session`, if so. A failed check (the database away)
-    /// keeps the stream: a later change or reconnect checks again.
+    /// Why the reader may no longer read `session`, if so (`access::lost`).
     async fn lost(&self, state: &AppState, session: &SessionId) -> Option<&'static str> {
-        match self.auth.still_valid(&self.user).await {
-            Ok(false) => return Some("credential"),
-            Ok(true) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot re-check a stream's credential");
-                return None;
-            }
-        }
-        let db = state.bind(&self.user).await.ok()?;
-        match access::session(&db, session, &self.user, Action::Read).await {
-            Ok(_) => None,
-            Err(p) if p.status == 404 || p.status == 403 => Some("access"),
-            Err(_) => None,
-        }
+        access::lost(state, &self.auth, &self.user, access::Readable::Session(session)).await
     }
 }
 

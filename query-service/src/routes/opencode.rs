@@ -181,8 +181,12 @@ async fn stream(
                     continue;
                 }
                 _ = changes.changed() => {
-                    if still_allowed(&state, &auth, &user, &ws).await { continue }
-                    let ended = json!({ "type": "server.access_ended", "properties": {} });
+                    let readable = access::Readable::Workspace(&ws);
+                    let Some(reason) = access::lost(&state, &auth, &user, readable).await else {
+                        continue;
+                    };
+                    let body = json!({ "reason": reason });
+                    let ended = json!({ "type": "server.access_ended", "properties": body });
                     let _ = tx.send(send(ended)).await;
                     break;
                 }
@@ -198,22 +202,4 @@ async fn stream(
         drop(lease);
     });
     Ok(sse::Sse::from_infallible_receiver(rx))
-}
-
-/// Whether `user` may still read workspace `ws` (a failed check keeps the stream: a later
-/// change or reconnect checks again).
-async fn still_allowed(
-    state: &AppState,
-    auth: &Authenticator,
-    user: &AuthUser,
-    ws: &WorkspaceId,
-) -> bool {
-    if matches!(auth.still_valid(user).await, Ok(false)) {
-        return false;
-    }
-    let Ok(db) = state.bind(user).await else { return true };
-    match access::workspace(&db, ws, user, Action::Read).await {
-        Ok(_) => true,
-        Err(p) => p.status != 404 && p.status != 403,
-    }
 }
