@@ -29,6 +29,9 @@ pub enum DomainError {
     /// The command was already carried out (an idempotent retry).
     #[error("already done")]
     AlreadyDone,
+    /// A later attempt of the reply took it over: this attempt's report is refused.
+    #[error("a later attempt took the reply over")]
+    Superseded,
     /// A lookup the decision needs failed for infrastructure reasons.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -113,6 +116,9 @@ impl From<CommandError> for Problem {
             CommandError::Domain(DomainError::RateLimited(e)) => (*e).into(),
             CommandError::Domain(DomainError::AlreadyDone) => {
                 Problem::conflict("the command was already carried out")
+            }
+            CommandError::Domain(DomainError::Superseded) => {
+                Problem::conflict("a later attempt took the reply over")
             }
             CommandError::Domain(DomainError::Unavailable(d)) | CommandError::Unavailable(d) => {
                 tracing::warn!(error = %d, "command failed on infrastructure");

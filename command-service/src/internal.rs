@@ -1,11 +1,12 @@
-//! Internal commands over NATS request/reply: LLM workers report finished replies here, so the
-//! worker never writes the event store itself. Not reachable from outside: only the bus carries
+//! Internal commands over NATS request/reply: LLM workers report finished replies here, and
+//! record a new attempt before regenerating one, so the worker never writes the event store
+//! itself. Not reachable from outside: only the bus carries
 //! these subjects, and a queue group spreads them over command-service instances.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
-use schemas::api::{CommandReply, CompleteMessage};
+use schemas::api::{CommandReply, CompleteMessage, RetryReply};
 use schemas::subjects;
 use tokio_util::sync::CancellationToken;
 
@@ -22,16 +23,27 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let requests =
-        nats.queue_subscribe(subjects::CMD_COMPLETE_MESSAGE, "command-service".into()).await?;
-    requests
+    let group = || "command-service".to_owned();
+    let completions = nats.queue_subscribe(subjects::CMD_COMPLETE_MESSAGE, group()).await?;
+    let retries = nats.queue_subscribe(subjects::CMD_RETRY_REPLY, group()).await?;
+    futures::stream::select(completions, retries)
         .take_until(shutdown.cancelled())
         .for_each_concurrent(CONCURRENCY, |msg| {
             let (nats, state) = (nats.clone(), state.clone());
             async move {
-                let reply = match serde_json::from_slice::<CompleteMessage>(&msg.payload) {
-                    Ok(report) => complete(&state, report).await,
-                    Err(e) => CommandReply::Rejected { reason: format!("invalid command: {e}") },
+                let invalid = |e: serde_json::Error| CommandReply::Rejected {
+                    reason: format!("invalid command: {e}"),
+                };
+                let reply = if msg.subject.as_str() == subjects::CMD_RETRY_REPLY {
+                    match serde_json::from_slice::<RetryReply>(&msg.payload) {
+                        Ok(retry) => self::retry(&state, retry).await,
+                        Err(e) => invalid(e),
+                    }
+                } else {
+                    match serde_json::from_slice::<CompleteMessage>(&msg.payload) {
+                        Ok(report) => complete(&state, report).await,
+                        Err(e) => invalid(e),
+                    }
                 };
                 if let Some(to) = msg.reply {
                     let body = serde_json::to_vec(&reply).unwrap_or_default();
@@ -43,6 +55,29 @@ pub async fn run(
         })
         .await;
     Ok(())
+}
+
+async fn retry(state: &AppState, retry: RetryReply) -> CommandReply {
+    let ctx = CommandContext {
+        actor: "service:llm-worker".into(),
+        correlation_id: retry.message_id.to_string(),
+        causation_id: Some(retry.causation_id),
+        organization_scope: None,
+    };
+    let command = SessionCommand::Retry { message_id: retry.message_id, attempt: retry.attempt };
+    let done = state.sessions.execute(retry.session_id.as_str(), command, &ctx).await;
+    command_reply(done.map(|_| ()))
+}
+
+/// The worker's view of a command's outcome.
+fn command_reply(outcome: Result<(), CommandError>) -> CommandReply {
+    match outcome {
+        Ok(()) => CommandReply::Done,
+        Err(CommandError::Domain(DomainError::AlreadyDone)) => CommandReply::AlreadyDone,
+        Err(CommandError::Domain(DomainError::Superseded)) => CommandReply::Superseded,
+        Err(CommandError::Domain(d)) => CommandReply::Rejected { reason: d.to_string() },
+        Err(e) => CommandReply::Unavailable { reason: e.to_string() },
+    }
 }
 
 async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
@@ -94,8 +129,6 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
             }
             CommandReply::Done
         }
-        Err(CommandError::Domain(DomainError::AlreadyDone)) => CommandReply::AlreadyDone,
-        Err(CommandError::Domain(d)) => CommandReply::Rejected { reason: d.to_string() },
-        Err(e) => CommandReply::Unavailable { reason: e.to_string() },
+        Err(e) => command_reply(Err(e)),
     }
 }

@@ -8,14 +8,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use schemas::api::{CommandReply, CompleteMessage, MAX_EVENT_BYTES, ReasoningReport};
+use schemas::api::CommandReply;
 use schemas::envelope::{Envelope, aggregate};
 use schemas::events::{EventName, SessionEvent, UserMessage};
 use schemas::ids::{MessageId, OrganizationId, PartId, SessionId, WorkspaceId};
 use schemas::live::LiveEvent;
-use schemas::message::{
-    ErrorKind, FinishReason, MessageError, MessageErrorName, ModelRef, Part, TokenUsage,
-};
+use schemas::message::{ErrorKind, FinishReason, MessageError, MessageErrorName, Part, TokenUsage};
 use schemas::subjects;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -43,33 +41,33 @@ pub struct Worker {
 }
 
 /// The prompt being answered, and where its events go.
-struct Job {
-    org: OrganizationId,
-    workspace: WorkspaceId,
-    session: SessionId,
-    message: UserMessage,
-    assistant: MessageId,
-    part: PartId,
-    attempt: u32,
-    sequence: u64,
+pub(crate) struct Job {
+    pub(crate) org: OrganizationId,
+    pub(crate) workspace: WorkspaceId,
+    pub(crate) session: SessionId,
+    pub(crate) message: UserMessage,
+    pub(crate) assistant: MessageId,
+    pub(crate) part: PartId,
+    pub(crate) attempt: u32,
+    pub(crate) sequence: u64,
     /// When the prompt was committed (ms since the epoch).
-    committed_ms: i64,
-    prompt_event_id: String,
-    correlation_id: Option<String>,
+    pub(crate) committed_ms: i64,
+    pub(crate) prompt_event_id: String,
+    pub(crate) correlation_id: Option<String>,
     /// The provider connection to call; none for the deployment's default provider.
-    connection: Option<ConnectionRef>,
+    pub(crate) connection: Option<ConnectionRef>,
 }
 
 /// How the reply ended.
-struct Reply {
-    text: String,
+pub(crate) struct Reply {
+    pub(crate) text: String,
     /// The model's reasoning and its part, if it streamed any.
-    reasoning: Option<(PartId, String)>,
+    pub(crate) reasoning: Option<(PartId, String)>,
     /// What the provider said the reply cost, in micro-dollars, if it did.
-    provider_cost: Option<u64>,
-    finish: FinishReason,
-    error: Option<MessageError>,
-    tokens: TokenUsage,
+    pub(crate) provider_cost: Option<u64>,
+    pub(crate) finish: FinishReason,
+    pub(crate) error: Option<MessageError>,
+    pub(crate) tokens: TokenUsage,
 }
 
 impl Worker {
@@ -101,19 +99,25 @@ impl Worker {
     }
 
     async fn answer(&self, job: Job, msg: jetstream::Message, shutdown: &CancellationToken) {
+        // A prompt delivered again: the earlier attempt's worker died, or went silent past its
+        // ack deadline and may still be running. This attempt takes the reply over before it
+        // tells clients anything, so the earlier one can no longer complete it.
         if job.attempt > 1 {
-            let answered =
-                self.history.answered(&self.pool, &job.session, job.sequence, &job.assistant);
-            match answered.await {
-                Ok(true) => {
-                    tracing::info!("delivered again, but an earlier attempt completed the reply");
+            match self.retry(&job, &msg, shutdown).await {
+                Ok(CommandReply::Done) => {}
+                Ok(CommandReply::Superseded) => return superseded(),
+                Ok(outcome) => {
+                    // AlreadyDone: an earlier attempt completed the reply (its ack was lost).
+                    tracing::info!(?outcome, "delivered again, but the reply needs no new attempt");
                     metrics::counter!("prompts_already_answered_total").increment(1);
                     let _ = msg.double_ack().await;
                     return;
                 }
-                Ok(false) => {}
-                // (answered anyway: the command service refuses a second completion)
-                Err(e) => tracing::warn!(error = %e, "cannot tell whether the reply was completed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the new attempt; releasing the prompt");
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
+                }
             }
         }
         tracing::debug!("answering a prompt");
@@ -122,7 +126,8 @@ impl Worker {
         self.aborts.finish(&job.assistant);
         metrics::counter!("generations_total", "finish" => format!("{:?}", reply.finish).to_lowercase()).increment(1);
         match self.report(&job, reply, Some(&msg), shutdown).await {
-            Ok(()) => {
+            Ok(CommandReply::Superseded) => superseded(),
+            Ok(_) => {
                 if let Err(e) = msg.double_ack().await {
                     tracing::warn!(error = %e, "ack of a reported prompt failed; a redelivery will find it done");
                 }
@@ -163,7 +168,7 @@ impl Worker {
                 format!("no worker finished the reply after {attempts} attempts"),
             ),
         );
-        self.report(&job, reply, None, shutdown).await
+        self.report(&job, reply, None, shutdown).await.map(drop)
     }
 
     async fn generate(
@@ -435,91 +440,13 @@ impl Worker {
         metrics::histogram!("live_publish_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }
+}
 
-    /// Report the reply as a command, retrying while the command service is unreachable. The
-    /// prompt message, if any, is kept alive with progress acks meanwhile.
-    async fn report(
-        &self,
-        job: &Job,
-        reply: Reply,
-        msg: Option<&jetstream::Message>,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let mut reply = reply;
-        // Reasoning and text share one event: reasoning may take half of it.
-        let mut cut = false;
-        if let Some((_, reasoning)) = reply.reasoning.as_mut() {
-            cut |= fit_to_event(reasoning, TEXT_ROOM / 2);
-        }
-        let reasoning_room = reply.reasoning.as_ref().map_or(0, |(_, r)| json_len(r));
-        cut |= fit_to_event(&mut reply.text, TEXT_ROOM.saturating_sub(reasoning_room));
-        if cut && reply.finish == FinishReason::Stop {
-            reply.finish = FinishReason::Length;
-        }
-        let command = CompleteMessage {
-            organization_id: job.org.clone(),
-            workspace_id: job.workspace.clone(),
-            session_id: job.session.clone(),
-            message_id: job.assistant.clone(),
-            part_id: job.part.clone(),
-            text: reply.text,
-            reasoning: reply.reasoning.map(|(part_id, text)| ReasoningReport { part_id, text }),
-            finish: reply.finish,
-            error: reply.error,
-            tokens: reply.tokens,
-            model: match &job.connection {
-                Some(_) => job.message.model.clone(),
-                None => ModelRef {
-                    provider_id: "openai-compatible".into(),
-                    model_id: self.provider.default_target().model,
-                },
-            },
-            connection_id: job.connection.as_ref().map(|c| c.id.clone()),
-            provider_cost_micro_dollars: reply.provider_cost,
-            user_id: Some(job.message.user_id.clone()),
-            attempt: job.attempt,
-            causation_id: job.prompt_event_id.clone(),
-        };
-        let body: bytes::Bytes = serde_json::to_vec(&command)?.into();
-        let limit = self.nats.server_info().max_payload;
-        if body.len() > limit {
-            // Cannot succeed by retrying; OC_MAX_REPLY_BYTES is set too high for this server.
-            anyhow::bail!("the report is {} bytes, over the bus limit of {limit}", body.len());
-        }
-        let mut delay = Duration::from_millis(50);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(5),
-                self.nats.request(subjects::CMD_COMPLETE_MESSAGE, body.clone()),
-            )
-            .await;
-            let reason = match answer {
-                Ok(Ok(res)) => match serde_json::from_slice::<CommandReply>(&res.payload) {
-                    Ok(CommandReply::Done | CommandReply::AlreadyDone) => return Ok(()),
-                    Ok(CommandReply::Rejected { reason }) => {
-                        // Nothing a retry can change (say, the reply was already completed by
-                        // another attempt): drop ours.
-                        tracing::warn!(%reason, message = %job.assistant, "reply rejected");
-                        return Ok(());
-                    }
-                    Ok(CommandReply::Unavailable { reason }) => reason,
-                    Err(e) => format!("unreadable answer: {e}"),
-                },
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out".into(),
-            };
-            if shutdown.is_cancelled() || Instant::now() > deadline {
-                anyhow::bail!("report failed: {reason}");
-            }
-            tracing::warn!(%reason, "report not accepted yet; retrying");
-            if let Some(msg) = msg {
-                let _ = msg.ack_with(AckKind::Progress).await;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
-    }
+/// A later attempt took this reply over: stop, and leave the prompt's delivery (unacknowledged)
+/// to it.
+fn superseded() {
+    tracing::info!("a later attempt took the reply over; this one stops");
+    metrics::counter!("replies_superseded_total").increment(1);
 }
 
 /// The prompt a bus message asks to answer (None for other events).
@@ -547,10 +474,6 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
     }))
 }
 
-/// Room in a stored event for the reply's text, as JSON (escaping can make text several times
-/// longer: a control character becomes six bytes); the rest of the event is small.
-const TEXT_ROOM: usize = MAX_EVENT_BYTES - 16 * 1024;
-
 /// Text (in bytes) the history and prompt may take for a model: its context less room for the
 /// reply, at about four bytes a token, and never more than the deployment allows.
 fn context_bytes(limit: schemas::provider::ModelLimit, most: usize) -> usize {
@@ -562,28 +485,8 @@ fn context_bytes(limit: schemas::provider::ModelLimit, most: usize) -> usize {
     tokens.saturating_mul(4).min(most)
 }
 
-/// How long `text` is as JSON.
-fn json_len(text: &str) -> usize {
-    serde_json::to_string(text).map_or(usize::MAX, |j| j.len())
-}
-
-/// Shorten `text` until its JSON form fits `room` bytes; true if it had to.
-fn fit_to_event(text: &mut String, room: usize) -> bool {
-    let mut cut = false;
-    loop {
-        let size = json_len(text);
-        if size <= room {
-            return cut;
-        }
-        // Keep the share that fits at the current escaping ratio, and a little less.
-        let keep = (text.len() as u128 * room as u128 / size as u128) as usize;
-        text.truncate(floor_char_boundary(text, keep.saturating_sub(8)));
-        cut = true;
-    }
-}
-
 /// The largest index ≤ `at` that is a char boundary of `s`.
-fn floor_char_boundary(s: &str, at: usize) -> usize {
+pub(crate) fn floor_char_boundary(s: &str, at: usize) -> usize {
     (0..=at.min(s.len())).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0)
 }
 
@@ -613,20 +516,4 @@ fn provider_failed(reply: Reply, e: ProviderError) -> Reply {
     // The full error (with the provider's text) is for operators only.
     tracing::warn!(error = %e, "provider failed");
     failed(reply, e.classify())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reply_is_cut_to_fit_an_event_as_json_not_as_text() {
-        let mut plain = "a".repeat(100);
-        assert!(!fit_to_event(&mut plain, TEXT_ROOM));
-        // 300 KiB of control characters is 1.8 MiB as JSON.
-        let mut escaped = "\u{1}".repeat(300 * 1024);
-        assert!(fit_to_event(&mut escaped, TEXT_ROOM));
-        assert!(serde_json::to_string(&escaped).unwrap().len() <= TEXT_ROOM);
-        assert!(escaped.len() > TEXT_ROOM / 7, "not cut more than needed");
-    }
 }

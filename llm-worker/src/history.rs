@@ -132,39 +132,6 @@ impl History {
     }
 }
 
-impl History {
-    /// Whether `reply` (to the prompt at `prompt_sequence` of `session`) is completed already:
-    /// a prompt delivered again after an earlier attempt finished (its acknowledgement lost to
-    /// a NATS fault) is not answered twice, nor announced to clients as a new attempt.
-    pub async fn answered(
-        &self,
-        pool: &deadpool_postgres::Pool,
-        session: &SessionId,
-        prompt_sequence: u64,
-        reply: &MessageId,
-    ) -> anyhow::Result<bool> {
-        let client = pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT payload::jsonb FROM events \
-                 WHERE aggregate_type = 'session' AND aggregate_id = $1 AND sequence > $2 \
-                 AND event_type = 'message.completed'",
-                &[&session.as_str(), &i64::try_from(prompt_sequence)?],
-            )
-            .await?;
-        drop(client);
-        for row in rows {
-            if let SessionEvent::MessageCompleted { message, .. } =
-                serde_json::from_value(row.get(0))?
-                && message.id == *reply
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-}
-
 /// The newest turns whose text fits `budget` bytes, oldest first, starting with the user.
 fn newest_within(turns: &[Turn], budget: usize) -> Vec<ChatMessage> {
     let mut used = 0;

@@ -9,4 +9,5 @@ pub mod generation;
 pub mod give_up;
 pub mod history;
 pub mod providers;
+pub mod report;
 pub mod startup;

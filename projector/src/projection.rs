@@ -345,6 +345,8 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             )
             .await?;
         }
+        // The reply's text comes with its completion, from whichever attempt completes it.
+        SessionEvent::MessageRetried { .. } => {}
         SessionEvent::MessageCompleted { session_id, message } => {
             crate::usage::record(tx, &session_id, &message).await?;
             let info = serde_json::to_value(MessageInfo::of_completion(&session_id, &message))?;

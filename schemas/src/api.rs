@@ -228,6 +228,26 @@ pub struct CompleteMessage {
     pub causation_id: String,
 }
 
+/// Internal command from an LLM worker about to regenerate a reply (its prompt was delivered
+/// again: the earlier attempt's worker died, or went silent past its ack deadline). From then on
+/// only this attempt, or a later one, may complete the reply: an earlier attempt's worker that
+/// wakes up and reports is refused, so the reply clients follow (the newest attempt) is the one
+/// stored.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryReply {
+    #[serde(rename = "organizationID")]
+    pub organization_id: OrganizationId,
+    #[serde(rename = "sessionID")]
+    pub session_id: SessionId,
+    #[serde(rename = "messageID")]
+    pub message_id: MessageId,
+    pub attempt: u32,
+    /// The envelope id of the prompt event the reply answers.
+    #[serde(rename = "causationID")]
+    pub causation_id: String,
+}
+
 /// The reasoning part of a reply.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -247,6 +267,9 @@ pub enum CommandReply {
     AlreadyDone,
     /// Rejected for good: retrying will not help.
     Rejected { reason: String },
+    /// A later attempt of the reply has taken it over: this attempt stops, and leaves the
+    /// prompt's delivery to the later one (no acknowledgement).
+    Superseded,
     /// A transient failure: retry later.
     Unavailable { reason: String },
 }

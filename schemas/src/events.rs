@@ -424,6 +424,17 @@ pub enum SessionEvent {
         requested_by: UserId,
         time: i64,
     },
+    /// A worker regenerates the reply as a new attempt (its prompt was delivered again); only
+    /// this attempt or a later one may complete it.
+    #[serde(rename = "message.retried")]
+    MessageRetried {
+        #[serde(rename = "sessionID")]
+        session_id: SessionId,
+        #[serde(rename = "messageID")]
+        message_id: MessageId,
+        attempt: u32,
+        time: i64,
+    },
     #[serde(rename = "message.completed")]
     MessageCompleted {
         #[serde(rename = "sessionID")]
@@ -481,6 +492,7 @@ impl EventName for SessionEvent {
             SessionEvent::Prompted { .. } => "session.prompted",
             SessionEvent::StatusChanged { .. } => "session.status",
             SessionEvent::AbortRequested { .. } => "session.abort_requested",
+            SessionEvent::MessageRetried { .. } => "message.retried",
             SessionEvent::MessageCompleted { .. } => "message.completed",
         }
     }

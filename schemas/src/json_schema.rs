@@ -4,7 +4,7 @@
 
 use schemars::{JsonSchema, schema_for};
 
-use crate::api::CompleteMessage;
+use crate::api::{CommandReply, CompleteMessage, RetryReply};
 use crate::envelope::Envelope;
 use crate::events::{ApiKeyEvent, OrganizationEvent, SessionEvent, WorkspaceEvent};
 use crate::live::LiveEvent;
@@ -23,6 +23,8 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("live-event.json", render::<Envelope<LiveEvent>>()),
         ("api-key-event.json", render::<Envelope<ApiKeyEvent>>()),
         ("complete-message-command.json", render::<CompleteMessage>()),
+        ("retry-reply-command.json", render::<RetryReply>()),
+        ("command-reply.json", render::<CommandReply>()),
     ]
 }
 

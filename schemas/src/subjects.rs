@@ -30,6 +30,9 @@ pub fn session_completions(session: &SessionId) -> String {
 }
 /// Internal command: an LLM worker reports a finished reply.
 pub const CMD_COMPLETE_MESSAGE: &str = "oc.cmd.complete_message";
+/// Internal command: an LLM worker takes a reply over from an earlier attempt before it
+/// regenerates it.
+pub const CMD_RETRY_REPLY: &str = "oc.cmd.retry_reply";
 
 /// `_` stands for "not scoped to this level" (an organization event has no workspace).
 const NONE: &str = "_";

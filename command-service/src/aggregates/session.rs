@@ -2,7 +2,9 @@
 //!
 //! A prompt is accepted only while no reply is running, and is answered by exactly one
 //! `message.completed`: a second completion for the same message (a worker that was presumed
-//! dead and finished anyway, or a retried report) is refused as `AlreadyDone`.
+//! dead and finished anyway, or a retried report) is refused as `AlreadyDone`. A worker that
+//! regenerates a reply records its attempt first (`message.retried`); a report from an earlier
+//! attempt is then refused as `Superseded`, so the stored reply is the attempt clients follow.
 
 use std::collections::HashSet;
 
@@ -65,6 +67,9 @@ struct RunningReply {
     own_key: bool,
     #[serde(default)]
     api_key: Option<ApiKeyId>,
+    /// The newest attempt a worker has taken the reply over with (0 until one is retried).
+    #[serde(default)]
+    attempt: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +92,11 @@ pub enum SessionCommand {
     },
     Abort {
         actor: UserId,
+    },
+    /// From an LLM worker about to regenerate the reply as `attempt`.
+    Retry {
+        message_id: MessageId,
+        attempt: u32,
     },
     /// From an LLM worker: the reply is finished.
     Complete {
@@ -111,6 +121,17 @@ impl Session {
 
     fn id(&self) -> Result<SessionId, DomainError> {
         self.id.clone().ok_or(DomainError::NotFound)
+    }
+
+    /// The running reply `message`: `AlreadyDone` if it was completed.
+    fn running_reply(&self, message: &MessageId) -> Result<&RunningReply, DomainError> {
+        if self.completed.contains(message) {
+            return Err(DomainError::AlreadyDone);
+        }
+        match &self.running {
+            Some(r) if r.assistant_message == *message => Ok(r),
+            _ => Err(DomainError::WrongState("no such reply is running".into())),
+        }
     }
 
     /// A prompt's message id (possibly the client's) and its reply's id (ours) must be new: later
@@ -290,16 +311,26 @@ impl Aggregate for Session {
                 };
                 sink.write(event, self).await;
             }
+            SessionCommand::Retry { message_id, attempt } => {
+                let session_id = self.id()?;
+                let running = self.running_reply(&message_id)?;
+                if attempt < running.attempt {
+                    return Err(DomainError::Superseded);
+                }
+                if attempt > running.attempt {
+                    let time = schemas::now_ms();
+                    let retried =
+                        SessionEvent::MessageRetried { session_id, message_id, attempt, time };
+                    sink.write(retried, self).await;
+                }
+            }
             SessionCommand::Complete { report } => {
                 let report = *report;
                 let session_id = self.id()?;
-                if self.completed.contains(&report.message_id) {
-                    return Err(DomainError::AlreadyDone);
+                let running = self.running_reply(&report.message_id)?;
+                if report.attempt < running.attempt {
+                    return Err(DomainError::Superseded);
                 }
-                let running = match &self.running {
-                    Some(r) if r.assistant_message == report.message_id => r,
-                    _ => return Err(DomainError::WrongState("no such reply is running".into())),
-                };
                 // Priced now, at the prices in force as it completes; the provider's own figure
                 // wins where it reported one.
                 let cost = match (report.provider_cost_micro_dollars, &running.connection) {
@@ -386,12 +417,18 @@ impl Aggregate for Session {
                     own_key: connection.as_ref().is_some_and(|c| c.own_key),
                     connection: connection.map(|c| c.id),
                     api_key: api_key_id,
+                    attempt: 0,
                 });
             }
             SessionEvent::StatusChanged { .. } => {}
             SessionEvent::AbortRequested { .. } => {
                 if let Some(r) = self.running.as_mut() {
                     r.abort_requested = true;
+                }
+            }
+            SessionEvent::MessageRetried { attempt, .. } => {
+                if let Some(r) = self.running.as_mut() {
+                    r.attempt = attempt;
                 }
             }
             SessionEvent::MessageCompleted { message, .. } => {
@@ -606,6 +643,56 @@ mod tests {
         TestFramework::<Session>::with(w.services.clone())
             .given(after)
             .when(SessionCommand::Complete { report: Box::new(report(&w, &user, &assistant)) })
+            .then_expect_error(DomainError::AlreadyDone);
+    }
+
+    #[test]
+    fn once_a_later_attempt_took_a_reply_over_an_earlier_one_cannot_complete_it() {
+        let w = world();
+        let user = user_message(&w.alice);
+        let assistant = MessageId::new();
+        let mut given = vec![
+            created(&w),
+            SessionEvent::Prompted {
+                session_id: w.session.clone(),
+                message: user.clone(),
+                assistant_message_id: assistant.clone(),
+                connection: None,
+                api_key_id: None,
+            },
+        ];
+        let retry = |attempt| SessionCommand::Retry { message_id: assistant.clone(), attempt };
+        let retried = TestFramework::<Session>::with(w.services.clone())
+            .given(given.clone())
+            .when(retry(2))
+            .inspect_result()
+            .unwrap();
+        assert!(matches!(retried[..], [SessionEvent::MessageRetried { attempt: 2, .. }]));
+        given.extend(retried);
+        let late = report(&w, &user, &assistant);
+        TestFramework::<Session>::with(w.services.clone())
+            .given(given.clone())
+            .when(SessionCommand::Complete { report: Box::new(late) })
+            .then_expect_error(DomainError::Superseded);
+        TestFramework::<Session>::with(w.services.clone())
+            .given(given.clone())
+            .when(retry(1))
+            .then_expect_error(DomainError::Superseded);
+        // The same attempt asking again (its answer was lost) changes nothing.
+        TestFramework::<Session>::with(w.services.clone())
+            .given(given.clone())
+            .when(retry(2))
+            .then_expect_events(vec![]);
+        let current = CompleteMessage { attempt: 2, ..report(&w, &user, &assistant) };
+        let done = TestFramework::<Session>::with(w.services.clone())
+            .given(given.clone())
+            .when(SessionCommand::Complete { report: Box::new(current) })
+            .inspect_result()
+            .unwrap();
+        given.extend(done);
+        TestFramework::<Session>::with(w.services.clone())
+            .given(given)
+            .when(retry(3))
             .then_expect_error(DomainError::AlreadyDone);
     }
 

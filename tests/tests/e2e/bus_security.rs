@@ -53,9 +53,11 @@ async fn only_the_services_that_write_events_can_publish_them() {
     let events = reader.get_stream(subjects::STREAM).await.unwrap();
     assert!(events.get_last_raw_message_by_subject(&forged).await.is_err(), "forged event stored");
 
-    // …no completion report reaches the command service…
-    let report = stolen.request(subjects::CMD_COMPLETE_MESSAGE, "{}".into()).await;
-    assert!(report.is_err(), "a completion report was answered: {report:?}");
+    // …no completion report nor retry reaches the command service…
+    for command in [subjects::CMD_COMPLETE_MESSAGE, subjects::CMD_RETRY_REPLY] {
+        let report = stolen.request(command, "{}".into()).await;
+        assert!(report.is_err(), "{command} was answered: {report:?}");
+    }
 
     // …and the stream cannot be purged.
     let mut target = js.get_stream(subjects::STREAM).await.expect("the stream can be read");

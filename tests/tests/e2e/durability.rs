@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use e2e_tests::api::Created;
-use e2e_tests::sse::{SseClient, is_idle, reply_text};
+use e2e_tests::sse::{Event, SseClient, is_idle, reply_text};
 use e2e_tests::{System, SystemOptions, eventually, fake_text};
 use futures::StreamExt;
+use nix::sys::signal::Signal;
 
 use crate::WAIT;
 
@@ -217,6 +218,62 @@ async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+}
+
+/// A worker frozen mid-reply (a stop-the-world pause, or cut off from the bus) past its ack
+/// deadline wakes up after another worker took the reply over, reads the rest of its provider's
+/// answer at once and reports it first. That late report must not close the reply the newer
+/// attempt is streaming: clients follow the newest attempt, so its text must be the stored one.
+#[tokio::test]
+async fn a_worker_that_wakes_after_its_reply_was_taken_over_does_not_complete_it() {
+    let mut system =
+        System::start_with(SystemOptions { worker_ack_wait_secs: 2, ..Default::default() }).await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=40 delay_ms=100]]").await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap();
+    let mut events = stream.until(WAIT, |e| e.event == "message.part.delta").await;
+    system.workers[0].proc.signal(Signal::SIGSTOP);
+    let replacement = system.start_worker().await;
+    system.workers.push(replacement);
+
+    let later_attempt = |e: &Event| {
+        e.event == "message.started" && e.data["properties"]["attempt"].as_u64() > Some(1)
+    };
+    events.extend(stream.until(WAIT, later_attempt).await);
+    let part = events.last().unwrap().data["properties"]["partID"].clone();
+    events.extend(
+        stream
+            .until(WAIT, |e| {
+                e.event == "message.part.delta" && e.data["properties"]["partID"] == part
+            })
+            .await,
+    );
+    // The frozen worker wakes with most of its answer waiting in its socket.
+    system.workers[0].proc.signal(Signal::SIGCONT);
+
+    events.extend(stream.until(WAIT, |e| e.event == "message.completed").await);
+    let message = &events.last().unwrap().data["properties"]["message"];
+    let stored = message["parts"][0]["text"].as_str().unwrap();
+    assert_eq!(reply_text(&events, assistant), stored, "the client's text is the stored text");
+    assert_eq!(stored, fake_text(40));
+    assert!(message["attempt"].as_u64() > Some(1), "completed by the attempt clients follow");
+    // The woken worker stays quiet about it: one completion, and the session takes prompts.
+    stream.until(WAIT, is_idle).await;
+    system.prompt(&alice, &session.id, "[[fake tokens=2]]").await;
+    let n: i64 = system
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM events WHERE event_type = 'message.completed' \
+             AND payload::text LIKE '%' || $1 || '%'",
+            &[&assistant],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "one completion of the reply");
 }
 
 /// A system allowing one delivery per prompt, where the only worker died streaming a reply (so
