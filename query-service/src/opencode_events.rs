@@ -2,12 +2,15 @@
 //! a reply announces itself with `message.updated`, streams `message.part.delta`, and ends with
 //! `message.updated` (completed) and a `message.part.updated` per part with `time.end` set (what
 //! `opencode run` prints); `session.status` idle is followed by OpenCode's `session.idle`.
-//! Events OpenCode has no counterpart for are not sent.
+//! A reply regenerated as a new attempt removes the earlier attempt's parts
+//! (`message.part.removed`), and whatever the earlier attempt still sends is not passed on:
+//! OpenCode's clients know nothing of attempts. Events OpenCode has no counterpart for are not
+//! sent.
 
 use std::collections::HashMap;
 
 use schemas::events::SessionEvent;
-use schemas::ids::SessionId;
+use schemas::ids::{MessageId, PartId, SessionId};
 use schemas::live::LiveEvent;
 use schemas::message::ModelRef;
 use schemas::read::MessageInfo;
@@ -17,10 +20,18 @@ use serde_json::{Value, json};
 const REMEMBERED: usize = 1_000;
 
 /// One stream's translator: it remembers each session's latest prompted model, which OpenCode's
-/// `message.updated` names as soon as a reply starts (our `message.started` does not carry it).
+/// `message.updated` names as soon as a reply starts (our `message.started` does not carry it),
+/// and each running reply's attempt and parts.
 #[derive(Default)]
 pub struct Translator {
     models: HashMap<SessionId, ModelRef>,
+    replies: HashMap<MessageId, Attempt>,
+}
+
+/// The newest attempt of a running reply this stream has seen, and the parts it announced.
+struct Attempt {
+    number: u32,
+    parts: Vec<PartId>,
 }
 
 impl Translator {
@@ -28,6 +39,9 @@ impl Translator {
     /// `{"type", "properties"}`; `directory` is the workspace's, as OpenCode's paths are.
     pub fn translate(&mut self, frame: &str, directory: &str) -> Vec<Value> {
         if let Ok(event) = serde_json::from_str::<SessionEvent>(frame) {
+            if let SessionEvent::MessageCompleted { message, .. } = &event {
+                self.replies.remove(&message.id);
+            }
             if let SessionEvent::Prompted { session_id, message, .. } = &event {
                 if self.models.len() >= REMEMBERED {
                     self.models.clear();
@@ -37,9 +51,50 @@ impl Translator {
             return session_event(event, directory);
         }
         if let Ok(event) = serde_json::from_str::<LiveEvent>(frame) {
-            return live_event(event, directory, &self.models);
+            let mut out = Vec::new();
+            if self.follow(&event, &mut out) {
+                out.extend(live_event(event, directory, &self.models));
+            }
+            return out;
         }
         Vec::new()
+    }
+
+    /// Whether `live` belongs to the newest attempt of its reply; a newer attempt's start
+    /// removes the earlier attempt's parts (into `out`).
+    fn follow(&mut self, live: &LiveEvent, out: &mut Vec<Value>) -> bool {
+        let (session, message, attempt, part) = match live {
+            LiveEvent::MessageStarted { session_id, message_id, attempt, part_id, .. } => {
+                (session_id, message_id, *attempt, Some(part_id))
+            }
+            LiveEvent::PartUpdated { session_id, message_id, attempt, part, .. } => {
+                (session_id, message_id, *attempt, Some(part.id()))
+            }
+            LiveEvent::PartDelta { session_id, message_id, attempt, .. } => {
+                (session_id, message_id, *attempt, None)
+            }
+        };
+        if self.replies.len() >= REMEMBERED && !self.replies.contains_key(message) {
+            self.replies.clear();
+        }
+        let current = self
+            .replies
+            .entry(message.clone())
+            .or_insert_with(|| Attempt { number: attempt, parts: Vec::new() });
+        if attempt < current.number {
+            return false;
+        }
+        if attempt > current.number {
+            for old in current.parts.drain(..) {
+                out.push(event(
+                    "message.part.removed",
+                    json!({ "sessionID": session, "messageID": message, "partID": old }),
+                ));
+            }
+            current.number = attempt;
+        }
+        current.parts.extend(part.cloned());
+        true
     }
 }
 
@@ -176,5 +231,37 @@ mod tests {
         let kinds: Vec<&str> = out.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["session.status", "session.idle"]);
         assert!(translator.translate("{\"type\":\"organization.renamed\"}", "/w").is_empty());
+    }
+
+    #[test]
+    fn a_new_attempt_removes_the_earlier_ones_parts_and_silences_it() {
+        let (session, message) = (SessionId::new(), MessageId::new());
+        let (first, second) = (PartId::new(), PartId::new());
+        let started = |part: &PartId, attempt| {
+            json!({ "type": "message.started", "properties": { "sessionID": session,
+                "messageID": message, "partID": part, "attempt": attempt, "time": 1 } })
+            .to_string()
+        };
+        let delta = |part: &PartId, attempt| {
+            json!({ "type": "message.part.delta", "properties": { "sessionID": session,
+                "messageID": message, "partID": part, "field": "text", "delta": "x",
+                "attempt": attempt } })
+            .to_string()
+        };
+        let kinds = |out: Vec<Value>| -> Vec<String> {
+            out.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+        };
+        let mut translator = Translator::default();
+        assert_eq!(kinds(translator.translate(&started(&first, 1), "/w")).len(), 2);
+        assert_eq!(kinds(translator.translate(&delta(&first, 1), "/w")), ["message.part.delta"]);
+        let out = translator.translate(&started(&second, 2), "/w");
+        assert_eq!(out[0]["type"], "message.part.removed");
+        assert_eq!(out[0]["properties"]["partID"], json!(first));
+        assert_eq!(kinds(out)[1..], ["message.updated", "message.part.updated"]);
+        assert!(
+            translator.translate(&delta(&first, 1), "/w").is_empty(),
+            "the old attempt is quiet"
+        );
+        assert_eq!(kinds(translator.translate(&delta(&second, 2), "/w")), ["message.part.delta"]);
     }
 }

@@ -44,6 +44,12 @@ impl Part {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    pub fn id(&self) -> &PartId {
+        match self {
+            Part::Text { id, .. } | Part::Reasoning { id, .. } => id,
+        }
+    }
 }
 
 /// Which model answers, as OpenCode names it: `{providerID, modelID}`.
