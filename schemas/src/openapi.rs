@@ -17,6 +17,7 @@ use crate::budget::{BudgetList, SetBudget};
 use crate::ids::{
     ApiKeyId, BudgetId, ConnectionId, OrganizationId, SessionId, UserId, WorkspaceId,
 };
+use crate::opencode;
 use crate::provider::{
     ConnectionSaved, CreateConnection, ImportCatalog, RotateKey, SetByokPolicy, SetDefaultModel,
     SetPromptLimits, UpdateConnection,
@@ -247,12 +248,36 @@ pub fn query_operations() -> Vec<Operation> {
             .answers(200, schema::<OpenCodePath>),
         op("get", "/config", "OpenCode's configuration, as far as the service sets it (sharing disabled)")
             .answers(200, schema::<OpenCodeConfig>),
+        op("get", "/config/providers", "OpenCode's providers: the models you may prompt in the workspace's organization, and the default model by provider")
+            .answers(200, schema::<opencode::ConfiguredProviders>),
+        op("get", "/provider", "OpenCode's provider list: the same, with the providers connected")
+            .answers(200, schema::<opencode::ProviderList>),
+        op("get", "/agent", "OpenCode's agents: the one this service runs (it answers prompts and runs no tools)")
+            .answers(200, schema::<Vec<opencode::Agent>>),
+        op("get", "/session/status", "OpenCode's busy sessions of the workspace, by session id")
+            .answers(200, schema::<std::collections::BTreeMap<String, opencode::SessionStatus>>),
+        op("get", "/project/current", "The workspace, as OpenCode's project")
+            .answers(200, schema::<opencode::Project>),
+        op("get", "/command", "OpenCode's commands: none run on the service (empty list)")
+            .answers(200, schema::<Vec<serde_json::Value>>),
+        op("get", "/lsp", "OpenCode's language servers: none (empty list)")
+            .answers(200, schema::<Vec<serde_json::Value>>),
+        op("get", "/formatter", "OpenCode's formatters: none (empty list)")
+            .answers(200, schema::<Vec<serde_json::Value>>),
+        op("get", "/mcp", "OpenCode's MCP servers: none (empty map)")
+            .answers(200, schema::<serde_json::Map<String, serde_json::Value>>),
+        op("get", "/experimental/resource", "OpenCode's MCP resources: none (empty map)")
+            .answers(200, schema::<serde_json::Map<String, serde_json::Value>>),
+        op("get", "/provider/auth", "OpenCode's provider sign-in methods: none, the organization configures providers (empty map)")
+            .answers(200, schema::<serde_json::Map<String, serde_json::Value>>),
+        op("get", "/vcs", "OpenCode's version-control state: none (empty map)")
+            .answers(200, schema::<serde_json::Map<String, serde_json::Value>>),
         op("get", "/event", "OpenCode's event stream of the workspace the directory means: every session's events in OpenCode's shapes, server.connected first, server.heartbeat every 10 s; not resumable")
             .streams(),
         op("get", "/global/event", "The same, each event as {directory, payload}").streams(),
         op("get", "/session/{id}", "A session").answers(200, schema::<SessionView>),
-        op("get", "/session/{id}/message", "A session's messages with their parts")
-            .answers(200, schema::<Page<MessageView>>)
+        op("get", "/session/{id}/message", "A session's messages with their parts, as OpenCode answers them: oldest first, the newest ?limit= (or, with ?cursor=, those before it); a Link header (rel=\"next\") names the older page")
+            .answers(200, schema::<Vec<MessageView>>)
             .paged(),
         op("get", "/session/{id}/event", "The session's events, live and resumable (SSE)")
             .streams(),

@@ -49,6 +49,31 @@ async fn answer(res: reqwest::Response) -> Answer {
     Answer { status, content_type, body }
 }
 
+/// Every message of `session` (oldest first), read from the query service at `base` page by
+/// page, following each answer's `Link: <…>; rel="next"` to older pages; None if a read fails.
+pub async fn messages_of(
+    http: &reqwest::Client,
+    base: &str,
+    bearer: &str,
+    session: &str,
+) -> Option<Vec<Value>> {
+    let mut next = Some(format!("/session/{session}/message?limit=200"));
+    let mut pages: Vec<Vec<Value>> = Vec::new();
+    while let Some(path) = next.take() {
+        let res = http.get(format!("{base}{path}")).bearer_auth(bearer).send().await.ok()?;
+        if !res.status().is_success() {
+            return None;
+        }
+        let link = res.headers().get("link").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        next = link.and_then(|l| {
+            let (target, rel) = l.split_once(';')?;
+            rel.contains("rel=\"next\"").then(|| target.trim().trim_matches(['<', '>']).to_owned())
+        });
+        pages.push(res.json().await.ok()?);
+    }
+    Some(pages.into_iter().rev().flatten().collect())
+}
+
 /// A created resource's id and consistency token.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -57,6 +82,11 @@ pub struct Created {
 }
 
 impl System {
+    /// Every message of `session`, oldest first (`messages_of` on the first query instance).
+    pub async fn messages(&self, bearer: &str, session: &str) -> Option<Vec<Value>> {
+        messages_of(&self.http, self.query_url(), bearer, session).await
+    }
+
     pub async fn post(&self, bearer: &str, path: &str, body: Value) -> Answer {
         let res = self
             .http

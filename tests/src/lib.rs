@@ -15,10 +15,12 @@ pub mod bench;
 pub mod browser;
 pub mod front;
 pub mod nats;
+pub mod opencode;
 pub mod postgres;
 pub mod process;
 pub mod sse;
 pub mod system;
+pub mod tmux;
 
 pub use system::{System, SystemOptions};
 

@@ -49,22 +49,26 @@ pub async fn create_session(
         Some(title.clone()),
     );
     let (id, token) = started.await?;
+    // OpenCode's clients list sessions right after creating one (read-your-writes).
+    state.sync_prompts.until_shown(&token.aggregate_id, token.sequence).await?;
     // The workspace exists and the caller may work in it: the command said so.
     let view = state.directory.workspace(&workspace).await.map_err(CommandError::Domain)?;
     let view = view.ok_or(CommandError::Domain(DomainError::NotFound))?;
-    Ok(HttpResponse::Ok().insert_header(("X-Consistency-Token", token)).json(SessionView {
-        slug: id.to_string(),
-        id,
-        organization_id: view.organization_id,
-        directory: of_workspace(&workspace),
-        workspace_id: workspace,
-        project_id: None,
-        title,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        status: SessionStatus::Idle,
-        created_by: user.user_id,
-        time: SessionTimes { created: time, updated: time },
-    }))
+    Ok(HttpResponse::Ok().insert_header(("X-Consistency-Token", token.encode())).json(
+        SessionView {
+            slug: id.to_string(),
+            id,
+            organization_id: view.organization_id,
+            directory: of_workspace(&workspace),
+            workspace_id: workspace,
+            project_id: None,
+            title,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            status: SessionStatus::Idle,
+            created_by: user.user_id,
+            time: SessionTimes { created: time, updated: time },
+        },
+    ))
 }
 
 /// `POST /session/{id}/message`: OpenCode's synchronous prompt. The prompt is accepted as

@@ -5,7 +5,8 @@ use identity::{AuthUser, Credential};
 use platform::http::RequestId;
 use platform::problem::Problem;
 use schemas::api::{
-    Accepted, CreateSession, MAX_PROMPT_PARTS, PartInput, PromptAccepted, PromptInput,
+    Accepted, ConsistencyToken, CreateSession, MAX_PROMPT_PARTS, PartInput, PromptAccepted,
+    PromptInput,
 };
 use schemas::events::UserMessage;
 use std::collections::HashSet;
@@ -28,7 +29,8 @@ pub async fn create(
     let body = body.into_inner();
     let (id, token) =
         start(&user, &request, &state, workspace.into_inner(), body.project_id, body.title).await?;
-    Ok(HttpResponse::Created().json(Accepted { id: id.to_string(), consistency_token: token }))
+    let consistency_token = token.encode();
+    Ok(HttpResponse::Created().json(Accepted { id: id.to_string(), consistency_token }))
 }
 
 /// Start a session in `workspace` (the command checks the caller may); its id and consistency
@@ -40,7 +42,7 @@ pub(super) async fn start(
     workspace: WorkspaceId,
     project: Option<schemas::ids::ProjectId>,
     title: Option<String>,
-) -> Result<(SessionId, String), Problem> {
+) -> Result<(SessionId, ConsistencyToken), Problem> {
     let id = SessionId::new();
     let command = SessionCommand::Create {
         id: id.clone(),
@@ -50,7 +52,7 @@ pub(super) async fn start(
         actor: user.user_id.clone(),
     };
     let token = state.sessions.execute(id.as_str(), command, &context(user, request)).await?;
-    Ok((id, token.encode()))
+    Ok((id, token))
 }
 
 /// Accept a prompt; the reply streams on the session's event stream.

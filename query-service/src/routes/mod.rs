@@ -5,6 +5,7 @@ mod audit;
 mod budgets;
 mod events;
 mod opencode;
+mod opencode_bootstrap;
 mod organizations;
 mod providers;
 mod sessions;
@@ -33,6 +34,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/session", web::get().to(opencode::sessions))
         .route("/path", web::get().to(opencode::path))
         .route("/config", web::get().to(opencode::config))
+        .route("/config/providers", web::get().to(opencode_bootstrap::configured_providers))
+        .route("/provider", web::get().to(opencode_bootstrap::provider_list))
+        .route("/agent", web::get().to(opencode_bootstrap::agents))
+        .route("/session/status", web::get().to(opencode_bootstrap::session_status))
+        .route("/project/current", web::get().to(opencode_bootstrap::current_project))
+        .route("/command", web::get().to(opencode_bootstrap::empty_list))
+        .route("/lsp", web::get().to(opencode_bootstrap::empty_list))
+        .route("/formatter", web::get().to(opencode_bootstrap::empty_list))
+        .route("/mcp", web::get().to(opencode_bootstrap::empty_map))
+        .route("/experimental/resource", web::get().to(opencode_bootstrap::empty_map))
+        .route("/provider/auth", web::get().to(opencode_bootstrap::empty_map))
+        .route("/vcs", web::get().to(opencode_bootstrap::empty_map))
         .route("/event", web::get().to(opencode::events))
         .route("/global/event", web::get().to(opencode::global_events))
         .route("/session/{id}", web::get().to(sessions::get))

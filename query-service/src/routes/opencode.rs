@@ -23,17 +23,28 @@ use crate::startup::AppState;
 
 /// The workspace an OpenCode request means (its directory, else its key's default), checked
 /// readable by the caller: its id, its organization, and the reader connection that checked it.
-async fn workspace_of(
+pub(super) async fn workspace_of(
     req: &HttpRequest,
     state: &AppState,
     user: &AuthUser,
     directory: Option<&str>,
 ) -> Result<(WorkspaceId, OrganizationId, deadpool_postgres::Object), Problem> {
+    let (ws, granted, db) = workspace_row(req, state, user, directory).await?;
+    Ok((ws, granted.organization_id, db))
+}
+
+/// The same, with the workspace's read-model row.
+pub(super) async fn workspace_row(
+    req: &HttpRequest,
+    state: &AppState,
+    user: &AuthUser,
+    directory: Option<&str>,
+) -> Result<(WorkspaceId, access::Granted, deadpool_postgres::Object), Problem> {
     let directory = directory_of(req, directory);
     let ws = workspace_meant(directory.as_deref(), user)?;
     let db = state.reader(req, user).await?;
     let granted = access::workspace(&db, &ws, user, Action::Read).await?;
-    Ok((ws, granted.organization_id, db))
+    Ok((ws, granted, db))
 }
 
 /// OpenCode's `GET /session` has no paging: the newest this many.
@@ -111,7 +122,7 @@ const CLIENT_QUEUE: usize = 64;
 /// The directory of an OpenCode request, when sent in the query.
 #[derive(Debug, Deserialize)]
 pub struct DirectoryQuery {
-    directory: Option<String>,
+    pub(super) directory: Option<String>,
 }
 
 /// `GET /event`: OpenCode's event stream of the workspace the directory means — every session

@@ -91,7 +91,17 @@ pub async fn models(
     state: web::Data<AppState>,
     org: web::Path<OrganizationId>,
 ) -> Result<HttpResponse, Problem> {
-    let (connections, row) = visible(&req, &state, &org, &user).await?;
+    Ok(HttpResponse::Ok().json(catalog(&req, &state, &org, &user).await?))
+}
+
+/// The models `user` may prompt in `org`, by provider.
+pub async fn catalog(
+    req: &HttpRequest,
+    state: &AppState,
+    org: &OrganizationId,
+    user: &AuthUser,
+) -> Result<ModelCatalog, Problem> {
+    let (connections, row) = visible(req, state, org, user).await?;
     let policy = byok(&row)?;
     let mut usable: BTreeMap<String, &ConnectionInfo> = BTreeMap::new();
     for c in connections.iter().filter(|c| c.enabled) {
@@ -126,5 +136,5 @@ pub async fn models(
         .map_err(stored)?;
     let default = default_model.into_iter().map(|m| (m.provider_id, m.model_id)).collect();
     let connected = all.iter().map(|p| p.id.clone()).collect();
-    Ok(HttpResponse::Ok().json(ModelCatalog { all, default, connected }))
+    Ok(ModelCatalog { all, default, connected })
 }

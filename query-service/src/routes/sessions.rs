@@ -72,7 +72,9 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(session_view(&session.row)?))
 }
 
-/// A session's messages, oldest first, as OpenCode's `{info, parts}`.
+/// A session's messages as OpenCode answers them: `{info, parts}[]`, oldest first — the newest
+/// `limit`, or with `cursor` the `limit` before it. When older ones remain, the `Link` header
+/// names the next page (`rel="next"`).
 pub async fn messages(
     user: AuthUser,
     req: HttpRequest,
@@ -80,18 +82,18 @@ pub async fn messages(
     id: web::Path<SessionId>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let (limit, after) = (query.limit()?, query.after()?);
+    let (limit, before) = (query.limit()?, query.after()?);
     let db = state.reader(&req, &user).await?;
     let session = access::session(&db, &id, &user, Action::Read).await?;
     let rows = db
         .query(
             "SELECT message_id, info, parts FROM rm_messages \
-             WHERE organization_id = $1 AND session_id = $2 AND message_id > $3 \
-             ORDER BY message_id LIMIT $4",
-            &[&session.organization_id.as_str(), &id.as_str(), &after, &(limit + 1)],
+             WHERE organization_id = $1 AND session_id = $2 AND ($3 = '' OR message_id < $3) \
+             ORDER BY message_id DESC LIMIT $4",
+            &[&session.organization_id.as_str(), &id.as_str(), &before, &(limit + 1)],
         )
         .await?;
-    let items = rows
+    let mut items = rows
         .iter()
         .map(|r| {
             let (info, parts): (Value, Value) = (r.get(1), r.get(2));
@@ -100,5 +102,13 @@ pub async fn messages(
             view.map_err(|e| Problem::internal(&format!("stored message: {e}")))
         })
         .collect::<Result<Vec<_>, Problem>>()?;
-    Ok(HttpResponse::Ok().json(page(items, limit, |m| m.info.id.to_string())))
+    let older = page(std::mem::take(&mut items), limit, |m| m.info.id.to_string());
+    let (mut items, next) = (older.items, older.cursor.next);
+    items.reverse();
+    let mut answer = HttpResponse::Ok();
+    if let Some(next) = next {
+        let link = format!("</session/{id}/message?limit={limit}&cursor={next}>; rel=\"next\"");
+        answer.insert_header((actix_web::http::header::LINK, link));
+    }
+    Ok(answer.json(items))
 }

@@ -177,19 +177,11 @@ impl Client {
 
     /// The reply owed to prompt `id`, if the session holds that prompt.
     async fn reply_to(&self, id: &str) -> Option<String> {
-        let mut cursor: Option<String> = None;
-        loop {
-            let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-            let url =
-                format!("{}/session/{}/message?limit=200{after}", self.queries[0], self.session);
-            let res = self.http.get(url).bearer_auth(&self.bearer).send().await.ok()?;
-            let page: Value = res.json().await.ok()?;
-            let reply = page["items"].as_array()?.iter().find(|m| m["info"]["parentID"] == id);
-            if let Some(reply) = reply {
-                return reply["info"]["id"].as_str().map(str::to_owned);
-            }
-            cursor = Some(page["cursor"]["next"].as_str()?.to_owned());
-        }
+        let messages =
+            e2e_tests::api::messages_of(&self.http, &self.queries[0], &self.bearer, &self.session);
+        let messages = messages.await?;
+        let reply = messages.iter().find(|m| m["info"]["parentID"] == id)?;
+        reply["info"]["id"].as_str().map(str::to_owned)
     }
 }
 
@@ -492,26 +484,15 @@ async fn stored_replies(
 ) -> HashMap<String, String> {
     eventually("every reply stored", REPLY_WAIT, || async {
         let mut replies = HashMap::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-            let path = format!("/session/{session}/message?limit=200{after}");
-            let page = system.get(bearer, &path, None).await;
-            for m in page.body["items"].as_array()? {
-                // (a reply is stored once the read models have its completion; they may lag)
-                if m["info"]["role"] != "assistant" || m["info"]["finish"].is_null() {
-                    continue;
-                }
-                let text =
-                    m["parts"].as_array().into_iter().flatten().find(|p| p["type"] == "text");
-                let text = text.and_then(|p| p["text"].as_str()).unwrap_or_default();
-                let id = m["info"]["id"].as_str().unwrap_or_default().to_owned();
-                replies.insert(id, text.to_owned());
+        for m in system.messages(bearer, session).await? {
+            // (a reply is stored once the read models have its completion; they may lag)
+            if m["info"]["role"] != "assistant" || m["info"]["finish"].is_null() {
+                continue;
             }
-            match page.body["cursor"]["next"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
-            }
+            let text = m["parts"].as_array().into_iter().flatten().find(|p| p["type"] == "text");
+            let text = text.and_then(|p| p["text"].as_str()).unwrap_or_default();
+            let id = m["info"]["id"].as_str().unwrap_or_default().to_owned();
+            replies.insert(id, text.to_owned());
         }
         (replies.len() >= count).then_some(replies)
     })

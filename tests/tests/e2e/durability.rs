@@ -81,7 +81,7 @@ async fn events_committed_by_a_killed_command_service_are_published_by_the_next_
     assert_eq!(system.get(&alice, &path, Some(token)).await.status, 200);
     let reply = eventually("the reply to the stranded prompt", WAIT, || async {
         let a = system.get(&alice, &path, None).await;
-        (a.body["items"][1]["info"]["finish"] == "stop").then(|| a.body["items"][1].clone())
+        (a.body[1]["info"]["finish"] == "stop").then(|| a.body[1].clone())
     })
     .await;
     assert_eq!(reply["parts"][0]["text"], fake_text(5));
@@ -98,7 +98,7 @@ async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
     eventually("the reply", WAIT, || async {
         let a =
             system.get(&alice, &path, Some(accepted["consistencyToken"].as_str().unwrap())).await;
-        (a.body["items"][1]["info"]["finish"] == "stop").then_some(())
+        (a.body[1]["info"]["finish"] == "stop").then_some(())
     })
     .await;
     // As if the relay died after publishing but before deleting its outbox rows.

@@ -18,6 +18,8 @@ mod nats_cluster;
 mod nats_restart;
 mod opencode_api;
 mod opencode_cli;
+mod opencode_sdk;
+
 mod outages;
 mod personal_data;
 mod pipeline;

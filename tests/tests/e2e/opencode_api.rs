@@ -175,7 +175,7 @@ async fn a_synchronous_prompt_answers_with_the_completed_reply() {
     assert_eq!(text.unwrap()["text"], e2e_tests::fake_text(6));
     // Read your writes: the session's messages, read at once, have the reply.
     let listed = system.get_as_opencode(&key, &format!("/session/{session}/message"), None).await;
-    let items = listed.body["items"].as_array().unwrap();
+    let items = listed.body.as_array().unwrap();
     assert!(
         items.iter().any(|m| m["info"]["id"] == info["id"] && m["info"]["finish"] == "stop"),
         "{listed:?}"
@@ -220,7 +220,7 @@ async fn a_synchronous_prompt_that_waits_too_long_gets_504_and_the_reply_goes_on
     assert!(answer.is_problem(504), "{answer:?}");
     eventually("the reply completed and stored", WAIT, || async {
         let page = system.get(&bearer, &format!("/session/{session}/message"), None).await;
-        let items = page.body["items"].as_array()?.clone();
+        let items = page.body.as_array()?.clone();
         items
             .iter()
             .any(|m| m["info"]["role"] == "assistant" && m["info"]["finish"] == "stop")
@@ -277,4 +277,37 @@ async fn the_workspace_event_stream_speaks_opencodes_events() {
     let (_, bobs_key, _) = keyed_user(&system, "bob").await;
     let refused = e2e_tests::sse::SseClient::connect(&url, &bobs_key, None).await;
     assert!(matches!(refused, Err((404, _))), "another organization's key followed the workspace");
+}
+
+#[tokio::test]
+async fn a_sessions_messages_come_newest_page_first_each_page_oldest_first() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    for n in 1..=3 {
+        system.prompt(&alice, &session.id, &format!("prompt {n} [[fake tokens=1]]")).await;
+        stream.until(WAIT, e2e_tests::sse::is_idle).await;
+    }
+    let all = eventually("six messages", WAIT, || async {
+        let all = system.messages(&alice, &session.id).await?;
+        (all.len() == 6 && !all[5]["info"]["finish"].is_null()).then_some(all)
+    })
+    .await;
+    let prompts: Vec<&str> =
+        all.iter().step_by(2).map(|m| m["parts"][0]["text"].as_str().unwrap()).collect();
+    assert!(prompts[0].starts_with("prompt 1") && prompts[2].starts_with("prompt 3"));
+
+    // OpenCode asks for the newest `limit`; older pages are linked.
+    let url = format!("{}/session/{}/message?limit=4", system.query_url(), session.id);
+    let newest = system.http.get(url).bearer_auth(&alice).send().await.unwrap();
+    let link = newest.headers()["link"].to_str().unwrap().to_owned();
+    let newest: Vec<serde_json::Value> = newest.json().await.unwrap();
+    assert_eq!(newest, all[2..], "the newest four, oldest first");
+    let older = link.split(';').next().unwrap().trim_matches(['<', '>']);
+    let older = system.http.get(format!("{}{older}", system.query_url())).bearer_auth(&alice);
+    let older = older.send().await.unwrap();
+    assert!(older.headers().get("link").is_none(), "the first page links no further");
+    let older: Vec<serde_json::Value> = older.json().await.unwrap();
+    assert_eq!(older, all[..2]);
 }

@@ -11,6 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use e2e_tests::front::Front;
+use e2e_tests::opencode::{opencode_bin, plain};
 use e2e_tests::{System, fake_text};
 use serde_json::{Value, json};
 
@@ -19,13 +20,7 @@ const RUN: Duration = Duration::from_secs(60);
 
 /// Run `opencode run --attach <front> -p <key> <args…>` with a home of its own.
 async fn opencode(front: &Front, key: &str, home: &std::path::Path, args: &[&str]) -> Output {
-    let bin = std::env::var("OC_TEST_OPENCODE").unwrap_or_else(|_| {
-        e2e_tests::process::repo_root()
-            .join("tests/opencode/node_modules/.bin/opencode")
-            .display()
-            .to_string()
-    });
-    let mut cmd = tokio::process::Command::new(bin);
+    let mut cmd = tokio::process::Command::new(opencode_bin());
     cmd.args(["run", "--attach", &front.url, "-p", key])
         .args(args)
         .env("HOME", home)
@@ -38,22 +33,8 @@ async fn opencode(front: &Front, key: &str, home: &std::path::Path, args: &[&str
 }
 
 fn printed(out: &Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
     // Without a terminal it prints plain text, but strip colours all the same.
-    let mut plain = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-            continue;
-        }
-        plain.push(c);
-    }
-    plain
+    plain(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[tokio::test]
@@ -114,7 +95,7 @@ async fn opencode_run_attaches_prints_the_reply_continues_and_fails_clearly() {
         printed(&out)
     );
     let messages = system.get(&alice, &format!("/session/{session}/message"), None).await;
-    assert_eq!(messages.body["items"].as_array().unwrap().len(), 4, "two prompts, two replies");
+    assert_eq!(messages.body.as_array().unwrap().len(), 4, "two prompts, two replies");
 
     // A model the organization has no connection for, and a revoked key: a clear failure.
     let out = opencode(&front, &key, &home, &["--model", "nope/never", "x"]).await;

@@ -32,7 +32,7 @@ async fn a_reused_client_message_id_cannot_stall_projection_for_anyone() {
     for (session, token) in &prompted {
         let a = system.get(&alice, &format!("/session/{session}/message"), Some(token)).await;
         assert_eq!(a.status, 200, "{session}'s prompt is projected: {a:?}");
-        assert_eq!(a.body["items"][0]["info"]["id"], reused.as_str());
+        assert_eq!(a.body[0]["info"]["id"], reused.as_str());
     }
 
     // Within one session an id is used once, and only ids after the session's last are taken.

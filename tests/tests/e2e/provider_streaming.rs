@@ -84,7 +84,7 @@ async fn both_providers_stream_text_and_reasoning_with_their_usage() {
         let path = format!("/session/{}/message", session.id);
         eventually("the reply in the read model", WAIT, || async {
             let a = system.get(&alice, &path, None).await;
-            let items = a.body["items"].as_array()?.clone();
+            let items = a.body.as_array()?.clone();
             let stored = items.iter().find(|m| m["info"]["id"] == id)?;
             (stored["parts"][0]["type"] == "reasoning" && stored["parts"][1]["text"] == "t0 t1 t2 ")
                 .then_some(())

@@ -326,7 +326,7 @@ async fn a_catalog_describes_models_defaults_choose_one_and_the_context_limit_tr
                 let a = system
                     .get(&alice, &format!("/session/{session}/message?limit=200"), None)
                     .await;
-                let items = a.body["items"].as_array()?.clone();
+                let items = a.body.as_array()?.clone();
                 let last = items.iter().find(|m| m["info"]["id"] == reply.as_str())?.clone();
                 (last["info"]["finish"].is_string())
                     .then(|| last["info"]["modelID"].as_str().map(str::to_owned))?
@@ -381,7 +381,7 @@ async fn a_catalog_describes_models_defaults_choose_one_and_the_context_limit_tr
         .await;
     }
     let a = system.get(&alice, &format!("/session/{}/message?limit=200", first.id), None).await;
-    let last = a.body["items"].as_array().unwrap().last().unwrap().clone();
+    let last = a.body.as_array().unwrap().last().unwrap().clone();
     let input = last["info"]["tokens"]["input"].as_u64().unwrap();
     // 900 tokens at four bytes is 3,600 bytes: about 1,800 of the fake's two-byte words.
     assert!((200..=1_900).contains(&input), "history trimmed to the model's context: {input}");
