@@ -10,13 +10,23 @@ use schemas::ids::WorkspaceId;
 
 use crate::{AuthUser, Credential};
 
-/// The directory an OpenCode client sent: `?directory=` (already decoded), else the header.
+/// The directory an OpenCode client sent: `?directory=` (already decoded), else the header, else
+/// the directory of the workspace it names with `?workspace=` (OpenCode's own workspaces, which
+/// its terminal UI names in every request once a session carries one: ours).
 pub fn directory_of(req: &HttpRequest, query: Option<&str>) -> Option<String> {
     if let Some(d) = query {
         return Some(d.to_owned());
     }
-    let header = req.headers().get("x-opencode-directory")?.to_str().ok()?;
-    Some(percent_encoding::percent_decode_str(header).decode_utf8().ok()?.into_owned())
+    let header = req.headers().get("x-opencode-directory").and_then(|h| h.to_str().ok());
+    if let Some(header) = header {
+        return Some(percent_encoding::percent_decode_str(header).decode_utf8().ok()?.into_owned());
+    }
+    #[derive(serde::Deserialize)]
+    struct Named {
+        workspace: String,
+    }
+    let named = actix_web::web::Query::<Named>::from_query(req.query_string()).ok()?;
+    Some(format!("/{}", named.into_inner().workspace))
 }
 
 /// The workspace `directory` means for `user`; 400 when it names none and the caller's key has

@@ -164,7 +164,7 @@ fn session_event(e: SessionEvent, directory: &str) -> Vec<Value> {
             out
         }
         SessionEvent::MessageCompleted { session_id, message } => {
-            let info = MessageInfo::of_completion(&session_id, &message);
+            let info = MessageInfo::of_completion(&session_id, &message).for_opencode(directory);
             let info = merged(assistant_defaults(directory), json!(info));
             let mut out =
                 vec![event("message.updated", json!({ "sessionID": session_id, "info": info }))];
@@ -192,9 +192,10 @@ fn live_event(e: LiveEvent, directory: &str, models: &HashMap<SessionId, ModelRe
     match e {
         LiveEvent::MessageStarted { session_id, message_id, part_id, time, attempt } => {
             let model = models.get(&session_id);
+            let created = schemas::read::reply_created(&message_id);
             let info = merged(
                 assistant_defaults(directory),
-                json!({ "id": message_id, "sessionID": session_id, "time": { "created": time },
+                json!({ "id": message_id, "sessionID": session_id, "time": { "created": created },
                         "attempt": attempt, "providerID": model.map(|m| &m.provider_id),
                         "modelID": model.map(|m| &m.model_id) }),
             );

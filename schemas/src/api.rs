@@ -123,7 +123,17 @@ pub struct PromptInput {
     pub message_id: Option<MessageId>,
     pub model: Option<ModelRef>,
     pub parts: Vec<PartInput>,
+    /// The agent to answer: only this service's one, `build` (what OpenCode's clients send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// A model variant (OpenCode's reasoning-effort presets): accepted and not used, as the
+    /// organization's models here have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
+
+/// The one agent this service runs (OpenCode's default agent's name).
+pub const AGENT: &str = "build";
 
 /// Longest lifetime of a personal API key, in days.
 pub const MAX_API_KEY_DAYS: u32 = 365;

@@ -272,6 +272,10 @@ pub fn query_operations() -> Vec<Operation> {
             .answers(200, schema::<serde_json::Map<String, serde_json::Value>>),
         op("get", "/vcs", "OpenCode's version-control state: none (empty map)")
             .answers(200, schema::<serde_json::Map<String, serde_json::Value>>),
+        op("get", "/experimental/workspace", "The workspace the directory means, as OpenCode's workspace (sessions name it in workspaceID)")
+            .answers(200, schema::<Vec<opencode::Workspace>>),
+        op("get", "/experimental/workspace/status", "The workspace is reachable (connected)")
+            .answers(200, schema::<Vec<opencode::WorkspaceStatus>>),
         op("get", "/event", "OpenCode's event stream of the workspace the directory means: every session's events in OpenCode's shapes, server.connected first, server.heartbeat every 10 s; not resumable")
             .streams(),
         op("get", "/global/event", "The same, each event as {directory, payload}").streams(),

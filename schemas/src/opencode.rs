@@ -162,7 +162,7 @@ impl Agent {
     /// The one agent of this service, named as OpenCode's default agent is.
     pub fn build() -> Self {
         Agent {
-            name: "build".into(),
+            name: crate::api::AGENT.into(),
             description: "Answers prompts with the organization's models".into(),
             mode: "primary".into(),
             native: true,
@@ -195,4 +195,30 @@ pub struct Project {
 pub struct ProjectTime {
     pub created: i64,
     pub updated: i64,
+}
+
+/// One of OpenCode's workspaces (`GET /experimental/workspace`): ours, which sessions name in
+/// their `workspaceID`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Workspace {
+    pub id: String,
+    /// `"service"`: a workspace of this service, not one OpenCode made.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub directory: String,
+    #[serde(rename = "projectID")]
+    pub project_id: String,
+    #[serde(rename = "timeUsed")]
+    pub time_used: i64,
+}
+
+/// Whether OpenCode's clients can reach a workspace (`GET /experimental/workspace/status`): ours
+/// always are, through the service.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WorkspaceStatus {
+    #[serde(rename = "workspaceID")]
+    pub workspace_id: String,
+    /// `"connected"`.
+    pub status: String,
 }

@@ -217,6 +217,29 @@ pub struct MessageInfo {
     pub connection_id: Option<ConnectionId>,
     #[serde(rename = "abortRequested", default, skip_serializing_if = "Option::is_none")]
     pub abort_requested: Option<bool>,
+    /// OpenCode's agent (and mode) of the message: this service's one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Where a reply was made, as OpenCode's clients show it: the workspace's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<MessagePath>,
+}
+
+/// When a reply was created, as OpenCode's clients are told everywhere (its live events, the
+/// synchronous answer, the message list): the time in its id, made as the prompt was accepted.
+/// OpenCode's clients key messages by creation time and id, so every report of one reply must
+/// give the same time.
+pub fn reply_created(reply: &MessageId) -> i64 {
+    i64::try_from(reply.timestamp_ms()).unwrap_or(i64::MAX)
+}
+
+/// OpenCode's working and root directory of a reply.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct MessagePath {
+    pub cwd: String,
+    pub root: String,
 }
 
 /// A message with its parts (OpenCode's `{info, parts}`).
@@ -227,6 +250,22 @@ pub struct MessageView {
 }
 
 impl MessageInfo {
+    /// The fields OpenCode's clients read of every message, which the read models leave out:
+    /// the agent, and for a reply its path (`directory`, the workspace's), its creation time
+    /// (`reply_created`) and, while it runs, zero tokens and cost.
+    pub fn for_opencode(mut self, directory: &str) -> Self {
+        self.agent.get_or_insert_with(|| crate::api::AGENT.into());
+        self.mode.get_or_insert_with(|| crate::api::AGENT.into());
+        if self.role == MessageRole::Assistant {
+            self.time.created = Some(reply_created(&self.id));
+            self.tokens.get_or_insert_with(TokenUsage::default);
+            self.cost.get_or_insert(0.0);
+            let path = || MessagePath { cwd: directory.into(), root: directory.into() };
+            self.path.get_or_insert_with(path);
+        }
+        self
+    }
+
     /// A completed reply's info, as the read models hold it (without `time.created`, which the
     /// prompt's acceptance set) and OpenCode's synchronous prompt answers it.
     pub fn of_completion(session: &SessionId, reply: &crate::events::AssistantCompletion) -> Self {
@@ -249,6 +288,9 @@ impl MessageInfo {
             attempt: Some(reply.attempt),
             connection_id: reply.connection_id.clone(),
             abort_requested: None,
+            agent: None,
+            mode: None,
+            path: None,
         }
     }
 }

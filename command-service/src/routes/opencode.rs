@@ -82,13 +82,12 @@ pub async fn prompt_and_wait(
 ) -> Result<HttpResponse, Problem> {
     let session = session.into_inner();
     let waiter = state.sync_prompts.listen(&user.user_id, &session).await?;
-    let created = schemas::now_ms();
     let accepted =
         super::sessions::accept(&user, &request, &state, session.clone(), body.into_inner())
             .await?;
     let reply = state.sync_prompts.wait(waiter, &accepted.assistant_message_id).await?;
-    let mut info = MessageInfo::of_completion(&session, &reply);
-    info.time.created = Some(created);
+    let directory = reply.workspace_id.as_ref().map(of_workspace).unwrap_or_default();
+    let info = MessageInfo::of_completion(&session, &reply).for_opencode(&directory);
     Ok(HttpResponse::Ok()
         .insert_header(("X-Consistency-Token", accepted.consistency_token))
         .json(MessageView { info, parts: reply.parts }))

@@ -78,6 +78,12 @@ pub(super) async fn accept(
     if input.parts.len() > MAX_PROMPT_PARTS {
         return Err(Problem::bad_request(format!("at most {MAX_PROMPT_PARTS} parts")));
     }
+    if input.agent.as_deref().is_some_and(|a| a != schemas::api::AGENT) {
+        return Err(Problem::bad_request(format!(
+            "agent: this service runs one agent, {:?}",
+            schemas::api::AGENT
+        )));
+    }
     let message_id = input.message_id.unwrap_or_default();
     let part_ids: Vec<&PartId> = input
         .parts

@@ -46,6 +46,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/experimental/resource", web::get().to(opencode_bootstrap::empty_map))
         .route("/provider/auth", web::get().to(opencode_bootstrap::empty_map))
         .route("/vcs", web::get().to(opencode_bootstrap::empty_map))
+        .route("/experimental/workspace", web::get().to(opencode_bootstrap::workspaces))
+        .route(
+            "/experimental/workspace/status",
+            web::get().to(opencode_bootstrap::workspace_status),
+        )
         .route("/event", web::get().to(opencode::events))
         .route("/global/event", web::get().to(opencode::global_events))
         .route("/session/{id}", web::get().to(sessions::get))

@@ -14,6 +14,7 @@ use identity::directory::of_workspace;
 use platform::problem::Problem;
 use schemas::opencode::{
     Agent, ConfiguredProviders, Model, Project, ProjectTime, Provider, ProviderList, SessionStatus,
+    Workspace, WorkspaceStatus,
 };
 use schemas::read::ModelCatalog;
 use serde_json::json;
@@ -128,6 +129,37 @@ pub async fn current_project(
         time: ProjectTime { created, updated: created },
         sandboxes: Vec::new(),
     }))
+}
+
+/// `GET /experimental/workspace`: the workspace, as OpenCode's (sessions name it in their
+/// `workspaceID`, and OpenCode's terminal UI sends a prompt only to a workspace it lists).
+pub async fn workspaces(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<DirectoryQuery>,
+) -> Result<HttpResponse, Problem> {
+    let (ws, granted, _db) = workspace_row(&req, &state, &user, query.directory.as_deref()).await?;
+    Ok(HttpResponse::Ok().json([Workspace {
+        id: ws.to_string(),
+        kind: "service".into(),
+        name: granted.row.get("name"),
+        directory: of_workspace(&ws),
+        project_id: ws.to_string(),
+        time_used: granted.row.get("created_at"),
+    }]))
+}
+
+/// `GET /experimental/workspace/status`: the workspace is reachable (through the service).
+pub async fn workspace_status(
+    user: AuthUser,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    query: web::Query<DirectoryQuery>,
+) -> Result<HttpResponse, Problem> {
+    let (ws, ..) = workspace_of(&req, &state, &user, query.directory.as_deref()).await?;
+    let status = "connected".to_owned();
+    Ok(HttpResponse::Ok().json([WorkspaceStatus { workspace_id: ws.to_string(), status }]))
 }
 
 /// `GET /command`, `/lsp`, `/formatter`: nothing of the kind runs on the service (the directory

@@ -5,7 +5,7 @@ use identity::AuthUser;
 use platform::problem::Problem;
 use schemas::ids::{SessionId, WorkspaceId};
 use schemas::message::SessionStatus;
-use schemas::read::{MessageView, SessionTimes, SessionView};
+use schemas::read::{MessageInfo, MessageView, SessionTimes, SessionView};
 use serde_json::Value;
 
 use crate::access;
@@ -85,6 +85,8 @@ pub async fn messages(
     let (limit, before) = (query.limit()?, query.after()?);
     let db = state.reader(&req, &user).await?;
     let session = access::session(&db, &id, &user, Action::Read).await?;
+    let workspace: WorkspaceId = crate::page::parse_id(session.row.get("workspace_id"))?;
+    let directory = identity::directory::of_workspace(&workspace);
     let rows = db
         .query(
             "SELECT message_id, info, parts FROM rm_messages \
@@ -97,8 +99,10 @@ pub async fn messages(
         .iter()
         .map(|r| {
             let (info, parts): (Value, Value) = (r.get(1), r.get(2));
-            let view = serde_json::from_value(info)
-                .and_then(|info| Ok(MessageView { info, parts: serde_json::from_value(parts)? }));
+            let view = serde_json::from_value(info).and_then(|info: MessageInfo| {
+                let info = info.for_opencode(&directory);
+                Ok(MessageView { info, parts: serde_json::from_value(parts)? })
+            });
             view.map_err(|e| Problem::internal(&format!("stored message: {e}")))
         })
         .collect::<Result<Vec<_>, Problem>>()?;

@@ -19,6 +19,7 @@ mod nats_restart;
 mod opencode_api;
 mod opencode_cli;
 mod opencode_sdk;
+mod opencode_tui;
 
 mod outages;
 mod personal_data;

@@ -311,3 +311,63 @@ async fn a_sessions_messages_come_newest_page_first_each_page_oldest_first() {
     let older: Vec<serde_json::Value> = older.json().await.unwrap();
     assert_eq!(older, all[..2]);
 }
+
+/// Every read OpenCode's clients make, asked with another organization's key: naming the first
+/// organization's workspace (by directory or by OpenCode's `?workspace=`) is 404, and with the
+/// key's own workspace nothing of the first organization appears.
+#[tokio::test]
+async fn another_organizations_key_sees_nothing_of_it_through_any_opencode_read() {
+    let system = System::start().await;
+    let (_, alices_key, alices_ws) = keyed_user(&system, "alice").await;
+    let session = opencode_session(&system, &alices_key).await;
+    let busy = text_prompt("busy for a while [[fake tokens=200 delay_ms=50]]");
+    let accepted = system
+        .post_as_opencode(&alices_key, &format!("/session/{session}/prompt_async"), None, busy)
+        .await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+    let (_, bobs_key, _) = keyed_user(&system, "bob").await;
+    let reads = [
+        "/session",
+        "/path",
+        "/config",
+        "/config/providers",
+        "/provider",
+        "/agent",
+        "/session/status",
+        "/project/current",
+        "/command",
+        "/lsp",
+        "/formatter",
+        "/mcp",
+        "/experimental/resource",
+        "/provider/auth",
+        "/vcs",
+        "/experimental/workspace",
+        "/experimental/workspace/status",
+    ];
+    let alices_dir = format!("/{alices_ws}");
+    for path in reads {
+        // Alice's own key reads them all.
+        let own = system.get_as_opencode(&alices_key, path, None).await;
+        assert_eq!(own.status, 200, "{path}: {own:?}");
+        let named = system.get_as_opencode(&bobs_key, path, Some(&alices_dir)).await;
+        assert!(named.is_problem(404), "{path} with alice's directory: {named:?}");
+        let by_workspace = format!("{path}?workspace={alices_ws}");
+        let named = system.get_as_opencode(&bobs_key, &by_workspace, None).await;
+        assert!(named.is_problem(404), "{path}?workspace=: {named:?}");
+        let own = system.get_as_opencode(&bobs_key, path, None).await;
+        assert_eq!(own.status, 200, "{path}: {own:?}");
+        let body = own.body.to_string();
+        assert!(!body.contains(&session) && !body.contains(&alices_ws), "{path}: {body}");
+    }
+    // (alice's session was busy all along: her status read shows it)
+    eventually("alice's session busy", WAIT, || async {
+        let status = system.get_as_opencode(&alices_key, "/session/status", None).await;
+        (status.body[&session]["type"] == "busy").then_some(())
+    })
+    .await;
+    for path in [format!("/session/{session}"), format!("/session/{session}/message")] {
+        let foreign = system.get_as_opencode(&bobs_key, &path, None).await;
+        assert!(foreign.is_problem(404), "{path}: {foreign:?}");
+    }
+}
