@@ -27,6 +27,8 @@ pub struct OpenCodeUser {
     /// The API key the clients send as their Basic password, and its id.
     pub key: String,
     pub key_id: String,
+    /// The organization's connection to the fake provider, if it has one.
+    pub connection: Option<String>,
     /// A home directory of the clients' own (their state and logs), removed on drop.
     pub home: PathBuf,
 }
@@ -39,6 +41,7 @@ impl OpenCodeUser {
         let bearer = system.token(user).await;
         let org = system.create_org(&bearer, &format!("{user}'s org")).await;
         let workspace = system.create_workspace(&bearer, &org.id, "main").await;
+        let mut connection_id = None;
         if connection {
             let body = json!({
                 "kind": "openai-compatible", "providerID": PROVIDER, "name": "Acme LLM",
@@ -47,6 +50,7 @@ impl OpenCodeUser {
             });
             let created = system.post(&bearer, &format!("/org/{}/provider", org.id), body).await;
             assert_eq!(created.status, 201, "{created:?}");
+            connection_id = created.body["id"].as_str().map(str::to_owned);
             let default = json!({ "model": { "providerID": PROVIDER, "modelID": MODEL } });
             let url = format!("{}/org/{}/default-model", system.command_url(), org.id);
             let set = system.http.put(url).bearer_auth(&bearer).json(&default).send().await;
@@ -71,7 +75,7 @@ impl OpenCodeUser {
         .await;
         let home = std::env::temp_dir().join(format!("oc-e2e-opencode-home-{}", org.id));
         std::fs::create_dir_all(&home).unwrap();
-        OpenCodeUser { bearer, org, workspace, key, key_id, home }
+        OpenCodeUser { bearer, org, workspace, key, key_id, connection: connection_id, home }
     }
 }
 

@@ -11,7 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use e2e_tests::front::Front;
-use e2e_tests::opencode::{opencode_bin, plain};
+use e2e_tests::opencode::{MODEL, OpenCodeUser, PROVIDER, opencode_bin, plain};
 use e2e_tests::{System, fake_text};
 use serde_json::{Value, json};
 
@@ -105,4 +105,45 @@ async fn opencode_run_attaches_prints_the_reply_continues_and_fails_clearly() {
     let out = opencode(&front, &key, &home, &["after revocation"]).await;
     assert!(!out.status.success(), "{}", printed(&out));
     let _ = std::fs::remove_dir_all(&home);
+}
+
+/// With the organization's own connection: `--model provider/model` answers on that model, and
+/// once a budget has no room for a reply, the CLI says so and exits non-zero.
+#[tokio::test]
+async fn opencode_run_answers_on_the_organizations_model_and_stops_at_its_budget() {
+    let system = System::start().await;
+    let front = Front::start(&system).await;
+    let user = OpenCodeUser::start(&system, "alice", true).await;
+    let model = format!("{PROVIDER}/{MODEL}");
+    let out = opencode(
+        &front,
+        &user.key,
+        &user.home,
+        &["--model", &model, "hello [[fake tokens=4 delay_ms=100]]"],
+    )
+    .await;
+    assert!(out.status.success(), "{}{}", printed(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(printed(&out).contains(fake_text(4).trim()), "{}", printed(&out));
+    let sessions = system.get_as_opencode(&user.key, "/session", None).await;
+    let session = sessions.body[0]["id"].as_str().unwrap().to_owned();
+    let messages = system.messages(&user.bearer, &session).await.unwrap();
+    assert_eq!(messages[1]["info"]["modelID"], MODEL, "{messages:?}");
+    assert_eq!(messages[1]["info"]["providerID"], PROVIDER);
+
+    // Priced at $100 per million output tokens, up to 1,000: a reply may cost $0.10, more than
+    // a $0.05 budget leaves room for.
+    let connection = user.connection.as_deref().unwrap();
+    let url = format!("{}/org/{}/provider/{connection}/catalog", system.command_url(), user.org.id);
+    let catalog = json!({ "models": { MODEL: {
+        "cost": { "input": 0.0, "output": 100.0 }, "limit": { "context": 100000, "output": 1000 } } } });
+    let priced = system.http.put(url).bearer_auth(&user.bearer).json(&catalog).send().await;
+    assert_eq!(priced.unwrap().status(), 200);
+    let budget = json!({ "scope": { "type": "organization" }, "amountUsd": 0.05,
+                         "period": { "type": "day" } });
+    let set = system.post(&user.bearer, &format!("/org/{}/budget", user.org.id), budget).await;
+    assert_eq!(set.status, 201, "{set:?}");
+    let out = opencode(&front, &user.key, &user.home, &["over budget [[fake tokens=2]]"]).await;
+    let said = format!("{}{}", printed(&out), plain(&String::from_utf8_lossy(&out.stderr)));
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("budget"), "the CLI says why: {said}");
 }
