@@ -527,16 +527,21 @@ mod tests {
     }
 
     /// A prompt of `user`'s and its completed reply, as events.
+    /// The prompt `user` with its reply `assistant` owed.
+    fn prompted(w: &World, user: &UserMessage, assistant: &MessageId) -> SessionEvent {
+        SessionEvent::Prompted {
+            session_id: w.session.clone(),
+            message: user.clone(),
+            assistant_message_id: assistant.clone(),
+            connection: None,
+            api_key_id: None,
+        }
+    }
+
     fn answered(w: &World, user: &UserMessage) -> [SessionEvent; 2] {
         let assistant = MessageId::new();
         [
-            SessionEvent::Prompted {
-                session_id: w.session.clone(),
-                message: user.clone(),
-                assistant_message_id: assistant.clone(),
-                connection: None,
-                api_key_id: None,
-            },
+            prompted(w, user, &assistant),
             SessionEvent::MessageCompleted {
                 session_id: w.session.clone(),
                 message: AssistantCompletion {
@@ -622,16 +627,7 @@ mod tests {
         let w = world();
         let user = user_message(&w.alice);
         let assistant = MessageId::new();
-        let given = vec![
-            created(&w),
-            SessionEvent::Prompted {
-                session_id: w.session.clone(),
-                message: user.clone(),
-                assistant_message_id: assistant.clone(),
-                connection: None,
-                api_key_id: None,
-            },
-        ];
+        let given = vec![created(&w), prompted(&w, &user, &assistant)];
         let done = TestFramework::<Session>::with(w.services.clone())
             .given(given.clone())
             .when(SessionCommand::Complete { report: Box::new(report(&w, &user, &assistant)) })
@@ -651,16 +647,7 @@ mod tests {
         let w = world();
         let user = user_message(&w.alice);
         let assistant = MessageId::new();
-        let mut given = vec![
-            created(&w),
-            SessionEvent::Prompted {
-                session_id: w.session.clone(),
-                message: user.clone(),
-                assistant_message_id: assistant.clone(),
-                connection: None,
-                api_key_id: None,
-            },
-        ];
+        let mut given = vec![created(&w), prompted(&w, &user, &assistant)];
         let retry = |attempt| SessionCommand::Retry { message_id: assistant.clone(), attempt };
         let retried = TestFramework::<Session>::with(w.services.clone())
             .given(given.clone())

@@ -129,6 +129,17 @@ async fn opencode_run_answers_on_the_organizations_model_and_stops_at_its_budget
     let messages = system.messages(&user.bearer, &session).await.unwrap();
     assert_eq!(messages[1]["info"]["modelID"], MODEL, "{messages:?}");
     assert_eq!(messages[1]["info"]["providerID"], PROVIDER);
+    // -c continues the newest session.
+    let out =
+        opencode(&front, &user.key, &user.home, &["-c", "more [[fake tokens=2 delay_ms=100]]"]);
+    let out = out.await;
+    assert!(
+        out.status.success() && printed(&out).contains(fake_text(2).trim()),
+        "{}",
+        printed(&out)
+    );
+    let messages = system.messages(&user.bearer, &session).await.unwrap();
+    assert_eq!(messages.len(), 4, "the same session, two prompts and two replies");
 
     // Priced at $100 per million output tokens, up to 1,000: a reply may cost $0.10, more than
     // a $0.05 budget leaves room for.
