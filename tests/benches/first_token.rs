@@ -2,6 +2,9 @@
 //! first text delta on the session's stream, at 1 and at `OC_BENCH_SESSIONS` (default 50)
 //! sessions prompting at once. The fake provider answers at once (no time to first token), so
 //! the second number is the pipeline's own overhead plus the fake provider's response time.
+//! Then bursts: 1, 10 and `OC_BENCH_SESSIONS` new sessions, each created, its stream opened and
+//! prompted at the same instant, beside the floor — as many requests straight to the fake
+//! provider at the same instant, time to its first text.
 //! Run with `make bench` (release binaries); prints one line per scenario.
 
 use std::time::{Duration, Instant};
@@ -42,6 +45,12 @@ async fn main() {
     let took = started.elapsed().as_secs_f64();
     report(&format!("{sessions} sessions, instant replies back to back"), &flood);
     println!("  {} prompts answered in {took:.1} s", sessions * 20);
+    for n in [1, 10, sessions] {
+        let floor = provider_direct(&system, n).await;
+        let burst = burst(&system, &alice, &ws.id, n, instant).await;
+        report(&format!("burst of {n} new sessions"), &burst);
+        println!("  provider direct, {n} at once: first text {}", percentiles(&floor));
+    }
     where_time_went(&system).await;
 }
 
@@ -75,6 +84,55 @@ async fn where_time_went(system: &System) {
             println!("  {url} {series}: mean {:.2} ms over {count}", sum / count * 1e3);
         }
     }
+}
+
+/// `n` new sessions at the same instant, each created, its stream opened and `prompt` sent; per
+/// session, from its prompt's POST: (accepted, first delta).
+async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &str) -> Vec<Sample> {
+    let start_line = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let runs = (0..n).map(|_| {
+        let start_line = start_line.clone();
+        async move {
+            start_line.wait().await;
+            let session = system.create_session(bearer, ws).await;
+            let mut stream = system.watch(bearer, &session).await;
+            let start = Instant::now();
+            system.prompt(bearer, &session.id, prompt).await;
+            let accepted = start.elapsed();
+            stream.until(WAIT, |e| e.event == "message.part.delta").await;
+            let first = start.elapsed();
+            stream.until(WAIT, e2e_tests::sse::is_idle).await;
+            (ms(accepted), ms(first))
+        }
+    });
+    join_all(runs).await
+}
+
+/// `n` streaming requests straight to the fake provider at the same instant: each one's time to
+/// its first text (the floor the service's first delta is compared with).
+async fn provider_direct(system: &System, n: usize) -> Vec<f64> {
+    let url = format!("{}/v1/chat/completions", system.provider_url);
+    let body = serde_json::json!({ "model": "m", "stream": true,
+        "messages": [{ "role": "user", "content": "bench [[fake tokens=20]]" }] });
+    let start_line = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let runs = (0..n).map(|_| {
+        let (start_line, url, body) = (start_line.clone(), url.clone(), body.clone());
+        async move {
+            start_line.wait().await;
+            let start = Instant::now();
+            let req = system.http.post(url).bearer_auth("sk-bench").json(&body);
+            let mut res = req.send().await.expect("the fake provider answers");
+            let mut seen = String::new();
+            while let Some(chunk) = res.chunk().await.expect("the fake provider streams") {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+                if seen.contains("\"content\"") {
+                    break;
+                }
+            }
+            ms(start.elapsed())
+        }
+    });
+    join_all(runs).await
 }
 
 /// `sessions` sessions each send `prompts` prompts one after another (each waits for its reply);
