@@ -1,12 +1,12 @@
 //! What aggregates may ask about the rest of the world while deciding: who is a member of an
 //! organization, and which organization a workspace belongs to. The answers come from the event
-//! store itself (the organization and workspace aggregates), so they are never stale.
+//! store itself (the organization and workspace aggregates), so they are never stale: each is
+//! kept as last read, and every answer applies the events committed since.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateContext, EventStore};
 use postgres_es::PostgresEventRepository;
 use std::collections::{HashMap, HashSet};
 
@@ -16,6 +16,7 @@ use schemas::ids::{ApiKeyId, ConnectionId, OrganizationId, ProjectId, UserId, Wo
 use schemas::message::ModelRef;
 use schemas::provider::{ConnectionRef, ModelCost, SetPromptLimits};
 
+use crate::aggregate_cache::AggregateCache;
 use crate::aggregates::{ApiKey, Organization, Payer, Workspace};
 use crate::error::DomainError;
 
@@ -209,21 +210,43 @@ pub fn deployment_default() -> ModelRef {
     }
 }
 
-/// Answers from the event store.
+/// Answers from the event store. Each aggregate is kept as last read (`AggregateCache`), and
+/// every answer reads only the events committed since by any instance: no full replay per
+/// command, and a membership change counts at once everywhere.
 pub struct EventStoreDirectory {
-    orgs: PersistedEventStore<PostgresEventRepository, Organization>,
-    workspaces: PersistedEventStore<PostgresEventRepository, Workspace>,
-    api_keys: PersistedEventStore<PostgresEventRepository, ApiKey>,
+    orgs: Replayed<Organization>,
+    workspaces: Replayed<Workspace>,
+    api_keys: Replayed<ApiKey>,
+}
+
+/// One aggregate kind, read through its cache.
+struct Replayed<A: cqrs_es::Aggregate> {
+    store: PersistedEventStore<PostgresEventRepository, A>,
+    cache: AggregateCache<A>,
+}
+
+impl<A: cqrs_es::Aggregate + Clone + 'static> Replayed<A> {
+    fn new(pool: &sqlx::PgPool) -> Self {
+        let store =
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+        Self { store, cache: AggregateCache::new(pool.clone()) }
+    }
+
+    /// `id` with every committed event applied.
+    async fn load(&self, id: &str) -> Result<A, DomainError> {
+        let ctx = self.cache.load(&self.store, id).await.map_err(unavailable)?;
+        // (everything read was committed: a sound starting point for the next read)
+        self.cache.remember(id, ctx.aggregate.clone(), ctx.current_sequence).await;
+        Ok(ctx.aggregate)
+    }
 }
 
 impl EventStoreDirectory {
     pub fn new(pool: sqlx::PgPool) -> Self {
         Self {
-            orgs: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
-            workspaces: PersistedEventStore::new_event_store(PostgresEventRepository::new(
-                pool.clone(),
-            )),
-            api_keys: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool)),
+            orgs: Replayed::new(&pool),
+            workspaces: Replayed::new(&pool),
+            api_keys: Replayed::new(&pool),
         }
     }
 }
@@ -239,17 +262,14 @@ impl Directory for EventStoreDirectory {
         org: &OrganizationId,
         user: &UserId,
     ) -> Result<Option<Role>, DomainError> {
-        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
-        Ok(ctx.aggregate().role_of(user))
+        Ok(self.orgs.load(org.as_str()).await?.role_of(user))
     }
 
     async fn workspace(
         &self,
         workspace: &WorkspaceId,
     ) -> Result<Option<WorkspaceView>, DomainError> {
-        let mut ctx =
-            self.workspaces.load_aggregate(workspace.as_str()).await.map_err(unavailable)?;
-        Ok(ctx.aggregate().view())
+        Ok(self.workspaces.load(workspace.as_str()).await?.view())
     }
 
     async fn prompt_terms(
@@ -258,8 +278,7 @@ impl Directory for EventStoreDirectory {
         payer: PromptPayer,
         wanted: Option<ModelRef>,
     ) -> Result<PromptTerms, DomainError> {
-        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
-        let organization = ctx.aggregate();
+        let organization = &self.orgs.load(org.as_str()).await?;
         let model = wanted
             .or_else(|| organization.default_model().cloned())
             .unwrap_or_else(deployment_default);
@@ -278,8 +297,7 @@ impl Directory for EventStoreDirectory {
         &self,
         key: &ApiKeyId,
     ) -> Result<Option<OrganizationId>, DomainError> {
-        let mut ctx = self.api_keys.load_aggregate(key.as_str()).await.map_err(unavailable)?;
-        Ok(ctx.aggregate().live_organization().cloned())
+        Ok(self.api_keys.load(key.as_str()).await?.live_organization().cloned())
     }
 
     async fn spend_rules(
@@ -287,8 +305,7 @@ impl Directory for EventStoreDirectory {
         org: &OrganizationId,
         time: i64,
     ) -> Result<SpendRules, DomainError> {
-        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
-        let organization = ctx.aggregate();
+        let organization = &self.orgs.load(org.as_str()).await?;
         let budgets = organization
             .budgets()
             .map(|b| {
@@ -312,8 +329,7 @@ impl Directory for EventStoreDirectory {
         user: &UserId,
         id: &ConnectionId,
     ) -> Result<(), DomainError> {
-        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
-        ctx.aggregate().may_manage_connection(id, user)
+        self.orgs.load(org.as_str()).await?.may_manage_connection(id, user)
     }
 
     async fn price_of(
@@ -322,8 +338,7 @@ impl Directory for EventStoreDirectory {
         id: &ConnectionId,
         model: &str,
     ) -> Result<Option<ModelCost>, DomainError> {
-        let mut ctx = self.orgs.load_aggregate(org.as_str()).await.map_err(unavailable)?;
-        Ok(ctx.aggregate().price_of(id, model))
+        Ok(self.orgs.load(org.as_str()).await?.price_of(id, model))
     }
 }
 
