@@ -121,9 +121,9 @@ impl Worker {
             }
         }
         tracing::debug!("answering a prompt");
-        let cancel = self.aborts.register(&job.assistant);
+        let cancel = self.aborts.register(&job.assistant, job.attempt);
         let reply = self.generate(&job, &msg, &cancel).await;
-        self.aborts.finish(&job.assistant);
+        self.aborts.finish(&job.assistant, job.attempt);
         metrics::counter!("generations_total", "finish" => format!("{:?}", reply.finish).to_lowercase()).increment(1);
         match self.report(&job, reply, Some(&msg), shutdown).await {
             Ok(CommandReply::Superseded) => superseded(),

@@ -40,7 +40,9 @@ impl Translator {
     pub fn translate(&mut self, frame: &str, directory: &str) -> Vec<Value> {
         if let Ok(event) = serde_json::from_str::<SessionEvent>(frame) {
             if let SessionEvent::MessageCompleted { message, .. } = &event {
-                self.replies.remove(&message.id);
+                // Whatever a superseded worker still publishes for it is not passed on.
+                let done = Attempt { number: u32::MAX, parts: Vec::new() };
+                self.replies.insert(message.id.clone(), done);
             }
             if let SessionEvent::Prompted { session_id, message, .. } = &event {
                 if self.models.len() >= REMEMBERED {

@@ -23,6 +23,8 @@ pub const ALL_DOMAIN_EVENTS: &str = "oc.evt.>";
 pub const ALL_PROMPTS: &str = "oc.evt.*.*.*.session_prompted";
 /// Every abort request, which workers watch to stop a reply in progress.
 pub const ALL_ABORTS: &str = "oc.evt.*.*.*.session_abort_requested";
+/// Every reply taken over by a new attempt, which workers watch to stop an earlier one.
+pub const ALL_RETRIES: &str = "oc.evt.*.*.*.message_retried";
 /// Every completed reply of one session, whatever its organization and workspace (session ids are
 /// unique): what a synchronous prompt waits on.
 pub fn session_completions(session: &SessionId) -> String {

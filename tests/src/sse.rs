@@ -126,7 +126,8 @@ impl SseClient {
 }
 
 /// The concatenated text of the deltas of `message`'s text part in `events`, as a client would
-/// build it: a `message.started` with a new attempt discards what was built so far.
+/// build it: a `message.started` with a higher attempt discards what was built so far (attempts
+/// only go up; an older one's events are a superseded worker's).
 pub fn reply_text(events: &[Event], message: &str) -> String {
     let mut text = String::new();
     let mut attempt = 0;
@@ -138,9 +139,11 @@ pub fn reply_text(events: &[Event], message: &str) -> String {
         }
         match e.event.as_str() {
             "message.started" => {
-                part = p["partID"].clone();
+                // Attempts only go up: a started event of an attempt older than one already seen
+                // is a superseded worker's, published late, and is ignored.
                 let a = p["attempt"].as_u64().unwrap_or(0);
-                if a != attempt {
+                if a > attempt {
+                    part = p["partID"].clone();
                     attempt = a;
                     text.clear();
                 }

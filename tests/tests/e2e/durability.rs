@@ -276,6 +276,40 @@ async fn a_worker_that_wakes_after_its_reply_was_taken_over_does_not_complete_it
     assert_eq!(n, 1, "one completion of the reply");
 }
 
+/// The woken worker of an earlier attempt also stops generating as soon as it learns that a
+/// later attempt took its reply over (`message.retried`): it does not go on streaming, and
+/// paying the provider for, a reply nobody will keep.
+#[tokio::test]
+async fn a_worker_whose_reply_was_taken_over_stops_generating_it() {
+    let mut system =
+        System::start_with(SystemOptions { worker_ack_wait_secs: 2, ..Default::default() }).await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=300 delay_ms=50]]").await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap();
+    let mut events = stream.until(WAIT, |e| e.event == "message.part.delta").await;
+    let first_part = events.last().unwrap().data["properties"]["partID"].clone();
+    system.workers[0].proc.signal(Signal::SIGSTOP);
+    let replacement = system.start_worker().await;
+    system.workers.push(replacement);
+    let later_attempt = |e: &Event| {
+        e.event == "message.started" && e.data["properties"]["attempt"].as_u64() > Some(1)
+    };
+    events.extend(stream.until(WAIT, later_attempt).await);
+    system.workers[0].proc.signal(Signal::SIGCONT);
+
+    events.extend(stream.until(Duration::from_secs(60), |e| e.event == "message.completed").await);
+    let message = &events.last().unwrap().data["properties"]["message"];
+    assert_eq!(message["parts"][0]["text"], fake_text(300));
+    assert_eq!(reply_text(&events, assistant), fake_text(300));
+    // The earlier attempt would have streamed its whole reply (it started first, so it would
+    // have finished first); it stopped soon after it woke.
+    let earlier = e2e_tests::sse::part_text(&events, first_part.as_str().unwrap());
+    assert!(fake_text(300).starts_with(&earlier), "{earlier}");
+    assert!(earlier.len() < fake_text(300).len(), "the earlier attempt streamed to the end");
+}
+
 /// A system allowing one delivery per prompt, where the only worker died streaming a reply (so
 /// that prompt's only delivery died with it). Returns the system (its dead worker still listed),
 /// the user's token, the session and its open stream.
