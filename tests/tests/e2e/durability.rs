@@ -220,28 +220,49 @@ async fn a_reply_cut_short_by_a_dead_worker_is_regenerated_once_by_another() {
     assert_eq!(n, 1);
 }
 
+/// A reply whose worker was frozen (SIGSTOP) after its first delta, and taken over by a
+/// replacement worker: the system (the frozen worker is `workers[0]`), the session's stream and
+/// the events so far, up to the later attempt's `message.started`.
+struct TakenOver {
+    system: System,
+    alice: String,
+    session: e2e_tests::api::Created,
+    stream: SseClient,
+    assistant: String,
+    events: Vec<Event>,
+}
+
+impl TakenOver {
+    async fn start(prompt: &str) -> TakenOver {
+        let mut system =
+            System::start_with(SystemOptions { worker_ack_wait_secs: 2, ..Default::default() })
+                .await;
+        let alice = system.token("alice").await;
+        let (_, _, session) = system.session_for("alice").await;
+        let mut stream = system.watch(&alice, &session).await;
+        let accepted = system.prompt(&alice, &session.id, prompt).await;
+        let assistant = accepted["assistantMessageID"].as_str().unwrap().to_owned();
+        let mut events = stream.until(WAIT, |e| e.event == "message.part.delta").await;
+        system.workers[0].proc.signal(Signal::SIGSTOP);
+        let replacement = system.start_worker().await;
+        system.workers.push(replacement);
+        let later_attempt = |e: &Event| {
+            e.event == "message.started" && e.data["properties"]["attempt"].as_u64() > Some(1)
+        };
+        events.extend(stream.until(WAIT, later_attempt).await);
+        TakenOver { system, alice, session, stream, assistant, events }
+    }
+}
+
 /// A worker frozen mid-reply (a stop-the-world pause, or cut off from the bus) past its ack
 /// deadline wakes up after another worker took the reply over, reads the rest of its provider's
 /// answer at once and reports it first. That late report must not close the reply the newer
 /// attempt is streaming: clients follow the newest attempt, so its text must be the stored one.
 #[tokio::test]
 async fn a_worker_that_wakes_after_its_reply_was_taken_over_does_not_complete_it() {
-    let mut system =
-        System::start_with(SystemOptions { worker_ack_wait_secs: 2, ..Default::default() }).await;
-    let alice = system.token("alice").await;
-    let (_, _, session) = system.session_for("alice").await;
-    let mut stream = system.watch(&alice, &session).await;
-    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=40 delay_ms=100]]").await;
-    let assistant = accepted["assistantMessageID"].as_str().unwrap();
-    let mut events = stream.until(WAIT, |e| e.event == "message.part.delta").await;
-    system.workers[0].proc.signal(Signal::SIGSTOP);
-    let replacement = system.start_worker().await;
-    system.workers.push(replacement);
-
-    let later_attempt = |e: &Event| {
-        e.event == "message.started" && e.data["properties"]["attempt"].as_u64() > Some(1)
-    };
-    events.extend(stream.until(WAIT, later_attempt).await);
+    let taken = TakenOver::start("[[fake tokens=40 delay_ms=100]]").await;
+    let TakenOver { system, alice, session, mut stream, assistant, mut events } = taken;
+    let assistant = assistant.as_str();
     let part = events.last().unwrap().data["properties"]["partID"].clone();
     events.extend(
         stream
@@ -281,22 +302,11 @@ async fn a_worker_that_wakes_after_its_reply_was_taken_over_does_not_complete_it
 /// paying the provider for, a reply nobody will keep.
 #[tokio::test]
 async fn a_worker_whose_reply_was_taken_over_stops_generating_it() {
-    let mut system =
-        System::start_with(SystemOptions { worker_ack_wait_secs: 2, ..Default::default() }).await;
-    let alice = system.token("alice").await;
-    let (_, _, session) = system.session_for("alice").await;
-    let mut stream = system.watch(&alice, &session).await;
-    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=300 delay_ms=50]]").await;
-    let assistant = accepted["assistantMessageID"].as_str().unwrap();
-    let mut events = stream.until(WAIT, |e| e.event == "message.part.delta").await;
-    let first_part = events.last().unwrap().data["properties"]["partID"].clone();
-    system.workers[0].proc.signal(Signal::SIGSTOP);
-    let replacement = system.start_worker().await;
-    system.workers.push(replacement);
-    let later_attempt = |e: &Event| {
-        e.event == "message.started" && e.data["properties"]["attempt"].as_u64() > Some(1)
-    };
-    events.extend(stream.until(WAIT, later_attempt).await);
+    let taken = TakenOver::start("[[fake tokens=300 delay_ms=50]]").await;
+    let TakenOver { system, mut stream, assistant, mut events, .. } = taken;
+    let assistant = assistant.as_str();
+    let first_delta = events.iter().find(|e| e.event == "message.part.delta").unwrap();
+    let first_part = first_delta.data["properties"]["partID"].clone();
     system.workers[0].proc.signal(Signal::SIGCONT);
 
     events.extend(stream.until(Duration::from_secs(60), |e| e.event == "message.completed").await);
