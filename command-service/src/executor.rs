@@ -16,6 +16,7 @@ use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use postgres_es::PostgresEventRepository;
 use schemas::api::{ConsistencyToken, MAX_EVENT_BYTES};
 use schemas::envelope::metadata;
+use tracing::Instrument;
 
 use crate::aggregate_cache::AggregateCache;
 use crate::aggregates::Scoped;
@@ -59,6 +60,21 @@ where
     /// Execute `command` on aggregate `id`. Returns the position the read side must reach to
     /// reflect it. Events are committed before this returns.
     pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<ConsistencyToken, CommandError> {
+        let span = tracing::info_span!(
+            target: platform::telemetry::TRACE_TARGET,
+            "command",
+            otel.name = %format_args!("command {}", A::TYPE),
+            aggregate.id = id,
+        );
+        self.execute_with_retries(id, command, ctx).instrument(span).await
+    }
+
+    async fn execute_with_retries(
         &self,
         id: &str,
         command: A::Command,
@@ -183,6 +199,7 @@ fn event_metadata(
     put(metadata::ACTOR, Some(ctx.actor.clone()));
     put(metadata::CORRELATION_ID, Some(ctx.correlation_id.clone()));
     put(metadata::CAUSATION_ID, ctx.causation_id.clone());
+    put(metadata::TRACEPARENT, platform::trace_context::traceparent(&tracing::Span::current()));
     m
 }
 

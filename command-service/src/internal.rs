@@ -9,6 +9,7 @@ use futures::StreamExt;
 use schemas::api::{CommandReply, CompleteMessage, RetryReply};
 use schemas::subjects;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::aggregates::SessionCommand;
 use crate::error::{CommandError, DomainError};
@@ -30,6 +31,14 @@ pub async fn run(
         .take_until(shutdown.cancelled())
         .for_each_concurrent(CONCURRENCY, |msg| {
             let (nats, state) = (nats.clone(), state.clone());
+            // A reply's completion continues the reply's trace.
+            let span = tracing::info_span!(
+                target: platform::telemetry::TRACE_TARGET,
+                "internal command",
+                otel.kind = "server",
+                messaging.destination.name = %msg.subject,
+            );
+            platform::trace_context::follow_nats(&span, msg.headers.as_ref());
             async move {
                 let invalid = |e: serde_json::Error| CommandReply::Rejected {
                     reason: format!("invalid command: {e}"),
@@ -52,6 +61,7 @@ pub async fn run(
                     }
                 }
             }
+            .instrument(span)
         })
         .await;
     Ok(())

@@ -9,7 +9,7 @@ use platform::config::{self, CommonConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let common: CommonConfig = config::load()?;
-    platform::telemetry::init_tracing(&common.log_format);
+    let _telemetry = platform::telemetry::init_tracing(&common.log_format, "command-service");
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => {
             let app = Application::build(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use platform::stored_event::StoredEvent;
+use schemas::envelope::metadata;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
@@ -103,6 +104,8 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
     }
     let mut positions = Vec::with_capacity(rows.len());
     let mut acks = Vec::with_capacity(rows.len());
+    // Spans of traced events, ended when their batch is acknowledged.
+    let mut spans = Vec::new();
     // Room for the body under the server's payload limit, after the headers (the msg id).
     let room = js.client().server_info().max_payload.saturating_sub(1024);
     for row in &rows {
@@ -132,9 +135,22 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
             positions.push(position);
             continue;
         }
-        let publish = jetstream::message::PublishMessage::build()
+        let mut publish = jetstream::message::PublishMessage::build()
             .payload(body.into())
             .message_id(&envelope.id);
+        if let Some(parent) = event.meta(metadata::TRACEPARENT) {
+            // The event continues the trace of the command that stored it.
+            let span = tracing::info_span!(
+                target: platform::telemetry::TRACE_TARGET,
+                "outbox relay",
+                messaging.destination.name = %subject,
+            );
+            platform::trace_context::follow_traceparent(&span, Some(parent));
+            if let Some(headers) = platform::trace_context::nats_headers(&span) {
+                publish = publish.headers(headers);
+            }
+            spans.push(span);
+        }
         acks.push(js.send_publish(subject, publish).await?);
         positions.push(position);
     }
@@ -143,6 +159,7 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
             metrics::counter!("outbox_duplicates_total").increment(1);
         }
     }
+    drop(spans); // the traced events are on the bus
     sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
         .bind(&positions)
         .execute(&mut *tx)

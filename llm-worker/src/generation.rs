@@ -56,6 +56,8 @@ pub(crate) struct Job {
     pub(crate) correlation_id: Option<String>,
     /// The provider connection to call; none for the deployment's default provider.
     pub(crate) connection: Option<ConnectionRef>,
+    /// The trace context this job's live events carry (none with tracing off).
+    pub(crate) trace: Option<async_nats::HeaderMap>,
 }
 
 /// How the reply ended.
@@ -74,7 +76,7 @@ impl Worker {
     /// Handle one prompt message from the durable consumer, acking it when done.
     pub async fn handle(&self, msg: jetstream::Message, shutdown: &CancellationToken) {
         let attempt = msg.info().map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
-        let job = match job(&msg.subject, &msg.payload, attempt) {
+        let mut job = match job(&msg.subject, &msg.payload, attempt) {
             Ok(Some(job)) => job,
             Ok(None) => {
                 let _ = msg.ack().await;
@@ -95,7 +97,16 @@ impl Worker {
             attempt = job.attempt,
             correlation_id = job.correlation_id.as_deref().unwrap_or_default(),
         );
-        self.answer(job, msg, shutdown).instrument(span).await;
+        let trace = tracing::info_span!(
+            target: platform::telemetry::TRACE_TARGET,
+            "answer prompt",
+            message.id = %job.assistant,
+            attempt = job.attempt,
+            pickup_ms = waited * 1000.0,
+        );
+        platform::trace_context::follow_nats(&trace, msg.headers.as_ref());
+        job.trace = platform::trace_context::nats_headers(&trace);
+        self.answer(job, msg, shutdown).instrument(trace).instrument(span).await;
     }
 
     async fn answer(&self, job: Job, msg: jetstream::Message, shutdown: &CancellationToken) {
@@ -216,6 +227,9 @@ impl Worker {
         };
         tracing::debug!(turns = messages.len(), "calling the provider");
         let requested = Instant::now();
+        let trace_span = |name: &'static str| tracing::info_span!(target: platform::telemetry::TRACE_TARGET, "provider", otel.name = name);
+        let _call = trace_span("provider call");
+        let mut until_first_token = Some(trace_span("provider first token"));
         let mut stream = tokio::select! {
             _ = cancel.cancelled() => return aborted(reply),
             s = self.provider.stream(&target, messages) => match s {
@@ -278,6 +292,7 @@ impl Worker {
                         }
                         if first_token {
                             first_token = false;
+                            until_first_token.take();
                             metrics::histogram!("provider_first_token_seconds").record(requested.elapsed().as_secs_f64());
                             // The first text goes out at once: time to first token is what users feel.
                             if let Err(e) = self.publish_delta(job, &job.part, &mut n, &mut pending).await {
@@ -426,9 +441,12 @@ impl Worker {
         let payload: bytes::Bytes = serde_json::to_vec(&envelope)?.into();
         let started = std::time::Instant::now();
         let publish = || async {
-            let message = jetstream::message::PublishMessage::build()
+            let mut message = jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(&envelope.id);
+            if let Some(headers) = &job.trace {
+                message = message.headers(headers.clone());
+            }
             let stored = async { self.js.send_publish(subject.clone(), message).await?.await };
             stored.await.inspect_err(|_| {
                 metrics::counter!("live_publish_failures_total").increment(1);
@@ -471,6 +489,7 @@ fn job(subject: &str, payload: &[u8], attempt: u32) -> anyhow::Result<Option<Job
         prompt_event_id: envelope.id,
         correlation_id: envelope.correlation_id,
         connection,
+        trace: None,
     }))
 }
 

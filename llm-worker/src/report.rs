@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
+use futures::FutureExt;
 use schemas::api::{CommandReply, CompleteMessage, MAX_EVENT_BYTES, ReasoningReport, RetryReply};
 use schemas::message::{FinishReason, ModelRef};
 use schemas::subjects;
@@ -106,11 +107,14 @@ impl Worker {
         let mut delay = Duration::from_millis(50);
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(5),
-                self.nats.request(subject, body.clone()),
-            )
-            .await;
+            // The command continues this reply's trace (nothing is added with tracing off).
+            let request = match platform::trace_context::nats_headers(&tracing::Span::current()) {
+                Some(headers) => {
+                    self.nats.request_with_headers(subject, headers, body.clone()).boxed()
+                }
+                None => self.nats.request(subject, body.clone()).boxed(),
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(5), request).await;
             let reason = match answer {
                 Ok(Ok(res)) => match serde_json::from_slice::<CommandReply>(&res.payload) {
                     Ok(CommandReply::Unavailable { reason }) => reason,

@@ -148,8 +148,18 @@ where
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let id = RequestId::from_header(&req);
     let span = tracing::info_span!("request", %method, %route, request_id = %id.0);
+    // The root of a prompt's trace (or a child of the caller's, given a `traceparent`).
+    let trace = tracing::info_span!(
+        target: crate::telemetry::TRACE_TARGET,
+        "http request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+    );
+    crate::trace_context::follow_http(&trace, req.headers());
     req.extensions_mut().insert(id.clone());
-    let fut = srv.call(req).instrument(span);
+    let fut = srv.call(req).instrument(trace).instrument(span);
     async move {
         let mut res = fut.await?;
         if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id.0) {

@@ -16,3 +16,4 @@ pub mod shutdown;
 pub mod startup;
 pub mod stored_event;
 pub mod telemetry;
+pub mod trace_context;

@@ -20,7 +20,8 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    fn meta(&self, key: &str) -> Option<&str> {
+    /// A metadata value the command side stored with the event.
+    pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(Value::as_str)
     }
 

@@ -82,6 +82,22 @@ pub async fn handle(
     policy: &Parking,
     batch: Vec<jetstream::Message>,
 ) {
+    // A span per traced event, from its arrival here to its acknowledgement (tracing on only).
+    let _spans: Vec<tracing::Span> = batch
+        .iter()
+        .filter_map(|msg| {
+            let headers = msg.headers.as_ref()?;
+            headers.get(platform::trace_context::TRACEPARENT)?;
+            let span = tracing::info_span!(
+                target: platform::telemetry::TRACE_TARGET,
+                "project",
+                // (the subject's last token is the event type; the subject names tenants)
+                otel.name = %format_args!("project {}", msg.subject.rsplit('.').next().unwrap_or_default()),
+            );
+            platform::trace_context::follow_nats(&span, Some(headers));
+            Some(span)
+        })
+        .collect();
     let mut events = Vec::with_capacity(batch.len());
     for msg in batch {
         match serde_json::from_slice::<Envelope<Value>>(&msg.payload) {

@@ -6,7 +6,7 @@ use projector::startup::{self, ProjectorConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let common: CommonConfig = config::load()?;
-    platform::telemetry::init_tracing(&common.log_format);
+    let _telemetry = platform::telemetry::init_tracing(&common.log_format, "projector");
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => {
             startup::run(

@@ -337,7 +337,13 @@ impl Hub {
                     // (a consumer the client library made again before its first message
                     // starts from the beginning of the stream: async-nats 0.51)
                     if seq > feed.covered() {
-                        feed.deliver(seq, &msg.payload);
+                        let span = tracing::info_span!(
+                            target: platform::telemetry::TRACE_TARGET,
+                            "sse fan-out",
+                            clients = feed.tx.receiver_count(),
+                        );
+                        platform::trace_context::follow_nats(&span, msg.headers.as_ref());
+                        span.in_scope(|| feed.deliver(seq, &msg.payload));
                     }
                 }
             }

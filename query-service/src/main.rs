@@ -8,7 +8,7 @@ use query_service::startup::Application;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let common: CommonConfig = config::load()?;
-    platform::telemetry::init_tracing(&common.log_format);
+    let _telemetry = platform::telemetry::init_tracing(&common.log_format, "query-service");
     let app = Application::build(
         common,
         config::load::<AuthConfig>()?,

@@ -55,4 +55,6 @@ pub mod metadata {
     pub const ACTOR: &str = "actor";
     pub const CORRELATION_ID: &str = "correlation_id";
     pub const CAUSATION_ID: &str = "causation_id";
+    /// The W3C trace context of the command that stored the event (only with tracing on).
+    pub const TRACEPARENT: &str = "traceparent";
 }

@@ -16,6 +16,7 @@ pub mod browser;
 pub mod front;
 pub mod nats;
 pub mod opencode;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod sse;

@@ -33,6 +33,7 @@ mod rate_limits;
 mod resume;
 mod stream_access;
 mod tokens;
+mod traces;
 mod usage;
 mod workspaces;
 
