@@ -1,5 +1,5 @@
 //! Answering one prompt: stream the reply from the provider, publish coalesced text deltas
-//! straight to JetStream, honour aborts, and report the final text, finish reason and usage to
+//! straight to JetStream (`live.rs`), honour aborts, and report the final text, finish reason and usage to
 //! the command service. The prompt message is acked only after the report was recorded, so a
 //! worker that dies mid-reply leaves it to be redelivered: the next attempt announces itself
 //! with `message.started` (a new `attempt`), which tells clients to discard the partial text.
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use schemas::api::CommandReply;
-use schemas::envelope::{Envelope, aggregate};
-use schemas::events::{EventName, SessionEvent, UserMessage};
+use schemas::envelope::Envelope;
+use schemas::events::{SessionEvent, UserMessage};
 use schemas::ids::{MessageId, OrganizationId, PartId, SessionId, WorkspaceId};
 use schemas::live::LiveEvent;
 use schemas::message::{ErrorKind, FinishReason, MessageError, MessageErrorName, Part, TokenUsage};
@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::aborts::Aborts;
 use crate::config::WorkerConfig;
 use crate::history::History;
+use crate::live::{Pending, Sending};
 use crate::providers::{ChatMessage, Provider, ProviderError, ProviderEvent, Target};
 use identity::credentials;
 use schemas::provider::ConnectionRef;
@@ -204,24 +205,29 @@ impl Worker {
             attempt: job.attempt,
             time: schemas::now_ms(),
         };
-        if let Err(e) = self.publish_live(job, &mut n, started).await {
-            return internal_failure(reply, "cannot publish the reply", &e);
-        }
+        let started = self.live_message(job, &mut n, started);
         let prompt: Vec<&str> = job.message.parts.iter().map(|p| p.text()).collect();
         let prompt = prompt.join("\n");
         let limit = job.connection.as_ref().map(|c| c.limit).unwrap_or_default();
         let budget =
             context_bytes(limit, self.cfg.worker_context_bytes).saturating_sub(prompt.len());
-        let conversation =
-            self.history.load(&self.pool, &job.session, job.sequence, &job.assistant, budget);
-        let mut messages = match conversation.await {
+        // Announcing the attempt, reading the conversation and opening the connection's key do
+        // not depend on each other: one round trip's wait instead of three.
+        let (announced, conversation, target) = tokio::join!(
+            async { self.send_live(job, started?).await },
+            self.history.load(&self.pool, &job.session, job.sequence, &job.assistant, budget),
+            self.target(job),
+        );
+        if let Err(e) = announced {
+            return internal_failure(reply, "cannot publish the reply", &e);
+        }
+        let mut messages = match conversation {
             Ok(c) if c.abort_requested => return aborted(reply),
             Ok(c) => c.turns,
             Err(e) => return internal_failure(reply, "cannot read the conversation", &e),
         };
         messages.push(ChatMessage { role: "user", content: prompt });
-
-        let target = match self.target(job).await {
+        let target = match target {
             Ok(target) => target,
             Err(error) => return failed(reply, error),
         };
@@ -242,9 +248,11 @@ impl Worker {
         let mut progress = tokio::time::interval(every);
         progress.tick().await;
         // Text and reasoning received but not yet published, and when they may be published.
-        let mut pending = String::new();
-        let mut pending_reasoning = String::new();
+        let mut pending = Pending::default();
         let mut flush_at: Option<tokio::time::Instant> = None;
+        // Deltas go out one at a time, in order, each once the one before is stored; the
+        // provider is read meanwhile, and what arrives waits in `pending` for the next delta.
+        let mut in_flight: Option<Sending<'_>> = None;
         let mut first_token = true;
         loop {
             let flush = async {
@@ -259,18 +267,19 @@ impl Worker {
                     reply = aborted(reply);
                     break;
                 }
-                _ = flush => {
-                    flush_at = None;
-                    let reasoning_part = reply.reasoning.as_ref().map(|(id, _)| id.clone());
-                    let published = async {
-                        if let Some(part) = &reasoning_part {
-                            self.publish_delta(job, part, &mut n, &mut pending_reasoning).await?;
-                        }
-                        self.publish_delta(job, &job.part, &mut n, &mut pending).await
-                    };
-                    if let Err(e) = published.await {
+                sent = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    if let Err(e) = sent {
                         return internal_failure(reply, "cannot publish the reply", &e);
                     }
+                    if flush_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                        flush_at = None;
+                        in_flight = self.send_pending(job, &mut n, &reply, &mut pending);
+                    }
+                }
+                _ = flush, if in_flight.is_none() => {
+                    flush_at = None;
+                    in_flight = self.send_pending(job, &mut n, &reply, &mut pending);
                 }
                 _ = progress.tick() => {
                     let _ = msg.ack_with(AckKind::Progress).await;
@@ -284,7 +293,7 @@ impl Worker {
                             text.truncate(floor_char_boundary(&text, room));
                         }
                         reply.text.push_str(&text);
-                        pending.push_str(&text);
+                        pending.text.push_str(&text);
                         if full {
                             // Dropping the stream closes the provider connection: no more tokens billed.
                             reply.finish = FinishReason::Length;
@@ -295,8 +304,10 @@ impl Worker {
                             until_first_token.take();
                             metrics::histogram!("provider_first_token_seconds").record(requested.elapsed().as_secs_f64());
                             // The first text goes out at once: time to first token is what users feel.
-                            if let Err(e) = self.publish_delta(job, &job.part, &mut n, &mut pending).await {
-                                return internal_failure(reply, "cannot publish the reply", &e);
+                            if in_flight.is_none() {
+                                in_flight = self.send_pending(job, &mut n, &reply, &mut pending);
+                            } else {
+                                flush_at = Some(tokio::time::Instant::now());
                             }
                         } else if flush_at.is_none() {
                             flush_at = Some(tokio::time::Instant::now() + self.cfg.coalesce());
@@ -304,7 +315,13 @@ impl Worker {
                     }
                     Some(Ok(ProviderEvent::Reasoning(text))) => {
                         if reply.reasoning.is_none() {
-                            // A part of its own: announce its kind before its first delta.
+                            // A part of its own: announce its kind before its first delta, after
+                            // what is already on its way.
+                            if let Some(sending) = in_flight.take()
+                                && let Err(e) = sending.await
+                            {
+                                return internal_failure(reply, "cannot publish the reply", &e);
+                            }
                             let part = PartId::new();
                             let updated = LiveEvent::PartUpdated {
                                 session_id: job.session.clone(),
@@ -324,7 +341,7 @@ impl Worker {
                         if let Some((_, all)) = reply.reasoning.as_mut() {
                             all.push_str(&text);
                         }
-                        pending_reasoning.push_str(&text);
+                        pending.reasoning.push_str(&text);
                         if flush_at.is_none() {
                             flush_at = Some(tokio::time::Instant::now() + self.cfg.coalesce());
                         }
@@ -344,12 +361,14 @@ impl Worker {
                 },
             }
         }
-        let reasoning_part = reply.reasoning.as_ref().map(|(id, _)| id.clone());
         let last = async {
-            if let Some(part) = &reasoning_part {
-                self.publish_delta(job, part, &mut n, &mut pending_reasoning).await?;
+            if let Some(sending) = in_flight.take() {
+                sending.await?;
             }
-            self.publish_delta(job, &job.part, &mut n, &mut pending).await
+            match self.send_pending(job, &mut n, &reply, &mut pending) {
+                Some(sending) => sending.await,
+                None => Ok(()),
+            }
         };
         if let Err(e) = last.await {
             tracing::warn!(error = %e, "last delta not published; the completed message carries the text");
@@ -393,70 +412,6 @@ impl Worker {
             model: job.message.model.model_id.clone(),
             limit: connection.limit,
         })
-    }
-
-    async fn publish_delta(
-        &self,
-        job: &Job,
-        part: &PartId,
-        n: &mut u32,
-        pending: &mut String,
-    ) -> anyhow::Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let delta = LiveEvent::PartDelta {
-            session_id: job.session.clone(),
-            message_id: job.assistant.clone(),
-            part_id: part.clone(),
-            field: "text".into(),
-            delta: std::mem::take(pending),
-            attempt: job.attempt,
-        };
-        self.publish_live(job, n, delta).await
-    }
-
-    /// Publish a live event and wait for JetStream to store it (keeps deltas in order). A NATS
-    /// restart or a cluster's leader election is ridden out: the same message (same id, so
-    /// JetStream keeps it once) is sent again until it is stored, for up to
-    /// `OC_WORKER_PUBLISH_PATIENCE_SECS`; the reply waits meanwhile, and nothing is skipped.
-    async fn publish_live(&self, job: &Job, n: &mut u32, event: LiveEvent) -> anyhow::Result<()> {
-        *n += 1;
-        let event_type = event.event_type();
-        let envelope = Envelope {
-            id: format!("{}:{}:{}", job.assistant, job.attempt, n),
-            organization_id: job.org.clone(),
-            aggregate_type: aggregate::SESSION.into(),
-            aggregate_id: job.session.to_string(),
-            sequence: None,
-            event_type: event_type.into(),
-            event_version: event.event_version().into(),
-            time: schemas::now_ms(),
-            actor: Some("service:llm-worker".into()),
-            correlation_id: job.correlation_id.clone(),
-            causation_id: Some(job.prompt_event_id.clone()),
-            payload: event,
-        };
-        let subject = subjects::live_event(&job.org, &job.workspace, &job.session, event_type);
-        let payload: bytes::Bytes = serde_json::to_vec(&envelope)?.into();
-        let started = std::time::Instant::now();
-        let publish = || async {
-            let mut message = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(&envelope.id);
-            if let Some(headers) = &job.trace {
-                message = message.headers(headers.clone());
-            }
-            let stored = async { self.js.send_publish(subject.clone(), message).await?.await };
-            stored.await.inspect_err(|_| {
-                metrics::counter!("live_publish_failures_total").increment(1);
-            })?;
-            anyhow::Ok(())
-        };
-        platform::retry::within("publishing a live event", self.cfg.publish_patience(), publish)
-            .await?;
-        metrics::histogram!("live_publish_seconds").record(started.elapsed().as_secs_f64());
-        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod generation;
 pub mod give_up;
 pub mod history;
+mod live;
 pub mod providers;
 pub mod report;
 pub mod startup;

@@ -128,6 +128,31 @@ pub async fn session(
     find(db, "rm_sessions", "session_id", session.as_str(), user, action).await
 }
 
+/// [`session`], for a session the read models may not show yet: one created a moment ago. Its
+/// organization comes from the event store, and the caller's role in it decides, as it does for
+/// a projected session. For an event stream opened right after the session was created, so the
+/// stream does not wait for the projector.
+pub async fn session_as_committed(
+    db: &deadpool_postgres::Client,
+    session: &SessionId,
+    user: &AuthUser,
+    action: Action,
+) -> Result<OrganizationId, Problem> {
+    match self::session(db, session, user, action).await {
+        Err(p) if p.status == 404 => {}
+        other => return other.map(|granted| granted.organization_id),
+    }
+    let stmt = db
+        .prepare_cached(
+            "SELECT o.organization_id, m.role AS caller_role \
+             FROM (SELECT oc_session_organization($1) AS organization_id) o \
+             JOIN rm_members m ON m.organization_id = o.organization_id AND m.user_id = $2",
+        )
+        .await?;
+    let row = db.query_opt(&stmt, &[&session.as_str(), &user.user_id.as_str()]).await?;
+    check(row, action, user).map(|granted| granted.organization_id)
+}
+
 /// What an open event stream reads: one session, or every session of a workspace.
 pub enum Readable<'a> {
     Session(&'a SessionId),
@@ -153,8 +178,8 @@ pub async fn lost(
     }
     let db = state.bind(user).await.ok()?;
     let found = match what {
-        Readable::Session(s) => session(&db, s, user, Action::Read).await,
-        Readable::Workspace(w) => workspace(&db, w, user, Action::Read).await,
+        Readable::Session(s) => session_as_committed(&db, s, user, Action::Read).await.map(drop),
+        Readable::Workspace(w) => workspace(&db, w, user, Action::Read).await.map(drop),
     };
     match found {
         Err(p) if p.status == 404 || p.status == 403 => Some("access"),

@@ -1,28 +1,26 @@
 //! Prompt latency: how long a prompt takes to be accepted, and from the prompt's POST to the
-//! first text delta on the session's stream, at 1 and at `OC_BENCH_SESSIONS` (default 50)
-//! sessions prompting at once. The fake provider answers at once (no time to first token), so
-//! the second number is the pipeline's own overhead plus the fake provider's response time.
-//! Then bursts: 1, 10 and `OC_BENCH_SESSIONS` new sessions, each created, its stream opened and
-//! prompted at the same instant, beside the floor — as many requests straight to the fake
-//! provider at the same instant, time to its first text.
+//! first text delta on the session's stream. One session prompting back to back; then at each
+//! concurrency level (`OC_BENCH_LEVELS`, default 1, 10, 50 and 200) that many sessions
+//! streaming replies at once, and a burst of that many new sessions, each created, its stream
+//! opened and prompted at the same instant; each beside the floor, as many requests straight to
+//! the fake provider at the same instant (time to its first text). The fake provider answers at
+//! once, so first delta minus the floor is the pipeline's own overhead.
 //! Run with `make bench` (release binaries); prints one line per scenario.
 
 use std::time::{Duration, Instant};
 
 use e2e_tests::System;
-use e2e_tests::bench::{ms, percentiles};
+use e2e_tests::bench::{Sample, burst, ms, percentiles, provider_direct, quantile};
 use e2e_tests::process::{cpu_seconds, resident_kb};
 use futures::future::join_all;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Per prompt: (accepted, first delta) in milliseconds.
-type Sample = (f64, f64);
-
 #[tokio::main]
 async fn main() {
-    let sessions = e2e_tests::bench::sessions();
-    let system = e2e_tests::bench::system(sessions).await;
+    let levels = levels();
+    let most = levels.iter().copied().max().unwrap_or(50);
+    let system = e2e_tests::bench::system(most).await;
     let services = system.command.iter().chain(&system.query).chain(&system.projector);
     for service in services.chain(&system.workers) {
         let rss = resident_kb(service.proc.pid()) / 1024.0;
@@ -36,22 +34,33 @@ async fn main() {
     let instant = "bench [[fake tokens=20]]";
     // Replies streaming for about a second, as a model's do.
     let streaming = "bench [[fake tokens=50 delay_ms=20]]";
+    let floor = provider_direct(&system, 1).await;
     let one = run(&system, &alice, &ws.id, (1, 60), instant).await;
-    report("1 session, instant replies", &one);
-    let many = run(&system, &alice, &ws.id, (sessions, 8), streaming).await;
-    report(&format!("{sessions} sessions streaming at once"), &many);
-    let started = std::time::Instant::now();
-    let flood = run(&system, &alice, &ws.id, (sessions, 20), instant).await;
-    let took = started.elapsed().as_secs_f64();
-    report(&format!("{sessions} sessions, instant replies back to back"), &flood);
-    println!("  {} prompts answered in {took:.1} s", sessions * 20);
-    for n in [1, 10, sessions] {
+    report("1 session, instant replies", &one, &floor);
+    for &n in &levels {
+        let floor = provider_direct(&system, n).await;
+        let prompts = if n > 50 { 4 } else { 8 };
+        let steady = run(&system, &alice, &ws.id, (n, prompts), streaming).await;
+        report(&format!("{n} sessions streaming at once"), &steady, &floor);
         let floor = provider_direct(&system, n).await;
         let burst = burst(&system, &alice, &ws.id, n, instant).await;
-        report(&format!("burst of {n} new sessions"), &burst);
-        println!("  provider direct, {n} at once: first text {}", percentiles(&floor));
+        report(&format!("burst of {n} new sessions"), &burst, &floor);
     }
+    let started = std::time::Instant::now();
+    let flood = run(&system, &alice, &ws.id, (50, 20), instant).await;
+    let took = started.elapsed().as_secs_f64();
+    report("50 sessions, instant replies back to back", &flood, &[]);
+    println!("  1000 prompts answered in {took:.1} s");
     where_time_went(&system).await;
+}
+
+/// The concurrency levels measured (`OC_BENCH_LEVELS`, comma-separated; 1, 10, 50 and 200).
+fn levels() -> Vec<usize> {
+    std::env::var("OC_BENCH_LEVELS")
+        .unwrap_or_else(|_| "1,10,50,200".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
 }
 
 /// User plus system CPU time a process has used (Linux).
@@ -84,55 +93,6 @@ async fn where_time_went(system: &System) {
             println!("  {url} {series}: mean {:.2} ms over {count}", sum / count * 1e3);
         }
     }
-}
-
-/// `n` new sessions at the same instant, each created, its stream opened and `prompt` sent; per
-/// session, from its prompt's POST: (accepted, first delta).
-async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &str) -> Vec<Sample> {
-    let start_line = std::sync::Arc::new(tokio::sync::Barrier::new(n));
-    let runs = (0..n).map(|_| {
-        let start_line = start_line.clone();
-        async move {
-            start_line.wait().await;
-            let session = system.create_session(bearer, ws).await;
-            let mut stream = system.watch(bearer, &session).await;
-            let start = Instant::now();
-            system.prompt(bearer, &session.id, prompt).await;
-            let accepted = start.elapsed();
-            stream.until(WAIT, |e| e.event == "message.part.delta").await;
-            let first = start.elapsed();
-            stream.until(WAIT, e2e_tests::sse::is_idle).await;
-            (ms(accepted), ms(first))
-        }
-    });
-    join_all(runs).await
-}
-
-/// `n` streaming requests straight to the fake provider at the same instant: each one's time to
-/// its first text (the floor the service's first delta is compared with).
-async fn provider_direct(system: &System, n: usize) -> Vec<f64> {
-    let url = format!("{}/v1/chat/completions", system.provider_url);
-    let body = serde_json::json!({ "model": "m", "stream": true,
-        "messages": [{ "role": "user", "content": "bench [[fake tokens=20]]" }] });
-    let start_line = std::sync::Arc::new(tokio::sync::Barrier::new(n));
-    let runs = (0..n).map(|_| {
-        let (start_line, url, body) = (start_line.clone(), url.clone(), body.clone());
-        async move {
-            start_line.wait().await;
-            let start = Instant::now();
-            let req = system.http.post(url).bearer_auth("sk-bench").json(&body);
-            let mut res = req.send().await.expect("the fake provider answers");
-            let mut seen = String::new();
-            while let Some(chunk) = res.chunk().await.expect("the fake provider streams") {
-                seen.push_str(&String::from_utf8_lossy(&chunk));
-                if seen.contains("\"content\"") {
-                    break;
-                }
-            }
-            ms(start.elapsed())
-        }
-    });
-    join_all(runs).await
 }
 
 /// `sessions` sessions each send `prompts` prompts one after another (each waits for its reply);
@@ -168,12 +128,23 @@ async fn run(
     join_all(runs).await.into_iter().flatten().collect()
 }
 
-fn report(scenario: &str, samples: &[Sample]) {
-    let pick = |f: fn(&Sample) -> f64| percentiles(&samples.iter().map(f).collect::<Vec<_>>());
+fn report(scenario: &str, samples: &[Sample], floor: &[f64]) {
+    let pick = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<_>>();
     println!(
         "{scenario} ({} prompts): accepted {}; POST to first delta {}",
         samples.len(),
-        pick(|s| s.0),
-        pick(|s| s.1)
+        percentiles(&pick(|s| s.0)),
+        percentiles(&pick(|s| s.1))
     );
+    if !floor.is_empty() {
+        // The measure: first delta minus the provider's own time to first text, and
+        // the first delta as a multiple of calling the provider directly.
+        let (first, direct) = (quantile(&pick(|s| s.1), 0.5), quantile(floor, 0.5));
+        println!(
+            "  provider direct at the same concurrency: first text {}; overhead p50 {:.2} ms, {:.1}x the floor",
+            percentiles(floor),
+            first - direct,
+            first / direct.max(0.001)
+        );
+    }
 }

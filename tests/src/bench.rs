@@ -1,9 +1,17 @@
 //! What the benchmarks share: the system a latency benchmark runs, latencies in milliseconds
 //! and their percentiles.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
 
 use crate::{System, SystemOptions};
+
+/// How long a benchmark waits for any one thing before it fails.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Per prompt: (accepted, first delta) in milliseconds, from the prompt's POST.
+pub type Sample = (f64, f64);
 
 /// How many sessions prompt at once in the latency benchmarks (`OC_BENCH_SESSIONS`, 50).
 pub fn sessions() -> usize {
@@ -13,12 +21,19 @@ pub fn sessions() -> usize {
 /// The system for `sessions` sessions of one user prompting at once: the services' default
 /// database pool (not the tests' small one), worker slots and stream leases for all of them.
 pub async fn system(sessions: usize) -> System {
+    system_with(sessions, Vec::new()).await
+}
+
+/// [`system`], with more environment for every service (trace export, say).
+pub async fn system_with(sessions: usize, env: Vec<(&'static str, String)>) -> System {
+    let mut service_env = vec![
+        ("OC_DATABASE_POOL_SIZE", "16".into()),
+        ("OC_SSE_STREAMS_PER_USER", (sessions * 4).to_string()),
+    ];
+    service_env.extend(env);
     System::start_with(SystemOptions {
         worker_env: vec![("OC_WORKER_CONCURRENCY", (sessions * 2).to_string())],
-        service_env: vec![
-            ("OC_DATABASE_POOL_SIZE", "16".into()),
-            ("OC_SSE_STREAMS_PER_USER", (sessions * 4).to_string()),
-        ],
+        service_env,
         ..Default::default()
     })
     .await
@@ -42,4 +57,53 @@ pub fn quantile(samples: &[f64], q: f64) -> f64 {
 pub fn percentiles(samples: &[f64]) -> String {
     let at = |q| quantile(samples, q);
     format!("p50 {:.2} / p90 {:.2} / p99 {:.2} ms", at(0.5), at(0.9), at(0.99))
+}
+
+/// `n` new sessions at the same instant, each created, its stream opened and `prompt` sent; per
+/// session, from its prompt's POST: (accepted, first delta).
+pub async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &str) -> Vec<Sample> {
+    let start_line = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let runs = (0..n).map(|_| {
+        let start_line = start_line.clone();
+        async move {
+            start_line.wait().await;
+            let session = system.create_session(bearer, ws).await;
+            let mut stream = system.watch(bearer, &session).await;
+            let start = Instant::now();
+            system.prompt(bearer, &session.id, prompt).await;
+            let accepted = start.elapsed();
+            stream.until(WAIT, |e| e.event == "message.part.delta").await;
+            let first = start.elapsed();
+            stream.until(WAIT, crate::sse::is_idle).await;
+            (ms(accepted), ms(first))
+        }
+    });
+    join_all(runs).await
+}
+
+/// `n` streaming requests straight to the fake provider at the same instant: each one's time to
+/// its first text (the floor the service's first delta is compared with).
+pub async fn provider_direct(system: &System, n: usize) -> Vec<f64> {
+    let url = format!("{}/v1/chat/completions", system.provider_url);
+    let body = serde_json::json!({ "model": "m", "stream": true,
+        "messages": [{ "role": "user", "content": "bench [[fake tokens=20]]" }] });
+    let start_line = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let runs = (0..n).map(|_| {
+        let (start_line, url, body) = (start_line.clone(), url.clone(), body.clone());
+        async move {
+            start_line.wait().await;
+            let start = Instant::now();
+            let req = system.http.post(url).bearer_auth("sk-bench").json(&body);
+            let mut res = req.send().await.expect("the fake provider answers");
+            let mut seen = String::new();
+            while let Some(chunk) = res.chunk().await.expect("the fake provider streams") {
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+                if seen.contains("\"content\"") {
+                    break;
+                }
+            }
+            ms(start.elapsed())
+        }
+    });
+    join_all(runs).await
 }

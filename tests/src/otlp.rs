@@ -22,6 +22,9 @@ pub struct ReceivedSpan {
     pub span_id: String,
     /// Empty for a trace's root.
     pub parent_span_id: String,
+    /// Nanoseconds since the Unix epoch (every process here shares the machine's clock).
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 /// The receiver; it stops with the test's runtime.
@@ -76,6 +79,26 @@ impl OtlpReceiver {
         self.spans.lock().unwrap().clone()
     }
 
+    /// Every received trace whose root span (no parent) is `root` of `service`, by trace id.
+    pub fn traces_rooted_at(&self, service: &str, root: &str) -> Vec<Vec<ReceivedSpan>> {
+        let mut by_trace = std::collections::BTreeMap::<String, Vec<ReceivedSpan>>::new();
+        for span in self.spans() {
+            by_trace.entry(span.trace_id.clone()).or_default().push(span);
+        }
+        by_trace
+            .into_values()
+            .filter(|t| {
+                t.iter()
+                    .any(|s| s.service == service && s.name == root && s.parent_span_id.is_empty())
+            })
+            .collect()
+    }
+
+    /// Forget what was received so far.
+    pub fn clear(&self) {
+        self.spans.lock().unwrap().clear();
+    }
+
     /// Every span of the trace whose root span (no parent) is named `root`, if one came.
     pub fn trace_rooted_at(&self, service: &str, root: &str) -> Vec<ReceivedSpan> {
         let spans = self.spans();
@@ -120,6 +143,8 @@ fn spans_of(export: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                 trace_id: hex(&span.trace_id),
                 span_id: hex(&span.span_id),
                 parent_span_id: hex(&span.parent_span_id),
+                start_ns: span.start_time_unix_nano,
+                end_ns: span.end_time_unix_nano,
             });
         }
     }

@@ -48,9 +48,18 @@ pub async fn stream(
     id: web::Path<SessionId>,
 ) -> Result<impl actix_web::Responder, Problem> {
     let last_event_id = last_event_id(&req)?;
-    let org = {
-        let db = state.reader(&req, &user).await?;
-        access::session(&db, &id, &user, Action::Read).await?.organization_id
+    let org = match crate::consistency::token(&req)? {
+        // The session's own token (a client that just created it): no wait for the projector;
+        // the session's organization is read from the event store if the read models lack it.
+        Some(token) if token.aggregate_id == id.as_str() => {
+            let db = state.bind(&user).await?;
+            access::session_as_committed(&db, &id, &user, Action::Read).await?
+        }
+        // No token, or another aggregate's: read-your-writes as every read does.
+        _ => {
+            let db = state.reader(&req, &user).await?;
+            access::session_as_committed(&db, &id, &user, Action::Read).await?
+        }
     };
     // One more open stream for this user, if they are under the cap (held until it ends).
     let lease = state.streams.take(&user.user_id).await?;

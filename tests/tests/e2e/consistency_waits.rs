@@ -1,9 +1,43 @@
 //! Read-your-writes waits cannot be turned against other tenants: a wait holds no pooled
 //! connection, a token no write reached is refused at once, and a token is read like the
-//! aggregate it names.
+//! aggregate it names. And the prompt path waits for no projection at all.
 
-use e2e_tests::{System, SystemOptions};
+use e2e_tests::sse::{SseClient, is_idle, reply_text};
+use e2e_tests::{System, SystemOptions, fake_text};
 use futures::future::join_all;
+
+use crate::WAIT;
+
+#[tokio::test]
+async fn a_new_session_streams_its_first_reply_with_the_projector_stopped() {
+    let mut system = System::start().await;
+    let alice = system.token("alice").await;
+    let bob = system.token("bob").await;
+    let (_, ws, _) = system.session_for("alice").await;
+    system.create_org(&bob, "Bob's").await;
+    assert_eq!(
+        system.get(&alice, &format!("/workspace/{}", ws.id), Some(&ws.token)).await.status,
+        200
+    );
+
+    // Nothing new reaches the read models from here on.
+    system.projector = None;
+    let session = system.create_session(&alice, &ws.id).await;
+    let url = system.stream_url(0, &session);
+
+    // The stream opens at once and carries the whole reply, without the session in any read model.
+    let mut stream = SseClient::connect(&url, &alice, None).await.expect("the stream opens");
+    let accepted = system.prompt(&alice, &session.id, "hello [[fake tokens=6]]").await;
+    let events = stream.until(WAIT, is_idle).await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap();
+    assert_eq!(reply_text(&events, assistant), fake_text(6));
+
+    // Another organization's user holding the session's id and token finds nothing.
+    match SseClient::connect(&url, &bob, None).await {
+        Err((status, _)) => assert_eq!(status, 404),
+        Ok(_) => panic!("another organization's user opened the session's stream"),
+    }
+}
 
 #[tokio::test]
 async fn far_future_and_foreign_tokens_are_refused_at_once() {

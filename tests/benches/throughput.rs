@@ -1,0 +1,147 @@
+//! Throughput: prompts accepted per second with 50 concurrent clients and the projection lag
+//! under that load; text tokens per second delivered to SSE clients with the provider streaming
+//! as fast as it can; and each service's resident memory before and after. Run with
+//! `make bench` (release binaries).
+
+use std::time::{Duration, Instant};
+
+use e2e_tests::System;
+use e2e_tests::process::resident_kb;
+use e2e_tests::sse::{is_idle, reply_text};
+use futures::StreamExt;
+use futures::future::join_all;
+use serde_json::json;
+
+const CLIENTS: usize = 50;
+/// Sessions each client prompts in turn (a session answering a reply refuses another prompt).
+const SESSIONS_PER_CLIENT: usize = 20;
+const ROUNDS: usize = 3;
+const WAIT: Duration = Duration::from_secs(120);
+
+#[tokio::main]
+async fn main() {
+    let system = e2e_tests::bench::system(CLIENTS).await;
+    memory(&system, "idle");
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "bench").await;
+    let ws = system.create_workspace(&alice, &org.id, "bench").await;
+
+    accepted_per_second(&system, &alice, &ws.id).await;
+    tokens_per_second(&system, &alice, &ws.id).await;
+    memory(&system, "after load");
+}
+
+/// 50 clients, each prompting its sessions in turn without waiting for replies.
+async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
+    let sessions: Vec<String> = futures::stream::iter(0..CLIENTS * SESSIONS_PER_CLIENT)
+        .map(|_| async move { system.create_session(bearer, ws).await.id })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let projector = system.projector.as_ref().expect("a projector").ops_url.clone();
+    let lag_before = histogram(system, &projector, "projection_lag_seconds").await;
+    let started = Instant::now();
+    let clients = sessions.chunks(SESSIONS_PER_CLIENT).map(|mine| async move {
+        let (mut accepted, mut busy) = (0, 0);
+        for _ in 0..ROUNDS {
+            for session in mine {
+                let body =
+                    json!({ "parts": [{ "type": "text", "text": "bench [[fake tokens=1]]" }] });
+                let answer =
+                    system.post(bearer, &format!("/session/{session}/prompt_async"), body).await;
+                match answer.status {
+                    202 => accepted += 1,
+                    409 => busy += 1,
+                    other => panic!("prompt answered {other}: {answer:?}"),
+                }
+            }
+        }
+        (accepted, busy)
+    });
+    let counts = join_all(clients).await;
+    let took = started.elapsed().as_secs_f64();
+    let accepted: usize = counts.iter().map(|c| c.0).sum();
+    let busy: usize = counts.iter().map(|c| c.1).sum();
+    println!(
+        "{CLIENTS} clients: {accepted} prompts accepted in {took:.2} s = {:.0} accepted/s ({busy} refused: session still answering)",
+        accepted as f64 / took
+    );
+    // Projection lag (event recorded → in the read model) of what that load made, once drained.
+    let db = system.db().await;
+    let all = (CLIENTS * SESSIONS_PER_CLIENT) as i64;
+    let drained = e2e_tests::within(WAIT, || async {
+        let idle: i64 = db
+            .query_one("SELECT count(*) FROM rm_sessions WHERE status = 'idle'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (idle >= all).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "every session idle again");
+    let lag_after = histogram(system, &projector, "projection_lag_seconds").await;
+    let during: Vec<(f64, f64)> =
+        lag_after.iter().zip(&lag_before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    for q in [0.5, 0.99] {
+        println!(
+            "  projection lag under that load: p{:.0} ≤ {} ms (bucket bound)",
+            q * 100.0,
+            bucket_quantile(&during, q) * 1e3
+        );
+    }
+}
+
+/// 50 sessions at once, each streaming a 2,000-token reply as fast as the provider sends it.
+async fn tokens_per_second(system: &System, bearer: &str, ws: &str) {
+    const TOKENS: usize = 2_000;
+    let mut watched = Vec::new();
+    for _ in 0..CLIENTS {
+        let session = system.create_session(bearer, ws).await;
+        let stream = system.watch(bearer, &session).await;
+        watched.push((session, stream));
+    }
+    let started = Instant::now();
+    let runs = watched.into_iter().map(|(session, mut stream)| async move {
+        let prompt = format!("bench [[fake tokens={TOKENS}]]");
+        let accepted = system.prompt(bearer, &session.id, &prompt).await;
+        let events = stream.until(WAIT, is_idle).await;
+        let assistant = accepted["assistantMessageID"].as_str().unwrap().to_owned();
+        reply_text(&events, &assistant).split_whitespace().count()
+    });
+    let tokens: usize = join_all(runs).await.into_iter().sum();
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(tokens, CLIENTS * TOKENS, "every token reached its client");
+    println!(
+        "{CLIENTS} sessions streaming {TOKENS} tokens each: {tokens} tokens delivered in {took:.2} s = {:.0} tokens/s",
+        tokens as f64 / took
+    );
+}
+
+fn memory(system: &System, when: &str) {
+    let services = system.command.iter().chain(&system.query).chain(&system.projector);
+    for service in services.chain(&system.workers) {
+        let rss = resident_kb(service.proc.pid()) / 1024.0;
+        println!("{when} {}: {rss:.1} MB resident", service.proc.name);
+    }
+}
+
+/// A Prometheus histogram's cumulative buckets: (upper bound in seconds, count).
+async fn histogram(system: &System, ops_url: &str, name: &str) -> Vec<(f64, f64)> {
+    let text = system.http.get(format!("{ops_url}/metrics")).send().await.unwrap().text().await;
+    let prefix = format!("{name}_bucket{{");
+    text.unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding quantile `q` of cumulative `buckets`.
+fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets.iter().find(|(_, count)| *count >= total * q).map_or(f64::NAN, |b| b.0)
+}

@@ -1,0 +1,85 @@
+//! Where a prompt's time goes, from its trace: bursts of 1, 10, 50 and 200 new sessions (as in
+//! `first_token`), every service exporting its spans to a collector of the bench's own, and per
+//! prompt the moment each step of its trace began or ended, counted from the arrival of the
+//! prompt's POST. Trace export costs a little, so the absolute numbers are a bit above
+//! `first_token`'s; the shares are what this is for. Run with `make bench`.
+
+use std::time::Duration;
+
+use e2e_tests::bench::{burst, percentiles};
+use e2e_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use e2e_tests::within;
+
+const ROOT: &str = "POST /session/{id}/prompt_async";
+
+/// The milestones of one prompt, in milliseconds after its request arrived.
+const MILESTONES: &[&str] = &[
+    "command committed (command span ends)",
+    "answered 202 (request span ends)",
+    "outbox relay picks the prompt event up",
+    "outbox relay has JetStream's ack",
+    "worker picks the prompt up",
+    "worker calls the provider",
+    "provider's first token",
+    "first delta handed to SSE clients",
+];
+
+#[tokio::main]
+async fn main() {
+    let levels = [1, 10, 50, 200];
+    let collector = OtlpReceiver::start().await;
+    let system = e2e_tests::bench::system_with(200, collector.env()).await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "bench").await;
+    let ws = system.create_workspace(&alice, &org.id, "bench").await;
+    // Warm up (connections, caches), then forget the warm-up's spans.
+    burst(&system, &alice, &ws.id, 10, "warm [[fake tokens=20]]").await;
+    for n in levels {
+        tokio::time::sleep(Duration::from_millis(500)).await; // the warm-up's last exports
+        collector.clear();
+        burst(&system, &alice, &ws.id, n, "bench [[fake tokens=20]]").await;
+        let traces = within(Duration::from_secs(30), || async {
+            let traces: Vec<Vec<f64>> = collector
+                .traces_rooted_at("command-service", ROOT)
+                .iter()
+                .filter_map(|t| milestones(t))
+                .collect();
+            (traces.len() >= n).then_some(traces)
+        })
+        .await
+        .unwrap_or_else(|| panic!("fewer than {n} complete traces"));
+        println!(
+            "burst of {n} new sessions: milestones of {} traces after the POST arrived",
+            traces.len()
+        );
+        for (i, name) in MILESTONES.iter().enumerate() {
+            let at: Vec<f64> = traces.iter().map(|t| t[i]).collect();
+            println!("  {name}: {}", percentiles(&at));
+        }
+    }
+}
+
+/// The trace's milestones (see [`MILESTONES`]), if it has all its steps yet.
+fn milestones(trace: &[ReceivedSpan]) -> Option<Vec<f64>> {
+    let named = |name: &str| trace.iter().find(|s| s.name == name);
+    let root = named(ROOT)?;
+    let worker = named("answer prompt")?;
+    let relay = trace.iter().find(|s| s.span_id == worker.parent_span_id)?;
+    let first_token = named("provider first token")?;
+    let fanout = trace
+        .iter()
+        .filter(|s| s.name == "sse fan-out" && s.start_ns >= first_token.end_ns)
+        .map(|s| s.end_ns)
+        .min()?;
+    let at = |ns: u64| (ns as f64 - root.start_ns as f64) / 1e6;
+    Some(vec![
+        at(named("command session")?.end_ns),
+        at(root.end_ns),
+        at(relay.start_ns),
+        at(relay.end_ns),
+        at(worker.start_ns),
+        at(named("provider call")?.start_ns),
+        at(first_token.end_ns),
+        at(fanout),
+    ])
+}
