@@ -44,6 +44,24 @@ pub trait Directory: Send + Sync {
         payer: PromptPayer,
         wanted: Option<ModelRef>,
     ) -> Result<PromptTerms, DomainError>;
+    /// Everything a prompt asks, at once: the session's workspace, the user's role in the
+    /// organization, and the prompt's terms (`prompt_terms`, the workspace's default model after
+    /// `wanted`; kept apart so the command can check the rest first). This default asks one
+    /// question after another.
+    async fn prompt_context(
+        &self,
+        org: &OrganizationId,
+        payer: PromptPayer,
+        wanted: Option<ModelRef>,
+    ) -> Result<PromptContext, DomainError> {
+        let Some(workspace) = self.workspace(&payer.workspace).await? else {
+            return Ok(PromptContext::not_found());
+        };
+        let role = self.role_in(org, &payer.user).await?;
+        let wanted = wanted.or_else(|| workspace.default_model.clone());
+        let terms = self.prompt_terms(org, payer, wanted).await;
+        Ok(PromptContext { workspace: Some(workspace), role, terms })
+    }
     /// The organization an API key acts in, if the key exists and is not revoked.
     async fn api_key_organization(
         &self,
@@ -95,6 +113,21 @@ pub struct PromptTerms {
     pub budgets: Vec<Budget>,
     /// How fast the organization lets its members prompt.
     pub limits: SetPromptLimits,
+}
+
+/// What a prompt asks of the directory (`Directory::prompt_context`).
+#[derive(Debug)]
+pub struct PromptContext {
+    /// `None` if the workspace does not exist (or is out of reach).
+    pub workspace: Option<WorkspaceView>,
+    pub role: Option<Role>,
+    pub terms: Result<PromptTerms, DomainError>,
+}
+
+impl PromptContext {
+    fn not_found() -> Self {
+        Self { workspace: None, role: None, terms: Err(DomainError::NotFound) }
+    }
 }
 
 /// What commands need to know of a workspace.
@@ -162,6 +195,20 @@ impl Directory for ScopedDirectory {
             return Err(DomainError::NotFound);
         }
         self.inner.prompt_terms(org, payer, wanted).await
+    }
+
+    async fn prompt_context(
+        &self,
+        org: &OrganizationId,
+        payer: PromptPayer,
+        wanted: Option<ModelRef>,
+    ) -> Result<PromptContext, DomainError> {
+        if org != &self.organization {
+            return Ok(PromptContext::not_found());
+        }
+        let mut context = self.inner.prompt_context(org, payer, wanted).await?;
+        context.workspace = context.workspace.filter(|v| v.organization_id == self.organization);
+        Ok(context)
     }
 
     async fn api_key_organization(
@@ -251,6 +298,25 @@ impl EventStoreDirectory {
     }
 }
 
+/// `Directory::prompt_terms` of an organization as read.
+fn terms_of(
+    organization: &Organization,
+    payer: PromptPayer,
+    wanted: Option<ModelRef>,
+) -> Result<PromptTerms, DomainError> {
+    let model =
+        wanted.or_else(|| organization.default_model().cloned()).unwrap_or_else(deployment_default);
+    let connection = organization.resolve(&payer.user, &model)?;
+    let price = connection.as_ref().and_then(|c| organization.price_of(&c.id, &model.model_id));
+    let budgets = organization.budgets_for(&Payer {
+        workspace: &payer.workspace,
+        user: &payer.user,
+        api_key: payer.api_key.as_ref(),
+        own_key: connection.as_ref().is_some_and(|c| c.own_key),
+    });
+    Ok(PromptTerms { model, connection, price, budgets, limits: organization.prompt_limits() })
+}
+
 fn unavailable(e: impl std::fmt::Display) -> DomainError {
     DomainError::Unavailable(e.to_string())
 }
@@ -278,19 +344,28 @@ impl Directory for EventStoreDirectory {
         payer: PromptPayer,
         wanted: Option<ModelRef>,
     ) -> Result<PromptTerms, DomainError> {
-        let organization = &self.orgs.load(org.as_str()).await?;
-        let model = wanted
-            .or_else(|| organization.default_model().cloned())
-            .unwrap_or_else(deployment_default);
-        let connection = organization.resolve(&payer.user, &model)?;
-        let price = connection.as_ref().and_then(|c| organization.price_of(&c.id, &model.model_id));
-        let budgets = organization.budgets_for(&Payer {
-            workspace: &payer.workspace,
-            user: &payer.user,
-            api_key: payer.api_key.as_ref(),
-            own_key: connection.as_ref().is_some_and(|c| c.own_key),
-        });
-        Ok(PromptTerms { model, connection, price, budgets, limits: organization.prompt_limits() })
+        terms_of(&self.orgs.load(org.as_str()).await?, payer, wanted)
+    }
+
+    async fn prompt_context(
+        &self,
+        org: &OrganizationId,
+        payer: PromptPayer,
+        wanted: Option<ModelRef>,
+    ) -> Result<PromptContext, DomainError> {
+        // Both read at the same time: one round trip's wait, and the organization read once.
+        let (organization, workspace) = tokio::join!(
+            self.orgs.load(org.as_str()),
+            self.workspaces.load(payer.workspace.as_str())
+        );
+        let (organization, workspace) = (organization?, workspace?);
+        let Some(view) = workspace.view() else {
+            return Ok(PromptContext::not_found());
+        };
+        let role = organization.role_of(&payer.user);
+        let wanted = wanted.or_else(|| view.default_model.clone());
+        let terms = terms_of(&organization, payer, wanted);
+        Ok(PromptContext { workspace: Some(view), role, terms })
     }
 
     async fn api_key_organization(

@@ -115,7 +115,8 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<ConsistencyToken, AggregateError<DomainError>> {
-        let mut context = self.cache.load(&self.store, id).await?;
+        let step = |name: &'static str| tracing::info_span!(target: platform::telemetry::TRACE_TARGET, "step", otel.name = name);
+        let mut context = self.cache.load(&self.store, id).instrument(step("load")).await?;
         let aggregate = context.aggregate();
         // An API key reaches one organization. Outside it every aggregate is "not found", before
         // any other check could answer differently (403, 409, 400), and the aggregate's lookups
@@ -130,7 +131,11 @@ where
             }
         };
         let sink = EventSink::default();
-        aggregate.handle(command, &services, &sink).await.map_err(AggregateError::UserError)?;
+        aggregate
+            .handle(command, &services, &sink)
+            .instrument(step("decide"))
+            .await
+            .map_err(AggregateError::UserError)?;
         let scope = aggregate.scope();
         if ctx
             .organization_scope
@@ -145,7 +150,9 @@ where
         // The sink applied the events to the aggregate already: this is the state after commit.
         let (state, state_sequence) =
             (context.aggregate().clone(), context.current_sequence + events.len());
-        let committed = self.store.commit(events, context, event_metadata(&scope, ctx)).await?;
+        let metadata = event_metadata(&scope, ctx);
+        let committed =
+            self.store.commit(events, context, metadata).instrument(step("commit")).await?;
         self.cache.remember(id, state, state_sequence).await;
         let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;
         Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })

@@ -14,7 +14,10 @@ const ROOT: &str = "POST /session/{id}/prompt_async";
 
 /// The milestones of one prompt, in milliseconds after its request arrived.
 const MILESTONES: &[&str] = &[
-    "command committed (command span ends)",
+    "command starts (request read, caller authenticated)",
+    "aggregate loaded",
+    "decided (directory lookups, rate limits, budget hold)",
+    "events committed",
     "answered 202 (request span ends)",
     "outbox relay picks the prompt event up",
     "outbox relay has JetStream's ack",
@@ -63,6 +66,10 @@ async fn main() {
 fn milestones(trace: &[ReceivedSpan]) -> Option<Vec<f64>> {
     let named = |name: &str| trace.iter().find(|s| s.name == name);
     let root = named(ROOT)?;
+    let child = |parent: &ReceivedSpan, name: &str| {
+        trace.iter().find(|s| s.parent_span_id == parent.span_id && s.name == name)
+    };
+    let command = child(root, "command session")?;
     let worker = named("answer prompt")?;
     let relay = trace.iter().find(|s| s.span_id == worker.parent_span_id)?;
     let first_token = named("provider first token")?;
@@ -73,7 +80,10 @@ fn milestones(trace: &[ReceivedSpan]) -> Option<Vec<f64>> {
         .min()?;
     let at = |ns: u64| (ns as f64 - root.start_ns as f64) / 1e6;
     Some(vec![
-        at(named("command session")?.end_ns),
+        at(command.start_ns),
+        at(child(command, "load")?.end_ns),
+        at(child(command, "decide")?.end_ns),
+        at(child(command, "commit")?.end_ns),
         at(root.end_ns),
         at(relay.start_ns),
         at(relay.end_ns),

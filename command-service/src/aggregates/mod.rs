@@ -56,9 +56,19 @@ pub(crate) async fn authorize_in_workspace(
     actor: &schemas::ids::UserId,
     action: schemas::policy::Action,
 ) -> Result<(), crate::error::DomainError> {
+    let org_role = services.directory.role_in(&view.organization_id, actor).await?;
+    decide_in_workspace(view, org_role, actor, action)
+}
+
+/// `authorize_in_workspace`, given the actor's role in the workspace's organization.
+pub(crate) fn decide_in_workspace(
+    view: &crate::directory::WorkspaceView,
+    org_role: Option<schemas::events::Role>,
+    actor: &schemas::ids::UserId,
+    action: schemas::policy::Action,
+) -> Result<(), crate::error::DomainError> {
     use crate::error::DomainError;
     use schemas::policy::{Decision, decide, effective_role};
-    let org_role = services.directory.role_in(&view.organization_id, actor).await?;
     let role = org_role.map(|r| effective_role(r, view.members.get(actor).copied()));
     match decide(role, action) {
         Decision::Allowed => Ok(()),

@@ -225,7 +225,21 @@ impl Aggregate for Session {
             }
             SessionCommand::Prompt { mut message, assistant_message_id, model, api_key } => {
                 let session_id = self.id()?;
-                let workspace = self.authorize(services, &message.user_id, Action::Prompt).await?;
+                let org = self.organization_id.clone().ok_or(DomainError::NotFound)?;
+                let payer = PromptPayer {
+                    workspace: self.workspace_id.clone().ok_or(DomainError::NotFound)?,
+                    user: message.user_id.clone(),
+                    api_key: api_key.clone(),
+                };
+                let wanted = model.or_else(|| self.last_model.clone());
+                let context = services.directory.prompt_context(&org, payer, wanted).await?;
+                let workspace = context.workspace.ok_or(DomainError::NotFound)?;
+                super::decide_in_workspace(
+                    &workspace,
+                    context.role,
+                    &message.user_id,
+                    Action::Prompt,
+                )?;
                 if workspace.archived {
                     return Err(DomainError::WrongState("the workspace is archived".into()));
                 }
@@ -252,14 +266,8 @@ impl Aggregate for Session {
                 sink.write(busy, self).await;
                 // Refused now, not discovered later by the worker: a model nobody offers, a
                 // disabled connection, a key the organization does not allow.
-                let wanted = model.or_else(|| self.last_model.clone()).or(workspace.default_model);
-                let org = &workspace.organization_id;
-                let payer = PromptPayer {
-                    workspace: self.workspace_id.clone().ok_or(DomainError::NotFound)?,
-                    user: message.user_id.clone(),
-                    api_key: api_key.clone(),
-                };
-                let terms = services.directory.prompt_terms(org, payer, wanted).await?;
+                let terms = context.terms?;
+                let org = &org;
                 // Last, once everything else has passed (strangers and refused prompts use up
                 // nothing): take the organization's prompt rates and hold the most the reply
                 // can cost under the budgets it falls under — one statement, idempotent if this
