@@ -12,6 +12,8 @@
 //! - Several instances: a transaction-scoped advisory lock lets one relay work at a time; the
 //!   others find the lock taken and wait for the next wake-up, taking over if the holder dies.
 //! - Woken at commit: a trigger NOTIFYs `outbox`; a slow poll covers lost notifications.
+//! - A batch's delete commits without waiting for the disk (a lost delete only sends the batch
+//!   again, which the dedup window drops), so the next batch does not queue behind a flush.
 //! - An event the bus can never take (over its payload limit) is parked in `parked_events` and
 //!   skipped, instead of stalling the outbox for every tenant.
 
@@ -82,10 +84,14 @@ async fn wait(listener: &mut Option<PgListener>) -> bool {
 pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(RELAY_LOCK_KEY)
-        .fetch_one(&mut *tx)
-        .await?;
+    // The batch's delete need not wait for the disk: if a crash loses it, the batch is sent
+    // again and JetStream drops it as a duplicate (and an event parked here is parked again).
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock($1) FROM set_config('synchronous_commit', 'off', true)",
+    )
+    .bind(RELAY_LOCK_KEY)
+    .fetch_one(&mut *tx)
+    .await?;
     if !locked {
         return Ok(0);
     }

@@ -44,7 +44,11 @@ async fn main() {
         report(&format!("{n} sessions streaming at once"), &steady, &floor);
         let floor = provider_direct(&system, n).await;
         let burst = burst(&system, &alice, &ws.id, n, instant).await;
-        report(&format!("burst of {n} new sessions"), &burst, &floor);
+        report(&format!("burst of {n} new sessions"), &burst.samples, &floor);
+        println!(
+            "  from the start line (session created, stream opened, prompted) to first delta {}",
+            percentiles(&burst.from_start)
+        );
     }
     let started = std::time::Instant::now();
     let flood = run(&system, &alice, &ws.id, (50, 20), instant).await;

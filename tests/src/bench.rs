@@ -59,14 +59,23 @@ pub fn percentiles(samples: &[f64]) -> String {
     format!("p50 {:.2} / p90 {:.2} / p99 {:.2} ms", at(0.5), at(0.9), at(0.99))
 }
 
-/// `n` new sessions at the same instant, each created, its stream opened and `prompt` sent; per
-/// session, from its prompt's POST: (accepted, first delta).
-pub async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &str) -> Vec<Sample> {
+/// What a burst of new sessions measured.
+pub struct Burst {
+    /// Per session, from its prompt's POST: (accepted, first delta).
+    pub samples: Vec<Sample>,
+    /// Per session, from the start line (before the session was created) to its first delta:
+    /// what a user starting a new conversation waits.
+    pub from_start: Vec<f64>,
+}
+
+/// `n` new sessions at the same instant, each created, its stream opened and `prompt` sent.
+pub async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &str) -> Burst {
     let start_line = std::sync::Arc::new(tokio::sync::Barrier::new(n));
     let runs = (0..n).map(|_| {
         let start_line = start_line.clone();
         async move {
             start_line.wait().await;
+            let began = Instant::now();
             let session = system.create_session(bearer, ws).await;
             let mut stream = system.watch(bearer, &session).await;
             let start = Instant::now();
@@ -74,11 +83,13 @@ pub async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &s
             let accepted = start.elapsed();
             stream.until(WAIT, |e| e.event == "message.part.delta").await;
             let first = start.elapsed();
+            let whole = began.elapsed();
             stream.until(WAIT, crate::sse::is_idle).await;
-            (ms(accepted), ms(first))
+            ((ms(accepted), ms(first)), ms(whole))
         }
     });
-    join_all(runs).await
+    let (samples, from_start) = join_all(runs).await.into_iter().unzip();
+    Burst { samples, from_start }
 }
 
 /// `n` streaming requests straight to the fake provider at the same instant: each one's time to
