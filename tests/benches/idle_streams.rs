@@ -1,5 +1,6 @@
 //! Idle SSE streams: the query service's resident memory with `OC_BENCH_STREAMS` (default
-//! 10,000) open session streams that carry nothing but heartbeats, spread over 100 sessions.
+//! 50,000, or as many as the machine's open-file limit allows) open session streams that carry
+//! nothing but heartbeats, spread over 100 sessions.
 //! Run with `make bench` (release binaries); prints one line.
 
 use std::time::Duration;
@@ -10,11 +11,24 @@ use futures::StreamExt;
 
 #[tokio::main]
 async fn main() {
-    let streams: usize =
-        std::env::var("OC_BENCH_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let wanted: usize =
+        std::env::var("OC_BENCH_STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    // Each stream is a socket in this process and in the query service: stay under the open
+    // files this machine allows a process.
+    let (files, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("the open-file limit");
+    let streams = wanted.min(usize::try_from(files).unwrap_or(usize::MAX).saturating_sub(1_000));
+    if streams < wanted {
+        println!(
+            "{wanted} streams asked; {streams} opened (a process may open {files} files here)"
+        );
+    }
     let system = System::start_with(SystemOptions {
         worker: false,
-        service_env: vec![("OC_DATABASE_POOL_SIZE", "16".into())],
+        service_env: vec![
+            ("OC_DATABASE_POOL_SIZE", "16".into()),
+            ("OC_SSE_STREAMS_PER_USER", streams.to_string()),
+        ],
         ..Default::default()
     })
     .await;

@@ -146,7 +146,8 @@ async fn serve(
     let position = live.position();
     let mut sent = position;
     if let Some(after) = resume_after {
-        sent = replay(state, org, session, after, position, tx).await?;
+        // (boxed: a resume's replay is large, and an idle stream should not carry its room)
+        sent = Box::pin(replay(state, org, session, after, position, tx)).await?;
     } else {
         let hello = serde_json::json!({ "type": "server.connected", "properties": { "sessionID": session } });
         tx.send(control("server.connected", position, hello)).await?;
@@ -157,7 +158,7 @@ async fn serve(
             _ = tx.closed() => return Ok(()),
             _ = &mut expiry => return end(tx, sent, "expired").await,
             _ = watch.changes.changed() => {
-                match watch.lost(state, session).await {
+                match Box::pin(watch.lost(state, session)).await {
                     Some(reason) => return end(tx, sent, reason).await,
                     None => continue,
                 }

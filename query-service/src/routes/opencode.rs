@@ -193,7 +193,7 @@ async fn stream(
                 }
                 _ = changes.changed() => {
                     let readable = access::Readable::Workspace(&ws);
-                    let Some(reason) = access::lost(&state, &auth, &user, readable).await else {
+                    let Some(reason) = Box::pin(access::lost(&state, &auth, &user, readable)).await else {
                         continue;
                     };
                     let body = json!({ "reason": reason });
