@@ -42,6 +42,7 @@ pub struct Executor<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
     cache: AggregateCache<A>,
     services: Services,
+    wake: crate::relay::Wake,
 }
 
 impl<A> Executor<A>
@@ -49,11 +50,12 @@ where
     A: Aggregate<Services = Services, Error = DomainError> + Scoped + Clone + 'static,
     A::Command: Clone,
 {
-    pub fn new(pool: sqlx::PgPool, services: Services) -> Self {
+    pub fn new(pool: sqlx::PgPool, services: Services, wake: crate::relay::Wake) -> Self {
         Self {
             store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
             cache: AggregateCache::new(pool),
             services,
+            wake,
         }
     }
 
@@ -153,6 +155,7 @@ where
         let metadata = event_metadata(&scope, ctx);
         let committed =
             self.store.commit(events, context, metadata).instrument(step("commit")).await?;
+        self.wake.committed().await;
         self.cache.remember(id, state, state_sequence).await;
         let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;
         Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })

@@ -11,7 +11,10 @@
 //!   already stored is dropped as a duplicate.
 //! - Several instances: a transaction-scoped advisory lock lets one relay work at a time; the
 //!   others find the lock taken and wait for the next wake-up, taking over if the holder dies.
-//! - Woken at commit: a trigger NOTIFYs `outbox`; a slow poll covers lost notifications.
+//! - Woken at commit: the committing instance publishes `oc.sys.outbox` on core NATS after each
+//!   commit ([`Wake`]); a slow poll covers lost wake-ups. (Not a PostgreSQL NOTIFY: a
+//!   transaction that notifies takes one global lock at commit, held through its flush, so every
+//!   commit of every instance would wait for the one before it.)
 //! - A batch's delete commits without waiting for the disk (a lost delete only sends the batch
 //!   again, which the dedup window drops), so the next batch does not queue behind a flush.
 //! - An event the bus can never take (over its payload limit) is parked in `parked_events` and
@@ -20,9 +23,10 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use futures::{FutureExt, StreamExt};
 use platform::stored_event::StoredEvent;
 use schemas::envelope::metadata;
-use sqlx::postgres::PgListener;
+use schemas::subjects;
 use sqlx::{PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
@@ -31,11 +35,26 @@ const RELAY_LOCK_KEY: i64 = 0x006f_6372_656c_6179; // "ocrelay" in ASCII
 const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_millis(500);
 
+/// Tells the relay, wherever it runs, that events were committed.
+#[derive(Clone)]
+pub struct Wake(pub async_nats::Client);
+
+impl Wake {
+    /// After a commit. Best effort: if it is lost, the relay's poll finds the events.
+    pub async fn committed(&self) {
+        let _ = self.0.publish(subjects::OUTBOX_WAKE, bytes::Bytes::new()).await;
+    }
+}
+
 pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationToken) {
-    let mut listener: Option<PgListener> = None;
+    let mut wakes: Option<async_nats::Subscriber> = None;
     loop {
-        if listener.is_none() {
-            listener = listen(&pool).await;
+        if wakes.is_none() {
+            wakes = js.client().subscribe(subjects::OUTBOX_WAKE).await.ok();
+        }
+        // Wake-ups that came while the last batches were sent are covered by the next batch.
+        if let Some(w) = wakes.as_mut() {
+            while let Some(Some(_)) = w.next().now_or_never() {}
         }
         loop {
             match publish_batch(&pool, &js).await {
@@ -49,26 +68,20 @@ pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationTok
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            woke = wait(&mut listener) => {
-                if !woke { listener = None; }
+            woke = wait(&mut wakes) => {
+                if !woke { wakes = None; }
             }
         }
     }
 }
 
-async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let mut l = PgListener::connect_with(pool).await.ok()?;
-    l.listen("outbox").await.ok()?;
-    Some(l)
-}
-
-/// Wait for a notification or the poll interval. False if the listener broke.
-async fn wait(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(l) => match tokio::time::timeout(POLL, l.recv()).await {
-            Ok(Ok(_)) | Err(_) => true,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "outbox listener lost");
+/// Wait for a wake-up or the poll interval. False if the subscription ended.
+async fn wait(wakes: &mut Option<async_nats::Subscriber>) -> bool {
+    match wakes {
+        Some(w) => match tokio::time::timeout(POLL, w.next()).await {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => {
+                tracing::warn!("outbox wake-up subscription ended");
                 false
             }
         },

@@ -72,6 +72,7 @@ impl Application {
             spend: spend.clone(),
         };
         let keks = platform::config::load::<identity::ProviderKeysConfig>()?.keks()?;
+        let wake = relay::Wake(nats.clone());
         // The projector's progress, for synchronous prompts that wait for the read models.
         let notifications = platform::notifications::Notifications::new();
         let state = Arc::new(AppState {
@@ -79,10 +80,10 @@ impl Application {
             allow_private_urls: cfg.provider_allow_private_urls,
             db: pool.clone(),
             directory: services.directory.clone(),
-            organizations: Executor::new(pg.clone(), services.clone()),
-            workspaces: Executor::new(pg.clone(), services.clone()),
-            sessions: Executor::new(pg.clone(), services.clone()),
-            api_keys: Executor::new(pg.clone(), services),
+            organizations: Executor::new(pg.clone(), services.clone(), wake.clone()),
+            workspaces: Executor::new(pg.clone(), services.clone(), wake.clone()),
+            sessions: Executor::new(pg.clone(), services.clone(), wake.clone()),
+            api_keys: Executor::new(pg.clone(), services, wake),
             spend: spend.clone(),
             sync_prompts: crate::sync_prompts::SyncPrompts::new(
                 nats.clone(),

@@ -30,6 +30,10 @@ pub const ALL_RETRIES: &str = "oc.evt.*.*.*.message_retried";
 pub fn session_completions(session: &SessionId) -> String {
     format!("oc.evt.*.*.{session}.message_completed")
 }
+/// Core NATS (not stored): the command service committed events; the outbox relay, on whichever
+/// instance it runs, wakes up. (A PostgreSQL NOTIFY at every commit would serialise all commits
+/// behind the one global lock PostgreSQL takes for NOTIFY at commit.)
+pub const OUTBOX_WAKE: &str = "oc.sys.outbox";
 /// Internal command: an LLM worker reports a finished reply.
 pub const CMD_COMPLETE_MESSAGE: &str = "oc.cmd.complete_message";
 /// Internal command: an LLM worker takes a reply over from an earlier attempt before it
