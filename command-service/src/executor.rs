@@ -155,7 +155,7 @@ where
         let metadata = event_metadata(&scope, ctx);
         let committed =
             self.store.commit(events, context, metadata).instrument(step("commit")).await?;
-        self.wake.committed().await;
+        self.wake.committed();
         self.cache.remember(id, state, state_sequence).await;
         let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;
         Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })

@@ -20,6 +20,7 @@
 //! - An event the bus can never take (over its payload limit) is parked in `parked_events` and
 //!   skipped, instead of stalling the outbox for every tenant.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -28,6 +29,7 @@ use platform::stored_event::StoredEvent;
 use schemas::envelope::metadata;
 use schemas::subjects;
 use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Arbitrary but fixed: the advisory lock key that elects the active relay.
@@ -35,14 +37,31 @@ const RELAY_LOCK_KEY: i64 = 0x006f_6372_656c_6179; // "ocrelay" in ASCII
 const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_millis(500);
 
-/// Tells the relay, wherever it runs, that events were committed.
+/// Tells the relay, wherever it runs, that events were committed. Never makes a command wait:
+/// one task of the instance publishes the wake-ups, and those that come while it is sending one
+/// (or while NATS is away) are folded into its next.
 #[derive(Clone)]
-pub struct Wake(pub async_nats::Client);
+pub struct Wake(Arc<Notify>);
 
 impl Wake {
+    pub fn start(nats: async_nats::Client, shutdown: CancellationToken) -> Self {
+        let pending = Arc::new(Notify::new());
+        let wakes = pending.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = wakes.notified() => {}
+                }
+                let _ = nats.publish(subjects::OUTBOX_WAKE, bytes::Bytes::new()).await;
+            }
+        });
+        Self(pending)
+    }
+
     /// After a commit. Best effort: if it is lost, the relay's poll finds the events.
-    pub async fn committed(&self) {
-        let _ = self.0.publish(subjects::OUTBOX_WAKE, bytes::Bytes::new()).await;
+    pub fn committed(&self) {
+        self.0.notify_one();
     }
 }
 

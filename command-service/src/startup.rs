@@ -72,7 +72,7 @@ impl Application {
             spend: spend.clone(),
         };
         let keks = platform::config::load::<identity::ProviderKeysConfig>()?.keks()?;
-        let wake = relay::Wake(nats.clone());
+        let wake = relay::Wake::start(nats.clone(), shutdown.clone());
         // The projector's progress, for synchronous prompts that wait for the read models.
         let notifications = platform::notifications::Notifications::new();
         let state = Arc::new(AppState {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use e2e_tests::process::{Proc, bin, free_port};
 use e2e_tests::sse::SseClient;
 use e2e_tests::{System, eventually, fake_text};
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::WAIT;
@@ -31,8 +32,14 @@ async fn while_nats_is_down_writes_are_kept_and_everything_recovers_when_it_retu
     .await;
     let r = system.http.get(&ready).send().await.unwrap();
     assert!(r.headers().contains_key("retry-after"));
-    // Writes still succeed: the events wait in the outbox.
-    let during = system.create_session(&alice, &ws.id).await;
+    // Writes still succeed: the events wait in the outbox. More of them than the NATS client
+    // buffers while disconnected (2,048 messages): nothing a commit does waits for the bus.
+    let many: Vec<_> = futures::stream::iter(0..2_100)
+        .map(|_| system.create_session(&alice, &ws.id))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let during = many.into_iter().last().expect("sessions written during the outage");
 
     system.restart_nats();
     for url in [&system.command[0].ops_url, &system.query[0].ops_url] {
