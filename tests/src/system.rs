@@ -145,7 +145,13 @@ impl System {
         let fake_provider = Proc::spawn("fake-provider", cmd);
         let provider_url = format!("http://127.0.0.1:{fake_port}");
 
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        // Idle connections are dropped before the services' keep-alive (5 s) closes them: a POST
+        // sent on a connection the server is closing at that moment fails, and is not retried.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
         let mut system = System {
             command: Vec::new(),
             query: Vec::new(),
