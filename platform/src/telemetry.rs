@@ -1,6 +1,7 @@
 //! Logs (tracing), traces (OpenTelemetry over OTLP, only when configured) and metrics
 //! (Prometheus) for a service process.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -13,6 +14,14 @@ use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 /// OTLP layer listens to it, so with export off nothing records these spans: their call sites
 /// are disabled and cost a branch.
 pub const TRACE_TARGET: &str = "oc_trace";
+
+/// Whether trace export was installed: the propagation helpers (`trace_context`) do nothing,
+/// not even allocate, when it was not.
+static TRACING_ON: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn tracing_on() -> bool {
+    TRACING_ON.load(Ordering::Relaxed)
+}
 
 /// Latency buckets in seconds: fine below 25 ms, where the pipeline's targets are.
 const LATENCY_BUCKETS: &[f64] =
@@ -64,6 +73,7 @@ pub fn init_tracing(format: &str, service: &'static str) -> TelemetryGuard {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
+        TRACING_ON.store(true, Ordering::Relaxed);
     }
     TelemetryGuard(provider)
 }

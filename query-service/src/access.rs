@@ -47,8 +47,9 @@ fn check(
     Ok(Granted { organization_id: org_of(&row)?, row })
 }
 
-/// Find `id` in `table` (keyed by `key`) together with the caller's role in its organization,
-/// then apply the policy. `table` and `key` are constants of this module, never user input.
+/// Find `id` in `table` (keyed by `key`; a table or a subquery) together with the caller's role
+/// in its organization, then apply the policy. `table` and `key` are constants of this module,
+/// never user input.
 async fn find(
     db: &deadpool_postgres::Client,
     table: &str,
@@ -142,15 +143,11 @@ pub async fn session_as_committed(
         Err(p) if p.status == 404 => {}
         other => return other.map(|granted| granted.organization_id),
     }
-    let stmt = db
-        .prepare_cached(
-            "SELECT o.organization_id, m.role AS caller_role \
-             FROM (SELECT oc_session_organization($1) AS organization_id) o \
-             JOIN rm_members m ON m.organization_id = o.organization_id AND m.user_id = $2",
-        )
-        .await?;
-    let row = db.query_opt(&stmt, &[&session.as_str(), &user.user_id.as_str()]).await?;
-    check(row, action, user).map(|granted| granted.organization_id)
+    // The same lookup as `session`, with the event store's answer in place of the read model.
+    let committed =
+        "(SELECT $1::text AS session_id, oc_session_organization($1) AS organization_id)";
+    let granted = find(db, committed, "session_id", session.as_str(), user, action).await?;
+    Ok(granted.organization_id)
 }
 
 /// What an open event stream reads: one session, or every session of a workspace.

@@ -81,14 +81,14 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
     .await;
     assert!(drained.is_some(), "every session idle again");
     let lag_after = histogram(system, &projector, "projection_lag_seconds").await;
-    let took = started.elapsed().as_secs_f64();
+    let drained_in = started.elapsed().as_secs_f64();
     let used: Vec<String> = cpu(system)
         .into_iter()
         .zip(cpu_before)
         .map(|((name, after), (_, before))| format!("{name} {:.1} s", after - before))
         .collect();
     println!(
-        "  CPU from the first prompt until every session was idle ({took:.1} s): {}",
+        "  CPU from the first prompt until every session was idle ({drained_in:.1} s): {}",
         used.join(", ")
     );
     let during: Vec<(f64, f64)> =

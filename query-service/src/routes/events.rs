@@ -48,18 +48,13 @@ pub async fn stream(
     id: web::Path<SessionId>,
 ) -> Result<impl actix_web::Responder, Problem> {
     let last_event_id = last_event_id(&req)?;
-    let org = match crate::consistency::token(&req)? {
-        // The session's own token (a client that just created it): no wait for the projector;
-        // the session's organization is read from the event store if the read models lack it.
-        Some(token) if token.aggregate_id == id.as_str() => {
-            let db = state.bind(&user).await?;
-            access::session_as_committed(&db, &id, &user, Action::Read).await?
-        }
-        // No token, or another aggregate's: read-your-writes as every read does.
-        _ => {
-            let db = state.reader(&req, &user).await?;
-            access::session_as_committed(&db, &id, &user, Action::Read).await?
-        }
+    let org = {
+        // The session's own token (a client that just created it) needs no wait for the
+        // projector: the session's organization is read from the event store if the read models
+        // lack it. Another aggregate's token is read-your-writes, as for every read.
+        let own = crate::consistency::token(&req)?.is_some_and(|t| t.aggregate_id == id.as_str());
+        let db = if own { state.bind(&user).await? } else { state.reader(&req, &user).await? };
+        access::session_as_committed(&db, &id, &user, Action::Read).await?
     };
     // One more open stream for this user, if they are under the cap (held until it ends).
     let lease = state.streams.take(&user.user_id).await?;
