@@ -267,11 +267,27 @@ impl Parking {
 }
 
 /// Apply events, in order, in one transaction.
+///
+/// Usually every event is its aggregate's next one, and all their statements are sent at once
+/// (one round trip's wait for the whole batch). If one is not (a redelivery, a gap) or one fails,
+/// that attempt is undone and the batch is applied event by event, which tells which is which.
 pub async fn project_all(
     pool: &deadpool_postgres::Pool,
     envelopes: &[&Envelope<Value>],
 ) -> anyhow::Result<Vec<Outcome>> {
     let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    match projection::apply_pipelined(&tx, envelopes).await {
+        Ok(true) => {
+            tx.commit().await?;
+            return Ok(vec![Outcome::Applied; envelopes.len()]);
+        }
+        Ok(false) => tx.rollback().await?,
+        Err(e) => {
+            tracing::debug!(error = %e, "pipelined batch failed; applying event by event");
+            tx.rollback().await?;
+        }
+    }
     let tx = client.transaction().await?;
     let mut outcomes = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {

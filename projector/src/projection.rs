@@ -1,9 +1,19 @@
 //! How each domain event changes the read models. Idempotent by aggregate sequence: an event is
 //! applied only if it is the next one for its aggregate, checked and recorded in the same
 //! transaction as its effects, so a redelivered event changes nothing.
+//!
+//! An event's projection is planned first, as statements with owned parameters ([`Step`]), then
+//! run either one event at a time ([`apply`]: claim, and only then the effects) or a whole batch
+//! pipelined ([`apply_pipelined`]: every statement of every event sent without waiting for the
+//! one before; PostgreSQL still executes them one after another, in order). The pipelined path is
+//! for the usual case, where every event is its aggregate's next one; it reports when one is not,
+//! and the caller undoes the batch and applies it event by event.
+
+use std::collections::HashMap;
 
 use anyhow::Context;
 use deadpool_postgres::Transaction;
+use futures::future::{join_all, maybe_done};
 use schemas::envelope::{Envelope, aggregate};
 use schemas::events::{ApiKeyEvent, OrganizationEvent, SessionEvent};
 use schemas::read::MessageInfo;
@@ -11,7 +21,7 @@ use serde_json::{Value, json};
 use tokio_postgres::types::ToSql;
 
 /// What applying an event did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Applied,
     /// Already applied before (a redelivery or a replay).
@@ -23,45 +33,104 @@ pub enum Outcome {
     },
 }
 
+/// A statement parameter, owned, so a whole batch's statements exist before any is sent.
+pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
+
+/// One statement of an event's projection.
+pub(crate) struct Step {
+    pub sql: &'static str,
+    pub params: Vec<Param>,
+}
+
+/// `step!(sql, params…)`: a [`Step`] owning its parameters.
+macro_rules! step {
+    ($sql:expr $(, $param:expr)* $(,)?) => {
+        $crate::projection::Step {
+            sql: $sql,
+            params: vec![$(Box::new($param) as $crate::projection::Param),*],
+        }
+    };
+}
+pub(crate) use step;
+
+/// Apply one event: claim its place, then (if it was the aggregate's next) run its effects.
 pub async fn apply(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Outcome> {
     match claim(tx, env).await? {
         Outcome::Applied => {}
         other => return Ok(other),
     }
-    let payload = env.payload.clone();
-    match env.aggregate_type.as_str() {
-        aggregate::ORGANIZATION => organization(tx, serde_json::from_value(payload)?).await?,
-        aggregate::WORKSPACE => {
-            crate::workspaces::apply(tx, serde_json::from_value(payload)?).await?
-        }
-        aggregate::SESSION => session(tx, env.time, serde_json::from_value(payload)?).await?,
-        aggregate::API_KEY => api_key(tx, serde_json::from_value(payload)?).await?,
-        other => anyhow::bail!("unknown aggregate type {other}"),
+    for step in effects(env)? {
+        run(tx, &step).await?;
     }
-    crate::audit::record(tx, env).await?;
     Ok(Outcome::Applied)
+}
+
+/// Apply `envs`, in order, sending every statement at once. `Ok(true)`: all applied. `Ok(false)`
+/// or an error: some event was not its aggregate's next one, or did not apply; its effects (and
+/// others') may have run regardless, so the caller must undo the transaction or savepoint.
+pub async fn apply_pipelined(
+    tx: &Transaction<'_>,
+    envs: &[&Envelope<Value>],
+) -> anyhow::Result<bool> {
+    // (statement, whether it is a claim whose row count must be 1)
+    let mut steps = Vec::new();
+    for env in envs {
+        steps.push((claim_step(env)?, true));
+        steps.extend(effects(env)?.into_iter().map(|s| (s, false)));
+    }
+    // Prepared once per connection and cached: after the first batch, no round trip here.
+    let mut prepared = HashMap::new();
+    for (step, _) in &steps {
+        if !prepared.contains_key(step.sql) {
+            prepared.insert(step.sql, tx.prepare_cached(step.sql).await?);
+        }
+    }
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps
+        .iter()
+        .map(|(step, _)| step.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
+        .collect();
+    let mut requests: Vec<_> = steps
+        .iter()
+        .zip(&params)
+        .map(|((step, _), params)| Box::pin(maybe_done(tx.execute(&prepared[step.sql], params))))
+        .collect();
+    // tokio-postgres sends a request when its future is first polled, and the server executes
+    // requests in the order they were sent: poll each once, in order, then wait for all.
+    for request in &mut requests {
+        let _ = futures::poll!(request.as_mut());
+    }
+    join_all(requests.iter_mut().map(|r| r.as_mut())).await;
+    let mut all_next = true;
+    for ((_, is_claim), request) in steps.iter().zip(&mut requests) {
+        let rows = request.as_mut().take_output().context("a joined request has its output")??;
+        all_next &= !is_claim || rows == 1;
+    }
+    Ok(all_next)
+}
+
+/// The statement that records `env` as its aggregate's newest projected event if it is the next
+/// one: it changes one row exactly then.
+fn claim_step(env: &Envelope<Value>) -> anyhow::Result<Step> {
+    let seq = i64::try_from(env.sequence.context("domain events have a sequence")?)?;
+    Ok(if seq == 1 {
+        step!(
+            "INSERT INTO rm_positions (aggregate_id, sequence) VALUES ($1, 1) ON CONFLICT DO NOTHING",
+            env.aggregate_id.clone()
+        )
+    } else {
+        step!(
+            "UPDATE rm_positions SET sequence = $2::bigint WHERE aggregate_id = $1 AND sequence = $2::bigint - 1",
+            env.aggregate_id.clone(),
+            seq
+        )
+    })
 }
 
 /// Record `env` as its aggregate's newest projected event, if it is the next one. Applied means
 /// the caller must now apply (or park) it in the same transaction.
 async fn claim(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Outcome> {
     let seq = i64::try_from(env.sequence.context("domain events have a sequence")?)?;
-    let claimed = if seq == 1 {
-        exec(
-            tx,
-            "INSERT INTO rm_positions (aggregate_id, sequence) VALUES ($1, 1) ON CONFLICT DO NOTHING",
-            &[&env.aggregate_id],
-        )
-        .await?
-    } else {
-        exec(
-            tx,
-            "UPDATE rm_positions SET sequence = $2::bigint WHERE aggregate_id = $1 AND sequence = $2::bigint - 1",
-            &[&env.aggregate_id, &seq],
-        )
-        .await?
-    };
-    if claimed == 1 {
+    if run(tx, &claim_step(env)?).await? == 1 {
         return Ok(Outcome::Applied);
     }
     let last: i64 = tx
@@ -72,6 +141,20 @@ async fn claim(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Ou
         .await?
         .map_or(0, |r| r.get(0));
     Ok(if last >= seq { Outcome::Duplicate } else { Outcome::Gap { expected: last + 1, got: seq } })
+}
+
+/// What `env` changes in the read models, audit trail included.
+fn effects(env: &Envelope<Value>) -> anyhow::Result<Vec<Step>> {
+    let payload = env.payload.clone();
+    let mut steps = match env.aggregate_type.as_str() {
+        aggregate::ORGANIZATION => organization(serde_json::from_value(payload)?)?,
+        aggregate::WORKSPACE => crate::workspaces::effects(serde_json::from_value(payload)?)?,
+        aggregate::SESSION => session(env.time, serde_json::from_value(payload)?)?,
+        aggregate::API_KEY => api_key(serde_json::from_value(payload)?),
+        other => anyhow::bail!("unknown aggregate type {other}"),
+    };
+    steps.extend(crate::audit::record(env));
+    Ok(steps)
 }
 
 /// Skip `env` for good: record why in `parked_events` and move its aggregate past it, so the
@@ -87,13 +170,17 @@ pub async fn park(
         return Ok(false);
     }
     let seq = i64::try_from(env.sequence.unwrap_or_default())?;
-    exec(
-        tx,
+    let parked = step!(
         "INSERT INTO parked_events (stage, event_id, aggregate_type, aggregate_id, sequence, reason, attempts) \
          VALUES ('projector', $1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        &[&env.id, &env.aggregate_type, &env.aggregate_id, &seq, &reason, &attempts],
-    )
-    .await?;
+        env.id.clone(),
+        env.aggregate_type.clone(),
+        env.aggregate_id.clone(),
+        seq,
+        reason.to_owned(),
+        attempts,
+    );
+    run(tx, &parked).await?;
     Ok(true)
 }
 
@@ -105,141 +192,118 @@ pub async fn park_anyway(
     reason: &str,
 ) -> anyhow::Result<()> {
     let seq = i64::try_from(env.sequence.unwrap_or_default())?;
-    exec(
-        tx,
+    let moved = step!(
         "INSERT INTO rm_positions (aggregate_id, sequence) VALUES ($1, $2) \
          ON CONFLICT (aggregate_id) DO UPDATE SET sequence = GREATEST(rm_positions.sequence, EXCLUDED.sequence)",
-        &[&env.aggregate_id, &seq],
-    )
-    .await?;
-    exec(
-        tx,
+        env.aggregate_id.clone(),
+        seq,
+    );
+    run(tx, &moved).await?;
+    let parked = step!(
         "INSERT INTO parked_events (stage, event_id, aggregate_type, aggregate_id, sequence, reason, attempts) \
          VALUES ('projector', $1, $2, $3, $4, $5, 1) ON CONFLICT DO NOTHING",
-        &[&env.id, &env.aggregate_type, &env.aggregate_id, &seq, &reason],
-    )
-    .await?;
+        env.id.clone(),
+        env.aggregate_type.clone(),
+        env.aggregate_id.clone(),
+        seq,
+        reason.to_owned(),
+    );
+    run(tx, &parked).await?;
     Ok(())
 }
 
-async fn organization(tx: &Transaction<'_>, event: OrganizationEvent) -> anyhow::Result<()> {
-    match event {
-        OrganizationEvent::Created { organization_id, name, owner_id, time } => {
-            exec(
-                tx,
-                "INSERT INTO rm_organizations (organization_id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)",
-                &[&organization_id.as_str(), &name, &owner_id.as_str(), &time],
-            )
-            .await?;
-        }
-        OrganizationEvent::Renamed { organization_id, name, .. } => {
-            exec(
-                tx,
-                "UPDATE rm_organizations SET name = $2 WHERE organization_id = $1",
-                &[&organization_id.as_str(), &name],
-            )
-            .await?;
-        }
-        OrganizationEvent::MemberRoleChanged { organization_id, user_id, role, .. } => {
-            exec(
-                tx,
-                "UPDATE rm_members SET role = $3 WHERE organization_id = $1 AND user_id = $2",
-                &[&organization_id.as_str(), &user_id.as_str(), &role.as_str()],
-            )
-            .await?;
-        }
-        OrganizationEvent::MemberRemoved { organization_id, user_id, .. } => {
-            exec(
-                tx,
-                "DELETE FROM rm_members WHERE organization_id = $1 AND user_id = $2",
-                &[&organization_id.as_str(), &user_id.as_str()],
-            )
-            .await?;
-        }
+fn organization(event: OrganizationEvent) -> anyhow::Result<Vec<Step>> {
+    Ok(match event {
+        OrganizationEvent::Created { organization_id, name, owner_id, time } => vec![step!(
+            "INSERT INTO rm_organizations (organization_id, name, owner_id, created_at) VALUES ($1, $2, $3, $4)",
+            organization_id.to_string(),
+            name,
+            owner_id.to_string(),
+            time,
+        )],
+        OrganizationEvent::Renamed { organization_id, name, .. } => vec![step!(
+            "UPDATE rm_organizations SET name = $2 WHERE organization_id = $1",
+            organization_id.to_string(),
+            name,
+        )],
+        OrganizationEvent::MemberRoleChanged { organization_id, user_id, role, .. } => vec![step!(
+            "UPDATE rm_members SET role = $3 WHERE organization_id = $1 AND user_id = $2",
+            organization_id.to_string(),
+            user_id.to_string(),
+            role.as_str(),
+        )],
+        OrganizationEvent::MemberRemoved { organization_id, user_id, .. } => vec![step!(
+            "DELETE FROM rm_members WHERE organization_id = $1 AND user_id = $2",
+            organization_id.to_string(),
+            user_id.to_string(),
+        )],
         OrganizationEvent::ConnectionSet { organization_id, connection: c, time, .. } => {
-            exec(
-                tx,
+            vec![step!(
                 "INSERT INTO rm_connections (connection_id, organization_id, owner_id, kind, provider_id, name, \
-                     base_url, headers, models, enabled, fingerprint, key_last4, updated_at, catalog) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-                 ON CONFLICT (connection_id) DO UPDATE SET name = EXCLUDED.name, base_url = EXCLUDED.base_url, \
-                     headers = EXCLUDED.headers, models = EXCLUDED.models, enabled = EXCLUDED.enabled, \
-                     catalog = EXCLUDED.catalog, \
-                     fingerprint = EXCLUDED.fingerprint, key_last4 = EXCLUDED.key_last4, \
-                     updated_at = EXCLUDED.updated_at",
-                &[
-                    &c.id.as_str(),
-                    &organization_id.as_str(),
-                    &c.owner_id.as_ref().map(|o| o.as_str()),
-                    &serde_json::to_value(c.kind)?.as_str().unwrap_or_default(),
-                    &c.provider_id,
-                    &c.name,
-                    &c.base_url,
-                    &serde_json::to_value(&c.headers)?,
-                    &serde_json::to_value(&c.models)?,
-                    &c.enabled,
-                    &c.fingerprint,
-                    &c.key_last4,
-                    &time,
-                    &serde_json::to_value(&c.catalog)?,
-                ],
-            )
-            .await?;
+                 base_url, headers, models, enabled, fingerprint, key_last4, updated_at, catalog) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (connection_id) DO UPDATE SET name = EXCLUDED.name, base_url = EXCLUDED.base_url, \
+                 headers = EXCLUDED.headers, models = EXCLUDED.models, enabled = EXCLUDED.enabled, \
+                 catalog = EXCLUDED.catalog, \
+                 fingerprint = EXCLUDED.fingerprint, key_last4 = EXCLUDED.key_last4, \
+                 updated_at = EXCLUDED.updated_at",
+                c.id.to_string(),
+                organization_id.to_string(),
+                c.owner_id.as_ref().map(|o| o.to_string()),
+                serde_json::to_value(c.kind)?.as_str().unwrap_or_default().to_owned(),
+                c.provider_id,
+                c.name,
+                c.base_url,
+                serde_json::to_value(&c.headers)?,
+                serde_json::to_value(&c.models)?,
+                c.enabled,
+                c.fingerprint,
+                c.key_last4,
+                time,
+                serde_json::to_value(&c.catalog)?,
+            )]
         }
-        OrganizationEvent::ConnectionRemoved { connection_id, .. } => {
-            exec(
-                tx,
-                "DELETE FROM rm_connections WHERE connection_id = $1",
-                &[&connection_id.as_str()],
-            )
-            .await?;
-        }
-        OrganizationEvent::ByokPolicySet { organization_id, policy, .. } => {
-            exec(
-                tx,
-                "UPDATE rm_organizations SET byok_allowed = $2, byok_providers = $3 WHERE organization_id = $1",
-                &[&organization_id.as_str(), &policy.allowed, &serde_json::to_value(&policy.providers)?],
-            )
-            .await?;
-        }
-        OrganizationEvent::DefaultModelSet { organization_id, model, .. } => {
-            exec(
-                tx,
-                "UPDATE rm_organizations SET default_model = $2 WHERE organization_id = $1",
-                &[&organization_id.as_str(), &serde_json::to_value(&model)?],
-            )
-            .await?;
-        }
+        OrganizationEvent::ConnectionRemoved { connection_id, .. } => vec![step!(
+            "DELETE FROM rm_connections WHERE connection_id = $1",
+            connection_id.to_string(),
+        )],
+        OrganizationEvent::ByokPolicySet { organization_id, policy, .. } => vec![step!(
+            "UPDATE rm_organizations SET byok_allowed = $2, byok_providers = $3 WHERE organization_id = $1",
+            organization_id.to_string(),
+            policy.allowed,
+            serde_json::to_value(&policy.providers)?,
+        )],
+        OrganizationEvent::DefaultModelSet { organization_id, model, .. } => vec![step!(
+            "UPDATE rm_organizations SET default_model = $2 WHERE organization_id = $1",
+            organization_id.to_string(),
+            serde_json::to_value(&model)?,
+        )],
         // Kept on the organization aggregate (enforced by the command side); the audit trail
         // records the change.
-        OrganizationEvent::PromptLimitsSet { .. } => {}
-        OrganizationEvent::BudgetSet { organization_id, budget, .. } => {
-            exec(
-                tx,
-                "INSERT INTO rm_budgets (budget_id, organization_id, budget) VALUES ($1, $2, $3) \
-                 ON CONFLICT (budget_id) DO UPDATE SET budget = EXCLUDED.budget",
-                &[&budget.id.as_str(), &organization_id.as_str(), &serde_json::to_value(&budget)?],
-            )
-            .await?;
-        }
+        OrganizationEvent::PromptLimitsSet { .. } => vec![],
+        OrganizationEvent::BudgetSet { organization_id, budget, .. } => vec![step!(
+            "INSERT INTO rm_budgets (budget_id, organization_id, budget) VALUES ($1, $2, $3) \
+             ON CONFLICT (budget_id) DO UPDATE SET budget = EXCLUDED.budget",
+            budget.id.to_string(),
+            organization_id.to_string(),
+            serde_json::to_value(&budget)?,
+        )],
         OrganizationEvent::BudgetRemoved { budget_id, .. } => {
-            exec(tx, "DELETE FROM rm_budgets WHERE budget_id = $1", &[&budget_id.as_str()]).await?;
+            vec![step!("DELETE FROM rm_budgets WHERE budget_id = $1", budget_id.to_string(),)]
         }
         // Read in the audit trail; notifiers take it from the bus.
-        OrganizationEvent::BudgetAlert { .. } => {}
-        OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => {
-            exec(
-                tx,
-                "INSERT INTO rm_members (organization_id, user_id, role, added_at) VALUES ($1, $2, $3, $4)",
-                &[&organization_id.as_str(), &user_id.as_str(), &role.as_str(), &time],
-            )
-            .await?;
-        }
-    }
-    Ok(())
+        OrganizationEvent::BudgetAlert { .. } => vec![],
+        OrganizationEvent::MemberAdded { organization_id, user_id, role, time } => vec![step!(
+            "INSERT INTO rm_members (organization_id, user_id, role, added_at) VALUES ($1, $2, $3, $4)",
+            organization_id.to_string(),
+            user_id.to_string(),
+            role.as_str(),
+            time,
+        )],
+    })
 }
 
-async fn api_key(tx: &Transaction<'_>, event: ApiKeyEvent) -> anyhow::Result<()> {
+fn api_key(event: ApiKeyEvent) -> Vec<Step> {
     match event {
         ApiKeyEvent::Created {
             key_id,
@@ -249,30 +313,30 @@ async fn api_key(tx: &Transaction<'_>, event: ApiKeyEvent) -> anyhow::Result<()>
             expires_at,
             time,
             workspace_id,
-        } => {
-            let workspace = workspace_id.as_ref().map(|w| w.as_str());
-            exec(
-                tx,
-                "INSERT INTO rm_api_keys (key_id, organization_id, user_id, name, created_at, expires_at, workspace_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[&key_id.as_str(), &organization_id.as_str(), &user_id.as_str(), &name, &time, &expires_at, &workspace],
-            )
-            .await?;
-        }
-        ApiKeyEvent::Revoked { key_id, time, .. } => {
-            exec(
-                tx,
-                "UPDATE rm_api_keys SET revoked_at = $2 WHERE key_id = $1",
-                &[&key_id.as_str(), &time],
-            )
-            .await?;
-        }
+        } => vec![step!(
+            "INSERT INTO rm_api_keys (key_id, organization_id, user_id, name, created_at, expires_at, workspace_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            key_id.to_string(),
+            organization_id.to_string(),
+            user_id.to_string(),
+            name,
+            time,
+            expires_at,
+            workspace_id.map(|w| w.to_string()),
+        )],
+        ApiKeyEvent::Revoked { key_id, time, .. } => vec![step!(
+            "UPDATE rm_api_keys SET revoked_at = $2 WHERE key_id = $1",
+            key_id.to_string(),
+            time,
+        )],
     }
-    Ok(())
 }
 
-async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow::Result<()> {
-    match event {
+fn session(time: i64, event: SessionEvent) -> anyhow::Result<Vec<Step>> {
+    /// A prompt's two messages, each with its session's organization.
+    const MESSAGE: &str = "INSERT INTO rm_messages (message_id, organization_id, session_id, role, info, parts) \
+                           SELECT $1, organization_id, session_id, $2, $3, $4 FROM rm_sessions WHERE session_id = $5";
+    Ok(match event {
         SessionEvent::Created {
             session_id,
             organization_id,
@@ -281,16 +345,17 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
             title,
             created_by,
             time,
-        } => {
-            let project = project_id.as_ref().map(|p| p.as_str());
-            exec(
-                tx,
-                "INSERT INTO rm_sessions (session_id, organization_id, workspace_id, project_id, title, status, created_by, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'idle', $6, $7, $7)",
-                &[&session_id.as_str(), &organization_id.as_str(), &workspace_id.as_str(), &project, &title, &created_by.as_str(), &time],
-            )
-            .await?;
-        }
+        } => vec![step!(
+            "INSERT INTO rm_sessions (session_id, organization_id, workspace_id, project_id, title, status, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 'idle', $6, $7, $7)",
+            session_id.to_string(),
+            organization_id.to_string(),
+            workspace_id.to_string(),
+            project_id.map(|p| p.to_string()),
+            title,
+            created_by.to_string(),
+            time,
+        )],
         SessionEvent::Prompted { session_id, message, assistant_message_id, .. } => {
             let user_info = json!({
                 "id": message.id, "sessionID": session_id, "role": "user", "userID": message.user_id,
@@ -300,77 +365,64 @@ async fn session(tx: &Transaction<'_>, time: i64, event: SessionEvent) -> anyhow
                 "id": assistant_message_id, "sessionID": session_id, "role": "assistant",
                 "parentID": message.id, "time": { "created": message.time },
             });
-            let stmt = "INSERT INTO rm_messages (message_id, organization_id, session_id, role, info, parts) \
-                        SELECT $1, organization_id, session_id, $2, $3, $4 FROM rm_sessions WHERE session_id = $5";
-            exec(
-                tx,
-                stmt,
-                &[
-                    &message.id.as_str(),
-                    &"user",
-                    &user_info,
-                    &serde_json::to_value(&message.parts)?,
-                    &session_id.as_str(),
-                ],
-            )
-            .await?;
-            exec(
-                tx,
-                stmt,
-                &[
-                    &assistant_message_id.as_str(),
-                    &"assistant",
-                    &assistant_info,
-                    &json!([]),
-                    &session_id.as_str(),
-                ],
-            )
-            .await?;
+            vec![
+                step!(
+                    MESSAGE,
+                    message.id.to_string(),
+                    "user",
+                    user_info,
+                    serde_json::to_value(&message.parts)?,
+                    session_id.to_string(),
+                ),
+                step!(
+                    MESSAGE,
+                    assistant_message_id.to_string(),
+                    "assistant",
+                    assistant_info,
+                    json!([]),
+                    session_id.to_string(),
+                ),
+            ]
         }
-        SessionEvent::StatusChanged { session_id, status } => {
-            exec(
-                tx,
-                "UPDATE rm_sessions SET status = $2, updated_at = $3 WHERE session_id = $1",
-                &[&session_id.as_str(), &status.as_str(), &time],
-            )
-            .await?;
-        }
-        SessionEvent::AbortRequested { session_id, message_id, .. } => {
-            // Recorded so a worker that starts (or restarts) this reply later stops at once.
-            exec(
-                tx,
-                "UPDATE rm_messages SET info = info || '{\"abortRequested\": true}'::jsonb \
-                 WHERE session_id = $1 AND message_id = $2",
-                &[&session_id.as_str(), &message_id.as_str()],
-            )
-            .await?;
-        }
+        SessionEvent::StatusChanged { session_id, status } => vec![step!(
+            "UPDATE rm_sessions SET status = $2, updated_at = $3 WHERE session_id = $1",
+            session_id.to_string(),
+            status.as_str(),
+            time,
+        )],
+        // Recorded so a worker that starts (or restarts) this reply later stops at once.
+        SessionEvent::AbortRequested { session_id, message_id, .. } => vec![step!(
+            "UPDATE rm_messages SET info = info || '{\"abortRequested\": true}'::jsonb \
+             WHERE session_id = $1 AND message_id = $2",
+            session_id.to_string(),
+            message_id.to_string(),
+        )],
         // The reply's text comes with its completion, from whichever attempt completes it.
-        SessionEvent::MessageRetried { .. } => {}
+        SessionEvent::MessageRetried { .. } => vec![],
         SessionEvent::MessageCompleted { session_id, message } => {
-            crate::usage::record(tx, &session_id, &message).await?;
             let info = serde_json::to_value(MessageInfo::of_completion(&session_id, &message))?;
-            // Merge so `time.created` from the prompt survives.
-            exec(
-                tx,
-                "UPDATE rm_messages SET info = info || ($2::jsonb - 'time') \
-                   || jsonb_build_object('time', (info->'time') || ($2::jsonb->'time')), parts = $3 \
-                 WHERE session_id = $4 AND message_id = $1",
-                &[&message.id.as_str(), &info, &serde_json::to_value(&message.parts)?, &session_id.as_str()],
-            )
-            .await?;
+            vec![
+                crate::usage::record(&session_id, &message),
+                // Merge so `time.created` from the prompt survives.
+                step!(
+                    "UPDATE rm_messages SET info = info || ($2::jsonb - 'time') \
+                       || jsonb_build_object('time', (info->'time') || ($2::jsonb->'time')), parts = $3 \
+                     WHERE session_id = $4 AND message_id = $1",
+                    message.id.to_string(),
+                    info,
+                    serde_json::to_value(&message.parts)?,
+                    session_id.to_string(),
+                ),
+            ]
         }
-    }
-    Ok(())
+    })
 }
 
-/// Run `sql` as a statement prepared once per connection and cached: one round trip per
+/// Run one step as a statement prepared once per connection and cached: one round trip per
 /// execution instead of a prepare and an execute.
-pub(crate) async fn exec(
-    tx: &Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-) -> anyhow::Result<u64> {
-    let statement = tx.prepare_cached(sql).await?;
-    Ok(tx.execute(&statement, params).await?)
+pub(crate) async fn run(tx: &Transaction<'_>, step: &Step) -> anyhow::Result<u64> {
+    let statement = tx.prepare_cached(step.sql).await?;
+    let params: Vec<&(dyn ToSql + Sync)> =
+        step.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+    Ok(tx.execute(&statement, &params).await?)
 }

@@ -43,9 +43,9 @@ pub async fn rebuild(pool: &deadpool_postgres::Pool) -> anyhow::Result<Rebuilt> 
         if let Some((last, _)) = page.last() {
             after = *last;
         }
-        // Usually every event of the page applies: one savepoint for the page, not one per
-        // event (two round trips fewer each). If any does not, the page is undone and applied
-        // again event by event, each in its own savepoint, parking what fails.
+        // Usually every event of the page applies: one savepoint for the page, and all its
+        // statements sent at once. If any does not, the page is undone and applied again event
+        // by event, each in its own savepoint, parking what fails.
         if let Some(applied) = apply_page(&mut tx, &page).await? {
             done.applied += applied;
             if !full {
@@ -80,27 +80,28 @@ pub async fn rebuild(pool: &deadpool_postgres::Pool) -> anyhow::Result<Rebuilt> 
     Ok(done)
 }
 
-/// Apply a whole page inside one savepoint: the number applied, or `None` (and nothing
-/// applied) if any event is unreadable or does not apply.
+/// Apply a whole page inside one savepoint, its statements pipelined: the number applied, or
+/// `None` (and nothing applied) if any event is unreadable or does not apply.
 async fn apply_page(
     tx: &mut Transaction<'_>,
     page: &[(i64, anyhow::Result<Envelope<Value>>)],
 ) -> anyhow::Result<Option<u64>> {
+    let Some(envelopes) =
+        page.iter().map(|(_, e)| e.as_ref().ok()).collect::<Option<Vec<&Envelope<Value>>>>()
+    else {
+        return Ok(None);
+    };
     let savepoint = tx.savepoint("page").await?;
-    for (_, envelope) in page {
-        let applied = match envelope {
-            Ok(envelope) => {
-                matches!(projection::apply(&savepoint, envelope).await, Ok(Outcome::Applied))
-            }
-            Err(_) => false,
-        };
-        if !applied {
+    match projection::apply_pipelined(&savepoint, &envelopes).await {
+        Ok(true) => {
+            savepoint.commit().await?;
+            Ok(Some(page.len() as u64))
+        }
+        Ok(false) | Err(_) => {
             savepoint.rollback().await?;
-            return Ok(None);
+            Ok(None)
         }
     }
-    savepoint.commit().await?;
-    Ok(Some(page.len() as u64))
 }
 
 /// Apply one event inside a savepoint, so a failure undoes only that event.
