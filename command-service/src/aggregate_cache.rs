@@ -38,9 +38,9 @@ where
 
     /// The aggregate with every committed event applied: the cached state plus what came after
     /// it, or, if nothing is cached, a full load from `store`.
-    pub async fn load(
+    pub async fn load<R: PersistedEventRepository>(
         &self,
-        store: &PersistedEventStore<PostgresEventRepository, A>,
+        store: &PersistedEventStore<R, A>,
         id: &str,
     ) -> Result<EventStoreAggregateContext<A>, AggregateError<A::Error>> {
         let Some(cached) = self.states.get(id).await else {

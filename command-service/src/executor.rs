@@ -5,7 +5,8 @@
 //! scope (for the outbox subject), and retries optimistic-lock conflicts a bounded number of times
 //! (cqrs-es issue #160: concurrent commands on one aggregate are not serialised). The plain
 //! event store is used on purpose: the 0.5.0 snapshot stores apply events twice. Aggregates are
-//! loaded through this instance's cache (`aggregate_cache.rs`) instead of from all their events.
+//! loaded through this instance's cache (`aggregate_cache.rs`) instead of from all their events,
+//! and committed in one statement (`event_repository.rs`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,7 +14,6 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
-use postgres_es::PostgresEventRepository;
 use schemas::api::{ConsistencyToken, MAX_EVENT_BYTES};
 use schemas::envelope::metadata;
 use tracing::Instrument;
@@ -22,6 +22,7 @@ use crate::aggregate_cache::AggregateCache;
 use crate::aggregates::Scoped;
 use crate::directory::Services;
 use crate::error::{CommandError, DomainError};
+use crate::event_repository::EventRepository;
 
 /// Attempts before a conflicting command is answered 409.
 const MAX_ATTEMPTS: u32 = 5;
@@ -39,7 +40,7 @@ pub struct CommandContext {
 }
 
 pub struct Executor<A: Aggregate> {
-    store: PersistedEventStore<PostgresEventRepository, A>,
+    store: PersistedEventStore<EventRepository, A>,
     cache: AggregateCache<A>,
     services: Services,
     wake: crate::relay::Wake,
@@ -52,7 +53,7 @@ where
 {
     pub fn new(pool: sqlx::PgPool, services: Services, wake: crate::relay::Wake) -> Self {
         Self {
-            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
+            store: PersistedEventStore::new_event_store(EventRepository::new(pool.clone())),
             cache: AggregateCache::new(pool),
             services,
             wake,

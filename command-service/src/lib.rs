@@ -7,6 +7,7 @@ pub mod aggregates;
 pub mod config;
 pub mod directory;
 pub mod error;
+pub mod event_repository;
 pub mod executor;
 pub mod internal;
 pub mod prompt_limits;
