@@ -6,6 +6,11 @@
 //! `iss` exactly; `aud`; `exp` and `nbf`. Keys are cached; an unknown `kid` refetches the JWKS,
 //! at most once per `jwks_min_refresh_secs`, so signing-key rotation needs no restart.
 //! The token's (issuer, subject) is then mapped to our own `usr_…` id.
+//!
+//! A verified token is remembered (by its SHA-256) until it expires, so a client's requests pay
+//! for the signature check once rather than each time (an RSA verification costs more than the
+//! rest of a request's authentication). A remembered token is trusted only while the key that
+//! signed it is: once the issuer stops publishing that key, its tokens are checked afresh and fail.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,6 +106,19 @@ struct Claims {
     name: Option<String>,
 }
 
+/// A token whose signature and claims were verified.
+struct Verified {
+    /// The key that signed it (trusted only while the issuer publishes it).
+    kid: String,
+    /// When it stops being accepted: its `exp` plus the validation's leeway, in milliseconds.
+    valid_until_ms: i64,
+    claims: Claims,
+}
+
+/// Verified tokens remembered at most, and for at most this long (their `exp` is checked too).
+const VERIFIED_TOKENS: u64 = 10_000;
+const VERIFIED_FOR: Duration = Duration::from_secs(600);
+
 /// A verification key with the algorithm its JWK declares, if any.
 #[derive(Clone)]
 struct Key {
@@ -117,6 +135,8 @@ pub struct Authenticator {
     /// When the JWKS was last fetched; guards the refetch rate.
     last_fetch: Mutex<Option<Instant>>,
     users: Cache<String, Option<UserId>>,
+    /// Tokens already verified, by the SHA-256 of the whole token.
+    verified: Cache<[u8; 32], Arc<Verified>>,
     db: deadpool_postgres::Pool,
 }
 
@@ -150,6 +170,10 @@ impl Authenticator {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
                 .build(),
+            verified: Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
             db,
         })
     }
@@ -173,6 +197,30 @@ impl Authenticator {
                 },
             });
         }
+        let verified = self.verified_token(token).await?;
+        let user_id = self.user_id(&verified.claims).await?;
+        let expires_at_ms = verified.claims.exp.saturating_mul(1000);
+        Ok(AuthUser { user_id, scope: None, credential: Credential::Bearer { expires_at_ms } })
+    }
+
+    /// `token` verified: remembered from an earlier request if it is still within its validity
+    /// and its signing key is still published, else checked now (and remembered).
+    async fn verified_token(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(known) = self.verified.get(&digest).await
+            && schemas::now_ms() <= known.valid_until_ms
+            && self.keys.contains_key(&known.kid)
+        {
+            return Ok(known);
+        }
+        let verified = Arc::new(self.verify(token).await?);
+        self.verified.insert(digest, verified.clone()).await;
+        Ok(verified)
+    }
+
+    /// Check a JWT's signature and claims.
+    async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if !self.algorithms.contains(&header.alg) {
@@ -189,11 +237,11 @@ impl Authenticator {
         validation.set_audience(&[&self.cfg.oidc_audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
+        let leeway_ms = i64::try_from(validation.leeway).unwrap_or(0).saturating_mul(1000);
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let user_id = self.user_id(&data.claims).await?;
-        let expires_at_ms = data.claims.exp.saturating_mul(1000);
-        Ok(AuthUser { user_id, scope: None, credential: Credential::Bearer { expires_at_ms } })
+        let valid_until_ms = data.claims.exp.saturating_mul(1000).saturating_add(leeway_ms);
+        Ok(Verified { kid, valid_until_ms, claims: data.claims })
     }
 
     async fn key(&self, kid: &str) -> Result<Key, AuthError> {
