@@ -35,45 +35,30 @@ pub async fn rebuild(pool: &deadpool_postgres::Pool) -> anyhow::Result<Rebuilt> 
     }
     // The projector's parkings are re-decided by this replay; the relay's stay.
     tx.execute("DELETE FROM parked_events WHERE stage = 'projector'", &[]).await?;
-    let mut after = 0_i64;
+    // Pages are read on a connection of their own, the next one while this one is applied.
+    let reader = pool.get().await?;
     let mut done = Rebuilt::default();
+    let mut page = event_store::page(&reader, 0, PAGE).await?;
     loop {
-        let page = event_store::page(&tx, after, PAGE).await?;
-        let full = page.len() as i64 == PAGE;
-        if let Some((last, _)) = page.last() {
-            after = *last;
-        }
+        let next = async {
+            match page.last() {
+                Some((last, _)) if page.len() as i64 == PAGE => {
+                    event_store::page(&reader, *last, PAGE).await.map(Some)
+                }
+                _ => Ok(None),
+            }
+        };
         // Usually every event of the page applies: one savepoint for the page, and all its
         // statements sent at once. If any does not, the page is undone and applied again event
         // by event, each in its own savepoint, parking what fails.
-        if let Some(applied) = apply_page(&mut tx, &page).await? {
-            done.applied += applied;
-            if !full {
-                break;
-            }
-            continue;
+        let (applied, next) = tokio::join!(apply_page(&mut tx, &page), next);
+        match applied? {
+            Some(applied) => done.applied += applied,
+            None => replay_page(&mut tx, page, &mut done).await?,
         }
-        for (position, envelope) in page {
-            after = position;
-            let envelope = match envelope {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(position, error = %e, "unreadable event in the store; skipped");
-                    done.parked += 1;
-                    continue;
-                }
-            };
-            match replay_one(&mut tx, &envelope).await {
-                Ok(()) => done.applied += 1,
-                Err(reason) => {
-                    tracing::error!(event = %envelope.id, %reason, "event parked by the rebuild");
-                    projection::park_anyway(&tx, &envelope, &reason).await?;
-                    done.parked += 1;
-                }
-            }
-        }
-        if !full {
-            break;
+        match next? {
+            Some(next) => page = next,
+            None => break,
         }
     }
     tx.commit().await?;
@@ -102,6 +87,33 @@ async fn apply_page(
             Ok(None)
         }
     }
+}
+
+/// Apply a page event by event, each in its own savepoint, parking what fails.
+async fn replay_page(
+    tx: &mut Transaction<'_>,
+    page: Vec<(i64, anyhow::Result<Envelope<Value>>)>,
+    done: &mut Rebuilt,
+) -> anyhow::Result<()> {
+    for (position, envelope) in page {
+        let envelope = match envelope {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(position, error = %e, "unreadable event in the store; skipped");
+                done.parked += 1;
+                continue;
+            }
+        };
+        match replay_one(tx, &envelope).await {
+            Ok(()) => done.applied += 1,
+            Err(reason) => {
+                tracing::error!(event = %envelope.id, %reason, "event parked by the rebuild");
+                projection::park_anyway(tx, &envelope, &reason).await?;
+                done.parked += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Apply one event inside a savepoint, so a failure undoes only that event.
