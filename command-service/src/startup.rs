@@ -61,8 +61,12 @@ impl Application {
         let platform::startup::Foundation { metrics, db: pool, nats, js, .. } =
             platform::startup::foundation(&common, "command-service").await?;
         // Besides the deadpool pool (identity, readiness): sqlx for the event store (postgres-es).
+        // sqlx pings a connection when it is returned to the pool; pinging it again when it is
+        // taken would put a round trip in front of every statement (as deadpool's `Fast`
+        // recycling elsewhere, a connection that died while idle fails its next statement: 503).
         let pg = PgPoolOptions::new()
             .max_connections(common.database_pool_size as u32)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&common.database_url)?;
 
