@@ -118,6 +118,45 @@ async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
     assert_bus_matches_store(&system).await;
 }
 
+/// Publish every domain event on the bus again (new message ids, so JetStream stores them
+/// again). Returns how many.
+async fn redeliver_all(system: &System) -> usize {
+    let js = async_nats::jetstream::new(system.nats().await);
+    let stream_info = js.get_stream(schemas::subjects::STREAM).await.unwrap();
+    let mut replayed = 0;
+    for seq in 1..=stream_info.cached_info().state.last_sequence {
+        let Ok(raw) = stream_info.get_raw_message(seq).await else {
+            continue;
+        };
+        if raw.subject.starts_with("oc.evt.") {
+            js.publish(raw.subject.to_string(), raw.payload.clone()).await.unwrap().await.unwrap();
+            replayed += 1;
+        }
+    }
+    replayed
+}
+
+async fn rows_in_store(system: &System) -> usize {
+    count(system, "SELECT count(*) FROM events").await as usize
+}
+
+/// The one number `sql` answers.
+async fn count(system: &System, sql: &str) -> i64 {
+    system.db().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Wait until the projector's consumer has nothing pending or unacknowledged.
+async fn projector_caught_up(system: &System) {
+    let js = async_nats::jetstream::new(system.nats().await);
+    eventually("the projector to consume everything", WAIT, || async {
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            js.get_consumer_from_stream("projector", schemas::subjects::STREAM).await.ok()?;
+        let info = c.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same_read_models() {
     let system = System::start().await;
@@ -143,38 +182,48 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
     eventually("both replies projected", WAIT, settled).await;
     let live = system.read_models().await;
 
-    // Redeliver every domain event (new message ids, so JetStream stores them again).
-    let js = async_nats::jetstream::new(system.nats().await);
-    let rows = system
-        .db()
-        .await
-        .query("SELECT aggregate_id, sequence FROM events ORDER BY position", &[])
-        .await
-        .unwrap();
-    assert!(!rows.is_empty());
-    let stream_info = js.get_stream(schemas::subjects::STREAM).await.unwrap();
-    let mut replayed = 0;
-    for seq in 1..=stream_info.cached_info().state.last_sequence {
-        let Ok(raw) = stream_info.get_raw_message(seq).await else {
-            continue;
-        };
-        if raw.subject.starts_with("oc.evt.") {
-            js.publish(raw.subject.to_string(), raw.payload.clone()).await.unwrap().await.unwrap();
-            replayed += 1;
-        }
-    }
-    assert_eq!(replayed, rows.len());
-    // The projector has consumed them all when its consumer has nothing pending.
-    let consumer_name = "projector";
-    eventually("the redeliveries consumed", WAIT, || async {
-        let mut c: async_nats::jetstream::consumer::PullConsumer =
-            js.get_consumer_from_stream(consumer_name, schemas::subjects::STREAM).await.ok()?;
-        let info = c.info().await.ok()?;
-        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-    })
-    .await;
+    let replayed = redeliver_all(&system).await;
+    assert_eq!(replayed, rows_in_store(&system).await);
+    projector_caught_up(&system).await;
     assert_eq!(system.read_models().await, live, "redelivery changed nothing");
 
+    system.rebuild().await;
+    assert_eq!(system.read_models().await, live, "rebuild gives the live read models");
+}
+
+/// The projector sends a batch's statements all at once and, when some event in it was
+/// projected before, undoes the batch and goes event by event: the new events in such a batch
+/// are applied exactly once (usage, which adds up, included).
+#[tokio::test]
+async fn a_batch_mixing_redelivered_and_new_events_applies_the_new_ones_once() {
+    let mut system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    system.prompt(&alice, &session.id, "one [[fake tokens=3]]").await;
+    stream.until(WAIT, is_idle).await;
+    let finished = "SELECT count(*) FROM rm_messages WHERE info ? 'finish'";
+    eventually("the first reply projected", WAIT, || async {
+        (count(&system, finished).await == 1).then_some(())
+    })
+    .await;
+
+    // With the projector stopped, everything so far is redelivered and a second prompt is
+    // answered: the projector finds old and new events side by side when it comes back.
+    system.projector = None;
+    let replayed = redeliver_all(&system).await;
+    assert!(replayed > 0);
+    system.prompt(&alice, &session.id, "two [[fake tokens=4]]").await;
+    stream.until(WAIT, is_idle).await;
+    system.projector = Some(system.start_service("projector", "OC_PROJECTOR_ADDR", &[]).await);
+    projector_caught_up(&system).await;
+
+    let messages = count(&system, "SELECT count(*) FROM rm_messages").await;
+    assert_eq!(messages, 4, "two prompts, two replies");
+    assert_eq!(count(&system, finished).await, 2);
+    let requests = "SELECT coalesce(sum(requests), 0)::bigint FROM rm_usage";
+    assert_eq!(count(&system, requests).await, 2, "each reply counted once in usage");
+    let live = system.read_models().await;
     system.rebuild().await;
     assert_eq!(system.read_models().await, live, "rebuild gives the live read models");
 }
