@@ -250,12 +250,13 @@ pub mod store {
         db: &deadpool_postgres::Client,
         connection: &ConnectionId,
     ) -> Result<Option<Sealed>, tokio_postgres::Error> {
-        let row = db
-            .query_opt(
+        // Read for every prompt on a connection: prepared once per pooled connection.
+        let read = db
+            .prepare_cached(
                 "SELECT kek_id, wrapped_dek, dek_nonce, ciphertext, nonce FROM provider_secrets WHERE connection_id = $1",
-                &[&connection.as_str()],
             )
             .await?;
+        let row = db.query_opt(&read, &[&connection.as_str()]).await?;
         Ok(row.map(|r| Sealed {
             kek_id: r.get(0),
             wrapped_dek: r.get(1),

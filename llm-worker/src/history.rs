@@ -103,14 +103,15 @@ impl History {
         let cached = self.folds.get(session).filter(|f| f.sequence < prompt);
         let mut fold = cached.as_deref().cloned().unwrap_or_default();
         let client = pool.get().await?;
-        let rows = client
-            .query(
+        // Prepared once per connection: one round trip per read instead of a prepare and a read.
+        let read = client
+            .prepare_cached(
                 "SELECT sequence, payload::jsonb FROM events \
                  WHERE aggregate_type = 'session' AND aggregate_id = $1 AND sequence > $2 \
                  ORDER BY sequence",
-                &[&session.as_str(), &fold.sequence],
             )
             .await?;
+        let rows = client.query(&read, &[&session.as_str(), &fold.sequence]).await?;
         drop(client);
         let mut abort_requested = false;
         for row in rows {
