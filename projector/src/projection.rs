@@ -9,8 +9,6 @@
 //! for the usual case, where every event is its aggregate's next one; it reports when one is not,
 //! and the caller undoes the batch and applies it event by event.
 
-use std::collections::HashMap;
-
 use anyhow::Context;
 use deadpool_postgres::Transaction;
 use futures::future::{join_all, maybe_done};
@@ -40,6 +38,13 @@ pub(crate) type Param = Box<dyn ToSql + Sync + Send>;
 pub(crate) struct Step {
     pub sql: &'static str,
     pub params: Vec<Param>,
+}
+
+impl Step {
+    /// The parameters as tokio-postgres takes them.
+    fn param_refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+    }
 }
 
 /// `step!(sql, params…)`: a [`Step`] owning its parameters.
@@ -79,20 +84,15 @@ pub async fn apply_pipelined(
         steps.extend(effects(env)?.into_iter().map(|s| (s, false)));
     }
     // Prepared once per connection and cached: after the first batch, no round trip here.
-    let mut prepared = HashMap::new();
+    let mut statements = Vec::with_capacity(steps.len());
     for (step, _) in &steps {
-        if !prepared.contains_key(step.sql) {
-            prepared.insert(step.sql, tx.prepare_cached(step.sql).await?);
-        }
+        statements.push(tx.prepare_cached(step.sql).await?);
     }
-    let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps
-        .iter()
-        .map(|(step, _)| step.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
-        .collect();
-    let mut requests: Vec<_> = steps
+    let params: Vec<_> = steps.iter().map(|(step, _)| step.param_refs()).collect();
+    let mut requests: Vec<_> = statements
         .iter()
         .zip(&params)
-        .map(|((step, _), params)| Box::pin(maybe_done(tx.execute(&prepared[step.sql], params))))
+        .map(|(statement, params)| Box::pin(maybe_done(tx.execute(statement, params))))
         .collect();
     // tokio-postgres sends a request when its future is first polled, and the server executes
     // requests in the order they were sent: poll each once, in order, then wait for all.
@@ -422,7 +422,5 @@ fn session(time: i64, event: SessionEvent) -> anyhow::Result<Vec<Step>> {
 /// execution instead of a prepare and an execute.
 pub(crate) async fn run(tx: &Transaction<'_>, step: &Step) -> anyhow::Result<u64> {
     let statement = tx.prepare_cached(step.sql).await?;
-    let params: Vec<&(dyn ToSql + Sync)> =
-        step.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-    Ok(tx.execute(&statement, &params).await?)
+    Ok(tx.execute(&statement, &step.param_refs()).await?)
 }

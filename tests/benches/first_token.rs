@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::System;
-use e2e_tests::bench::{Sample, burst, ms, percentiles, provider_direct, quantile};
-use e2e_tests::process::{cpu_seconds, resident_kb};
+use e2e_tests::bench::{Sample, burst, cpu_by_process, ms, percentiles, provider_direct, quantile};
+use e2e_tests::process::resident_kb;
 use futures::future::join_all;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -71,13 +71,12 @@ fn levels() -> Vec<usize> {
 /// The mean of every latency histogram the services export, over both scenarios: where the
 /// time went.
 async fn where_time_went(system: &System) {
+    for (process, seconds) in cpu_by_process(system) {
+        println!("  {process}: {seconds:.1} s of CPU");
+    }
     let services = system.command.iter().chain(&system.query).chain(&system.projector);
-    println!("  this benchmark's client: {:.1} s of CPU", cpu_seconds(std::process::id()));
-    println!("  nats-server: {:.1} s of CPU", cpu_seconds(system.nats.pid()));
-    println!("  fake-provider: {:.1} s of CPU", cpu_seconds(system.fake_provider.pid()));
     for service in services.chain(&system.workers) {
         let url = service.ops_url.as_str();
-        println!("  {} {url}: {:.1} s of CPU", service.proc.name, cpu_seconds(service.proc.pid()));
         let text = system.http.get(format!("{url}/metrics")).send().await.unwrap().text().await;
         let mut sums = std::collections::BTreeMap::<String, (f64, f64)>::new();
         for line in text.unwrap_or_default().lines().filter(|l| !l.starts_with('#')) {

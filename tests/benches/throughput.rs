@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::System;
-use e2e_tests::process::{cpu_seconds, resident_kb};
+use e2e_tests::bench::cpu_by_process;
+use e2e_tests::process::resident_kb;
 use e2e_tests::sse::{is_idle, reply_text};
 use futures::StreamExt;
 use futures::future::join_all;
@@ -40,7 +41,7 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
         .await;
     let projector = system.projector.as_ref().expect("a projector").ops_url.clone();
     let lag_before = histogram(system, &projector, "projection_lag_seconds").await;
-    let cpu_before = cpu(system);
+    let cpu_before = cpu_by_process(system);
     let started = Instant::now();
     let clients = sessions.chunks(SESSIONS_PER_CLIENT).map(|mine| async move {
         let (mut accepted, mut busy) = (0, 0);
@@ -82,7 +83,7 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
     assert!(drained.is_some(), "every session idle again");
     let lag_after = histogram(system, &projector, "projection_lag_seconds").await;
     let drained_in = started.elapsed().as_secs_f64();
-    let used: Vec<String> = cpu(system)
+    let used: Vec<String> = cpu_by_process(system)
         .into_iter()
         .zip(cpu_before)
         .map(|((name, after), (_, before))| format!("{name} {:.1} s", after - before))
@@ -134,35 +135,6 @@ fn memory(system: &System, when: &str) {
         let rss = resident_kb(service.proc.pid()) / 1024.0;
         println!("{when} {}: {rss:.1} MB resident", service.proc.name);
     }
-}
-
-/// CPU seconds used so far by each process of the run, and by the whole machine (the rest is
-/// mostly PostgreSQL, whose processes come and go).
-fn cpu(system: &System) -> Vec<(String, f64)> {
-    let mut all = vec![("machine".to_owned(), machine_cpu_seconds())];
-    let services = system.command.iter().chain(&system.query).chain(&system.projector);
-    for service in services.chain(&system.workers) {
-        all.push((service.proc.name.clone(), cpu_seconds(service.proc.pid())));
-    }
-    all.push(("nats-server".into(), cpu_seconds(system.nats.pid())));
-    all.push(("fake-provider".into(), cpu_seconds(system.fake_provider.pid())));
-    all.push(("bench client".into(), cpu_seconds(std::process::id())));
-    all
-}
-
-/// Busy CPU time of the whole machine, in seconds (Linux `/proc/stat`, all but idle and iowait).
-fn machine_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
-    (ticks.iter().sum::<f64>() - idle) / 100.0
 }
 
 /// A Prometheus histogram's cumulative buckets: (upper bound in seconds, count).

@@ -1,10 +1,11 @@
 //! What the benchmarks share: the system a latency benchmark runs, latencies in milliseconds
-//! and their percentiles.
+//! and their percentiles, and the CPU each process of a run used.
 
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
+use crate::process::{cpu_seconds, machine_cpu_seconds};
 use crate::{System, SystemOptions};
 
 /// How long a benchmark waits for any one thing before it fails.
@@ -117,4 +118,19 @@ pub async fn provider_direct(system: &System, n: usize) -> Vec<f64> {
         }
     });
     join_all(runs).await
+}
+
+/// CPU seconds used so far by the whole machine (the part no process below accounts for is
+/// mostly PostgreSQL, whose processes come and go), each service, NATS, the fake provider and
+/// the benchmark's own client.
+pub fn cpu_by_process(system: &System) -> Vec<(String, f64)> {
+    let mut all = vec![("machine".to_owned(), machine_cpu_seconds())];
+    let services = system.command.iter().chain(&system.query).chain(&system.projector);
+    for service in services.chain(&system.workers) {
+        all.push((service.proc.name.clone(), cpu_seconds(service.proc.pid())));
+    }
+    all.push(("nats-server".into(), cpu_seconds(system.nats.pid())));
+    all.push(("fake-provider".into(), cpu_seconds(system.fake_provider.pid())));
+    all.push(("bench client".into(), cpu_seconds(std::process::id())));
+    all
 }

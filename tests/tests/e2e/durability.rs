@@ -170,13 +170,7 @@ async fn a_redelivered_event_is_not_projected_twice_and_a_rebuild_gives_the_same
     let path = format!("/session/{}", session.id);
     let settled = || async {
         let a = system.get(&alice, &path, None).await;
-        let n: i64 = system
-            .db()
-            .await
-            .query_one("SELECT count(*) FROM rm_messages WHERE info ? 'finish'", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n = count(&system, "SELECT count(*) FROM rm_messages WHERE info ? 'finish'").await;
         (a.body["status"]["type"] == "idle" && n == 2).then_some(())
     };
     eventually("both replies projected", WAIT, settled).await;
