@@ -1,28 +1,36 @@
 //! Synchronous prompts (OpenCode's `POST /session/{id}/message`): the request waits for the reply
 //! to complete, and then (briefly) for the read models to show it: a client that lists the
 //! session's messages right after has the reply, and one that follows `/event` has been sent its
-//! text before the answer comes (`opencode run --attach` exits on the answer). The wait holds no
-//! pooled connection: it listens on the bus for the session's completion (subscribed before the
-//! prompt exists, so it cannot be missed), looks in the event store only every few seconds in
-//! case the bus lost it, and sleeps on the projector's notifications. Each user may hold a few
-//! such waits per instance; more is 429, never a queue in front of other tenants.
+//! text before the answer comes (`opencode run --attach` exits on the answer, printing only what
+//! its stream brought): every OpenCode stream of the asker's that said it follows the session
+//! (`schemas::live::StreamReceipt`, query-service/src/receipts.rs) has said it was sent the reply.
+//! The wait holds no pooled connection: it listens on the bus for the session's completion and
+//! receipts (subscribed before the prompt exists, so they cannot be missed), looks in the event
+//! store only every few seconds in case the bus lost the completion, and sleeps on the
+//! projector's notifications. Each user may hold a few such waits per instance; more is 429,
+//! never a queue in front of other tenants.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use platform::notifications::{Signals, wait_for_projection};
 use platform::problem::Problem;
 use schemas::events::{AssistantCompletion, SessionEvent};
 use schemas::ids::{MessageId, SessionId, UserId};
+use schemas::live::StreamReceipt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Synchronous prompts one user may have waiting on one instance.
 const WAITS_PER_USER: usize = 8;
 /// How often a waiting prompt looks in the event store (the bus's delivery is at most once).
 const CHECK_EVERY: Duration = Duration::from_secs(5);
-/// Longest a completed reply's answer waits for the read models (then it is answered anyway).
+/// Longest a completed reply's answer waits for the read models and the asker's streams (then
+/// it is answered anyway).
 const PROJECTION_WAIT: Duration = Duration::from_secs(5);
+/// Streams of the asker's one answer waits for at most (a user holds a few).
+const STREAMS_AWAITED: usize = 64;
 
 pub struct SyncPrompts {
     nats: async_nats::Client,
@@ -37,7 +45,9 @@ pub struct SyncPrompts {
 /// A waiter's interest in its session's completions, taken before the prompt is accepted.
 pub struct Waiter {
     completions: async_nats::Subscriber,
+    receipts: async_nats::Subscriber,
     session: SessionId,
+    user: UserId,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -69,29 +79,35 @@ impl SyncPrompts {
             )
         })?;
         let unavailable = |e: &dyn std::fmt::Display| Problem::unavailable(format!("the bus: {e}"));
-        let completions = self
-            .nats
-            .subscribe(schemas::subjects::session_completions(session))
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let subscribe = |subject| async { self.nats.subscribe(subject).await };
+        let completions = subscribe(schemas::subjects::session_completions(session));
+        let completions = completions.await.map_err(|e| unavailable(&e))?;
+        let receipts = subscribe(schemas::subjects::stream_receipts(session));
+        let receipts = receipts.await.map_err(|e| unavailable(&e))?;
         // The server knows of the interest before the prompt can be completed.
         self.nats.flush().await.map_err(|e| unavailable(&e))?;
-        Ok(Waiter { completions, session: session.clone(), _slot: slot })
+        let (session, user) = (session.clone(), user.clone());
+        Ok(Waiter { completions, receipts, session, user, _slot: slot })
     }
 
-    /// Wait for `reply` to complete, then for the read models to show it (at most a few
-    /// seconds: the reply is answered either way); 504 once `patience` has passed (the reply
-    /// goes on).
+    /// Wait for `reply` to complete, then for the read models to show it and the asker's
+    /// OpenCode streams to have been sent it (at most a few seconds: the reply is answered
+    /// either way); 504 once `patience` has passed (the reply goes on).
     pub async fn wait(
         &self,
-        waiter: Waiter,
+        mut waiter: Waiter,
         reply: &MessageId,
     ) -> Result<AssistantCompletion, Problem> {
-        let session = waiter.session.clone();
-        let (done, sequence) = self.completion(waiter, reply).await?;
-        if let Some(sequence) = sequence {
-            self.until_shown(session.as_str(), sequence).await?;
-        }
+        let (done, sequence) = self.completion(&mut waiter, reply).await?;
+        let shown = async {
+            match sequence {
+                Some(sequence) => self.until_shown(waiter.session.as_str(), sequence).await,
+                None => Ok(()),
+            }
+        };
+        let sent = until_sent(&mut waiter.receipts, &waiter.user, reply);
+        let (shown, ()) = tokio::join!(shown, sent);
+        shown?;
         Ok(done)
     }
 
@@ -110,7 +126,7 @@ impl SyncPrompts {
     /// The reply's completion and its sequence in the session, once it is recorded.
     async fn completion(
         &self,
-        mut waiter: Waiter,
+        waiter: &mut Waiter,
         reply: &MessageId,
     ) -> Result<(AssistantCompletion, Option<u64>), Problem> {
         let deadline = tokio::time::sleep(self.patience);
@@ -161,6 +177,38 @@ impl SyncPrompts {
             _ => None,
         });
         Ok(found)
+    }
+}
+
+/// Wait until every OpenCode stream of `user`'s that said it follows the session has said it
+/// was sent `reply` (at most `PROJECTION_WAIT`: a stream may have closed meanwhile).
+async fn until_sent(receipts: &mut async_nats::Subscriber, user: &UserId, reply: &MessageId) {
+    let (mut following, mut sent) = (HashSet::new(), HashSet::new());
+    let deadline = tokio::time::sleep(PROJECTION_WAIT);
+    tokio::pin!(deadline);
+    loop {
+        // What has arrived first; then, if some stream is still owed the reply, wait for more.
+        let msg = match receipts.next().now_or_never() {
+            Some(msg) => msg,
+            None if following.is_subset(&sent) => return,
+            None => tokio::select! {
+                msg = receipts.next() => msg,
+                _ = &mut deadline => {
+                    tracing::debug!(%reply, "answering before every stream was sent the reply");
+                    return;
+                }
+            },
+        };
+        let Some(msg) = msg else { return };
+        let Ok(receipt) = serde_json::from_slice::<StreamReceipt>(&msg.payload) else { continue };
+        let new = !following.contains(&receipt.stream);
+        if &receipt.user != user || (new && following.len() >= STREAMS_AWAITED) {
+            continue;
+        }
+        if receipt.sent.as_ref() == Some(reply) {
+            sent.insert(receipt.stream.clone());
+        }
+        following.insert(receipt.stream);
     }
 }
 

@@ -11,7 +11,7 @@ use futures::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::{REQUESTS, directive, http_fault, remember};
+use crate::{REQUESTS, directive, hold, http_fault, remember};
 
 #[derive(Deserialize)]
 pub struct MessagesRequest {
@@ -45,6 +45,7 @@ pub async fn messages(http: HttpRequest, req: web::Json<MessagesRequest>) -> Htt
     if let Some(fault) = http_fault(&d, &prompt) {
         return fault;
     }
+    hold(&d).await;
     let versioned = http.headers().get("anthropic-version").is_some();
     if !req.stream || req.max_tokens.is_none() || !versioned {
         return HttpResponse::BadRequest().json(json!({"type": "error", "error": {

@@ -9,6 +9,8 @@
 //! - `reasoning=N`: stream N reasoning tokens (`"r{i} "`) before the text;
 //! - `cached=N`, `created=N`: report N cache-read (and, Anthropic, cache-write) input tokens;
 //! - `fail_first=N`: answer the first N requests with this prompt 503 (`retry-after: 0`);
+//! - `hold=name`: answer only once `POST /release/name` has been called (at most a minute
+//!   later), so a test can hold a reply until its client is ready for it;
 //! - `fault=http500|http401|http429|http529`: answer with that HTTP error;
 //!   `fault=cut:N`: break the connection after N tokens (no end);
 //!   `fault=hang`: send headers, then nothing;
@@ -61,6 +63,7 @@ pub(crate) struct Directive {
     cached: u64,
     created: u64,
     fail_first: u32,
+    hold: Option<String>,
 }
 
 pub(crate) fn directive(prompt: &str) -> Directive {
@@ -87,10 +90,45 @@ pub(crate) fn directive(prompt: &str) -> Directive {
             "cached" => d.cached = v.parse().unwrap_or(0),
             "created" => d.created = v.parse().unwrap_or(0),
             "fail_first" => d.fail_first = v.parse().unwrap_or(0),
+            "hold" => d.hold = Some(v.to_owned()),
             _ => {}
         }
     }
     d
+}
+
+/// Names released by `POST /release/{name}`, for `hold`.
+static RELEASED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static RELEASES: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Longest a held request waits for its release.
+const HOLD_AT_MOST: Duration = Duration::from_secs(60);
+
+fn released(name: &str) -> bool {
+    RELEASED.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == name)
+}
+
+/// Wait until the request's `hold` name is released (or a minute has passed).
+pub(crate) async fn hold(d: &Directive) {
+    let Some(name) = &d.hold else { return };
+    let wait = async {
+        loop {
+            let release = RELEASES.notified();
+            tokio::pin!(release);
+            // Registered before looking, so a release in between is not missed.
+            release.as_mut().enable();
+            if released(name) {
+                return;
+            }
+            release.await;
+        }
+    };
+    let _ = tokio::time::timeout(HOLD_AT_MOST, wait).await;
+}
+
+async fn release(name: web::Path<String>) -> HttpResponse {
+    RELEASED.lock().unwrap_or_else(|p| p.into_inner()).push(name.into_inner());
+    RELEASES.notify_waiters();
+    HttpResponse::NoContent().finish()
 }
 
 /// Requests seen per prompt, for `fail_first`.
@@ -187,6 +225,7 @@ async fn completions(http: actix_web::HttpRequest, req: web::Json<ChatRequest>) 
     if let Some(fault) = http_fault(&d, prompt) {
         return fault;
     }
+    hold(&d).await;
     if !req.stream {
         return HttpResponse::BadRequest()
             .json(json!({"error": {"message": "only streaming is faked"}}));
@@ -259,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
             .route("/v1/messages", web::post().to(anthropic::messages))
             .route("/stats", web::get().to(stats))
             .route("/requests", web::get().to(requests))
+            .route("/release/{name}", web::post().to(release))
             .route("/healthz", web::get().to(|| async { "ok" }))
     })
     .listen(listener)?

@@ -9,6 +9,7 @@ pub mod consistency;
 pub mod hub;
 pub mod opencode_events;
 pub mod page;
+pub mod receipts;
 pub mod routes;
 pub mod startup;
 pub mod streams;

@@ -34,15 +34,29 @@ struct Attempt {
     parts: Vec<PartId>,
 }
 
+/// What one of our events is on OpenCode's stream.
+#[derive(Default)]
+pub struct Translated {
+    /// OpenCode's events, each `{"type", "properties"}`.
+    pub events: Vec<Value>,
+    /// The session the event is about.
+    pub session: Option<SessionId>,
+    /// The reply it completes, if it is a completion.
+    pub completed: Option<MessageId>,
+}
+
 impl Translator {
-    /// OpenCode's events for one of ours (`frame` is `{"type", "properties"}`), each
-    /// `{"type", "properties"}`; `directory` is the workspace's, as OpenCode's paths are.
-    pub fn translate(&mut self, frame: &str, directory: &str) -> Vec<Value> {
+    /// OpenCode's events for one of ours (`frame` is `{"type", "properties"}`); `directory` is
+    /// the workspace's, as OpenCode's paths are.
+    pub fn translate(&mut self, frame: &str, directory: &str) -> Translated {
         if let Ok(event) = serde_json::from_str::<SessionEvent>(frame) {
+            let session = Some(session_of(&event).clone());
+            let mut completed = None;
             if let SessionEvent::MessageCompleted { message, .. } = &event {
                 // Whatever a superseded worker still publishes for it is not passed on.
                 let done = Attempt { number: u32::MAX, parts: Vec::new() };
                 self.replies.insert(message.id.clone(), done);
+                completed = Some(message.id.clone());
             }
             if let SessionEvent::Prompted { session_id, message, .. } = &event {
                 if self.models.len() >= REMEMBERED {
@@ -50,16 +64,17 @@ impl Translator {
                 }
                 self.models.insert(session_id.clone(), message.model.clone());
             }
-            return session_event(event, directory);
+            return Translated { events: session_event(event, directory), session, completed };
         }
         if let Ok(event) = serde_json::from_str::<LiveEvent>(frame) {
-            let mut out = Vec::new();
-            if self.follow(&event, &mut out) {
-                out.extend(live_event(event, directory, &self.models));
+            let mut events = Vec::new();
+            let session = Some(live_session_of(&event).clone());
+            if self.follow(&event, &mut events) {
+                events.extend(live_event(event, directory, &self.models));
             }
-            return out;
+            return Translated { events, session, completed: None };
         }
-        Vec::new()
+        Translated::default()
     }
 
     /// Whether `live` belongs to the newest attempt of its reply; a newer attempt's start
@@ -97,6 +112,25 @@ impl Translator {
         }
         current.parts.extend(part.cloned());
         true
+    }
+}
+
+fn session_of(e: &SessionEvent) -> &SessionId {
+    match e {
+        SessionEvent::Created { session_id, .. }
+        | SessionEvent::Prompted { session_id, .. }
+        | SessionEvent::StatusChanged { session_id, .. }
+        | SessionEvent::AbortRequested { session_id, .. }
+        | SessionEvent::MessageRetried { session_id, .. }
+        | SessionEvent::MessageCompleted { session_id, .. } => session_id,
+    }
+}
+
+fn live_session_of(e: &LiveEvent) -> &SessionId {
+    match e {
+        LiveEvent::MessageStarted { session_id, .. }
+        | LiveEvent::PartUpdated { session_id, .. }
+        | LiveEvent::PartDelta { session_id, .. } => session_id,
     }
 }
 
@@ -230,10 +264,12 @@ mod tests {
         let frame = json!({ "type": "session.status",
             "properties": { "sessionID": session, "status": { "type": "idle" } } });
         let mut translator = Translator::default();
-        let out = translator.translate(&frame.to_string(), "/wrk_1");
+        let out = translator.translate(&frame.to_string(), "/wrk_1").events;
         let kinds: Vec<&str> = out.iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(kinds, ["session.status", "session.idle"]);
-        assert!(translator.translate("{\"type\":\"organization.renamed\"}", "/w").is_empty());
+        assert!(
+            translator.translate("{\"type\":\"organization.renamed\"}", "/w").events.is_empty()
+        );
     }
 
     #[test]
@@ -251,18 +287,18 @@ mod tests {
                 "attempt": attempt } })
             .to_string()
         };
-        let kinds = |out: Vec<Value>| -> Vec<String> {
-            out.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+        let kinds = |out: Translated| -> Vec<String> {
+            out.events.iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
         };
         let mut translator = Translator::default();
         assert_eq!(kinds(translator.translate(&started(&first, 1), "/w")).len(), 2);
         assert_eq!(kinds(translator.translate(&delta(&first, 1), "/w")), ["message.part.delta"]);
         let out = translator.translate(&started(&second, 2), "/w");
-        assert_eq!(out[0]["type"], "message.part.removed");
-        assert_eq!(out[0]["properties"]["partID"], json!(first));
+        assert_eq!(out.events[0]["type"], "message.part.removed");
+        assert_eq!(out.events[0]["properties"]["partID"], json!(first));
         assert_eq!(kinds(out)[1..], ["message.updated", "message.part.updated"]);
         assert!(
-            translator.translate(&delta(&first, 1), "/w").is_empty(),
+            translator.translate(&delta(&first, 1), "/w").events.is_empty(),
             "the old attempt is quiet"
         );
         assert_eq!(kinds(translator.translate(&delta(&second, 2), "/w")), ["message.part.delta"]);

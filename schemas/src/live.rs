@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{MessageId, PartId, SessionId};
+use crate::ids::{MessageId, PartId, SessionId, UserId};
 use crate::message::Part;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -57,4 +57,18 @@ impl crate::events::EventName for LiveEvent {
             LiveEvent::PartDelta { .. } => "message.part.delta",
         }
     }
+}
+
+/// What an OpenCode event stream (query service) says about a session it follows, on
+/// `subjects::stream_receipts`: once when it begins to follow it, and again each time it has been
+/// sent one of its replies. `opencode run` exits as soon as its synchronous prompt is answered,
+/// printing only what its stream brought by then, so the answer waits for its user's streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamReceipt {
+    /// The stream, unique while it lives.
+    pub stream: String,
+    /// Whose stream it is.
+    pub user: UserId,
+    /// The reply it has been sent (its completion), if this is not the first word.
+    pub sent: Option<MessageId>,
 }

@@ -30,6 +30,11 @@ pub const ALL_RETRIES: &str = "oc.evt.*.*.*.message_retried";
 pub fn session_completions(session: &SessionId) -> String {
     format!("oc.evt.*.*.{session}.message_completed")
 }
+/// Core NATS (not stored): an OpenCode event stream follows the session, or has been sent one
+/// of its replies (`live::StreamReceipt`); what a synchronous prompt's answer waits for.
+pub fn stream_receipts(session: &SessionId) -> String {
+    format!("oc.sys.streamed.{session}")
+}
 /// Core NATS (not stored): the command service committed events; the outbox relay, on whichever
 /// instance it runs, wakes up. (A PostgreSQL NOTIFY at every commit would serialise all commits
 /// behind the one global lock PostgreSQL takes for NOTIFY at commit.)

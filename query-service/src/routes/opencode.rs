@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::access;
+use crate::receipts::Receipts;
 use crate::startup::AppState;
 
 /// The workspace an OpenCode request means (its directory, else its key's default), checked
@@ -171,18 +172,21 @@ async fn stream(
     let auth = auth.into_inner();
     let mut changes = state.notifications.access.interest(user.user_id.as_str());
     let dir = of_workspace(&ws);
+    // Opened (a client waiting for its stream, as `opencode run` does, can be told it is live).
+    metrics::counter!("opencode_event_streams_total").increment(1);
     tokio::spawn(async move {
+        metrics::gauge!("opencode_event_streams").increment(1.0);
         let send = |e: serde_json::Value| {
             let body = if global { json!({ "directory": dir, "payload": e }) } else { e };
             sse::Event::Data(sse::Data::new(body.to_string()))
         };
         let mut translator = crate::opencode_events::Translator::default();
+        let mut receipts = Receipts::new(state.js.client(), user.user_id.clone());
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
-        if tx.send(send(json!({ "type": "server.connected", "properties": {} }))).await.is_err() {
-            return;
-        }
-        loop {
+        let connected = json!({ "type": "server.connected", "properties": {} });
+        let mut open = tx.send(send(connected)).await.is_ok();
+        while open {
             let frame = tokio::select! {
                 _ = state.shutdown.cancelled() => break,
                 _ = tx.closed() => break,
@@ -204,12 +208,23 @@ async fn stream(
                 f = live.recv() => f,
             };
             let Ok(frame) = frame else { break }; // lagged or closed: the client reconnects
-            for e in translator.translate(&frame.data, &dir) {
+            let translated = translator.translate(&frame.data, &dir);
+            if let (Some(session), false) = (&translated.session, translated.events.is_empty()) {
+                receipts.follow(session).await;
+            }
+            for e in translated.events {
                 if tx.send(send(e)).await.is_err() {
-                    return;
+                    open = false;
+                    break;
                 }
             }
+            if let (Some(session), Some(reply), true) =
+                (&translated.session, translated.completed, open)
+            {
+                receipts.sent(session, reply).await;
+            }
         }
+        metrics::gauge!("opencode_event_streams").decrement(1.0);
         drop(lease);
     });
     Ok(sse::Sse::from_infallible_receiver(rx))

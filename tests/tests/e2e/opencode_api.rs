@@ -279,6 +279,64 @@ async fn the_workspace_event_stream_speaks_opencodes_events() {
     assert!(matches!(refused, Err((404, _))), "another organization's key followed the workspace");
 }
 
+/// `opencode run` exits on its synchronous prompt's answer, printing only what its `/event`
+/// stream brought by then: the answer waits until the asker's stream has been sent the reply,
+/// even when the read models show it first (here the query service is paused meanwhile).
+#[tokio::test]
+async fn a_synchronous_answer_comes_after_the_askers_event_stream_was_sent_the_reply() {
+    let system = System::start().await;
+    let (_, key, ws) = keyed_user(&system, "alice").await;
+    let session = opencode_session(&system, &key).await;
+    let url = format!("{}/event?directory=/{ws}", system.query_url());
+    let mut events = e2e_tests::sse::SseClient::connect(&url, &key, None).await.expect("/event");
+    assert_eq!(events.next(WAIT).await.data["type"], "server.connected");
+
+    // The stream follows the session (it has been sent the prompt), then its service pauses.
+    let path = format!("/session/{session}/message");
+    let prompt = text_prompt("q [[fake tokens=3 hold=paused]]");
+    let answer = system.post_as_opencode(&key, &path, None, prompt);
+    tokio::pin!(answer);
+    let prompted = events.until(WAIT, |e| {
+        e.data["type"] == "message.updated" && e.data["properties"]["info"]["role"] == "user"
+    });
+    tokio::select! {
+        early = &mut answer => panic!("answered before the reply was released: {early:?}"),
+        _ = prompted => {}
+    }
+    let query = &system.query[0].proc;
+    query.signal(nix::sys::signal::Signal::SIGSTOP);
+    let release = format!("{}/release/paused", system.provider_url);
+    assert!(system.http.post(release).send().await.unwrap().status().is_success());
+
+    // The read models show the reply; the answer still waits for the stream.
+    let db = system.db().await;
+    let shown = || async {
+        let sql = "SELECT count(*) FROM rm_messages WHERE session_id = $1 AND role = 'assistant' \
+                   AND info->>'finish' = 'stop'";
+        (db.query_one(sql, &[&session]).await.unwrap().get::<_, i64>(0) == 1).then_some(())
+    };
+    tokio::select! {
+        early = &mut answer => {
+            query.signal(nix::sys::signal::Signal::SIGCONT);
+            panic!("answered before the stream was sent the reply: {early:?}");
+        }
+        () = eventually("the read models show the reply", WAIT, shown) => {}
+    }
+    query.signal(nix::sys::signal::Signal::SIGCONT);
+    let answer = answer.await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let reply = answer.body["info"]["id"].as_str().unwrap().to_owned();
+    let ended = events.until(WAIT, |e| {
+        e.data["type"] == "message.part.updated"
+            && e.data["properties"]["part"]["messageID"] == reply.as_str()
+            && e.data["properties"]["part"]["time"]["end"].is_i64()
+    });
+    assert_eq!(
+        ended.await.last().unwrap().data["properties"]["part"]["text"],
+        e2e_tests::fake_text(3)
+    );
+}
+
 #[tokio::test]
 async fn a_sessions_messages_come_newest_page_first_each_page_oldest_first() {
     let system = System::start().await;

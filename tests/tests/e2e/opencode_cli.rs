@@ -3,9 +3,11 @@
 //! prints the streamed reply and exits 0; `--format json` prints OpenCode's event JSON; `-s`
 //! continues a session; a model the organization cannot use, or a revoked key, exits non-zero.
 //!
-//! The fake provider answers in 0.1 s a token, as models do: `opencode run` sends its prompt
-//! without waiting for its `/event` stream to connect, so a reply complete within milliseconds
-//! could end before the stream begins (with OpenCode's own server too).
+//! `opencode run` sends its prompt without waiting for its `/event` stream to connect, and prints
+//! only what that stream brings: a reply that ends before the stream begins is not printed (with
+//! OpenCode's own server too). Real models take longer to answer than a stream takes to open; on a
+//! loaded machine the fake provider need not, so it holds each reply (`hold=`) until the query
+//! service has opened the CLI's stream.
 
 use std::process::Output;
 use std::time::Duration;
@@ -30,6 +32,39 @@ async fn opencode(front: &Front, key: &str, home: &std::path::Path, args: &[&str
         .kill_on_drop(true);
     let out = tokio::time::timeout(RUN, cmd.output()).await;
     out.expect("opencode run finished in time").expect("opencode runs")
+}
+
+/// `opencode`, with the reply to a prompt carrying `hold=<hold>` released once the CLI's event
+/// stream is open (if the CLI ends first, its output is returned as it is).
+async fn opencode_streamed(
+    system: &System,
+    front: &Front,
+    key: &str,
+    home: &std::path::Path,
+    args: &[&str],
+    hold: &str,
+) -> Output {
+    let streams = || async {
+        let query = &system.query[0].ops_url;
+        system.metric(query, "opencode_event_streams_total").await.unwrap_or(0.0)
+    };
+    let before = streams().await;
+    let release = async {
+        e2e_tests::eventually("the CLI's event stream open", RUN, || async {
+            (streams().await > before).then_some(())
+        })
+        .await;
+        let url = format!("{}/release/{hold}", system.provider_url);
+        let released = system.http.post(url).send().await.expect("the fake provider answers");
+        assert!(released.status().is_success(), "{released:?}");
+    };
+    let run = opencode(front, key, home, args);
+    tokio::pin!(run);
+    tokio::select! {
+        out = &mut run => return out,
+        () = release => {}
+    }
+    run.await
 }
 
 fn printed(out: &Output) -> String {
@@ -63,21 +98,15 @@ async fn opencode_run_attaches_prints_the_reply_continues_and_fails_clearly() {
     std::fs::create_dir_all(&home).unwrap();
 
     // A new session: the streamed reply is printed.
-    let out =
-        opencode(&front, &key, &home, &["explain this repository [[fake tokens=5 delay_ms=100]]"])
-            .await;
+    let first = "explain this repository [[fake tokens=5 hold=first]]";
+    let out = opencode_streamed(&system, &front, &key, &home, &[first], "first").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}: {}{stderr}", out.status, printed(&out));
     assert!(printed(&out).contains(fake_text(5).trim()), "{}{stderr}", printed(&out));
 
     // OpenCode's event JSON; then that session continued with -s.
-    let out = opencode(
-        &front,
-        &key,
-        &home,
-        &["--format", "json", "again [[fake tokens=3 delay_ms=100]]"],
-    )
-    .await;
+    let args = ["--format", "json", "again [[fake tokens=3 hold=json]]"];
+    let out = opencode_streamed(&system, &front, &key, &home, &args, "json").await;
     assert!(out.status.success(), "{}", printed(&out));
     let events: Vec<Value> =
         printed(&out).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
@@ -86,14 +115,11 @@ async fn opencode_run_attaches_prints_the_reply_continues_and_fails_clearly() {
         .as_str()
         .unwrap()
         .to_owned();
-    let out =
-        opencode(&front, &key, &home, &["-s", &session, "more [[fake tokens=2 delay_ms=100]]"])
-            .await;
-    assert!(
-        out.status.success() && printed(&out).contains(fake_text(2).trim()),
-        "{}",
-        printed(&out)
-    );
+    let args = ["-s", &session, "more [[fake tokens=2 hold=continued]]"];
+    let out = opencode_streamed(&system, &front, &key, &home, &args, "continued").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {}{stderr}", out.status, printed(&out));
+    assert!(printed(&out).contains(fake_text(2).trim()), "{}{stderr}", printed(&out));
     let messages = system.get(&alice, &format!("/session/{session}/message"), None).await;
     assert_eq!(messages.body.as_array().unwrap().len(), 4, "two prompts, two replies");
 
@@ -115,13 +141,8 @@ async fn opencode_run_answers_on_the_organizations_model_and_stops_at_its_budget
     let front = Front::start(&system).await;
     let user = OpenCodeUser::start(&system, "alice", true).await;
     let model = format!("{PROVIDER}/{MODEL}");
-    let out = opencode(
-        &front,
-        &user.key,
-        &user.home,
-        &["--model", &model, "hello [[fake tokens=4 delay_ms=100]]"],
-    )
-    .await;
+    let args = ["--model", &model, "hello [[fake tokens=4 hold=hello]]"];
+    let out = opencode_streamed(&system, &front, &user.key, &user.home, &args, "hello").await;
     assert!(out.status.success(), "{}{}", printed(&out), String::from_utf8_lossy(&out.stderr));
     assert!(printed(&out).contains(fake_text(4).trim()), "{}", printed(&out));
     let sessions = system.get_as_opencode(&user.key, "/session", None).await;
@@ -130,9 +151,8 @@ async fn opencode_run_answers_on_the_organizations_model_and_stops_at_its_budget
     assert_eq!(messages[1]["info"]["modelID"], MODEL, "{messages:?}");
     assert_eq!(messages[1]["info"]["providerID"], PROVIDER);
     // -c continues the newest session.
-    let out =
-        opencode(&front, &user.key, &user.home, &["-c", "more [[fake tokens=2 delay_ms=100]]"]);
-    let out = out.await;
+    let args = ["-c", "more [[fake tokens=2 hold=more]]"];
+    let out = opencode_streamed(&system, &front, &user.key, &user.home, &args, "more").await;
     assert!(
         out.status.success() && printed(&out).contains(fake_text(2).trim()),
         "{}",
