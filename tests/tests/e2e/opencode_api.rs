@@ -150,6 +150,17 @@ async fn opencode_session(system: &System, key: &str) -> String {
     created.body["id"].as_str().unwrap().to_owned()
 }
 
+/// Alice's key, a session of hers, and her workspace's `/event` (its URL, and the stream read
+/// past `server.connected`).
+async fn following(system: &System) -> (String, String, String, e2e_tests::sse::SseClient) {
+    let (_, key, ws) = keyed_user(system, "alice").await;
+    let session = opencode_session(system, &key).await;
+    let url = format!("{}/event?directory=/{ws}", system.query_url());
+    let mut events = e2e_tests::sse::SseClient::connect(&url, &key, None).await.expect("/event");
+    assert_eq!(events.next(WAIT).await.data["type"], "server.connected");
+    (key, session, url, events)
+}
+
 fn text_prompt(text: &str) -> serde_json::Value {
     json!({ "parts": [{ "type": "text", "text": text }] })
 }
@@ -236,11 +247,7 @@ async fn a_synchronous_prompt_that_waits_too_long_gets_504_and_the_reply_goes_on
 #[tokio::test]
 async fn the_workspace_event_stream_speaks_opencodes_events() {
     let system = System::start().await;
-    let (_, key, ws) = keyed_user(&system, "alice").await;
-    let session = opencode_session(&system, &key).await;
-    let url = format!("{}/event?directory=/{ws}", system.query_url());
-    let mut events = e2e_tests::sse::SseClient::connect(&url, &key, None).await.expect("/event");
-    assert_eq!(events.next(WAIT).await.data["type"], "server.connected");
+    let (key, session, url, mut events) = following(&system).await;
 
     let path = format!("/session/{session}/message");
     let answer =
@@ -285,11 +292,7 @@ async fn the_workspace_event_stream_speaks_opencodes_events() {
 #[tokio::test]
 async fn a_synchronous_answer_comes_after_the_askers_event_stream_was_sent_the_reply() {
     let system = System::start().await;
-    let (_, key, ws) = keyed_user(&system, "alice").await;
-    let session = opencode_session(&system, &key).await;
-    let url = format!("{}/event?directory=/{ws}", system.query_url());
-    let mut events = e2e_tests::sse::SseClient::connect(&url, &key, None).await.expect("/event");
-    assert_eq!(events.next(WAIT).await.data["type"], "server.connected");
+    let (key, session, _, mut events) = following(&system).await;
 
     // The stream follows the session (it has been sent the prompt), then its service pauses.
     let path = format!("/session/{session}/message");
