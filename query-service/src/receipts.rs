@@ -5,12 +5,15 @@
 //! prints only what its stream brought by then.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use schemas::ids::{MessageId, SessionId, UserId};
 use schemas::live::StreamReceipt;
 
 /// Sessions one stream remembers having announced (then it forgets and announces again).
 const FOLLOWED: usize = 1_000;
+/// Longest a receipt waits to be written to NATS (while NATS is away the stream goes on).
+const FLUSH_AT_MOST: Duration = Duration::from_secs(1);
 
 /// One OpenCode stream's receipts.
 pub struct Receipts {
@@ -47,9 +50,17 @@ impl Receipts {
         let receipt = StreamReceipt { stream: self.stream.clone(), user: self.user.clone(), sent };
         let Ok(body) = serde_json::to_vec(&receipt) else { return };
         let subject = schemas::subjects::stream_receipts(session);
-        // Lost, it only makes a synchronous answer wait its few seconds' bound.
-        if let Err(e) = self.nats.publish(subject, body.into()).await {
-            tracing::debug!(error = %e, %session, "a stream receipt was not sent");
+        // Written out before the stream sends on (so a receipt reaches NATS before the client
+        // has what it speaks of); lost, it only makes a synchronous answer wait its bound.
+        let sent = async {
+            self.nats.publish(subject, body.into()).await?;
+            self.nats.flush().await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(FLUSH_AT_MOST, sent).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, %session, "a stream receipt was not sent"),
+            Err(_) => tracing::debug!(%session, "a stream receipt is late"),
         }
     }
 }

@@ -288,10 +288,11 @@ async fn the_workspace_event_stream_speaks_opencodes_events() {
 
 /// `opencode run` exits on its synchronous prompt's answer, printing only what its `/event`
 /// stream brought by then: the answer waits until the asker's stream has been sent the reply,
-/// even when the read models show it first (here the query service is paused meanwhile).
+/// even when the read models show it first (here the query service is paused meanwhile). With
+/// the deployment's NATS users and permissions, which must let the receipts through.
 #[tokio::test]
 async fn a_synchronous_answer_comes_after_the_askers_event_stream_was_sent_the_reply() {
-    let system = System::start().await;
+    let system = System::start_with(SystemOptions { nats_auth: true, ..Default::default() }).await;
     let (key, session, _, mut events) = following(&system).await;
 
     // The stream follows the session (it has been sent the prompt), then its service pauses.
