@@ -97,8 +97,10 @@ pub(crate) fn directive(prompt: &str) -> Directive {
     d
 }
 
-/// Names released by `POST /release/{name}`, for `hold`.
-static RELEASED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Names released by `POST /release/{name}`, for `hold` (the newest `RELEASES_KEPT`).
+static RELEASED: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const RELEASES_KEPT: usize = 1_000;
 static RELEASES: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// Longest a held request waits for its release.
 const HOLD_AT_MOST: Duration = Duration::from_secs(60);
@@ -126,7 +128,12 @@ pub(crate) async fn hold(d: &Directive) {
 }
 
 async fn release(name: web::Path<String>) -> HttpResponse {
-    RELEASED.lock().unwrap_or_else(|p| p.into_inner()).push(name.into_inner());
+    let mut released = RELEASED.lock().unwrap_or_else(|p| p.into_inner());
+    released.push_back(name.into_inner());
+    if released.len() > RELEASES_KEPT {
+        released.pop_front();
+    }
+    drop(released);
     RELEASES.notify_waiters();
     HttpResponse::NoContent().finish()
 }

@@ -41,6 +41,8 @@ pub struct Translated {
     pub events: Vec<Value>,
     /// The session the event is about.
     pub session: Option<SessionId>,
+    /// Whether it is a new prompt of the session.
+    pub prompted: bool,
     /// The reply it completes, if it is a completion.
     pub completed: Option<MessageId>,
 }
@@ -50,7 +52,8 @@ impl Translator {
     /// the workspace's, as OpenCode's paths are.
     pub fn translate(&mut self, frame: &str, directory: &str) -> Translated {
         if let Ok(event) = serde_json::from_str::<SessionEvent>(frame) {
-            let session = Some(session_of(&event).clone());
+            let session = Some(event.session_id().clone());
+            let prompted = matches!(event, SessionEvent::Prompted { .. });
             let mut completed = None;
             if let SessionEvent::MessageCompleted { message, .. } = &event {
                 // Whatever a superseded worker still publishes for it is not passed on.
@@ -64,15 +67,16 @@ impl Translator {
                 }
                 self.models.insert(session_id.clone(), message.model.clone());
             }
-            return Translated { events: session_event(event, directory), session, completed };
+            let events = session_event(event, directory);
+            return Translated { events, session, prompted, completed };
         }
         if let Ok(event) = serde_json::from_str::<LiveEvent>(frame) {
             let mut events = Vec::new();
-            let session = Some(live_session_of(&event).clone());
+            let session = Some(event.session_id().clone());
             if self.follow(&event, &mut events) {
                 events.extend(live_event(event, directory, &self.models));
             }
-            return Translated { events, session, completed: None };
+            return Translated { events, session, prompted: false, completed: None };
         }
         Translated::default()
     }
@@ -112,25 +116,6 @@ impl Translator {
         }
         current.parts.extend(part.cloned());
         true
-    }
-}
-
-fn session_of(e: &SessionEvent) -> &SessionId {
-    match e {
-        SessionEvent::Created { session_id, .. }
-        | SessionEvent::Prompted { session_id, .. }
-        | SessionEvent::StatusChanged { session_id, .. }
-        | SessionEvent::AbortRequested { session_id, .. }
-        | SessionEvent::MessageRetried { session_id, .. }
-        | SessionEvent::MessageCompleted { session_id, .. } => session_id,
-    }
-}
-
-fn live_session_of(e: &LiveEvent) -> &SessionId {
-    match e {
-        LiveEvent::MessageStarted { session_id, .. }
-        | LiveEvent::PartUpdated { session_id, .. }
-        | LiveEvent::PartDelta { session_id, .. } => session_id,
     }
 }
 

@@ -29,9 +29,11 @@ impl Receipts {
         Self { nats, stream, user, following: HashSet::new() }
     }
 
-    /// Before a session's events are sent: say, the first time, that this stream follows it.
-    pub async fn follow(&mut self, session: &SessionId) {
-        if self.following.contains(session) {
+    /// Before a session's events are sent: say that this stream follows it, the first time it
+    /// sees the session and again at each new prompt of it (a synchronous prompt's answer hears
+    /// receipts only from just before its prompt).
+    pub async fn follow(&mut self, session: &SessionId, prompted: bool) {
+        if self.following.contains(session) && !prompted {
             return;
         }
         if self.following.len() >= FOLLOWED {

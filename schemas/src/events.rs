@@ -485,6 +485,20 @@ impl EventName for WorkspaceEvent {
     }
 }
 
+impl SessionEvent {
+    /// The session the event is about.
+    pub fn session_id(&self) -> &SessionId {
+        match self {
+            SessionEvent::Created { session_id, .. }
+            | SessionEvent::Prompted { session_id, .. }
+            | SessionEvent::StatusChanged { session_id, .. }
+            | SessionEvent::AbortRequested { session_id, .. }
+            | SessionEvent::MessageRetried { session_id, .. }
+            | SessionEvent::MessageCompleted { session_id, .. } => session_id,
+        }
+    }
+}
+
 impl EventName for SessionEvent {
     fn event_type(&self) -> &'static str {
         match self {

@@ -49,6 +49,17 @@ pub enum LiveEvent {
     },
 }
 
+impl LiveEvent {
+    /// The session the event is about.
+    pub fn session_id(&self) -> &SessionId {
+        match self {
+            LiveEvent::MessageStarted { session_id, .. }
+            | LiveEvent::PartUpdated { session_id, .. }
+            | LiveEvent::PartDelta { session_id, .. } => session_id,
+        }
+    }
+}
+
 impl crate::events::EventName for LiveEvent {
     fn event_type(&self) -> &'static str {
         match self {

@@ -210,7 +210,7 @@ async fn stream(
             let Ok(frame) = frame else { break }; // lagged or closed: the client reconnects
             let translated = translator.translate(&frame.data, &dir);
             if let (Some(session), false) = (&translated.session, translated.events.is_empty()) {
-                receipts.follow(session).await;
+                receipts.follow(session, translated.prompted).await;
             }
             for e in translated.events {
                 if tx.send(send(e)).await.is_err() {
