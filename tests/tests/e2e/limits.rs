@@ -50,11 +50,14 @@ async fn a_prompt_sends_only_the_newest_history_that_fits() {
         stream.until(WAIT, is_idle).await;
     }
     let path = format!("/session/{}/message", session.id);
+    // (the stream can say idle before the read models show the last completion: count the
+    // replies that have finished, whose token counts are final)
     let inputs: Vec<u64> = eventually("every reply projected", WAIT, || async {
         let a = system.get(&alice, &format!("{path}?limit=100"), None).await;
         let items = a.body.as_array()?.clone();
+        let finished = items.iter().filter(|m| m["info"]["finish"].is_string());
         let inputs: Vec<u64> =
-            items.iter().filter_map(|m| m["info"]["tokens"]["input"].as_u64()).collect();
+            finished.filter_map(|m| m["info"]["tokens"]["input"].as_u64()).collect();
         (inputs.len() == 30).then_some(inputs)
     })
     .await;
