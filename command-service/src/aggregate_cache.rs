@@ -6,6 +6,7 @@
 //! after the cached sequence, and the commit's optimistic lock (the sequence primary key) still
 //! refuses a write based on a stale state. A state is cached only after its commit succeeded.
 //! Events read here skip the event store's upcasters; the first upcaster must be applied here too.
+//! The catch-up reads of every command running at once share statements (`crate::catch_up`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, PersistenceError,
 };
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
-use postgres_es::PostgresEventRepository;
+
+use crate::catch_up::CatchUp;
 
 /// Aggregates kept per instance and kind; the least recently used go first.
 const CAPACITY: u64 = 10_000;
@@ -23,17 +25,17 @@ const IDLE: Duration = Duration::from_secs(600);
 
 pub struct AggregateCache<A: Aggregate> {
     states: moka::future::Cache<String, Arc<(A, usize)>>,
-    repo: PostgresEventRepository,
+    catch_up: CatchUp,
 }
 
 impl<A> AggregateCache<A>
 where
     A: Aggregate + Clone + 'static,
 {
-    pub fn new(pool: sqlx::PgPool) -> Self {
+    pub fn new(catch_up: CatchUp) -> Self {
         let states =
             moka::future::Cache::builder().max_capacity(CAPACITY).time_to_idle(IDLE).build();
-        Self { states, repo: PostgresEventRepository::new(pool) }
+        Self { states, catch_up }
     }
 
     /// The aggregate with every committed event applied: the cached state plus what came after
@@ -47,7 +49,7 @@ where
             return store.load_aggregate(id).await;
         };
         let (mut aggregate, mut sequence) = (cached.0.clone(), cached.1);
-        for serialized in self.repo.get_last_events::<A>(id, sequence).await? {
+        for serialized in self.catch_up.events_after(A::TYPE, id, sequence).await? {
             let envelope = EventEnvelope::<A>::try_from(serialized)
                 .map_err(|e: PersistenceError| AggregateError::from(e))?;
             sequence = envelope.sequence;

@@ -18,6 +18,7 @@ use schemas::provider::{ConnectionRef, ModelCost, SetPromptLimits};
 
 use crate::aggregate_cache::AggregateCache;
 use crate::aggregates::{ApiKey, Organization, Payer, Workspace};
+use crate::catch_up::CatchUp;
 use crate::error::DomainError;
 
 #[async_trait]
@@ -273,10 +274,10 @@ struct Replayed<A: cqrs_es::Aggregate> {
 }
 
 impl<A: cqrs_es::Aggregate + Clone + 'static> Replayed<A> {
-    fn new(pool: &sqlx::PgPool) -> Self {
+    fn new(pool: &sqlx::PgPool, catch_up: &CatchUp) -> Self {
         let store =
             PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
-        Self { store, cache: AggregateCache::new(pool.clone()) }
+        Self { store, cache: AggregateCache::new(catch_up.clone()) }
     }
 
     /// `id` with every committed event applied.
@@ -289,11 +290,11 @@ impl<A: cqrs_es::Aggregate + Clone + 'static> Replayed<A> {
 }
 
 impl EventStoreDirectory {
-    pub fn new(pool: sqlx::PgPool) -> Self {
+    pub fn new(pool: sqlx::PgPool, catch_up: CatchUp) -> Self {
         Self {
-            orgs: Replayed::new(&pool),
-            workspaces: Replayed::new(&pool),
-            api_keys: Replayed::new(&pool),
+            orgs: Replayed::new(&pool, &catch_up),
+            workspaces: Replayed::new(&pool, &catch_up),
+            api_keys: Replayed::new(&pool, &catch_up),
         }
     }
 }

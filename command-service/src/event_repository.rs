@@ -58,16 +58,39 @@ impl EventRepository {
 /// As postgres-es classifies them: a unique violation is the optimistic lock; a lost or
 /// unreachable database is a connection error (answered 503).
 fn persistence_error(e: sqlx::Error) -> PersistenceError {
-    match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
-            PersistenceError::OptimisticLockError
-        }
+    match classify(&e) {
+        Kind::Conflict => PersistenceError::OptimisticLockError,
+        Kind::Connection => PersistenceError::ConnectionError(Box::new(e)),
+        Kind::Other => PersistenceError::UnknownError(Box::new(e)),
+    }
+}
+
+/// `persistence_error` for a failure several callers share (a batched read): each gets the
+/// same kind of error, with its message.
+pub fn shared_error(e: &sqlx::Error) -> PersistenceError {
+    let message = e.to_string().into();
+    match classify(e) {
+        Kind::Conflict => PersistenceError::OptimisticLockError,
+        Kind::Connection => PersistenceError::ConnectionError(message),
+        Kind::Other => PersistenceError::UnknownError(message),
+    }
+}
+
+enum Kind {
+    Conflict,
+    Connection,
+    Other,
+}
+
+fn classify(e: &sqlx::Error) -> Kind {
+    match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => Kind::Conflict,
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => PersistenceError::ConnectionError(Box::new(e)),
-        _ => PersistenceError::UnknownError(Box::new(e)),
+        | sqlx::Error::WorkerCrashed => Kind::Connection,
+        _ => Kind::Other,
     }
 }
 

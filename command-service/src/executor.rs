@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::aggregate_cache::AggregateCache;
 use crate::aggregates::Scoped;
+use crate::catch_up::CatchUp;
 use crate::directory::Services;
 use crate::error::{CommandError, DomainError};
 use crate::event_repository::EventRepository;
@@ -51,10 +52,15 @@ where
     A: Aggregate<Services = Services, Error = DomainError> + Scoped + Clone + 'static,
     A::Command: Clone,
 {
-    pub fn new(pool: sqlx::PgPool, services: Services, wake: crate::relay::Wake) -> Self {
+    pub fn new(
+        pool: sqlx::PgPool,
+        catch_up: CatchUp,
+        services: Services,
+        wake: crate::relay::Wake,
+    ) -> Self {
         Self {
-            store: PersistedEventStore::new_event_store(EventRepository::new(pool.clone())),
-            cache: AggregateCache::new(pool),
+            store: PersistedEventStore::new_event_store(EventRepository::new(pool)),
+            cache: AggregateCache::new(catch_up),
             services,
             wake,
         }

@@ -4,6 +4,7 @@
 
 pub mod aggregate_cache;
 pub mod aggregates;
+pub mod catch_up;
 pub mod config;
 pub mod directory;
 pub mod error;

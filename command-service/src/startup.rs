@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregates::{ApiKey, Organization, Session, Workspace};
+use crate::catch_up::CatchUp;
 use crate::config::CommandConfig;
 use crate::directory::{EventStoreDirectory, Services};
 use crate::executor::Executor;
@@ -71,8 +72,10 @@ impl Application {
             .connect_lazy(&common.database_url)?;
 
         let spend = Arc::new(PgSpend::new(pool.clone()));
+        // Every aggregate cache's catch-up reads, batched together (`catch_up.rs`).
+        let catch_up = CatchUp::start(pg.clone());
         let services = Services {
-            directory: Arc::new(EventStoreDirectory::new(pg.clone())),
+            directory: Arc::new(EventStoreDirectory::new(pg.clone(), catch_up.clone())),
             spend: spend.clone(),
         };
         let keks = platform::config::load::<identity::ProviderKeysConfig>()?.keks()?;
@@ -84,10 +87,15 @@ impl Application {
             allow_private_urls: cfg.provider_allow_private_urls,
             db: pool.clone(),
             directory: services.directory.clone(),
-            organizations: Executor::new(pg.clone(), services.clone(), wake.clone()),
-            workspaces: Executor::new(pg.clone(), services.clone(), wake.clone()),
-            sessions: Executor::new(pg.clone(), services.clone(), wake.clone()),
-            api_keys: Executor::new(pg.clone(), services, wake),
+            organizations: Executor::new(
+                pg.clone(),
+                catch_up.clone(),
+                services.clone(),
+                wake.clone(),
+            ),
+            workspaces: Executor::new(pg.clone(), catch_up.clone(), services.clone(), wake.clone()),
+            sessions: Executor::new(pg.clone(), catch_up.clone(), services.clone(), wake.clone()),
+            api_keys: Executor::new(pg.clone(), catch_up, services, wake),
             spend: spend.clone(),
             sync_prompts: crate::sync_prompts::SyncPrompts::new(
                 nats.clone(),

@@ -9,6 +9,7 @@ mod browser;
 mod budgets;
 mod bus_security;
 mod chaos;
+mod concurrent_commands;
 mod consistency_waits;
 mod durability;
 mod interest;
