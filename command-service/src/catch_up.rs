@@ -30,12 +30,18 @@ const QUEUE: usize = 4096;
 /// How long a read waits for room in the queue (the pool's own acquire timeout).
 const QUEUE_WAIT: Duration = Duration::from_secs(3);
 
-/// Each wanted aggregate's events after its sequence, in order; `n` says whose they are.
+/// Each wanted aggregate's events after its sequence, in order; `n` says whose they are. The
+/// lateral subquery (kept apart by `OFFSET 0`) is always an index scan of the primary key per
+/// wanted aggregate: as a plain join, the plan PostgreSQL keeps for a prepared statement could
+/// be the one chosen while `events` was small (a hash join over a scan of the whole table), and
+/// a new deployment's statements would scan every event for each read until the next `ANALYZE`.
 const EVENTS_AFTER: &str = "SELECT w.n, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
         e.event_version, e.payload, e.metadata \
      FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS w(aggregate_type, aggregate_id, after, n) \
-     JOIN events e ON e.aggregate_type = w.aggregate_type AND e.aggregate_id = w.aggregate_id \
-         AND e.sequence > w.after \
+     CROSS JOIN LATERAL ( \
+         SELECT * FROM events e WHERE e.aggregate_type = w.aggregate_type \
+             AND e.aggregate_id = w.aggregate_id AND e.sequence > w.after \
+         ORDER BY e.sequence OFFSET 0) e \
      ORDER BY w.n, e.sequence";
 
 type Reply = Result<Vec<SerializedEvent>, PersistenceError>;
