@@ -11,24 +11,17 @@
 //!
 //! Only catch-ups of cached aggregates come here (typically none to a few events each); a full
 //! load of an aggregate nobody cached goes to the event store on its own, so one large history
-//! never holds up other tenants' reads. The reading task owns each statement: a caller that
-//! gives up (its client went away) takes nobody else's read with it.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! never holds up other tenants' reads. The batching itself is `platform::batching`.
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use platform::batching::{BatchLimits, Batcher};
 use sqlx::Row;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use std::time::Duration;
 
-/// Statements of this service's catch-up reads at once (of the pool's connections).
-const IN_FLIGHT: usize = 4;
-/// Reads in one statement at most.
-const MAX_BATCH: usize = 256;
-/// Reads waiting for a statement at most; beyond, a caller waits for room as for a connection.
-const QUEUE: usize = 4096;
-/// How long a read waits for room in the queue (the pool's own acquire timeout).
-const QUEUE_WAIT: Duration = Duration::from_secs(3);
+/// Four statements at once (of the pool's connections), 256 reads in one at most, 4,096 waiting;
+/// beyond, a read waits for room as long as for a connection (then 503).
+const LIMITS: BatchLimits =
+    BatchLimits { in_flight: 4, max_batch: 256, queue: 4096, queue_wait: Duration::from_secs(3) };
 
 /// Each wanted aggregate's events after its sequence, in order; `n` says whose they are. The
 /// lateral subquery (kept apart by `OFFSET 0`) is always an index scan of the primary key per
@@ -51,21 +44,18 @@ struct Want {
     aggregate_type: &'static str,
     aggregate_id: String,
     after: i64,
-    reply: oneshot::Sender<Reply>,
 }
 
 /// The handle callers read through; cheap to clone (every cache of the service shares one).
 #[derive(Clone)]
 pub struct CatchUp {
-    queue: mpsc::Sender<Want>,
+    batcher: Batcher<Want, Reply>,
 }
 
 impl CatchUp {
-    /// Start the reading task on `pool`. It ends when the last handle is dropped.
+    /// Start reading on `pool`; the batching task ends when the last handle is dropped.
     pub fn start(pool: sqlx::PgPool) -> Self {
-        let (queue, wants) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, wants));
-        Self { queue }
+        Self { batcher: Batcher::start(LIMITS, move |batch| read(pool.clone(), batch)) }
     }
 
     /// The events of aggregate `aggregate_id` of kind `aggregate_type` after sequence `after`,
@@ -76,53 +66,22 @@ impl CatchUp {
         aggregate_id: &str,
         after: usize,
     ) -> Reply {
-        let (reply, answer) = oneshot::channel();
         let after = i64::try_from(after).map_err(|e| PersistenceError::UnknownError(e.into()))?;
-        let want = Want { aggregate_type, aggregate_id: aggregate_id.to_owned(), after, reply };
-        let sent = tokio::time::timeout(QUEUE_WAIT, self.queue.send(want)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return Err(unavailable("too many reads of the event store are waiting"));
+        let want = Want { aggregate_type, aggregate_id: aggregate_id.to_owned(), after };
+        match self.batcher.ask(want).await {
+            Ok(reply) => reply,
+            Err(e) => Err(PersistenceError::ConnectionError(e.into())),
         }
-        answer.await.unwrap_or_else(|_| Err(unavailable("the event store reader stopped")))
     }
 }
 
-fn unavailable(why: &str) -> PersistenceError {
-    PersistenceError::ConnectionError(why.into())
-}
-
-/// Take the reads that came, one statement per batch, at most `IN_FLIGHT` at once. A slot is
-/// taken before the batch is gathered, so while all are busy the queue fills into the next.
-async fn run(pool: sqlx::PgPool, mut wants: mpsc::Receiver<Want>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = wants.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH
-            && let Ok(want) = wants.try_recv()
-        {
-            batch.push(want);
-        }
-        // Callers that went away while waiting are not read for.
-        batch.retain(|w| !w.reply.is_closed());
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            read(&pool, batch).await;
-            drop(slot);
-        });
-    }
-}
-
-/// One statement for `batch`, each caller answered with its own events (or the failure).
-async fn read(pool: &sqlx::PgPool, batch: Vec<Want>) {
-    if batch.is_empty() {
-        return;
-    }
+/// One statement for `batch`: each caller's own events, or the failure.
+async fn read(pool: sqlx::PgPool, batch: Vec<Want>) -> Vec<Reply> {
     metrics::histogram!("event_store_catch_up_batch_size").record(batch.len() as f64);
     let types: Vec<&str> = batch.iter().map(|w| w.aggregate_type).collect();
     let ids: Vec<&str> = batch.iter().map(|w| w.aggregate_id.as_str()).collect();
     let afters: Vec<i64> = batch.iter().map(|w| w.after).collect();
-    let rows = sqlx::query(EVENTS_AFTER).bind(types).bind(ids).bind(afters).fetch_all(pool).await;
+    let rows = sqlx::query(EVENTS_AFTER).bind(types).bind(ids).bind(afters).fetch_all(&pool).await;
     let mut events: Vec<Vec<SerializedEvent>> = batch.iter().map(|_| Vec::new()).collect();
     let failure = match rows {
         Ok(rows) => rows.iter().try_for_each(|row| {
@@ -132,15 +91,10 @@ async fn read(pool: &sqlx::PgPool, batch: Vec<Want>) {
             Ok::<_, sqlx::Error>(())
         }),
         Err(e) => Err(e),
-    }
-    .err();
-    for (want, events) in batch.into_iter().zip(events) {
-        let answer = match &failure {
-            None => Ok(events),
-            Some(e) => Err(crate::event_repository::shared_error(e)),
-        };
-        // A caller that went away meanwhile needs no answer.
-        let _ = want.reply.send(answer);
+    };
+    match failure {
+        Ok(()) => events.into_iter().map(Ok).collect(),
+        Err(e) => batch.iter().map(|_| Err(crate::event_repository::shared_error(&e))).collect(),
     }
 }
 

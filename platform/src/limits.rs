@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::batching::{BatchLimits, Batcher};
 use crate::problem::Problem;
 
 /// So many per minute, with bursts of up to `burst` at once.
@@ -95,27 +96,94 @@ pub struct Refused {
     pub used: u64,
 }
 
-/// Take `count` from `key`'s allowance at `rate`: `Ok(None)` if taken, `Ok(Some(refused))` if
-/// not.
-pub async fn take(
-    db: &deadpool_postgres::Client,
-    key: &str,
-    rate: Rate,
-    count: u32,
-) -> Result<Option<Refused>, tokio_postgres::Error> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT extract(epoch FROM rate_limit_take($1, make_interval(secs => $2), make_interval(secs => $3)))::float8",
-        )
-        .await?;
-    let interval = rate.interval_secs();
-    let cost = interval * f64::from(count);
-    let window = rate.window_secs();
-    let wait: Option<f64> = db.query_one(&stmt, &[&key, &cost, &window]).await?.get(0);
-    // Refused when the theoretical arrival time, moved by `cost`, lies `wait` past the window:
-    // what the window holds now is (wait + window - cost) worth of intervals.
-    Ok(wait.map(|s| Refused {
-        wait: Duration::from_secs_f64(s.max(0.001)),
-        used: ((s + window - cost) / interval).round().max(0.0) as u64,
-    }))
+/// Takes of `rate_limit_take`, of every request arriving at once, in one statement
+/// (`crate::batching`): under a burst the request rates cost a few statements instead of one per
+/// request, and one user's burst queues on its row once per batch instead of once per request.
+/// A batch takes its keys in key order (so two batches running at once cannot deadlock) and each
+/// key's takes in the order they were asked.
+#[derive(Clone)]
+pub struct RateTakes {
+    batcher: Batcher<Take, Result<Option<Refused>, Problem>>,
+}
+
+/// One request's take.
+struct Take {
+    key: String,
+    cost: f64,
+    window: f64,
+    interval: f64,
+}
+
+/// Four statements at once (of the pool's connections), 256 takes in one at most, 4,096
+/// waiting; beyond, a take waits for room as long as for a connection (then 503).
+const TAKES: BatchLimits =
+    BatchLimits { in_flight: 4, max_batch: 256, queue: 4096, queue_wait: Duration::from_secs(3) };
+
+/// Each take's wait (NULL: taken), in the order given.
+const TAKE_ALL: &str = "SELECT extract(epoch FROM rate_limit_take(w.key, make_interval(secs => w.cost), \
+        make_interval(secs => w.burst_window)))::float8 \
+     FROM unnest($1::text[], $2::float8[], $3::float8[]) WITH ORDINALITY AS w(key, cost, burst_window, n) \
+     ORDER BY w.n";
+
+impl RateTakes {
+    /// Take on `db`; the batching task ends when the last handle is dropped.
+    pub fn start(db: deadpool_postgres::Pool) -> Self {
+        Self { batcher: Batcher::start(TAKES, move |takes| take_all(db.clone(), takes)) }
+    }
+
+    /// Take `count` from `key`'s allowance at `rate`: `Ok(None)` if taken, `Ok(Some(refused))`
+    /// if not.
+    pub async fn take(
+        &self,
+        key: String,
+        rate: Rate,
+        count: u32,
+    ) -> Result<Option<Refused>, Problem> {
+        let interval = rate.interval_secs();
+        let take =
+            Take { key, cost: interval * f64::from(count), window: rate.window_secs(), interval };
+        self.batcher.ask(take).await.map_err(|e| Problem::unavailable(e.to_string()))?
+    }
+}
+
+/// One statement for `takes`, answered in their order.
+async fn take_all(
+    db: deadpool_postgres::Pool,
+    takes: Vec<Take>,
+) -> Vec<Result<Option<Refused>, Problem>> {
+    // Key order, and within a key the order asked (a stable sort).
+    let mut order: Vec<usize> = (0..takes.len()).collect();
+    order.sort_by(|a, b| takes[*a].key.cmp(&takes[*b].key));
+    let keys: Vec<&str> = order.iter().map(|i| takes[*i].key.as_str()).collect();
+    let costs: Vec<f64> = order.iter().map(|i| takes[*i].cost).collect();
+    let windows: Vec<f64> = order.iter().map(|i| takes[*i].window).collect();
+    let waits = async {
+        let db = db.get().await?;
+        let stmt = db.prepare_cached(TAKE_ALL).await?;
+        let rows = db.query(&stmt, &[&keys, &costs, &windows]).await?;
+        Ok::<_, Problem>(rows.iter().map(|r| r.get::<_, Option<f64>>(0)).collect::<Vec<_>>())
+    };
+    match waits.await {
+        Ok(waits) if waits.len() == takes.len() => {
+            let mut answers: Vec<Option<Refused>> = vec![None; takes.len()];
+            for (wait, i) in waits.into_iter().zip(order) {
+                answers[i] = wait.map(|s| refused(&takes[i], s));
+            }
+            answers.into_iter().map(Ok).collect()
+        }
+        Ok(_) => {
+            takes.iter().map(|_| Err(Problem::internal(&"a rate take went unanswered"))).collect()
+        }
+        Err(e) => takes.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// A take refused with `wait` seconds to go. Refused when the theoretical arrival time, moved
+/// by the take's cost, lies `wait` past the window: what the window holds now is
+/// (wait + window - cost) worth of intervals.
+fn refused(take: &Take, wait: f64) -> Refused {
+    Refused {
+        wait: Duration::from_secs_f64(wait.max(0.001)),
+        used: ((wait + take.window - take.cost) / take.interval).round().max(0.0) as u64,
+    }
 }

@@ -17,9 +17,9 @@ fn limited(env: &[(&'static str, &str)]) -> SystemOptions {
     }
 }
 
-#[tokio::test]
-async fn a_users_command_rate_is_limited_across_instances_and_only_theirs() {
-    // One command a minute after a burst of five: the test cannot outrun the refill.
+/// Two command instances whose users may send a burst of five commands, then one a minute (a
+/// test cannot outrun the refill).
+async fn five_a_minute_on_two_command_instances() -> System {
     let mut system = System::start_with(limited(&[
         ("OC_RATE_LIMIT_PER_MINUTE", "1"),
         ("OC_RATE_LIMIT_BURST", "5"),
@@ -27,6 +27,12 @@ async fn a_users_command_rate_is_limited_across_instances_and_only_theirs() {
     .await;
     let second = system.start_command(false).await;
     system.command.push(second);
+    system
+}
+
+#[tokio::test]
+async fn a_users_command_rate_is_limited_across_instances_and_only_theirs() {
+    let system = five_a_minute_on_two_command_instances().await;
     let alice = system.token("alice").await;
     let bob = system.token("bob").await;
     let create = |i: usize, who: &str| {
@@ -47,6 +53,29 @@ async fn a_users_command_rate_is_limited_across_instances_and_only_theirs() {
     assert!(body["limit"].as_str().unwrap().contains("1 requests per minute"), "{body}");
     // Bob is not slowed by alice.
     assert_eq!(create(1, &bob).await.unwrap().status(), 201);
+}
+
+/// Requests that arrive at the same instant have their rates taken together (several in one
+/// statement): a burst of one user still gets exactly its allowance, across two instances, and
+/// takes nothing from another user who came at the same instant.
+#[tokio::test]
+async fn a_burst_at_one_instant_gets_exactly_its_allowance_and_takes_no_one_elses() {
+    let system = five_a_minute_on_two_command_instances().await;
+    let alice = system.token("alice").await;
+    let bob = system.token("bob").await;
+    let create = |i: usize, who: &str| {
+        let url = format!("{}/org", system.command[i % 2].url);
+        let req = system.http.post(url).bearer_auth(who.to_owned()).json(&json!({ "name": "x" }));
+        async move { req.send().await.expect("command service reachable").status().as_u16() }
+    };
+    let (alices, bobs) = tokio::join!(
+        futures::future::join_all((0..40).map(|i| create(i, &alice))),
+        futures::future::join_all((0..3).map(|i| create(i, &bob))),
+    );
+    let accepted = alices.iter().filter(|s| **s == 201).count();
+    assert_eq!(accepted, 5, "exactly the burst of five: {alices:?}");
+    assert!(alices.iter().all(|s| *s == 201 || *s == 429), "{alices:?}");
+    assert_eq!(bobs, [201, 201, 201], "Bob's own allowance is untouched");
 }
 
 #[tokio::test]

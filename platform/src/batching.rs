@@ -1,0 +1,154 @@
+//! Many callers' small statements as one: a caller's request goes out at once while a slot is
+//! free, and the requests that arrive while every slot is busy wait together and go out as one
+//! batch. Nothing is added when the service is quiet, and a burst needs a few statements (each
+//! waiting for one pooled connection) instead of one per caller.
+//!
+//! Written here rather than taken from a dataloader crate: those gather a batch by waiting (a
+//! fixed delay or a number of yields) before every load, which adds to the quiet case, and some
+//! run the load inside the first caller's future, so a caller that goes away cancels everyone's.
+//! Here a task owns each batch: a caller that gives up takes no one else's answer with it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// How much a batcher may hold and run.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Batches running at once (each usually holds one pooled connection).
+    pub in_flight: usize,
+    /// Requests in one batch at most.
+    pub max_batch: usize,
+    /// Requests waiting for a batch at most.
+    pub queue: usize,
+    /// How long a request waits for room in a full queue before it is refused.
+    pub queue_wait: Duration,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("too many requests are waiting for the database")]
+    Busy,
+    #[error("the batching task stopped")]
+    Stopped,
+}
+
+/// Sends requests `W` to a batch function and hands each caller its answer `A`.
+pub struct Batcher<W, A> {
+    queue: mpsc::Sender<(W, oneshot::Sender<A>)>,
+    queue_wait: Duration,
+}
+
+impl<W, A> Clone for Batcher<W, A> {
+    fn clone(&self) -> Self {
+        Self { queue: self.queue.clone(), queue_wait: self.queue_wait }
+    }
+}
+
+impl<W: Send + 'static, A: Send + 'static> Batcher<W, A> {
+    /// Start the batching task. `run` gets a batch of requests and must answer each, in the
+    /// same order. The task ends when the last handle is dropped.
+    pub fn start<F, Fut>(limits: BatchLimits, run: F) -> Self
+    where
+        F: Fn(Vec<W>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<A>> + Send + 'static,
+    {
+        let (queue, requests) = mpsc::channel(limits.queue.max(1));
+        tokio::spawn(gather(limits, requests, run));
+        Self { queue, queue_wait: limits.queue_wait }
+    }
+
+    /// `want`'s answer, from the next batch.
+    pub async fn ask(&self, want: W) -> Result<A, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        match tokio::time::timeout(self.queue_wait, self.queue.send((want, reply))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(BatchError::Stopped),
+            Err(_) => return Err(BatchError::Busy),
+        }
+        answer.await.map_err(|_| BatchError::Stopped)
+    }
+}
+
+/// Take the requests that came, one batch at a time per free slot. The slot is taken before the
+/// batch is gathered, so while all are busy the queue fills into the next batch.
+async fn gather<W, A, F, Fut>(
+    limits: BatchLimits,
+    mut requests: mpsc::Receiver<(W, oneshot::Sender<A>)>,
+    run: F,
+) where
+    W: Send + 'static,
+    A: Send + 'static,
+    F: Fn(Vec<W>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<A>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
+    while let Some(first) = requests.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < limits.max_batch
+            && let Ok(request) = requests.try_recv()
+        {
+            batch.push(request);
+        }
+        // Callers that went away while waiting are not asked for.
+        batch.retain(|(_, reply)| !reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (wants, replies): (Vec<W>, Vec<oneshot::Sender<A>>) = batch.into_iter().unzip();
+        let answers = run(wants);
+        tokio::spawn(async move {
+            for (reply, answer) in replies.into_iter().zip(answers.await) {
+                // A caller that went away meanwhile needs no answer.
+                let _ = reply.send(answer);
+            }
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(in_flight: usize) -> BatchLimits {
+        BatchLimits { in_flight, max_batch: 100, queue: 1000, queue_wait: Duration::from_secs(1) }
+    }
+
+    #[tokio::test]
+    async fn every_caller_gets_its_own_answer_and_waiting_callers_share_batches() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        // One slot: the callers who come while a batch runs wait together for the next.
+        let batcher = Batcher::start(limits(1), move |wants: Vec<u32>| {
+            seen.lock().unwrap().push(wants.len());
+            async move { wants.into_iter().map(|w| w * 10).collect::<Vec<_>>() }
+        });
+        let answers = futures::future::join_all((0..50).map(|i| batcher.ask(i))).await;
+        let answers: Vec<u32> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, (0..50).map(|i| i * 10).collect::<Vec<_>>());
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 50);
+        assert!(sizes.len() < 50, "callers waiting for the slot were batched: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_takes_no_one_elses_answer() {
+        let batcher = Batcher::start(limits(1), |wants: Vec<u32>| async move {
+            tokio::task::yield_now().await;
+            wants
+        });
+        {
+            let first = batcher.ask(1);
+            tokio::pin!(first);
+            assert!(futures::poll!(first.as_mut()).is_pending(), "asked");
+            // and gone before its answer
+        }
+        let (a, b) = tokio::join!(batcher.ask(2), batcher.ask(3));
+        assert_eq!((a.unwrap(), b.unwrap()), (2, 3));
+    }
+}
