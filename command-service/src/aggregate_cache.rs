@@ -63,6 +63,12 @@ where
         })
     }
 
+    /// The aggregate as last remembered, without reading anything (not current: for what never
+    /// changes once set, such as a session's organization and workspace).
+    pub async fn peek(&self, id: &str) -> Option<Arc<(A, usize)>> {
+        self.states.get(id).await
+    }
+
     /// Remember `aggregate` as committed up to `sequence`.
     pub async fn remember(&self, id: &str, aggregate: A, sequence: usize) {
         self.states.insert(id.to_owned(), Arc::new((aggregate, sequence))).await;

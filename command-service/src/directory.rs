@@ -20,6 +20,7 @@ use crate::aggregate_cache::AggregateCache;
 use crate::aggregates::{ApiKey, Organization, Payer, Workspace};
 use crate::catch_up::CatchUp;
 use crate::error::DomainError;
+use crate::read_ahead::{ReadAhead, ReadAheadDirectory};
 
 #[async_trait]
 pub trait Directory: Send + Sync {
@@ -62,6 +63,15 @@ pub trait Directory: Send + Sync {
         let wanted = wanted.or_else(|| workspace.default_model.clone());
         let terms = self.prompt_terms(org, payer, wanted).await;
         Ok(PromptContext { workspace: Some(workspace), role, terms })
+    }
+    /// Organization `org` and workspace `workspace` as of now, to answer one command's
+    /// questions about them from (`crate::read_ahead`); `None` where this directory cannot.
+    async fn read_ahead(
+        &self,
+        _org: &OrganizationId,
+        _workspace: &WorkspaceId,
+    ) -> Result<Option<ReadAhead>, DomainError> {
+        Ok(None)
     }
     /// The organization an API key acts in, if the key exists and is not revoked.
     async fn api_key_organization(
@@ -150,6 +160,20 @@ pub struct Services {
 }
 
 impl Services {
+    /// These services with `reads` (an organization and workspace a command will ask about)
+    /// read now, at the same time as the command's aggregate (`crate::read_ahead`).
+    pub async fn read_ahead(
+        &self,
+        reads: Option<(OrganizationId, WorkspaceId)>,
+    ) -> Result<Services, DomainError> {
+        let Some((org, workspace)) = reads else { return Ok(self.clone()) };
+        let Some(read) = self.directory.read_ahead(&org, &workspace).await? else {
+            return Ok(self.clone());
+        };
+        let directory = ReadAheadDirectory { read, inner: self.directory.clone() };
+        Ok(Services { directory: Arc::new(directory), spend: self.spend.clone() })
+    }
+
     /// The services of a caller limited to one organization (an API key): every other
     /// organization, and its workspaces, look missing.
     pub fn scoped_to(&self, organization: &OrganizationId) -> Services {
@@ -300,7 +324,7 @@ impl EventStoreDirectory {
 }
 
 /// `Directory::prompt_terms` of an organization as read.
-fn terms_of(
+pub(crate) fn terms_of(
     organization: &Organization,
     payer: PromptPayer,
     wanted: Option<ModelRef>,
@@ -316,6 +340,41 @@ fn terms_of(
         own_key: connection.as_ref().is_some_and(|c| c.own_key),
     });
     Ok(PromptTerms { model, connection, price, budgets, limits: organization.prompt_limits() })
+}
+
+/// `Directory::prompt_context` of an organization and workspace as read.
+pub(crate) fn context_of(
+    organization: &Organization,
+    workspace: &Workspace,
+    payer: PromptPayer,
+    wanted: Option<ModelRef>,
+) -> PromptContext {
+    let Some(view) = workspace.view() else {
+        return PromptContext::not_found();
+    };
+    let role = organization.role_of(&payer.user);
+    let wanted = wanted.or_else(|| view.default_model.clone());
+    let terms = terms_of(organization, payer, wanted);
+    PromptContext { workspace: Some(view), role, terms }
+}
+
+/// `Directory::spend_rules` of an organization as read.
+pub(crate) fn spend_rules_of(organization: &Organization, time: i64) -> SpendRules {
+    let budgets = organization
+        .budgets()
+        .map(|b| {
+            let due = b
+                .spec
+                .thresholds
+                .iter()
+                .map(|&percent| BudgetAlert::Threshold { percent })
+                .chain([BudgetAlert::Exhausted])
+                .filter(|a| organization.budget_alert_due(&b.id, *a, time))
+                .collect();
+            (b.clone(), due)
+        })
+        .collect();
+    SpendRules { limits: organization.prompt_limits(), budgets }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> DomainError {
@@ -359,14 +418,20 @@ impl Directory for EventStoreDirectory {
             self.orgs.load(org.as_str()),
             self.workspaces.load(payer.workspace.as_str())
         );
-        let (organization, workspace) = (organization?, workspace?);
-        let Some(view) = workspace.view() else {
-            return Ok(PromptContext::not_found());
-        };
-        let role = organization.role_of(&payer.user);
-        let wanted = wanted.or_else(|| view.default_model.clone());
-        let terms = terms_of(&organization, payer, wanted);
-        Ok(PromptContext { workspace: Some(view), role, terms })
+        Ok(context_of(&organization?, &workspace?, payer, wanted))
+    }
+
+    async fn read_ahead(
+        &self,
+        org: &OrganizationId,
+        workspace: &WorkspaceId,
+    ) -> Result<Option<ReadAhead>, DomainError> {
+        let (organization, read) =
+            tokio::join!(self.orgs.load(org.as_str()), self.workspaces.load(workspace.as_str()));
+        Ok(Some(ReadAhead {
+            organization: (org.clone(), organization?),
+            workspace: (workspace.clone(), read?),
+        }))
     }
 
     async fn api_key_organization(
@@ -381,22 +446,7 @@ impl Directory for EventStoreDirectory {
         org: &OrganizationId,
         time: i64,
     ) -> Result<SpendRules, DomainError> {
-        let organization = &self.orgs.load(org.as_str()).await?;
-        let budgets = organization
-            .budgets()
-            .map(|b| {
-                let due = b
-                    .spec
-                    .thresholds
-                    .iter()
-                    .map(|&percent| BudgetAlert::Threshold { percent })
-                    .chain([BudgetAlert::Exhausted])
-                    .filter(|a| organization.budget_alert_due(&b.id, *a, time))
-                    .collect();
-                (b.clone(), due)
-            })
-            .collect();
-        Ok(SpendRules { limits: organization.prompt_limits(), budgets })
+        Ok(spend_rules_of(&self.orgs.load(org.as_str()).await?, time))
     }
 
     async fn may_manage_connection(

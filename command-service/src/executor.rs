@@ -125,18 +125,26 @@ where
         ctx: &CommandContext,
     ) -> Result<ConsistencyToken, AggregateError<DomainError>> {
         let step = |name: &'static str| tracing::info_span!(target: platform::telemetry::TRACE_TARGET, "step", otel.name = name);
-        let mut context = self.cache.load(&self.store, id).instrument(step("load")).await?;
+        // The directory reads the command will need, where the cached state already names them,
+        // at the same time as the aggregate itself (`crate::read_ahead`).
+        let reads = self.cache.peek(id).await.and_then(|c| c.0.directory_reads(&command));
+        let (loaded, read_ahead) = tokio::join!(
+            self.cache.load(&self.store, id).instrument(step("load")),
+            self.services.read_ahead(reads)
+        );
+        let mut context = loaded?;
+        let read_ahead = read_ahead.map_err(AggregateError::UserError)?;
         let aggregate = context.aggregate();
         // An API key reaches one organization. Outside it every aggregate is "not found", before
         // any other check could answer differently (403, 409, 400), and the aggregate's lookups
         // see no memberships elsewhere (so creating something elsewhere is "not found" too).
         let services = match &ctx.organization_scope {
-            None => self.services.clone(),
+            None => read_ahead,
             Some(allowed) => {
                 if aggregate.scope().organization.is_some_and(|org| &org != allowed) {
                     return Err(AggregateError::UserError(DomainError::NotFound));
                 }
-                self.services.scoped_to(allowed)
+                read_ahead.scoped_to(allowed)
             }
         };
         let sink = EventSink::default();

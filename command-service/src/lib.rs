@@ -12,6 +12,7 @@ pub mod event_repository;
 pub mod executor;
 pub mod internal;
 pub mod prompt_limits;
+pub mod read_ahead;
 pub mod relay;
 pub mod routes;
 pub mod spend;

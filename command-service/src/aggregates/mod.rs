@@ -25,8 +25,13 @@ pub struct Scope {
 }
 
 /// Implemented by every aggregate so the executor can label its events.
-pub trait Scoped {
+pub trait Scoped: cqrs_es::Aggregate {
     fn scope(&self) -> Scope;
+    /// The organization and workspace `command` will ask the directory about, if this state
+    /// already knows them: read at the same time as the aggregate (`crate::read_ahead`).
+    fn directory_reads(&self, _command: &Self::Command) -> Option<(OrganizationId, WorkspaceId)> {
+        None
+    }
 }
 
 /// Fail unless `actor` may take `action` in `org`: NotFound for strangers (indistinguishable from

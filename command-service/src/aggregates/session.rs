@@ -458,6 +458,17 @@ impl Scoped for Session {
             session: self.id.clone(),
         }
     }
+
+    /// A prompt asks about both (membership, models, budgets), an abort about both (membership);
+    /// the worker's reports about the organization at most.
+    fn directory_reads(&self, command: &SessionCommand) -> Option<(OrganizationId, WorkspaceId)> {
+        match command {
+            SessionCommand::Prompt { .. } | SessionCommand::Abort { .. } => {
+                Some((self.organization_id.clone()?, self.workspace_id.clone()?))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
