@@ -16,12 +16,20 @@
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use platform::batching::{BatchLimits, Batcher};
 use sqlx::Row;
+use std::collections::HashMap;
 use std::time::Duration;
 
-/// Four statements at once (of the pool's connections), 256 reads in one at most, 4,096 waiting;
-/// beyond, a read waits for room as long as for a connection (then 503).
-const LIMITS: BatchLimits =
-    BatchLimits { in_flight: 4, max_batch: 256, queue: 4096, queue_wait: Duration::from_secs(3) };
+/// Four statements at once (of the pool's connections), 256 reads in one at most, 4,096 waiting,
+/// 32 of one aggregate's at once (every prompt of an organization reads it: a tenant's burst
+/// waits at its own gate); beyond, a read waits for its turn and room as long as for a
+/// connection (then 503).
+const LIMITS: BatchLimits = BatchLimits {
+    in_flight: 4,
+    max_batch: 256,
+    queue: 4096,
+    per_key: 32,
+    queue_wait: Duration::from_secs(3),
+};
 
 /// Each wanted aggregate's events after its sequence, in order; `n` says whose they are. The
 /// lateral subquery (kept apart by `OFFSET 0`) is always an index scan of the primary key per
@@ -40,6 +48,7 @@ const EVENTS_AFTER: &str = "SELECT w.n, e.aggregate_type, e.aggregate_id, e.sequ
 type Reply = Result<Vec<SerializedEvent>, PersistenceError>;
 
 /// One caller's read.
+#[derive(PartialEq, Eq, Hash)]
 struct Want {
     aggregate_type: &'static str,
     aggregate_id: String,
@@ -68,34 +77,54 @@ impl CatchUp {
     ) -> Reply {
         let after = i64::try_from(after).map_err(|e| PersistenceError::UnknownError(e.into()))?;
         let want = Want { aggregate_type, aggregate_id: aggregate_id.to_owned(), after };
-        match self.batcher.ask(want).await {
+        match self.batcher.ask(&format!("{aggregate_type}:{aggregate_id}"), want).await {
             Ok(reply) => reply,
             Err(e) => Err(PersistenceError::ConnectionError(e.into())),
         }
     }
 }
 
-/// One statement for `batch`: each caller's own events, or the failure.
+/// One statement for `batch`: each caller's own events, or the failure. Callers wanting the
+/// same read (a burst of one organization's prompts all read it) share one copy of it.
 async fn read(pool: sqlx::PgPool, batch: Vec<Want>) -> Vec<Reply> {
     metrics::histogram!("event_store_catch_up_batch_size").record(batch.len() as f64);
+    let mut distinct: Vec<&Want> = Vec::with_capacity(batch.len());
+    let mut index: HashMap<&Want, usize> = HashMap::with_capacity(batch.len());
+    let which: Vec<usize> = batch
+        .iter()
+        .map(|w| {
+            *index.entry(w).or_insert_with(|| {
+                distinct.push(w);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let events = read_distinct(&pool, &distinct).await;
+    which
+        .into_iter()
+        .map(|i| match &events {
+            Ok(events) => Ok(events[i].clone()),
+            Err(e) => Err(crate::event_repository::shared_error(e)),
+        })
+        .collect()
+}
+
+/// The events of each of `batch`, in `batch`'s order.
+async fn read_distinct(
+    pool: &sqlx::PgPool,
+    batch: &[&Want],
+) -> Result<Vec<Vec<SerializedEvent>>, sqlx::Error> {
     let types: Vec<&str> = batch.iter().map(|w| w.aggregate_type).collect();
     let ids: Vec<&str> = batch.iter().map(|w| w.aggregate_id.as_str()).collect();
     let afters: Vec<i64> = batch.iter().map(|w| w.after).collect();
-    let rows = sqlx::query(EVENTS_AFTER).bind(types).bind(ids).bind(afters).fetch_all(&pool).await;
+    let rows = sqlx::query(EVENTS_AFTER).bind(types).bind(ids).bind(afters).fetch_all(pool).await?;
     let mut events: Vec<Vec<SerializedEvent>> = batch.iter().map(|_| Vec::new()).collect();
-    let failure = match rows {
-        Ok(rows) => rows.iter().try_for_each(|row| {
-            let n: i64 = row.try_get("n")?;
-            let whose = usize::try_from(n - 1).ok().and_then(|i| events.get_mut(i));
-            whose.ok_or(sqlx::Error::RowNotFound)?.push(serialized(row)?);
-            Ok::<_, sqlx::Error>(())
-        }),
-        Err(e) => Err(e),
-    };
-    match failure {
-        Ok(()) => events.into_iter().map(Ok).collect(),
-        Err(e) => batch.iter().map(|_| Err(crate::event_repository::shared_error(&e))).collect(),
+    for row in &rows {
+        let n: i64 = row.try_get("n")?;
+        let whose = usize::try_from(n - 1).ok().and_then(|i| events.get_mut(i));
+        whose.ok_or(sqlx::Error::RowNotFound)?.push(serialized(row)?);
     }
+    Ok(events)
 }
 
 /// A row as postgres-es reads one.

@@ -324,7 +324,7 @@ impl EventStoreDirectory {
 }
 
 /// `Directory::prompt_terms` of an organization as read.
-pub(crate) fn terms_of(
+fn terms_of(
     organization: &Organization,
     payer: PromptPayer,
     wanted: Option<ModelRef>,
@@ -356,25 +356,6 @@ pub(crate) fn context_of(
     let wanted = wanted.or_else(|| view.default_model.clone());
     let terms = terms_of(organization, payer, wanted);
     PromptContext { workspace: Some(view), role, terms }
-}
-
-/// `Directory::spend_rules` of an organization as read.
-pub(crate) fn spend_rules_of(organization: &Organization, time: i64) -> SpendRules {
-    let budgets = organization
-        .budgets()
-        .map(|b| {
-            let due = b
-                .spec
-                .thresholds
-                .iter()
-                .map(|&percent| BudgetAlert::Threshold { percent })
-                .chain([BudgetAlert::Exhausted])
-                .filter(|a| organization.budget_alert_due(&b.id, *a, time))
-                .collect();
-            (b.clone(), due)
-        })
-        .collect();
-    SpendRules { limits: organization.prompt_limits(), budgets }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> DomainError {
@@ -446,7 +427,22 @@ impl Directory for EventStoreDirectory {
         org: &OrganizationId,
         time: i64,
     ) -> Result<SpendRules, DomainError> {
-        Ok(spend_rules_of(&self.orgs.load(org.as_str()).await?, time))
+        let organization = &self.orgs.load(org.as_str()).await?;
+        let budgets = organization
+            .budgets()
+            .map(|b| {
+                let due = b
+                    .spec
+                    .thresholds
+                    .iter()
+                    .map(|&percent| BudgetAlert::Threshold { percent })
+                    .chain([BudgetAlert::Exhausted])
+                    .filter(|a| organization.budget_alert_due(&b.id, *a, time))
+                    .collect();
+                (b.clone(), due)
+            })
+            .collect();
+        Ok(SpendRules { limits: organization.prompt_limits(), budgets })
     }
 
     async fn may_manage_connection(

@@ -19,7 +19,6 @@ use schemas::provider::ModelCost;
 use crate::aggregates::{Organization, Workspace};
 use crate::directory::{
     Directory, PromptContext, PromptPayer, PromptTerms, SpendRules, WorkspaceView, context_of,
-    spend_rules_of, terms_of,
 };
 use crate::error::DomainError;
 
@@ -29,7 +28,8 @@ pub struct ReadAhead {
     pub workspace: (WorkspaceId, Workspace),
 }
 
-/// Answers about the read-ahead organization and workspace from the read; the rest from `inner`.
+/// What prompts and aborts ask about the read-ahead organization and workspace (membership,
+/// the prompt's context) answered from the read; everything else from `inner`.
 pub struct ReadAheadDirectory {
     pub read: ReadAhead,
     pub inner: Arc<dyn Directory>,
@@ -74,10 +74,7 @@ impl Directory for ReadAheadDirectory {
         payer: PromptPayer,
         wanted: Option<ModelRef>,
     ) -> Result<PromptTerms, DomainError> {
-        match self.read_organization(org) {
-            Some(organization) => terms_of(organization, payer, wanted),
-            None => self.inner.prompt_terms(org, payer, wanted).await,
-        }
+        self.inner.prompt_terms(org, payer, wanted).await
     }
 
     async fn prompt_context(
@@ -107,10 +104,7 @@ impl Directory for ReadAheadDirectory {
         org: &OrganizationId,
         time: i64,
     ) -> Result<SpendRules, DomainError> {
-        match self.read_organization(org) {
-            Some(organization) => Ok(spend_rules_of(organization, time)),
-            None => self.inner.spend_rules(org, time).await,
-        }
+        self.inner.spend_rules(org, time).await
     }
 
     async fn may_manage_connection(
@@ -119,10 +113,7 @@ impl Directory for ReadAheadDirectory {
         user: &UserId,
         id: &ConnectionId,
     ) -> Result<(), DomainError> {
-        match self.read_organization(org) {
-            Some(organization) => organization.may_manage_connection(id, user),
-            None => self.inner.may_manage_connection(org, user, id).await,
-        }
+        self.inner.may_manage_connection(org, user, id).await
     }
 
     async fn price_of(
@@ -131,9 +122,6 @@ impl Directory for ReadAheadDirectory {
         id: &ConnectionId,
         model: &str,
     ) -> Result<Option<ModelCost>, DomainError> {
-        match self.read_organization(org) {
-            Some(organization) => Ok(organization.price_of(id, model)),
-            None => self.inner.price_of(org, id, model).await,
-        }
+        self.inner.price_of(org, id, model).await
     }
 }

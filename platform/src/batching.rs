@@ -7,6 +7,11 @@
 //! fixed delay or a number of yields) before every load, which adds to the quiet case, and some
 //! run the load inside the first caller's future, so a caller that goes away cancels everyone's.
 //! Here a task owns each batch: a caller that gives up takes no one else's answer with it.
+//!
+//! The queue is shared, so each request names whose it is (a user, an aggregate): at most
+//! `per_key` of one key's requests are in the queue or a batch at once, and the rest wait at
+//! their key's gate, holding nothing shared. One caller's flood fills its own gate, not the
+//! queue every other caller needs, and is refused (503) when its wait runs out.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,9 +28,14 @@ pub struct BatchLimits {
     pub max_batch: usize,
     /// Requests waiting for a batch at most.
     pub queue: usize,
-    /// How long a request waits for room in a full queue before it is refused.
+    /// Requests of one key in the queue or a batch at once.
+    pub per_key: usize,
+    /// How long a request waits for its key's turn and room in the queue before it is refused.
     pub queue_wait: Duration,
 }
+
+/// Keys whose gates are kept (the least recently used go first; an idle one after a minute).
+const GATES: u64 = 100_000;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +49,13 @@ pub enum BatchError {
 /// Sends requests `W` to a batch function and hands each caller its answer `A`.
 pub struct Batcher<W, A> {
     queue: mpsc::Sender<(W, oneshot::Sender<A>)>,
-    queue_wait: Duration,
+    gates: moka::future::Cache<String, Arc<Semaphore>>,
+    limits: BatchLimits,
 }
 
 impl<W, A> Clone for Batcher<W, A> {
     fn clone(&self) -> Self {
-        Self { queue: self.queue.clone(), queue_wait: self.queue_wait }
+        Self { queue: self.queue.clone(), gates: self.gates.clone(), limits: self.limits }
     }
 }
 
@@ -58,17 +69,27 @@ impl<W: Send + 'static, A: Send + 'static> Batcher<W, A> {
     {
         let (queue, requests) = mpsc::channel(limits.queue.max(1));
         tokio::spawn(gather(limits, requests, run));
-        Self { queue, queue_wait: limits.queue_wait }
+        let gates = moka::future::Cache::builder()
+            .max_capacity(GATES)
+            .time_to_idle(Duration::from_secs(60))
+            .build();
+        Self { queue, gates, limits }
     }
 
-    /// `want`'s answer, from the next batch.
-    pub async fn ask(&self, want: W) -> Result<A, BatchError> {
+    /// `want`'s answer, from the next batch; `key` says whose it is (see the module doc).
+    pub async fn ask(&self, key: &str, want: W) -> Result<A, BatchError> {
+        let per_key = self.limits.per_key.max(1);
+        let gate = self.gates.get_with_by_ref(key, async { Arc::new(Semaphore::new(per_key)) });
         let (reply, answer) = oneshot::channel();
-        match tokio::time::timeout(self.queue_wait, self.queue.send((want, reply))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(BatchError::Stopped),
+        let queued = async {
+            let turn = gate.await.acquire_owned().await.map_err(|_| BatchError::Stopped)?;
+            self.queue.send((want, reply)).await.map_err(|_| BatchError::Stopped)?;
+            Ok(turn)
+        };
+        let _turn = match tokio::time::timeout(self.limits.queue_wait, queued).await {
+            Ok(turn) => turn?,
             Err(_) => return Err(BatchError::Busy),
-        }
+        };
         answer.await.map_err(|_| BatchError::Stopped)
     }
 }
@@ -116,7 +137,13 @@ mod tests {
     use super::*;
 
     fn limits(in_flight: usize) -> BatchLimits {
-        BatchLimits { in_flight, max_batch: 100, queue: 1000, queue_wait: Duration::from_secs(1) }
+        BatchLimits {
+            in_flight,
+            max_batch: 100,
+            queue: 1000,
+            per_key: 1000,
+            queue_wait: Duration::from_secs(1),
+        }
     }
 
     #[tokio::test]
@@ -128,7 +155,7 @@ mod tests {
             seen.lock().unwrap().push(wants.len());
             async move { wants.into_iter().map(|w| w * 10).collect::<Vec<_>>() }
         });
-        let answers = futures::future::join_all((0..50).map(|i| batcher.ask(i))).await;
+        let answers = futures::future::join_all((0..50).map(|i| batcher.ask("k", i))).await;
         let answers: Vec<u32> = answers.into_iter().map(Result::unwrap).collect();
         assert_eq!(answers, (0..50).map(|i| i * 10).collect::<Vec<_>>());
         let sizes = sizes.lock().unwrap();
@@ -143,12 +170,31 @@ mod tests {
             wants
         });
         {
-            let first = batcher.ask(1);
+            let first = batcher.ask("k", 1);
             tokio::pin!(first);
             assert!(futures::poll!(first.as_mut()).is_pending(), "asked");
             // and gone before its answer
         }
-        let (a, b) = tokio::join!(batcher.ask(2), batcher.ask(3));
+        let (a, b) = tokio::join!(batcher.ask("k", 2), batcher.ask("k", 3));
         assert_eq!((a.unwrap(), b.unwrap()), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn one_keys_flood_waits_at_its_gate_not_in_front_of_another_key() {
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let limits = BatchLimits { per_key: 2, ..limits(1) };
+        let batcher = Batcher::start(limits, move |wants: Vec<&'static str>| {
+            seen.lock().unwrap().push(wants.clone());
+            async move { wants }
+        });
+        let flood = futures::future::join_all((0..50).map(|_| batcher.ask("flood", "flood")));
+        let (flood, other) = tokio::join!(flood, batcher.ask("other", "other"));
+        assert!(flood.iter().all(|a| matches!(a, Ok("flood"))));
+        assert_eq!(other.unwrap(), "other");
+        let batches = batches.lock().unwrap();
+        let first = &batches[0];
+        assert!(first.contains(&"other"), "the other key rode in the first batch: {first:?}");
+        assert!(first.iter().filter(|w| **w == "flood").count() <= 2, "{first:?}");
     }
 }

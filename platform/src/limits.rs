@@ -115,9 +115,15 @@ struct Take {
 }
 
 /// Four statements at once (of the pool's connections), 256 takes in one at most, 4,096
-/// waiting; beyond, a take waits for room as long as for a connection (then 503).
-const TAKES: BatchLimits =
-    BatchLimits { in_flight: 4, max_batch: 256, queue: 4096, queue_wait: Duration::from_secs(3) };
+/// waiting, 32 of one key's at once; beyond, a take waits for its turn and room as long as for a
+/// connection (then 503).
+const TAKES: BatchLimits = BatchLimits {
+    in_flight: 4,
+    max_batch: 256,
+    queue: 4096,
+    per_key: 32,
+    queue_wait: Duration::from_secs(3),
+};
 
 /// Each take's wait (NULL: taken), in the order given.
 const TAKE_ALL: &str = "SELECT extract(epoch FROM rate_limit_take(w.key, make_interval(secs => w.cost), \
@@ -140,9 +146,10 @@ impl RateTakes {
         count: u32,
     ) -> Result<Option<Refused>, Problem> {
         let interval = rate.interval_secs();
+        let caller = key.clone();
         let take =
             Take { key, cost: interval * f64::from(count), window: rate.window_secs(), interval };
-        self.batcher.ask(take).await.map_err(|e| Problem::unavailable(e.to_string()))?
+        self.batcher.ask(&caller, take).await.map_err(|e| Problem::unavailable(e.to_string()))?
     }
 }
 
