@@ -129,10 +129,11 @@ pub async fn session(
     find(db, "rm_sessions", "session_id", session.as_str(), user, action).await
 }
 
-/// [`session`], for a session the read models may not show yet: one created a moment ago. Its
-/// organization comes from the event store, and the caller's role in it decides, as it does for
-/// a projected session. For an event stream opened right after the session was created, so the
-/// stream does not wait for the projector.
+/// [`session`], for a session the read models may not show yet: one created a moment ago, maybe
+/// in an organization created a moment ago. Its organization, and the caller's role in it, come
+/// from the event store, and the policy decides as it does for a projected session. For an event
+/// stream opened right after the session was created, so the stream does not wait for the
+/// projector.
 pub async fn session_as_committed(
     db: &deadpool_postgres::Client,
     session: &SessionId,
@@ -143,11 +144,17 @@ pub async fn session_as_committed(
         Err(p) if p.status == 404 => {}
         other => return other.map(|granted| granted.organization_id),
     }
-    // The same lookup as `session`, with the event store's answer in place of the read model.
-    let committed =
-        "(SELECT $1::text AS session_id, oc_session_organization($1) AS organization_id)";
-    let granted = find(db, committed, "session_id", session.as_str(), user, action).await?;
-    Ok(granted.organization_id)
+    // The same check as `session`, with the event store's answers in place of the read models'
+    // (the caller is `oc.user_id`, set when the connection was bound to the caller).
+    let stmt = db
+        .prepare_cached(
+            "SELECT o.organization_id, oc_caller_role_as_committed(o.organization_id) AS caller_role \
+             FROM (SELECT oc_session_organization($1) AS organization_id) o \
+             WHERE o.organization_id IS NOT NULL",
+        )
+        .await?;
+    let row = db.query_opt(&stmt, &[&session.as_str()]).await?;
+    Ok(check(row, action, user)?.organization_id)
 }
 
 /// What an open event stream reads: one session, or every session of a workspace.

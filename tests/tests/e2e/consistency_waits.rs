@@ -13,16 +13,14 @@ async fn a_new_session_streams_its_first_reply_with_the_projector_stopped() {
     let mut system = System::start().await;
     let alice = system.token("alice").await;
     let bob = system.token("bob").await;
-    let (_, ws, _) = system.session_for("alice").await;
-    system.create_org(&bob, "Bob's").await;
-    assert_eq!(
-        system.get(&alice, &format!("/workspace/{}", ws.id), Some(&ws.token)).await.status,
-        200
-    );
+    let carol = system.token("carol").await;
+    let bobs = system.create_org(&bob, "Bob's").await;
+    assert_eq!(system.get(&bob, "/org", Some(&bobs.token)).await.status, 200);
 
-    // Nothing new reaches the read models from here on.
+    // Nothing new reaches the read models from here on: alice's organization, her membership in
+    // it, its workspace and session exist only in the event store.
     system.projector = None;
-    let session = system.create_session(&alice, &ws.id).await;
+    let (org, ws, session) = system.session_for("alice").await;
     let url = system.stream_url(0, &session);
 
     // The stream opens at once and carries the whole reply, without the session in any read model.
@@ -32,10 +30,20 @@ async fn a_new_session_streams_its_first_reply_with_the_projector_stopped() {
     let assistant = accepted["assistantMessageID"].as_str().unwrap();
     assert_eq!(reply_text(&events, assistant), fake_text(6));
 
-    // Another organization's user holding the session's id and token finds nothing.
-    match SseClient::connect(&url, &bob, None).await {
-        Err((status, _)) => assert_eq!(status, 404),
-        Ok(_) => panic!("another organization's user opened the session's stream"),
+    // Another organization's user holding the session's id finds nothing; so does someone
+    // who was made a member and removed again before any of it was projected.
+    system.add_member(&alice, &org.id, &carol, "member", Some(&ws.id)).await;
+    let carols = SseClient::connect(&url, &carol, None).await;
+    assert!(carols.is_ok(), "a member added a moment ago opens the stream");
+    let carol_id = system.user_id(&carol).await;
+    let removal = format!("{}/org/{}/member/{carol_id}", system.command_url(), org.id);
+    let removed = system.http.delete(removal).bearer_auth(&alice).send().await.unwrap();
+    assert_eq!(removed.status(), 200, "removing carol");
+    for (who, bearer) in [("bob", &bob), ("carol, removed", &carol)] {
+        match SseClient::connect(&url, bearer, None).await {
+            Err((status, _)) => assert_eq!(status, 404, "{who}"),
+            Ok(_) => panic!("{who} opened the session's stream"),
+        }
     }
 }
 
