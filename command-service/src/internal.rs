@@ -98,35 +98,25 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
         organization_scope: None,
     };
     let id = report.session_id.to_string();
-    let (org, workspace, user, tokens) = (
-        report.organization_id.clone(),
-        report.workspace_id.clone(),
-        report.user_id.clone(),
-        report.tokens,
-    );
+    let (org, workspace, user) =
+        (report.organization_id.clone(), report.workspace_id.clone(), report.user_id.clone());
     match state
         .sessions
         .execute(&id, SessionCommand::Complete { report: Box::new(report) }, &ctx)
         .await
     {
         Ok(_) => {
-            // The reply's tokens count toward the token rates (once: a repeated report is
-            // AlreadyDone and charges nothing).
+            // Its tokens were charged to the token rates, and its cost counted, with the event
+            // (migrations/0027, 0022); thresholds it crossed are raised now (missed ones are
+            // raised by the next reply of the budget).
             if let Some(user) = user {
                 let rules = match state.directory.spend_rules(&org, schemas::now_ms()).await {
                     Ok(rules) => rules,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the organization's rates and budgets");
+                        tracing::warn!(error = %e, "cannot read the organization's budgets");
                         return CommandReply::Done;
                     }
                 };
-                let charged =
-                    crate::prompt_limits::charge(&state.db, rules.limits, &org, &user, &tokens);
-                if let Err(e) = charged.await {
-                    tracing::warn!(error = %e, "cannot charge a reply's tokens to the token rates");
-                }
-                // Its cost was counted with the event (migrations/0022_spend.sql); thresholds it
-                // crossed are raised now (missed ones are raised by the next reply of the budget).
                 let alerts = crate::spend_alerts::raise_crossed_thresholds(
                     state,
                     &org,

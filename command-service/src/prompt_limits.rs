@@ -5,13 +5,13 @@
 //! Requests are taken when a prompt is accepted, by the prompt command once the sender is known
 //! to be a member who may prompt (so strangers use up nothing), in the same statement as its
 //! budget holds (`crate::spend`). Tokens are known only when the reply is done: they are
-//! charged then, and a prompt is refused while the tokens already charged are more than a
-//! minute's worth ahead. So one reply may overshoot a token limit; the next prompts wait until
-//! it is paid off.
+//! charged then, in the completion event's own transaction (a trigger on the event store,
+//! migrations/0027, with the keys and rate below), and a prompt is refused while the tokens
+//! already charged are more than a minute's worth ahead. So one reply may overshoot a token
+//! limit; the next prompts wait until it is paid off.
 
-use platform::limits::{self, Exceeded, Rate};
+use platform::limits::{Exceeded, Rate};
 use schemas::ids::{OrganizationId, UserId};
-use schemas::message::TokenUsage;
 use schemas::provider::SetPromptLimits;
 
 /// `per_minute` prompts or tokens, a minute's worth at once. GCRA counts in whole units, so
@@ -82,27 +82,4 @@ pub fn rates_for(set: SetPromptLimits, org: &OrganizationId, user: &UserId) -> V
             allowed: format!("{n} {unit} per minute"),
         })
         .collect()
-}
-
-/// Charge a finished reply's tokens to its member's and organization's token rates.
-pub async fn charge(
-    db: &deadpool_postgres::Pool,
-    set: SetPromptLimits,
-    org: &OrganizationId,
-    user: &UserId,
-    used: &TokenUsage,
-) -> anyhow::Result<()> {
-    let total = used.input + used.output + used.cache.read + used.cache.write;
-    if total == 0 {
-        return Ok(());
-    }
-    let db = db.get().await?;
-    for ((_, token_key, _, _), limits) in
-        keys(org, user).into_iter().zip([set.member, set.organization])
-    {
-        if limits.tokens_per_minute > 0 {
-            limits::charge(&db, &token_key, per_minute(limits.tokens_per_minute), total).await?;
-        }
-    }
-    Ok(())
 }

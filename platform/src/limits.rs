@@ -73,20 +73,6 @@ impl Exceeded {
     }
 }
 
-/// Charge `count` to `key` whatever its allowance (what a finished reply used): later takes
-/// wait until it is paid off.
-pub async fn charge(
-    db: &deadpool_postgres::Client,
-    key: &str,
-    rate: Rate,
-    count: u64,
-) -> Result<(), tokio_postgres::Error> {
-    let stmt = db.prepare_cached("SELECT rate_limit_charge($1, make_interval(secs => $2))").await?;
-    let cost = rate.interval_secs() * count as f64;
-    db.query_one(&stmt, &[&key, &cost]).await?;
-    Ok(())
-}
-
 /// A take that did not fit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Refused {

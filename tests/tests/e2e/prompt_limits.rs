@@ -147,7 +147,9 @@ async fn a_members_token_rate_is_charged_with_each_reply_and_refuses_once_spent(
         stream.until(WAIT, is_idle).await;
     }
     let (i, a) = refused.expect("the token rate refused a prompt");
-    assert!(i >= 1, "the first prompt fits the minute");
+    // Exactly the third: each reply's tokens are charged before its session shows idle, so the
+    // prompt sent the instant it does already finds the first two replies' 45+ tokens charged.
+    assert_eq!(i, 2, "the first two prompts fit the minute, the third not: {a:?}");
     assert_eq!(a.body["type"], "urn:oc:problem:member-token-rate", "{a:?}");
     assert!(a.body["used"].as_u64().unwrap() >= 39, "the tokens charged: {a:?}");
     // A minute later the tokens are paid off.
