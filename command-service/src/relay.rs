@@ -9,14 +9,17 @@
 //!   inserted before its previous one committed (the sequence primary key), so its positions are
 //!   increasing. If any ack fails the batch stays in the outbox and is sent again; what JetStream
 //!   already stored is dropped as a duplicate.
-//! - Several instances: a transaction-scoped advisory lock lets one relay work at a time; the
-//!   others find the lock taken and wait for the next wake-up, taking over if the holder dies.
+//! - Several instances: one relays at a time, the one whose connection holds a session advisory
+//!   lock; the others try the lock at each wake-up and take over when the holder's connection
+//!   ends (the instance died, or froze: PostgreSQL closes a connection idle for `LEADER_IDLE`,
+//!   which the active relay, polling every `POLL`, never is). Holding the lock across batches
+//!   leaves a batch two statements (read, delete) instead of a transaction of five.
 //! - Woken at commit: the committing instance publishes `oc.sys.outbox` on core NATS after each
 //!   commit ([`Wake`]); a slow poll covers lost wake-ups. (Not a PostgreSQL NOTIFY: a
 //!   transaction that notifies takes one global lock at commit, held through its flush, so every
 //!   commit of every instance would wait for the one before it.)
-//! - A batch's delete commits without waiting for the disk (a lost delete only sends the batch
-//!   again, which the dedup window drops), so the next batch does not queue behind a flush.
+//! - The relay's statements commit without waiting for the disk (a lost delete only sends the
+//!   batch again, which the dedup window drops), so the next batch does not queue behind a flush.
 //! - An event the bus can never take (over its payload limit) is parked in `parked_events` and
 //!   skipped, instead of stalling the outbox for every tenant.
 
@@ -28,7 +31,7 @@ use futures::{FutureExt, StreamExt};
 use platform::stored_event::StoredEvent;
 use schemas::envelope::metadata;
 use schemas::subjects;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +39,9 @@ use tokio_util::sync::CancellationToken;
 const RELAY_LOCK_KEY: i64 = 0x006f_6372_656c_6179; // "ocrelay" in ASCII
 const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_millis(500);
+/// How long PostgreSQL keeps a relay connection that sends nothing (`idle_session_timeout`):
+/// the longest a frozen relay keeps the outbox from the others.
+const LEADER_IDLE: Duration = Duration::from_secs(5);
 
 /// Tells the relay, wherever it runs, that events were committed. Never makes a command wait:
 /// one task of the instance publishes the wake-ups, and those that come while it is sending one
@@ -67,6 +73,7 @@ impl Wake {
 
 pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationToken) {
     let mut wakes: Option<async_nats::Subscriber> = None;
+    let mut relay: Option<Relay> = None;
     loop {
         if wakes.is_none() {
             wakes = js.client().subscribe(subjects::OUTBOX_WAKE).await.ok();
@@ -75,15 +82,10 @@ pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationTok
         if let Some(w) = wakes.as_mut() {
             while let Some(Some(_)) = w.next().now_or_never() {}
         }
-        loop {
-            match publish_batch(&pool, &js).await {
-                Ok(n) if n == BATCH as usize => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay failed; will retry");
-                    break;
-                }
-            }
+        if let Err(e) = drain(&pool, &js, &mut relay).await {
+            tracing::warn!(error = %e, "outbox relay failed; will retry");
+            // Closing the connection gives the lock up, if it was held.
+            relay = None;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -92,6 +94,46 @@ pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationTok
             }
         }
     }
+}
+
+/// This instance's relay connection: its own, never the pool's (a session lock must not go back
+/// to the pool with it), and whether it holds the relay's lock.
+struct Relay {
+    conn: PgConnection,
+    active: bool,
+}
+
+/// Publish everything in the outbox, if this instance relays (or can take over).
+async fn drain(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    relay: &mut Option<Relay>,
+) -> anyhow::Result<()> {
+    let relay = match relay {
+        Some(relay) => relay,
+        None => {
+            let mut conn = pool.acquire().await?.detach();
+            let idle = format!("{}ms", LEADER_IDLE.as_millis());
+            sqlx::query(
+                "SELECT set_config('synchronous_commit', 'off', false), \
+                        set_config('idle_session_timeout', $1, false)",
+            )
+            .bind(idle)
+            .execute(&mut conn)
+            .await?;
+            relay.insert(Relay { conn, active: false })
+        }
+    };
+    if !relay.active {
+        relay.active = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .fetch_one(&mut relay.conn)
+            .await?;
+    }
+    if relay.active {
+        while publish_batch(&mut relay.conn, js).await? == BATCH as usize {}
+    }
+    Ok(())
 }
 
 /// Wait for a wake-up or the poll interval. False if the subscription ended.
@@ -111,22 +153,10 @@ async fn wait(wakes: &mut Option<async_nats::Subscriber>) -> bool {
     }
 }
 
-/// Publish up to one batch. Returns how many events were published (0 if another relay holds
-/// the lock).
-pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Result<usize> {
+/// Publish up to one batch, on the connection holding the relay's lock. Returns how many
+/// events were published.
+async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyhow::Result<usize> {
     let started = Instant::now();
-    let mut tx = pool.begin().await?;
-    // The batch's delete need not wait for the disk: if a crash loses it, the batch is sent
-    // again and JetStream drops it as a duplicate (and an event parked here is parked again).
-    let locked: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock($1) FROM set_config('synchronous_commit', 'off', true)",
-    )
-    .bind(RELAY_LOCK_KEY)
-    .fetch_one(&mut *tx)
-    .await?;
-    if !locked {
-        return Ok(0);
-    }
     // The batch's outbox rows first, then each one's event by its key: a plain join let the
     // planner hash the whole `events` table for every batch (measured: 9-15 ms a batch at a
     // few thousand events, and growing with the store).
@@ -141,7 +171,7 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
          ORDER BY o.position",
     )
     .bind(BATCH)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     if rows.is_empty() {
         return Ok(0);
@@ -170,12 +200,8 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
             // JetStream would refuse it on every attempt, and everything behind it would wait:
             // park it where operators see it, and go on. (The command side refuses events this
             // large; this is the last line.) Readers fill the gap from the event store.
-            park(
-                &mut tx,
-                &envelope,
-                &format!("{} bytes, over the bus limit of {room}", body.len()),
-            )
-            .await?;
+            park(conn, &envelope, &format!("{} bytes, over the bus limit of {room}", body.len()))
+                .await?;
             positions.push(position);
             continue;
         }
@@ -206,17 +232,17 @@ pub async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> anyhow::Re
     drop(spans); // the traced events are on the bus
     sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
         .bind(&positions)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-    tx.commit().await?;
     metrics::counter!("outbox_published_total").increment(positions.len() as u64);
     metrics::histogram!("outbox_batch_duration_seconds").record(started.elapsed().as_secs_f64());
     Ok(positions.len())
 }
 
-/// Record an event the relay will never publish, in the batch's transaction.
+/// Record an event the relay will never publish (before its outbox row is deleted: a crash in
+/// between parks it again, which changes nothing).
 async fn park(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conn: &mut PgConnection,
     envelope: &schemas::envelope::Envelope<serde_json::Value>,
     reason: &str,
 ) -> anyhow::Result<()> {
@@ -229,7 +255,7 @@ async fn park(
     .bind(&envelope.aggregate_id)
     .bind(envelope.sequence.unwrap_or_default() as i64)
     .bind(reason)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     metrics::counter!("events_parked_total", "stage" => "relay").increment(1);
     tracing::error!(event = %envelope.id, organization = %envelope.organization_id, %reason,

@@ -73,7 +73,7 @@ fn levels() -> Vec<usize> {
 }
 
 /// Where the time went: the CPU each process used over the whole run, and the mean of every
-/// latency histogram the services export.
+/// histogram the services export (latencies in milliseconds, sizes as they are).
 async fn where_time_went(system: &System, cpu_at_start: Vec<(String, f64)>) {
     for ((process, now), (_, before)) in cpu_by_process(system).into_iter().zip(cpu_at_start) {
         println!("  {process}: {:.1} s of CPU", now - before);
@@ -97,7 +97,12 @@ async fn where_time_went(system: &System, cpu_at_start: Vec<(String, f64)>) {
             }
         }
         for (series, (sum, count)) in sums.into_iter().filter(|(_, (_, c))| *c > 0.0) {
-            println!("  {url} {series}: mean {:.2} ms over {count}", sum / count * 1e3);
+            // Durations are exported in seconds; the rest (batch sizes) are counts.
+            if series.ends_with("_seconds") {
+                println!("  {url} {series}: mean {:.2} ms over {count}", sum / count * 1e3);
+            } else {
+                println!("  {url} {series}: mean {:.2} over {count}", sum / count);
+            }
         }
     }
 }

@@ -511,3 +511,29 @@ async fn two_command_services_relay_every_event_once_and_concurrent_writes_all_l
     }
     assert_bus_matches_store(&system).await;
 }
+
+#[tokio::test]
+async fn a_frozen_relay_leaves_the_outbox_to_another_instance() {
+    let mut system = System::start().await;
+    let second = system.start_command(true).await;
+    system.command.push(second);
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    // Whichever instance relays when the first is frozen, the second freeze catches the relay
+    // (a frozen process keeps its database connection open: nothing closes it but a timeout).
+    for (frozen, through) in [(0, 1), (1, 0)] {
+        system.command[frozen].proc.signal(Signal::SIGSTOP);
+        let url = format!("{}/session/{}/prompt_async", system.command[through].url, session.id);
+        let body =
+            serde_json::json!({ "parts": [{ "type": "text", "text": "[[fake tokens=4]]" }] });
+        let sent = system.http.post(url).bearer_auth(&alice).json(&body).send().await.unwrap();
+        assert_eq!(sent.status(), 202, "prompt through instance {through}");
+        let accepted: serde_json::Value = sent.json().await.unwrap();
+        let events = stream.until(WAIT, is_idle).await;
+        system.command[frozen].proc.signal(Signal::SIGCONT);
+        let assistant = accepted["assistantMessageID"].as_str().unwrap();
+        assert_eq!(reply_text(&events, assistant), fake_text(4), "instance {frozen} frozen");
+    }
+    assert_bus_matches_store(&system).await;
+}
