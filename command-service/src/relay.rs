@@ -86,6 +86,7 @@ pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationTok
             tracing::warn!(error = %e, "outbox relay failed; will retry");
             // Closing the connection gives the lock up, if it was held.
             relay = None;
+            metrics::gauge!("outbox_relay_active").set(0.0);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -130,6 +131,8 @@ async fn drain(
             .fetch_one(&mut relay.conn)
             .await?;
     }
+    // Which instance relays, for operators (exactly one reports 1 while the outbox moves).
+    metrics::gauge!("outbox_relay_active").set(if relay.active { 1.0 } else { 0.0 });
     if relay.active {
         while publish_batch(&mut relay.conn, js).await? == BATCH as usize {}
     }

@@ -520,20 +520,48 @@ async fn a_frozen_relay_leaves_the_outbox_to_another_instance() {
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    // Whichever instance relays when the first is frozen, the second freeze catches the relay
-    // (a frozen process keeps its database connection open: nothing closes it but a timeout).
-    for (frozen, through) in [(0, 1), (1, 0)] {
-        system.command[frozen].proc.signal(Signal::SIGSTOP);
+    // The instance whose relay is active (its connection holds the relay's lock).
+    let relays = |i: usize| {
+        let ops = system.command[i].ops_url.clone();
+        let system = &system;
+        async move { system.metric(&ops, "outbox_relay_active").await == Some(1.0) }
+    };
+    let active = eventually("one instance relays", WAIT, || async {
+        let (first, second) = (relays(0).await, relays(1).await);
+        (first != second).then_some(if first { 0 } else { 1 })
+    })
+    .await;
+    let other = 1 - active;
+
+    // Frozen, it keeps its database connection (and so the lock) open: nothing closes it but
+    // the server's idle timeout. The other instance must take the outbox over.
+    system.command[active].proc.signal(Signal::SIGSTOP);
+    let prompt = |through: usize| {
         let url = format!("{}/session/{}/prompt_async", system.command[through].url, session.id);
         let body =
             serde_json::json!({ "parts": [{ "type": "text", "text": "[[fake tokens=4]]" }] });
-        let sent = system.http.post(url).bearer_auth(&alice).json(&body).send().await.unwrap();
-        assert_eq!(sent.status(), 202, "prompt through instance {through}");
-        let accepted: serde_json::Value = sent.json().await.unwrap();
-        let events = stream.until(WAIT, is_idle).await;
-        system.command[frozen].proc.signal(Signal::SIGCONT);
-        let assistant = accepted["assistantMessageID"].as_str().unwrap();
-        assert_eq!(reply_text(&events, assistant), fake_text(4), "instance {frozen} frozen");
-    }
+        system.http.post(url).bearer_auth(&alice).json(&body).send()
+    };
+    let sent = prompt(other).await.unwrap();
+    assert_eq!(sent.status(), 202, "prompt through the instance that is not frozen");
+    let accepted: serde_json::Value = sent.json().await.unwrap();
+    let events = stream.until(WAIT, is_idle).await;
+    system.command[active].proc.signal(Signal::SIGCONT);
+    let assistant = accepted["assistantMessageID"].as_str().unwrap();
+    assert_eq!(reply_text(&events, assistant), fake_text(4), "the reply, relayed by the other");
+    assert!(relays(other).await, "the instance that was not frozen relays now");
+
+    // Woken, the first finds its lock gone and leaves the relaying to the other.
+    eventually("the woken instance stands down", WAIT, || async {
+        (!relays(active).await).then_some(())
+    })
+    .await;
+    let sent = prompt(active).await.unwrap();
+    assert_eq!(sent.status(), 202, "prompt through the woken instance");
+    let accepted: serde_json::Value = sent.json().await.unwrap();
+    let events = stream.until(WAIT, is_idle).await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap();
+    assert_eq!(reply_text(&events, assistant), fake_text(4));
+    assert!(relays(other).await && !relays(active).await, "one relay at a time");
     assert_bus_matches_store(&system).await;
 }
