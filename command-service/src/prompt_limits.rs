@@ -21,6 +21,9 @@ fn per_minute(per_minute: u64) -> Rate {
     Rate { per_minute, burst: per_minute }
 }
 
+/// The request and token keys of a member and of the organization. The token keys are charged
+/// by the completion trigger too (`events_charge_token_rates`, migrations/0027), which builds
+/// them the same way: change both together.
 fn keys(org: &OrganizationId, user: &UserId) -> [(String, String, &'static str, &'static str); 2] {
     [
         (

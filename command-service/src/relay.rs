@@ -84,9 +84,13 @@ pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationTok
         }
         if let Err(e) = drain(&pool, &js, &mut relay).await {
             tracing::warn!(error = %e, "outbox relay failed; will retry");
-            // Closing the connection gives the lock up, if it was held.
-            relay = None;
-            metrics::gauge!("outbox_relay_active").set(0.0);
+            // A database error may have ended the connection: close it (giving the lock up, if
+            // it was held) and start again. A bus error keeps it: the relay stays the relay and
+            // sends the batch again once NATS is back.
+            if e.downcast_ref::<sqlx::Error>().is_some() {
+                relay = None;
+                metrics::gauge!("outbox_relay_active").set(0.0);
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

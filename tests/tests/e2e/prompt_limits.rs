@@ -129,7 +129,9 @@ async fn the_organizations_prompt_rate_holds_for_all_its_members_together() {
 async fn a_members_token_rate_is_charged_with_each_reply_and_refuses_once_spent() {
     let system = two_instances().await;
     let (org, ws) = organization(&system, &["bob"]).await;
-    set_limits(&system, &org, json!({ "member": { "tokensPerMinute": 40 } })).await;
+    let limits =
+        json!({ "member": { "tokensPerMinute": 40 }, "organization": { "tokensPerMinute": 600 } });
+    set_limits(&system, &org, limits).await;
     let bob = system.token("bob").await;
     let session = system.create_session(&bob, &ws.id).await;
     let mut stream = system.watch(&bob, &session).await;
@@ -152,6 +154,18 @@ async fn a_members_token_rate_is_charged_with_each_reply_and_refuses_once_spent(
     assert_eq!(i, 2, "the first two prompts fit the minute, the third not: {a:?}");
     assert_eq!(a.body["type"], "urn:oc:problem:member-token-rate", "{a:?}");
     assert!(a.body["used"].as_u64().unwrap() >= 39, "the tokens charged: {a:?}");
+    // The organization's token rate was charged the same replies (45+ tokens at 600 a minute:
+    // 4.5 s and more ahead), not only the prompts' takes (0.1 s each).
+    let db = system.db().await;
+    let ahead: f64 = db
+        .query_one(
+            "SELECT extract(epoch FROM tat - clock_timestamp())::float8 FROM rate_limits WHERE key = $1",
+            &[&format!("tokens:{}", org.id)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ahead > 1.0, "the organization's token rate is {ahead} s ahead");
     // A minute later the tokens are paid off.
     minute_passes(&system).await;
     let body = json!({ "parts": [{ "type": "text", "text": "later [[fake tokens=1]]" }] });
