@@ -10,7 +10,9 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::System;
-use e2e_tests::bench::{Sample, burst, cpu_by_process, ms, percentiles, provider_direct, quantile};
+use e2e_tests::bench::{
+    Sample, burst, cpu_by_process, levels, ms, percentiles, provider_direct, quantile,
+};
 use e2e_tests::process::resident_kb;
 use futures::future::join_all;
 
@@ -61,15 +63,6 @@ async fn main() {
     report(&format!("{BACK_TO_BACK} sessions, instant replies back to back"), &flood, &[]);
     println!("  {} prompts answered in {took:.1} s", BACK_TO_BACK * 20);
     where_time_went(&system, cpu_at_start).await;
-}
-
-/// The concurrency levels measured (`OC_BENCH_LEVELS`, comma-separated; 1, 10, 50 and 200).
-fn levels() -> Vec<usize> {
-    std::env::var("OC_BENCH_LEVELS")
-        .unwrap_or_else(|_| "1,10,50,200".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
 }
 
 /// Where the time went: the CPU each process used over the whole run, and the mean of every

@@ -1,14 +1,18 @@
 //! Where a prompt's time goes, from its trace: bursts of 1, 10, 50 and 200 new sessions (as in
-//! `first_token`), every service exporting its spans to a collector of the bench's own, and per
-//! prompt the moment each step of its trace began or ended, counted from the arrival of the
-//! prompt's POST. Trace export costs a little, so the absolute numbers are a bit above
+//! `first_token`, `OC_BENCH_LEVELS`), every service exporting its spans to a collector of the
+//! bench's own, and per prompt the moment each step of its trace began or ended, counted from the
+//! arrival of the prompt's POST. A level below [`SAMPLES`] is run again, one burst after the
+//! other, until it has that many traces, so its percentiles are not one prompt's. Trace export costs a little, so the absolute numbers are a bit above
 //! `first_token`'s; the shares are what this is for. Run with `make bench`.
 
 use std::time::Duration;
 
-use e2e_tests::bench::{burst, percentiles};
+use e2e_tests::bench::{burst, levels, percentiles};
 use e2e_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use e2e_tests::within;
+
+/// Traces wanted at each level at least.
+const SAMPLES: usize = 30;
 
 const ROOT: &str = "POST /session/{id}/prompt_async";
 
@@ -29,7 +33,6 @@ const MILESTONES: &[&str] = &[
 
 #[tokio::main]
 async fn main() {
-    let levels = [1, 10, 50, 200];
     let collector = OtlpReceiver::start().await;
     let system = e2e_tests::bench::system_with(200, collector.env()).await;
     let alice = system.token("alice").await;
@@ -37,23 +40,29 @@ async fn main() {
     let ws = system.create_workspace(&alice, &org.id, "bench").await;
     // Warm up (connections, caches), then forget the warm-up's spans.
     burst(&system, &alice, &ws.id, 10, "warm [[fake tokens=20]]").await;
-    for n in levels {
-        tokio::time::sleep(Duration::from_millis(500)).await; // the warm-up's last exports
-        collector.clear();
-        burst(&system, &alice, &ws.id, n, "bench [[fake tokens=20]]").await;
-        let traces = within(Duration::from_secs(30), || async {
-            let traces: Vec<Vec<f64>> = collector
-                .traces_rooted_at("command-service", ROOT)
-                .iter()
-                .filter_map(|t| milestones(t))
-                .collect();
-            (traces.len() >= n).then_some(traces)
-        })
-        .await
-        .unwrap_or_else(|| panic!("fewer than {n} complete traces"));
+    for n in levels() {
+        let mut traces = Vec::new();
+        for _ in 0..SAMPLES.div_ceil(n) {
+            tokio::time::sleep(Duration::from_millis(500)).await; // the last burst's exports
+            collector.clear();
+            burst(&system, &alice, &ws.id, n, "bench [[fake tokens=20]]").await;
+            traces.extend(
+                within(Duration::from_secs(30), || async {
+                    let traces: Vec<Vec<f64>> = collector
+                        .traces_rooted_at("command-service", ROOT)
+                        .iter()
+                        .filter_map(|t| milestones(t))
+                        .collect();
+                    (traces.len() >= n).then_some(traces)
+                })
+                .await
+                .unwrap_or_else(|| panic!("fewer than {n} complete traces")),
+            );
+        }
         println!(
-            "burst of {n} new sessions: milestones of {} traces after the POST arrived",
-            traces.len()
+            "burst of {n} new sessions: milestones of {} traces ({} bursts) after the POST arrived",
+            traces.len(),
+            SAMPLES.div_ceil(n)
         );
         for (i, name) in MILESTONES.iter().enumerate() {
             let at: Vec<f64> = traces.iter().map(|t| t[i]).collect();

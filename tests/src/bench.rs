@@ -14,6 +14,15 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Per prompt: (accepted, first delta) in milliseconds, from the prompt's POST.
 pub type Sample = (f64, f64);
 
+/// The concurrency levels measured (`OC_BENCH_LEVELS`, comma-separated; 1, 10, 50 and 200).
+pub fn levels() -> Vec<usize> {
+    std::env::var("OC_BENCH_LEVELS")
+        .unwrap_or_else(|_| "1,10,50,200".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
 /// How many sessions prompt at once in the latency benchmarks (`OC_BENCH_SESSIONS`, 50).
 pub fn sessions() -> usize {
     std::env::var("OC_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50)

@@ -98,6 +98,28 @@ async fn a_follow_up_prompt_sends_the_conversation_so_far() {
 }
 
 #[tokio::test]
+async fn a_fast_reply_streams_its_first_token_alone_and_the_rest_in_fewer_frames() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+
+    // 60 tokens 2 ms apart: a fast model.
+    let accepted = system.prompt(&alice, &session.id, "fast [[fake tokens=60 delay_ms=2]]").await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap();
+    let events = stream.until(WAIT, is_idle).await;
+
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "message.part.delta")
+        .filter_map(|e| e.data["properties"]["delta"].as_str())
+        .collect();
+    assert_eq!(deltas.first(), Some(&"t0 "), "the first token is not held back");
+    assert!(deltas.len() <= 30, "tokens coalesced into fewer frames: {} frames", deltas.len());
+    assert_eq!(reply_text(&events, assistant), fake_text(60), "no text lost or repeated");
+}
+
+#[tokio::test]
 async fn aborting_stops_the_reply_promptly_and_ends_it_as_aborted() {
     let system = System::start().await;
     let alice = system.token("alice").await;
