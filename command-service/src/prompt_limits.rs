@@ -22,7 +22,7 @@ fn per_minute(per_minute: u64) -> Rate {
 }
 
 /// The request and token keys of a member and of the organization. The token keys are charged
-/// by the completion trigger too (`events_charge_token_rates`, migrations/0027), which builds
+/// by the completion trigger too (`events_complete_reply`, migrations/0028), which builds
 /// them the same way: change both together.
 fn keys(org: &OrganizationId, user: &UserId) -> [(String, String, &'static str, &'static str); 2] {
     [

@@ -213,10 +213,14 @@ impl Worker {
             context_bytes(limit, self.cfg.worker_context_bytes).saturating_sub(prompt.len());
         // Announcing the attempt, reading the conversation and opening the connection's key do
         // not depend on each other: one round trip's wait instead of three.
+        // Each is a span of its own, so a trace shows which of them the provider call waited for.
+        let step = |name: &'static str| tracing::info_span!(target: platform::telemetry::TRACE_TARGET, "step", otel.name = name);
         let (announced, conversation, target) = tokio::join!(
-            async { self.send_live(job, started?).await },
-            self.history.load(&self.pool, &job.session, job.sequence, &job.assistant, budget),
-            self.target(job),
+            async { self.send_live(job, started?).await }.instrument(step("announce attempt")),
+            self.history
+                .load(&self.pool, &job.session, job.sequence, &job.assistant, budget)
+                .instrument(step("read conversation")),
+            self.target(job).instrument(step("open key")),
         );
         if let Err(e) = announced {
             return internal_failure(reply, "cannot publish the reply", &e);
