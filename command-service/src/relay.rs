@@ -14,16 +14,18 @@
 //!   ends (the instance died, or froze: PostgreSQL closes a connection idle for `LEADER_IDLE`,
 //!   which the active relay, polling every `POLL`, never is). Holding the lock across batches
 //!   leaves a batch two statements (read, delete) instead of a transaction of five.
-//! - Woken at commit: the committing instance publishes `oc.sys.outbox` on core NATS after each
-//!   commit ([`Wake`]); a slow poll covers lost wake-ups. (Not a PostgreSQL NOTIFY: a
-//!   transaction that notifies takes one global lock at commit, held through its flush, so every
-//!   commit of every instance would wait for the one before it.)
+//! - Woken at commit ([`Wake`]): when the active relay is this instance's own, directly; else the
+//!   committing instance publishes `oc.sys.outbox` on core NATS, which every relay hears; a slow
+//!   poll covers lost wake-ups. (Not a PostgreSQL NOTIFY: a transaction that notifies takes one
+//!   global lock at commit, held through its flush, so every commit of every instance would wait
+//!   for the one before it.)
 //! - The relay's statements commit without waiting for the disk (a lost delete only sends the
 //!   batch again, which the dedup window drops), so the next batch does not queue behind a flush.
 //! - An event the bus can never take (over its payload limit) is parked in `parked_events` and
 //!   skipped, instead of stalling the outbox for every tenant.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -43,16 +45,29 @@ const POLL: Duration = Duration::from_millis(500);
 /// the longest a frozen relay keeps the outbox from the others.
 const LEADER_IDLE: Duration = Duration::from_secs(5);
 
-/// Tells the relay, wherever it runs, that events were committed. Never makes a command wait:
-/// one task of the instance publishes the wake-ups, and those that come while it is sending one
-/// (or while NATS is away) are folded into its next.
+/// Tells the relay, wherever it runs, that events were committed. Never makes a command wait.
+/// When this instance holds the relay's lock its relay is woken in process (a NATS round trip
+/// less on every prompt's way to the worker, and no message for relays that could not take the
+/// outbox anyway); otherwise one task publishes the wake-ups, and those that come while it is
+/// sending one (or while NATS is away) are folded into its next.
 #[derive(Clone)]
-pub struct Wake(Arc<Notify>);
+pub struct Wake {
+    to_bus: Arc<Notify>,
+    local: Arc<LocalRelay>,
+}
+
+/// This instance's relay, as the commands of the instance see it.
+#[derive(Default)]
+struct LocalRelay {
+    /// Holds the relay's lock (set and cleared by [`run`] only).
+    active: AtomicBool,
+    wake: Notify,
+}
 
 impl Wake {
     pub fn start(nats: async_nats::Client, shutdown: CancellationToken) -> Self {
-        let pending = Arc::new(Notify::new());
-        let wakes = pending.clone();
+        let to_bus = Arc::new(Notify::new());
+        let wakes = to_bus.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -62,16 +77,39 @@ impl Wake {
                 let _ = nats.publish(subjects::OUTBOX_WAKE, bytes::Bytes::new()).await;
             }
         });
-        Self(pending)
+        Self { to_bus, local: Arc::default() }
     }
 
     /// After a commit. Best effort: if it is lost, the relay's poll finds the events.
     pub fn committed(&self) {
-        self.0.notify_one();
+        if self.local.active.load(Ordering::Acquire) {
+            self.local.wake.notify_one();
+        } else {
+            self.to_bus.notify_one();
+        }
     }
 }
 
-pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationToken) {
+/// Whether this instance's relay holds the lock, for [`Wake`]; cleared when the relay stops,
+/// however it stops, so commits never keep waking a relay that is gone.
+struct ActiveFlag(Arc<LocalRelay>);
+
+impl ActiveFlag {
+    fn set(&self, active: bool) {
+        self.0.active.store(active, Ordering::Release);
+        metrics::gauge!("outbox_relay_active").set(if active { 1.0 } else { 0.0 });
+    }
+}
+
+impl Drop for ActiveFlag {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: CancellationToken) {
+    let local = wake.local;
+    let flag = ActiveFlag(local.clone());
     let mut wakes: Option<async_nats::Subscriber> = None;
     let mut relay: Option<Relay> = None;
     loop {
@@ -82,18 +120,19 @@ pub async fn run(pool: PgPool, js: jetstream::Context, shutdown: CancellationTok
         if let Some(w) = wakes.as_mut() {
             while let Some(Some(_)) = w.next().now_or_never() {}
         }
-        if let Err(e) = drain(&pool, &js, &mut relay).await {
+        if let Err(e) = drain(&pool, &js, &mut relay, &flag).await {
             tracing::warn!(error = %e, "outbox relay failed; will retry");
             // A database error may have ended the connection: close it (giving the lock up, if
             // it was held) and start again. A bus error keeps it: the relay stays the relay and
             // sends the batch again once NATS is back.
             if e.downcast_ref::<sqlx::Error>().is_some() {
                 relay = None;
-                metrics::gauge!("outbox_relay_active").set(0.0);
+                flag.set(false);
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = local.wake.notified() => {}
             woke = wait(&mut wakes) => {
                 if !woke { wakes = None; }
             }
@@ -113,6 +152,7 @@ async fn drain(
     pool: &PgPool,
     js: &jetstream::Context,
     relay: &mut Option<Relay>,
+    flag: &ActiveFlag,
 ) -> anyhow::Result<()> {
     let relay = match relay {
         Some(relay) => relay,
@@ -135,8 +175,9 @@ async fn drain(
             .fetch_one(&mut relay.conn)
             .await?;
     }
-    // Which instance relays, for operators (exactly one reports 1 while the outbox moves).
-    metrics::gauge!("outbox_relay_active").set(if relay.active { 1.0 } else { 0.0 });
+    // Which instance relays: for this instance's commits, and for operators (exactly one
+    // reports 1 while the outbox moves).
+    flag.set(relay.active);
     if relay.active {
         while publish_batch(&mut relay.conn, js).await? == BATCH as usize {}
     }

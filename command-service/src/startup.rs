@@ -95,7 +95,7 @@ impl Application {
             ),
             workspaces: Executor::new(pg.clone(), catch_up.clone(), services.clone(), wake.clone()),
             sessions: Executor::new(pg.clone(), catch_up.clone(), services.clone(), wake.clone()),
-            api_keys: Executor::new(pg.clone(), catch_up, services, wake),
+            api_keys: Executor::new(pg.clone(), catch_up, services, wake.clone()),
             spend: spend.clone(),
             sync_prompts: crate::sync_prompts::SyncPrompts::new(
                 nats.clone(),
@@ -122,6 +122,7 @@ impl Application {
         ));
         if cfg.relay_enabled {
             let (js, pg, stop, common) = (js.clone(), pg.clone(), shutdown.clone(), common.clone());
+            let wake = wake.clone();
             tasks.push(tokio::spawn(async move {
                 // The stream must exist before the first publish; NATS may still be starting.
                 let stream = || bus::ensure_stream(&js, &common);
@@ -129,7 +130,7 @@ impl Application {
                     .await
                     .is_some()
                 {
-                    relay::run(pg, js, stop).await;
+                    relay::run(pg, js, wake, stop).await;
                 }
             }));
         }
