@@ -15,7 +15,8 @@
 //!   `fault=cut:N`: break the connection after N tokens (no end);
 //!   `fault=hang`: send headers, then nothing;
 //!   `fault=nostop`: end the stream without a finish (stop) reason;
-//!   `fault=overloaded`: (Anthropic) an `overloaded_error` event right after `message_start`.
+//!   `fault=overloaded`: (Anthropic) an `overloaded_error` event right after `message_start`;
+//!   `fault=nul`: (OpenAI) every token starts with U+0000, as a model's output can.
 //!
 //! It speaks OpenAI chat completions (`POST /v1/chat/completions`) and Anthropic Messages
 //! (`POST /v1/messages`, `anthropic.rs`).
@@ -265,7 +266,10 @@ async fn completions(http: actix_web::HttpRequest, req: web::Json<ChatRequest>) 
                     "choices": [{ "index": 0, "delta": { "reasoning_content": format!("r{i} ") }, "finish_reason": null }] });
                 Bytes::from(format!("data: {body}\n\n"))
             } else if i < tokens {
-                let text = d.text.clone().unwrap_or_else(|| format!("t{} ", i - reasoning));
+                let mut text = d.text.clone().unwrap_or_else(|| format!("t{} ", i - reasoning));
+                if d.fault.as_deref() == Some("nul") {
+                    text.insert(0, '\0');
+                }
                 chunk(&model, Some(&text), None)
             } else if i == tokens {
                 let finish = (d.fault.as_deref() != Some("nostop")).then_some("stop");

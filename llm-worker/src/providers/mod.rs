@@ -36,6 +36,18 @@ pub enum ProviderEvent {
     Cost(u64),
 }
 
+/// Text as it can be stored: PostgreSQL's JSON cannot hold U+0000, and an event carrying it is
+/// refused (its reply could never complete), so a model's U+0000 is shown as U+FFFD, in its
+/// deltas and its stored text alike.
+fn storable(event: ProviderEvent) -> ProviderEvent {
+    let clean = |t: String| if t.contains('\0') { t.replace('\0', "\u{fffd}") } else { t };
+    match event {
+        ProviderEvent::Text(t) => ProviderEvent::Text(clean(t)),
+        ProviderEvent::Reasoning(t) => ProviderEvent::Reasoning(clean(t)),
+        other => other,
+    }
+}
+
 /// A provider failure. `Display` is for the worker's log only (it may hold the provider's error
 /// text or an internal URL); what users see is `classify`.
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +284,7 @@ impl Provider {
                         Err(e) => return Some((Err(e), (sse, parser, started, queue, true))),
                         Ok(e) => {
                             let (events, end) = parser.feed(&e.event, &e.data);
-                            queue.extend(events);
+                            queue.extend(events.into_iter().map(|e| e.map(storable)));
                             if end {
                                 return queue
                                     .pop_front()

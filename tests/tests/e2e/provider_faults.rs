@@ -90,3 +90,25 @@ async fn a_reply_longer_than_the_limit_stops_with_finish_length() {
     let text = message["parts"][0]["text"].as_str().unwrap();
     assert_eq!(text, &e2e_tests::fake_text(100000)[..1000]);
 }
+
+#[tokio::test]
+async fn a_reply_holding_the_nul_character_completes_and_frees_the_session() {
+    // PostgreSQL's JSON cannot hold U+0000, so an event carrying it is refused; a model that
+    // outputs it must not leave its reply unfinished and its session busy.
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=3 fault=nul]]").await;
+    let assistant = accepted["assistantMessageID"].as_str().unwrap().to_owned();
+    let events = stream.until(WAIT, is_idle).await;
+
+    let message = completed(&events);
+    assert_eq!(message["finish"], "stop");
+    let shown = "\u{fffd}t0 \u{fffd}t1 \u{fffd}t2 ";
+    assert_eq!(message["parts"][0]["text"], shown, "each U+0000 shown as U+FFFD");
+    assert_eq!(e2e_tests::sse::reply_text(&events, &assistant), shown, "streamed as stored");
+    // The session takes the next prompt.
+    system.prompt(&alice, &session.id, "again [[fake tokens=2]]").await;
+    stream.until(WAIT, is_idle).await;
+}
