@@ -1,6 +1,7 @@
 //! Idle SSE streams: the query service's resident memory with `OC_BENCH_STREAMS` (default
 //! 50,000, or as many as the machine's open-file limit allows) open session streams that carry
-//! nothing but heartbeats, spread over 100 sessions.
+//! nothing but heartbeats, spread over 100 sessions, from as many loopback source addresses as
+//! the streams need ports.
 //! Run with `make bench` (release binaries); prints one line.
 
 use std::time::Duration;
@@ -8,6 +9,9 @@ use std::time::Duration;
 use e2e_tests::process::resident_kb;
 use e2e_tests::{System, SystemOptions};
 use futures::StreamExt;
+
+/// Streams opened from one loopback source address (under its ephemeral port range).
+const PER_SOURCE_ADDRESS: usize = 20_000;
 
 #[tokio::main]
 async fn main() {
@@ -42,11 +46,23 @@ async fn main() {
     let query = &system.query[0];
     let before = resident_kb(query.proc.pid());
 
-    // One client, one connection per stream (HTTP/1.1), each held open after its first event.
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    // One connection per stream (HTTP/1.1), each held open after its first event. One source
+    // address has about 28,000 ephemeral ports towards the service's one port, so the streams
+    // come from as many loopback addresses (127.0.0.1, 127.0.0.2, …) as they need.
+    let clients: Vec<reqwest::Client> = (0..streams.div_ceil(PER_SOURCE_ADDRESS).max(1))
+        .map(|n| {
+            let source = std::net::Ipv4Addr::new(127, 0, 0, u8::try_from(n + 1).unwrap());
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .local_address(std::net::IpAddr::V4(source))
+                .build()
+                .unwrap()
+        })
+        .collect();
     let open = futures::stream::iter(0..streams)
         .map(|i| {
             let url = system.stream_url(0, &sessions[i % sessions.len()]);
+            let http = &clients[i / PER_SOURCE_ADDRESS];
             let req = http.get(url).bearer_auth(&alice).header("accept", "text/event-stream");
             async move {
                 let mut res = req.send().await.expect("stream opens");
