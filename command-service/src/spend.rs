@@ -127,6 +127,13 @@ impl PgSpend {
 #[async_trait]
 impl SpendLedger for PgSpend {
     async fn admit(&self, a: &Admission<'_>) -> Result<(), DomainError> {
+        if a.budgets.is_empty() && a.rates.is_empty() {
+            // No budget to hold under and no rate to take: the statement would only record a
+            // hold that no counter carries. Skipping it spares the prompt a pooled connection and
+            // a turn at its organization's gate (where a burst of its prompts queued two at a
+            // time). A budget set meanwhile would not have counted this hold either.
+            return Ok(());
+        }
         let gate = self
             .gates
             .get_with_by_ref(a.organization, async {
