@@ -143,7 +143,8 @@ async fn opencode_run_answers_on_the_organizations_model_and_stops_at_its_budget
     let model = format!("{PROVIDER}/{MODEL}");
     let args = ["--model", &model, "hello [[fake tokens=4 hold=hello]]"];
     let out = opencode_streamed(&system, &front, &user.key, &user.home, &args, "hello").await;
-    assert!(out.status.success(), "{}{}", printed(&out), String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {}{stderr}", out.status, printed(&out));
     assert!(printed(&out).contains(fake_text(4).trim()), "{}", printed(&out));
     let sessions = system.get_as_opencode(&user.key, "/session", None).await;
     let session = sessions.body[0]["id"].as_str().unwrap().to_owned();
