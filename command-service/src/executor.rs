@@ -14,6 +14,7 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use platform::telemetry::trace_step;
 use schemas::api::{ConsistencyToken, MAX_EVENT_BYTES};
 use schemas::envelope::metadata;
 use tracing::Instrument;
@@ -124,12 +125,11 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<ConsistencyToken, AggregateError<DomainError>> {
-        let step = |name: &'static str| tracing::info_span!(target: platform::telemetry::TRACE_TARGET, "step", otel.name = name);
         // The directory reads the command will need, where the cached state already names them,
         // at the same time as the aggregate itself (`crate::read_ahead`).
         let reads = self.cache.peek(id).await.and_then(|c| c.0.directory_reads(&command));
         let (loaded, read_ahead) = tokio::join!(
-            self.cache.load(&self.store, id).instrument(step("load")),
+            self.cache.load(&self.store, id).instrument(trace_step("load")),
             self.services.read_ahead(reads)
         );
         let mut context = loaded?;
@@ -150,7 +150,7 @@ where
         let sink = EventSink::default();
         aggregate
             .handle(command, &services, &sink)
-            .instrument(step("decide"))
+            .instrument(trace_step("decide"))
             .await
             .map_err(AggregateError::UserError)?;
         let scope = aggregate.scope();
@@ -169,7 +169,7 @@ where
             (context.aggregate().clone(), context.current_sequence + events.len());
         let metadata = event_metadata(&scope, ctx);
         let committed =
-            self.store.commit(events, context, metadata).instrument(step("commit")).await?;
+            self.store.commit(events, context, metadata).instrument(trace_step("commit")).await?;
         self.wake.committed();
         self.cache.remember(id, state, state_sequence).await;
         let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;

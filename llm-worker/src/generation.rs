@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use platform::telemetry::trace_step;
 use schemas::api::CommandReply;
 use schemas::envelope::Envelope;
 use schemas::events::{SessionEvent, UserMessage};
@@ -214,13 +215,13 @@ impl Worker {
         // Announcing the attempt, reading the conversation and opening the connection's key do
         // not depend on each other: one round trip's wait instead of three.
         // Each is a span of its own, so a trace shows which of them the provider call waited for.
-        let step = |name: &'static str| tracing::info_span!(target: platform::telemetry::TRACE_TARGET, "step", otel.name = name);
         let (announced, conversation, target) = tokio::join!(
-            async { self.send_live(job, started?).await }.instrument(step("announce attempt")),
+            async { self.send_live(job, started?).await }
+                .instrument(trace_step("announce attempt")),
             self.history
                 .load(&self.pool, &job.session, job.sequence, &job.assistant, budget)
-                .instrument(step("read conversation")),
-            self.target(job).instrument(step("open key")),
+                .instrument(trace_step("read conversation")),
+            self.target(job).instrument(trace_step("open key")),
         );
         if let Err(e) = announced {
             return internal_failure(reply, "cannot publish the reply", &e);
@@ -237,9 +238,8 @@ impl Worker {
         };
         tracing::debug!(turns = messages.len(), "calling the provider");
         let requested = Instant::now();
-        let trace_span = |name: &'static str| tracing::info_span!(target: platform::telemetry::TRACE_TARGET, "provider", otel.name = name);
-        let _call = trace_span("provider call");
-        let mut until_first_token = Some(trace_span("provider first token"));
+        let _call = trace_step("provider call");
+        let mut until_first_token = Some(trace_step("provider first token"));
         let mut stream = tokio::select! {
             _ = cancel.cancelled() => return aborted(reply),
             s = self.provider.stream(&target, messages) => match s {

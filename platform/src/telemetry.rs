@@ -15,6 +15,12 @@ use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 /// are disabled and cost a branch.
 pub const TRACE_TARGET: &str = "oc_trace";
 
+/// A step of a prompt's trace, exported as `name` (a child of the current span). Free when
+/// export is off, as every span of [`TRACE_TARGET`].
+pub fn trace_step(name: &'static str) -> tracing::Span {
+    tracing::info_span!(target: TRACE_TARGET, "step", otel.name = name)
+}
+
 /// Whether trace export was installed: the propagation helpers (`trace_context`) do nothing,
 /// not even allocate, when it was not.
 static TRACING_ON: AtomicBool = AtomicBool::new(false);

@@ -2,8 +2,9 @@
 //! `first_token`, `OC_BENCH_LEVELS`), every service exporting its spans to a collector of the
 //! bench's own, and per prompt the moment each step of its trace began or ended, counted from the
 //! arrival of the prompt's POST. A level below [`SAMPLES`] is run again, one burst after the
-//! other, until it has that many traces, so its percentiles are not one prompt's. Trace export costs a little, so the absolute numbers are a bit above
-//! `first_token`'s; the shares are what this is for. Run with `make bench`.
+//! other, until it has that many traces, so its percentiles are not one prompt's. Trace export
+//! costs a little, so the absolute numbers are a bit above `first_token`'s; the shares are what
+//! this is for. Run with `make bench`.
 
 use std::time::Duration;
 
