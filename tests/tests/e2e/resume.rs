@@ -123,11 +123,20 @@ async fn a_client_too_slow_to_keep_up_is_dropped_with_a_position_it_can_resume_f
     let (_, _, session) = system.session_for("alice").await;
     let mut slow = SseClient::connect_slow(&system.stream_url(0, &session), &alice).await;
     let mut watcher = system.watch(&alice, &session).await;
-    // Several megabytes in many frames: more than the server will buffer for one client.
+    // More than the way to one unread client can hold before the service's queues fill: the
+    // socket's send buffer (it grows up to tcp_wmem's maximum, 4 MB by default), the client's
+    // HTTP read buffer (~400 KB), and the frames the service queues (32 for the socket, 16 for
+    // the session: a few replies' worth). Eight replies, 3.2 MB, were once all held without a
+    // lag in CI; 19 are 7.6 MB, near the 8 MB of text one session may hold.
+    let kernel = kernel_send_buffer_max();
+    assert!(
+        kernel <= 4 << 20,
+        "a socket here may buffer {kernel} bytes, more than a session holds"
+    );
     let word = "y".repeat(100);
     let prompt = format!("[[fake tokens=4000 text={word}]]");
     let mut replies = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..19 {
         let accepted = system.prompt(&alice, &session.id, &prompt).await;
         replies.push(accepted["assistantMessageID"].as_str().unwrap().to_owned());
         watcher.until(WAIT, is_idle).await;
@@ -152,4 +161,12 @@ async fn a_client_too_slow_to_keep_up_is_dropped_with_a_position_it_can_resume_f
     for reply in &replies {
         assert_eq!(reply_text(&all, reply), word.repeat(4000), "nothing lost across the drop");
     }
+}
+
+/// The most the kernel lets one TCP socket's send buffer grow to (4 MB where it cannot be read).
+fn kernel_send_buffer_max() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20)
 }
