@@ -9,20 +9,25 @@
 //! binds its sequences as parameters, so it is prepared once per connection (postgres-es writes
 //! the sequence into its query text: a new statement to parse and plan for every sequence).
 //!
+//! Identical reads waiting at once (a burst of one organization's prompts all read that
+//! organization after the same cached sequence) take one place in the queue and share one
+//! answer; a read only joins one not yet sent, so it never answers with less than was
+//! committed when its command began.
+//!
 //! Only catch-ups of cached aggregates come here (typically none to a few events each); a full
 //! load of an aggregate nobody cached goes to the event store on its own, so one large history
 //! never holds up other tenants' reads. The batching itself is `platform::batching`.
 
-use cqrs_es::persist::{PersistenceError, SerializedEvent};
-use platform::batching::{BatchLimits, Batcher};
-use sqlx::Row;
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
+use platform::batching::{BatchLimits, JoiningBatcher};
+use sqlx::Row;
+
 /// Four statements at once (of the pool's connections), 256 reads in one at most, 4,096 waiting,
-/// 32 of one aggregate's at once (every prompt of an organization reads it: a tenant's burst
-/// waits at its own gate); beyond, a read waits for its turn and room as long as for a
-/// connection (then 503).
+/// 32 different reads of one aggregate at once (identical ones are joined); beyond, a read waits
+/// for its turn and room as long as for a connection (then 503).
 const LIMITS: BatchLimits = BatchLimits {
     in_flight: 4,
     max_batch: 256,
@@ -47,8 +52,11 @@ const EVENTS_AFTER: &str = "SELECT w.n, e.aggregate_type, e.aggregate_id, e.sequ
 
 type Reply = Result<Vec<SerializedEvent>, PersistenceError>;
 
+/// One read's events, or why the statement failed (shared by every caller of the batch).
+type Read = Result<Vec<SerializedEvent>, Arc<sqlx::Error>>;
+
 /// One caller's read.
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Want {
     aggregate_type: &'static str,
     aggregate_id: String,
@@ -58,13 +66,13 @@ struct Want {
 /// The handle callers read through; cheap to clone (every cache of the service shares one).
 #[derive(Clone)]
 pub struct CatchUp {
-    batcher: Batcher<Want, Reply>,
+    batcher: JoiningBatcher<Want, Read>,
 }
 
 impl CatchUp {
     /// Start reading on `pool`; the batching task ends when the last handle is dropped.
     pub fn start(pool: sqlx::PgPool) -> Self {
-        Self { batcher: Batcher::start(LIMITS, move |batch| read(pool.clone(), batch)) }
+        Self { batcher: JoiningBatcher::start(LIMITS, move |batch| read(pool.clone(), batch)) }
     }
 
     /// The events of aggregate `aggregate_id` of kind `aggregate_type` after sequence `after`,
@@ -78,41 +86,29 @@ impl CatchUp {
         let after = i64::try_from(after).map_err(|e| PersistenceError::UnknownError(e.into()))?;
         let want = Want { aggregate_type, aggregate_id: aggregate_id.to_owned(), after };
         match self.batcher.ask(&format!("{aggregate_type}:{aggregate_id}"), want).await {
-            Ok(reply) => reply,
+            Ok(Ok(events)) => Ok(events),
+            Ok(Err(e)) => Err(crate::event_repository::shared_error(&e)),
             Err(e) => Err(PersistenceError::ConnectionError(e.into())),
         }
     }
 }
 
-/// One statement for `batch`: each caller's own events, or the failure. Callers wanting the
-/// same read (a burst of one organization's prompts all read it) share one copy of it.
-async fn read(pool: sqlx::PgPool, batch: Vec<Want>) -> Vec<Reply> {
+/// One statement for `batch` (no two alike): each read's events, or the failure.
+async fn read(pool: sqlx::PgPool, batch: Vec<Want>) -> Vec<Read> {
     metrics::histogram!("event_store_catch_up_batch_size").record(batch.len() as f64);
-    let mut distinct: Vec<&Want> = Vec::with_capacity(batch.len());
-    let mut index: HashMap<&Want, usize> = HashMap::with_capacity(batch.len());
-    let which: Vec<usize> = batch
-        .iter()
-        .map(|w| {
-            *index.entry(w).or_insert_with(|| {
-                distinct.push(w);
-                distinct.len() - 1
-            })
-        })
-        .collect();
-    let events = read_distinct(&pool, &distinct).await;
-    which
-        .into_iter()
-        .map(|i| match &events {
-            Ok(events) => Ok(events[i].clone()),
-            Err(e) => Err(crate::event_repository::shared_error(e)),
-        })
-        .collect()
+    match read_all(&pool, &batch).await {
+        Ok(events) => events.into_iter().map(Ok).collect(),
+        Err(e) => {
+            let e = Arc::new(e);
+            batch.iter().map(|_| Err(e.clone())).collect()
+        }
+    }
 }
 
 /// The events of each of `batch`, in `batch`'s order.
-async fn read_distinct(
+async fn read_all(
     pool: &sqlx::PgPool,
-    batch: &[&Want],
+    batch: &[Want],
 ) -> Result<Vec<Vec<SerializedEvent>>, sqlx::Error> {
     let types: Vec<&str> = batch.iter().map(|w| w.aggregate_type).collect();
     let ids: Vec<&str> = batch.iter().map(|w| w.aggregate_id.as_str()).collect();

@@ -12,12 +12,18 @@
 //! `per_key` of one key's requests are in the queue or a batch at once, and the rest wait at
 //! their key's gate, holding nothing shared. One caller's flood fills its own gate, not the
 //! queue every other caller needs, and is refused (503) when its wait runs out.
+//!
+//! Requests whose answer is the same for everyone who asks it (reads) can share a place:
+//! [`JoiningBatcher`].
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+mod joining;
+pub use joining::JoiningBatcher;
 
 /// How much a batcher may hold and run.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +44,7 @@ pub struct BatchLimits {
 const GATES: u64 = 100_000;
 
 /// Why a request got no answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum BatchError {
     #[error("too many requests are waiting for the database")]
     Busy,
