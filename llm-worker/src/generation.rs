@@ -4,10 +4,13 @@
 //! worker that dies mid-reply leaves it to be redelivered: the next attempt announces itself
 //! with `message.started` (a new `attempt`), which tells clients to discard the partial text.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use futures::future::MaybeDone;
 use platform::telemetry::trace_step;
 use schemas::api::CommandReply;
 use schemas::envelope::Envelope;
@@ -213,18 +216,32 @@ impl Worker {
         let budget =
             context_bytes(limit, self.cfg.worker_context_bytes).saturating_sub(prompt.len());
         // Announcing the attempt, reading the conversation and opening the connection's key do
-        // not depend on each other: one round trip's wait instead of three.
+        // not depend on each other: one round trip's wait instead of three. The announcement
+        // also goes on while the provider is called: it is the first live message in flight,
+        // and the first delta follows it as any delta follows the one before (under load its
+        // ack came last, and the provider call waited for it).
         // Each is a span of its own, so a trace shows which of them the provider call waited for.
-        let (announced, conversation, target) = tokio::join!(
+        let announce: Sending<'_> = Box::pin(
             async { self.send_live(job, started?).await }
                 .instrument(trace_step("announce attempt")),
-            self.history
-                .load(&self.pool, &job.session, job.sequence, &job.assistant, budget)
-                .instrument(trace_step("read conversation")),
-            self.target(job).instrument(trace_step("open key")),
         );
-        if let Err(e) = announced {
-            return internal_failure(reply, "cannot publish the reply", &e);
+        let mut announce = futures::future::maybe_done(announce);
+        let prepared = async {
+            tokio::join!(
+                self.history
+                    .load(&self.pool, &job.session, job.sequence, &job.assistant, budget)
+                    .instrument(trace_step("read conversation")),
+                self.target(job).instrument(trace_step("open key")),
+            )
+        };
+        let (conversation, target) = meanwhile(&mut announce, prepared).await;
+        let go_on = matches!(&conversation, Ok(c) if !c.abort_requested) && target.is_ok();
+        if !go_on || matches!(announce, MaybeDone::Done(Err(_))) {
+            // Not calling the provider: the announcement ends first, as it did before it.
+            (&mut announce).await;
+            if let Some(Err(e)) = Pin::new(&mut announce).take_output() {
+                return internal_failure(reply, "cannot publish the reply", &e);
+            }
         }
         let mut messages = match conversation {
             Ok(c) if c.abort_requested => return aborted(reply),
@@ -240,12 +257,22 @@ impl Worker {
         let requested = Instant::now();
         let _call = trace_step("provider call");
         let mut until_first_token = Some(trace_step("provider first token"));
-        let mut stream = tokio::select! {
-            _ = cancel.cancelled() => return aborted(reply),
-            s = self.provider.stream(&target, messages) => match s {
-                Ok(s) => s,
-                Err(e) => return provider_failed(reply, e),
-            },
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => None,
+            s = meanwhile(&mut announce, self.provider.stream(&target, messages)) => Some(s),
+        };
+        let mut stream = match stream {
+            Some(Ok(s)) => s,
+            ended => {
+                (&mut announce).await;
+                if let Some(Err(e)) = Pin::new(&mut announce).take_output() {
+                    return internal_failure(reply, "cannot publish the reply", &e);
+                }
+                return match ended {
+                    Some(Err(e)) => provider_failed(reply, e),
+                    _ => aborted(reply),
+                };
+            }
         };
         // Tell JetStream we are alive well within its ack deadline.
         let every = Duration::from_secs(self.cfg.worker_ack_wait_secs.max(3) / 3);
@@ -256,7 +283,14 @@ impl Worker {
         let mut flush_at: Option<tokio::time::Instant> = None;
         // Deltas go out one at a time, in order, each once the one before is stored; the
         // provider is read meanwhile, and what arrives waits in `pending` for the next delta.
-        let mut in_flight: Option<Sending<'_>> = None;
+        // The announcement, if still on its way, is the first.
+        let mut in_flight: Option<Sending<'_>> = match announce {
+            MaybeDone::Future(sending) => Some(sending),
+            MaybeDone::Done(Err(e)) => {
+                return internal_failure(reply, "cannot publish the reply", &e);
+            }
+            MaybeDone::Done(Ok(())) | MaybeDone::Gone => None,
+        };
         let mut first_token = true;
         loop {
             let flush = async {
@@ -494,4 +528,16 @@ fn provider_failed(reply: Reply, e: ProviderError) -> Reply {
     // The full error (with the provider's text) is for operators only.
     tracing::warn!(error = %e, "provider failed");
     failed(reply, e.classify())
+}
+
+/// `work`'s output; `beside` makes progress meanwhile, and may end before, after or not at all.
+async fn meanwhile<T>(beside: &mut MaybeDone<Sending<'_>>, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            () = &mut *beside, if matches!(beside, MaybeDone::Future(_)) => {}
+        }
+    }
 }
