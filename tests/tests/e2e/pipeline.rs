@@ -36,7 +36,9 @@ async fn a_prompt_streams_its_reply_in_order_and_the_read_models_show_it() {
         ]
     );
     assert!(events.windows(2).all(|w| w[0].seq() < w[1].seq()), "ids increase");
-    assert!(events.iter().any(|e| e.event == "message.part.delta"));
+    let position = |kind: &str| events.iter().position(|e| e.event == kind);
+    let first_delta = position("message.part.delta").expect("the reply streamed");
+    assert!(position("message.started") < Some(first_delta), "the attempt is announced first");
     let streamed = reply_text(&events, assistant);
     assert_eq!(streamed, fake_text(12));
     let completed = events.iter().find(|e| e.event == "message.completed").unwrap();
