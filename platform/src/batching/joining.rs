@@ -120,106 +120,103 @@ mod tests {
     use std::time::Duration;
 
     use tokio::sync::{Notify, Semaphore};
+    use tokio::task::JoinHandle;
 
     use super::*;
 
-    fn limits(per_key: usize) -> BatchLimits {
-        BatchLimits {
-            in_flight: 1,
-            max_batch: 100,
-            queue: 1000,
-            per_key,
-            queue_wait: Duration::from_secs(5),
-        }
-    }
-
-    /// A batch function that answers each request with its batch's number, each batch only once
-    /// `release` lets it, and tells `started` when a batch begins.
-    fn held(
+    /// A batcher (one slot, a gate of two per key) whose batch function answers each request
+    /// with its batch's number, lets a batch end only once released, and tells when one begins.
+    struct Held {
+        batcher: JoiningBatcher<&'static str, usize>,
         batches: Arc<Mutex<Vec<Vec<&'static str>>>>,
         release: Arc<Semaphore>,
         started: Arc<Notify>,
-    ) -> JoiningBatcher<&'static str, usize> {
-        JoiningBatcher::start(limits(2), move |wants: Vec<&'static str>| {
-            let number = {
-                let mut batches = batches.lock().unwrap();
-                batches.push(wants.clone());
-                batches.len()
+    }
+
+    impl Held {
+        fn new() -> Self {
+            let limits = BatchLimits {
+                in_flight: 1,
+                max_batch: 100,
+                queue: 1000,
+                per_key: 2,
+                queue_wait: Duration::from_secs(5),
             };
-            let (release, started) = (release.clone(), started.clone());
-            async move {
-                started.notify_one();
-                release.acquire().await.unwrap().forget();
-                vec![number; wants.len()]
-            }
-        })
+            let batches = Arc::new(Mutex::new(Vec::new()));
+            let (release, started) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
+            let (seen, gate, begun) = (batches.clone(), release.clone(), started.clone());
+            let batcher = JoiningBatcher::start(limits, move |wants: Vec<&'static str>| {
+                let number = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(wants.clone());
+                    seen.len()
+                };
+                let (gate, begun) = (gate.clone(), begun.clone());
+                async move {
+                    begun.notify_one();
+                    gate.acquire().await.unwrap().forget();
+                    vec![number; wants.len()]
+                }
+            });
+            Self { batcher, batches, release, started }
+        }
+
+        /// Ask `want` on a task of its own, and wait until its batch has begun.
+        async fn running(&self, want: &'static str) -> JoinHandle<Result<usize, BatchError>> {
+            let batcher = self.batcher.clone();
+            let asked = tokio::spawn(async move { batcher.ask("org", want).await });
+            self.started.notified().await;
+            asked
+        }
+
+        fn finish_all(&self) {
+            self.release.add_permits(100);
+        }
+
+        fn batches(&self) -> Vec<Vec<&'static str>> {
+            self.batches.lock().unwrap().clone()
+        }
     }
 
     #[tokio::test]
     async fn identical_requests_waiting_together_take_one_place_and_share_the_answer() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let (release, started) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
-        let batcher = held(batches.clone(), release.clone(), started.clone());
-        // The first batch runs and holds the one slot; fifty identical requests wait meanwhile.
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.ask("org", "other").await }
-        });
-        started.notified().await;
-        let waiting = futures::future::join_all((0..50).map(|_| batcher.ask("org", "read")));
-        release.add_permits(100);
+        let held = Held::new();
+        // The first batch holds the one slot; fifty identical requests wait meanwhile.
+        let first = held.running("other").await;
+        let waiting = futures::future::join_all((0..50).map(|_| held.batcher.ask("org", "read")));
+        held.finish_all();
         let (first, answers) = tokio::join!(first, waiting);
         assert_eq!(first.unwrap().unwrap(), 1);
         assert!(answers.iter().all(|a| matches!(a, Ok(2))), "{answers:?}");
-        let batches = batches.lock().unwrap();
-        assert_eq!(
-            *batches,
-            vec![vec!["other"], vec!["read"]],
-            "one place for fifty, past a gate of two"
-        );
+        assert_eq!(held.batches(), [vec!["other"], vec!["read"]], "one place past a gate of two");
     }
 
     #[tokio::test]
     async fn a_request_never_joins_a_batch_that_has_begun() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let (release, started) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
-        let batcher = held(batches.clone(), release.clone(), started.clone());
-        let early = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.ask("org", "read").await }
-        });
-        started.notified().await;
+        let held = Held::new();
+        let early = held.running("read").await;
         // The same request, asked after the first one's batch began: its answer must be newer.
-        let late = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.ask("org", "read").await }
-        });
-        release.add_permits(100);
+        let late = held.batcher.ask("org", "read");
+        held.finish_all();
         assert_eq!(early.await.unwrap().unwrap(), 1);
-        assert_eq!(late.await.unwrap().unwrap(), 2);
-        assert_eq!(batches.lock().unwrap().len(), 2);
+        assert_eq!(late.await.unwrap(), 2);
+        assert_eq!(held.batches().len(), 2);
     }
 
     #[tokio::test]
     async fn a_request_whose_callers_all_left_is_not_joined() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let (release, started) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
-        let batcher = held(batches.clone(), release.clone(), started.clone());
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.ask("org", "other").await }
-        });
-        started.notified().await;
+        let held = Held::new();
+        let first = held.running("other").await;
         {
-            let gone = batcher.ask("org", "read");
+            let gone = held.batcher.ask("org", "read");
             tokio::pin!(gone);
             assert!(futures::poll!(gone.as_mut()).is_pending(), "asked");
         }
-        assert!(batcher.waiting.lock().unwrap().entries.is_empty(), "unlisted when given up");
-        let again = batcher.ask("org", "read");
-        release.add_permits(100);
+        assert!(held.batcher.waiting.lock().unwrap().entries.is_empty(), "unlisted when given up");
+        let again = held.batcher.ask("org", "read");
+        held.finish_all();
         let (first, again) = tokio::join!(first, again);
         assert_eq!((first.unwrap().unwrap(), again.unwrap()), (1, 2));
-        assert_eq!(*batches.lock().unwrap(), vec![vec!["other"], vec!["read"]]);
+        assert_eq!(held.batches(), [vec!["other"], vec!["read"]]);
     }
 }
