@@ -149,8 +149,14 @@ async fn basic_authentication_takes_an_api_key_as_the_password() {
         let pair = format!("{user}:{password}");
         format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
     };
+    // With the session's creation token: the read waits for the session to be projected (it
+    // once ran before the projector had it, and answered 404 in CI).
     let read = |authorization: String| {
-        let req = system.http.get(&session_url).header("authorization", authorization);
+        let req = system
+            .http
+            .get(&session_url)
+            .header("authorization", authorization)
+            .header("X-Consistency-Token", &session.token);
         async move { req.send().await.unwrap().status().as_u16() }
     };
 
