@@ -238,8 +238,7 @@ impl Worker {
         let go_on = matches!(&conversation, Ok(c) if !c.abort_requested) && target.is_ok();
         if !go_on || matches!(announce, MaybeDone::Done(Err(_))) {
             // Not calling the provider: the announcement ends first, as it did before it.
-            (&mut announce).await;
-            if let Some(Err(e)) = Pin::new(&mut announce).take_output() {
+            if let Err(e) = finish(&mut announce).await {
                 return internal_failure(reply, "cannot publish the reply", &e);
             }
         }
@@ -264,8 +263,7 @@ impl Worker {
         let mut stream = match stream {
             Some(Ok(s)) => s,
             ended => {
-                (&mut announce).await;
-                if let Some(Err(e)) = Pin::new(&mut announce).take_output() {
+                if let Err(e) = finish(&mut announce).await {
                     return internal_failure(reply, "cannot publish the reply", &e);
                 }
                 return match ended {
@@ -540,4 +538,10 @@ async fn meanwhile<T>(beside: &mut MaybeDone<Sending<'_>>, work: impl Future<Out
             () = &mut *beside, if matches!(beside, MaybeDone::Future(_)) => {}
         }
     }
+}
+
+/// Let `sending` end: its failure, if it failed and nobody took its outcome yet.
+async fn finish(sending: &mut MaybeDone<Sending<'_>>) -> anyhow::Result<()> {
+    (&mut *sending).await;
+    Pin::new(sending).take_output().unwrap_or(Ok(()))
 }
