@@ -4,10 +4,14 @@
 //!
 //! An event's projection is planned first, as statements with owned parameters ([`Step`]), then
 //! run either one event at a time ([`apply`]: claim, and only then the effects) or a whole batch
-//! pipelined ([`apply_pipelined`]: every statement of every event sent without waiting for the
-//! one before; PostgreSQL still executes them one after another, in order). The pipelined path is
+//! pipelined ([`apply_pipelined`]: one statement claiming every aggregate's place at once, then
+//! every statement of every event, all sent without waiting for the one before; PostgreSQL still
+//! executes them one after another, in order). The pipelined path is
 //! for the usual case, where every event is its aggregate's next one; it reports when one is not,
 //! and the caller undoes the batch and applies it event by event.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use anyhow::Context;
 use deadpool_postgres::Transaction;
@@ -77,18 +81,17 @@ pub async fn apply_pipelined(
     tx: &Transaction<'_>,
     envs: &[&Envelope<Value>],
 ) -> anyhow::Result<bool> {
-    // (statement, whether it is a claim whose row count must be 1)
-    let mut steps = Vec::new();
+    let Some((claim, aggregates)) = claim_batch(envs)? else { return Ok(false) };
+    let mut steps = vec![claim];
     for env in envs {
-        steps.push((claim_step(env)?, true));
-        steps.extend(effects(env)?.into_iter().map(|s| (s, false)));
+        steps.extend(effects(env)?);
     }
     // Prepared once per connection and cached: after the first batch, no round trip here.
     let mut statements = Vec::with_capacity(steps.len());
-    for (step, _) in &steps {
+    for step in &steps {
         statements.push(tx.prepare_cached(step.sql).await?);
     }
-    let params: Vec<_> = steps.iter().map(|(step, _)| step.param_refs()).collect();
+    let params: Vec<_> = steps.iter().map(Step::param_refs).collect();
     let mut requests: Vec<_> = statements
         .iter()
         .zip(&params)
@@ -100,18 +103,66 @@ pub async fn apply_pipelined(
         let _ = futures::poll!(request.as_mut());
     }
     join_all(requests.iter_mut().map(|r| r.as_mut())).await;
-    let mut all_next = true;
-    for ((_, is_claim), request) in steps.iter().zip(&mut requests) {
-        let rows = request.as_mut().take_output().context("a joined request has its output")??;
-        all_next &= !is_claim || rows == 1;
+    let mut rows = Vec::with_capacity(requests.len());
+    for request in &mut requests {
+        rows.push(request.as_mut().take_output().context("a joined request has its output")??);
     }
-    Ok(all_next)
+    Ok(rows[0] == aggregates)
+}
+
+/// Moves every aggregate of a batch to its last event in the batch, from just before its first
+/// one (or from nothing, for an aggregate's first event). Returns a row per aggregate moved: the
+/// batch is all next exactly when every one of its aggregates moved.
+const CLAIM_BATCH: &str = "WITH claim AS ( \
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS c(aggregate_id, first, last) \
+     ), created AS ( \
+         INSERT INTO rm_positions (aggregate_id, sequence) \
+         SELECT aggregate_id, last FROM claim WHERE first = 1 \
+         ON CONFLICT DO NOTHING RETURNING 1 \
+     ), moved AS ( \
+         UPDATE rm_positions p SET sequence = claim.last FROM claim \
+         WHERE claim.first > 1 AND p.aggregate_id = claim.aggregate_id AND p.sequence = claim.first - 1 \
+         RETURNING 1 \
+     ) \
+     SELECT 1 FROM created UNION ALL SELECT 1 FROM moved";
+
+/// One statement claiming a whole batch's places (instead of one per event: in a rebuild of
+/// session creations that halves the statements), and how many aggregates it must move. None if
+/// some aggregate's events in the batch do not follow each other (a redelivery beside the
+/// original, a gap): then not all of them can be next.
+fn claim_batch(envs: &[&Envelope<Value>]) -> anyhow::Result<Option<(Step, u64)>> {
+    let mut index = HashMap::new();
+    let (mut ids, mut firsts, mut lasts) = (Vec::new(), Vec::<i64>::new(), Vec::<i64>::new());
+    for env in envs {
+        let seq = sequence(env)?;
+        match index.entry(env.aggregate_id.as_str()) {
+            Entry::Occupied(at) => {
+                let last = &mut lasts[*at.get()];
+                if seq != *last + 1 {
+                    return Ok(None);
+                }
+                *last = seq;
+            }
+            Entry::Vacant(at) => {
+                at.insert(ids.len());
+                ids.push(env.aggregate_id.clone());
+                firsts.push(seq);
+                lasts.push(seq);
+            }
+        }
+    }
+    let aggregates = ids.len() as u64;
+    Ok(Some((step!(CLAIM_BATCH, ids, firsts, lasts), aggregates)))
+}
+
+fn sequence(env: &Envelope<Value>) -> anyhow::Result<i64> {
+    Ok(i64::try_from(env.sequence.context("domain events have a sequence")?)?)
 }
 
 /// The statement that records `env` as its aggregate's newest projected event if it is the next
 /// one: it changes one row exactly then.
 fn claim_step(env: &Envelope<Value>) -> anyhow::Result<Step> {
-    let seq = i64::try_from(env.sequence.context("domain events have a sequence")?)?;
+    let seq = sequence(env)?;
     Ok(if seq == 1 {
         step!(
             "INSERT INTO rm_positions (aggregate_id, sequence) VALUES ($1, 1) ON CONFLICT DO NOTHING",
@@ -129,7 +180,7 @@ fn claim_step(env: &Envelope<Value>) -> anyhow::Result<Step> {
 /// Record `env` as its aggregate's newest projected event, if it is the next one. Applied means
 /// the caller must now apply (or park) it in the same transaction.
 async fn claim(tx: &Transaction<'_>, env: &Envelope<Value>) -> anyhow::Result<Outcome> {
-    let seq = i64::try_from(env.sequence.context("domain events have a sequence")?)?;
+    let seq = sequence(env)?;
     if run(tx, &claim_step(env)?).await? == 1 {
         return Ok(Outcome::Applied);
     }

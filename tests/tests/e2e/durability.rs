@@ -118,6 +118,38 @@ async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
     assert_bus_matches_store(&system).await;
 }
 
+#[tokio::test]
+async fn a_backlog_of_many_batches_reaches_the_bus_once_and_in_order_while_commits_go_on() {
+    // Events pile up while no relay runs; then one starts and, while its batches still await
+    // JetStream's acks, the next ones go out, and new commits (on the relaying instance) join.
+    let mut system = System::start_with(SystemOptions { relay: false, ..Default::default() }).await;
+    let alice = system.token("alice").await;
+    let (_, ws, _) = system.session_for("alice").await;
+    create_sessions(&system, &alice, &ws.id, 900).await;
+    let db = system.db().await;
+    let backlog: i64 = db.query_one("SELECT count(*) FROM outbox", &[]).await.unwrap().get(0);
+    assert!(backlog > 3 * 256, "a backlog of several of the relay's batches: {backlog}");
+
+    let relay = system.start_command(true).await;
+    system.command.push(relay);
+    create_sessions(&system, &alice, &ws.id, 300).await;
+    eventually("the outbox drained", WAIT, || async {
+        let n: i64 = db.query_one("SELECT count(*) FROM outbox", &[]).await.unwrap().get(0);
+        (n == 0).then_some(())
+    })
+    .await;
+    assert_bus_matches_store(&system).await;
+}
+
+/// `n` new sessions in workspace `ws`, sixteen requests at a time.
+async fn create_sessions(system: &System, bearer: &str, ws: &str, n: usize) {
+    futures::stream::iter(0..n)
+        .map(|_| system.create_session(bearer, ws))
+        .buffer_unordered(16)
+        .for_each(|_| async {})
+        .await;
+}
+
 /// Publish every domain event on the bus again (new message ids, so JetStream stores them
 /// again). Returns how many.
 async fn redeliver_all(system: &System) -> usize {
