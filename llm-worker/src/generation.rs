@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::aborts::Aborts;
 use crate::config::WorkerConfig;
-use crate::history::History;
+use crate::history::{Conversation, History, is_first_prompt};
 use crate::live::{Pending, Sending};
 use crate::providers::{ChatMessage, Provider, ProviderError, ProviderEvent, Target};
 use identity::credentials;
@@ -226,15 +226,22 @@ impl Worker {
                 .instrument(trace_step("announce attempt")),
         );
         let mut announce = futures::future::maybe_done(announce);
-        let prepared = async {
-            tokio::join!(
-                self.history
-                    .load(&self.pool, &job.session, job.sequence, &job.assistant, budget)
-                    .instrument(trace_step("read conversation")),
-                self.target(job).instrument(trace_step("open key")),
-            )
+        let read = self
+            .history
+            .load(&self.pool, &job.session, job.sequence, &job.assistant, budget)
+            .instrument(trace_step("read conversation"));
+        let open_key = self.target(job).instrument(trace_step("open key"));
+        // A session's first prompt has no turns before it to read: its read only looks for an
+        // abort made before this worker got to the reply, and goes on beside the provider call
+        // (a burst of new sessions waited for it under load). An abort it finds drops the call
+        // before anything is published.
+        let (beside_the_call, conversation, target) = if is_first_prompt(job.sequence) {
+            (Some(read), Ok(Conversation::default()), meanwhile(&mut announce, open_key).await)
+        } else {
+            let (conversation, target) =
+                meanwhile(&mut announce, async { tokio::join!(read, open_key) }).await;
+            (None, conversation, target)
         };
-        let (conversation, target) = meanwhile(&mut announce, prepared).await;
         let go_on = matches!(&conversation, Ok(c) if !c.abort_requested) && target.is_ok();
         if !go_on || matches!(announce, MaybeDone::Done(Err(_))) {
             // Not calling the provider: the announcement ends first, as it did before it.
@@ -256,10 +263,37 @@ impl Worker {
         let requested = Instant::now();
         let _call = trace_step("provider call");
         let mut until_first_token = Some(trace_step("provider first token"));
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => None,
-            s = meanwhile(&mut announce, self.provider.stream(&target, messages)) => Some(s),
+        let call = async {
+            tokio::join!(self.provider.stream(&target, messages), async {
+                match beside_the_call {
+                    Some(read) => Some(read.await),
+                    None => None,
+                }
+            })
         };
+        let called = tokio::select! {
+            _ = cancel.cancelled() => None,
+            called = meanwhile(&mut announce, call) => Some(called),
+        };
+        let (stream, late) = called.map_or((None, None), |(stream, late)| (Some(stream), late));
+        // The first prompt's read, if it failed, found an abort, or found turns after all (the
+        // call was made without them): the call ends here.
+        let fine = |read: &anyhow::Result<Conversation>| matches!(read, Ok(c) if !c.abort_requested && c.turns.is_empty());
+        if let Some(read) = late.filter(|read| !fine(read)) {
+            drop(stream); // closes the provider's connection: nothing more is generated
+            if let Err(e) = finish(&mut announce).await {
+                return internal_failure(reply, "cannot publish the reply", &e);
+            }
+            return match read {
+                Err(e) => internal_failure(reply, "cannot read the conversation", &e),
+                Ok(c) if c.abort_requested => aborted(reply),
+                Ok(_) => internal_failure(
+                    reply,
+                    "cannot answer",
+                    &anyhow::anyhow!("a session's first prompt has turns before it"),
+                ),
+            };
+        }
         let mut stream = match stream {
             Some(Ok(s)) => s,
             ended => {
