@@ -374,11 +374,17 @@ impl Worker {
                             until_first_token.take();
                             metrics::histogram!("provider_first_token_seconds").record(requested.elapsed().as_secs_f64());
                             // The first text goes out at once: time to first token is what users feel.
-                            if in_flight.is_none() {
-                                in_flight = self.send_pending(job, &mut n, &reply, &mut pending);
-                            } else {
-                                flush_at = Some(tokio::time::Instant::now());
-                            }
+                            // Behind what is in flight (the announcement, say), it is queued in the
+                            // same sending, alone: it goes the moment that is stored, and text
+                            // arriving meanwhile follows in the next delta.
+                            let first = self.send_pending(job, &mut n, &reply, &mut pending);
+                            in_flight = match (in_flight.take(), first) {
+                                (Some(before), Some(first)) => Some(Box::pin(async move {
+                                    before.await?;
+                                    first.await
+                                })),
+                                (before, first) => before.or(first),
+                            };
                         } else if flush_at.is_none() {
                             flush_at = Some(tokio::time::Instant::now() + self.cfg.coalesce());
                         }
