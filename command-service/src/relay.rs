@@ -226,6 +226,8 @@ async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyh
     }
     let mut positions = Vec::with_capacity(rows.len());
     let mut acks = Vec::with_capacity(rows.len());
+    // When each published event was recorded: its time in the outbox, once acknowledged.
+    let mut recorded = Vec::with_capacity(rows.len());
     // Spans of traced events, ended when their batch is acknowledged.
     let mut spans = Vec::new();
     // Room for the body under the server's payload limit, after the headers (the msg id).
@@ -271,6 +273,7 @@ async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyh
         }
         acks.push(js.send_publish(subject, publish).await?);
         positions.push(position);
+        recorded.push(event.recorded_at_ms);
     }
     for ack in acks {
         if ack.await?.duplicate {
@@ -278,6 +281,11 @@ async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyh
         }
     }
     drop(spans); // the traced events are on the bus
+    // Committed → on the bus: the relay's part of the projection lag.
+    let now = schemas::now_ms();
+    for at in recorded {
+        metrics::histogram!("outbox_lag_seconds").record((now - at).max(0) as f64 / 1000.0);
+    }
     sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
         .bind(&positions)
         .execute(&mut *conn)

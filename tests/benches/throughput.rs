@@ -40,7 +40,9 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
         .collect()
         .await;
     let projector = system.projector.as_ref().expect("a projector").ops_url.clone();
+    let relay = system.command[0].ops_url.clone();
     let lag_before = histogram(system, &projector, "projection_lag_seconds").await;
+    let outbox_before = histogram(system, &relay, "outbox_lag_seconds").await;
     let cpu_before = cpu_by_process(system);
     let started = Instant::now();
     let clients = sessions.chunks(SESSIONS_PER_CLIENT).map(|mine| async move {
@@ -82,6 +84,7 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
     .await;
     assert!(drained.is_some(), "every session idle again");
     let lag_after = histogram(system, &projector, "projection_lag_seconds").await;
+    let outbox_after = histogram(system, &relay, "outbox_lag_seconds").await;
     let drained_in = started.elapsed().as_secs_f64();
     let used: Vec<String> = cpu_by_process(system)
         .into_iter()
@@ -92,14 +95,19 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
         "  CPU from the first prompt until every session was idle ({drained_in:.1} s): {}",
         used.join(", ")
     );
-    let during: Vec<(f64, f64)> =
-        lag_after.iter().zip(&lag_before).map(|((le, a), (_, b))| (*le, a - b)).collect();
-    for q in [0.5, 0.99] {
-        println!(
-            "  projection lag under that load: p{:.0} ≤ {} ms (bucket bound)",
-            q * 100.0,
-            bucket_quantile(&during, q) * 1e3
-        );
+    for (what, after, before) in [
+        ("projection lag (recorded → in the read model)", &lag_after, &lag_before),
+        ("of which in the outbox (recorded → on the bus)", &outbox_after, &outbox_before),
+    ] {
+        let during: Vec<(f64, f64)> =
+            after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+        for q in [0.5, 0.99] {
+            println!(
+                "  {what} under that load: p{:.0} ≤ {} ms (bucket bound)",
+                q * 100.0,
+                bucket_quantile(&during, q) * 1e3
+            );
+        }
     }
 }
 
