@@ -278,8 +278,7 @@ impl Worker {
         let (stream, late) = called.map_or((None, None), |(stream, late)| (Some(stream), late));
         // The first prompt's read, if it failed, found an abort, or found turns after all (the
         // call was made without them): the call ends here.
-        let fine = |read: &anyhow::Result<Conversation>| matches!(read, Ok(c) if !c.abort_requested && c.turns.is_empty());
-        if let Some(read) = late.filter(|read| !fine(read)) {
+        if let Some(read) = late.filter(|read| !matches!(read, Ok(c) if c.is_empty_and_open())) {
             drop(stream); // closes the provider's connection: nothing more is generated
             if let Err(e) = finish(&mut announce).await {
                 return internal_failure(reply, "cannot publish the reply", &e);

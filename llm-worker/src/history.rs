@@ -76,6 +76,13 @@ pub struct Conversation {
     pub abort_requested: bool,
 }
 
+impl Conversation {
+    /// No turns before the prompt, and the reply not aborted: what a first prompt's read must find.
+    pub fn is_empty_and_open(&self) -> bool {
+        self.turns.is_empty() && !self.abort_requested
+    }
+}
+
 /// Folds of recent sessions.
 #[derive(Clone)]
 pub struct History {
