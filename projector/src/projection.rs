@@ -475,3 +475,48 @@ pub(crate) async fn run(tx: &Transaction<'_>, step: &Step) -> anyhow::Result<u64
     let statement = tx.prepare_cached(step.sql).await?;
     Ok(tx.execute(&statement, &step.param_refs()).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::ids::OrganizationId;
+
+    fn event(aggregate: &str, sequence: u64) -> Envelope<Value> {
+        Envelope {
+            id: format!("{aggregate}:{sequence}"),
+            organization_id: OrganizationId::new(),
+            aggregate_type: aggregate::SESSION.into(),
+            aggregate_id: aggregate.into(),
+            sequence: Some(sequence),
+            event_type: "session.status_changed".into(),
+            event_version: "1".into(),
+            time: 0,
+            actor: None,
+            correlation_id: None,
+            causation_id: None,
+            payload: Value::Null,
+        }
+    }
+
+    fn claim(batch: &[Envelope<Value>]) -> Option<(String, u64)> {
+        let batch: Vec<&Envelope<Value>> = batch.iter().collect();
+        let (step, aggregates) = claim_batch(&batch).expect("events with sequences")?;
+        Some((format!("{:?}", step.params), aggregates))
+    }
+
+    #[test]
+    fn a_batch_claims_each_aggregate_once_from_its_first_event_to_its_last() {
+        let batch = [event("ses_a", 4), event("ses_b", 1), event("ses_a", 5), event("ses_a", 6)];
+        let (params, aggregates) =
+            claim(&batch).expect("each aggregate's events follow each other");
+        assert_eq!(aggregates, 2);
+        assert_eq!(params, r#"[["ses_a", "ses_b"], [4, 1], [6, 1]]"#, "ids, firsts, lasts");
+    }
+
+    #[test]
+    fn a_batch_whose_aggregate_repeats_or_skips_a_sequence_is_not_claimed_at_once() {
+        assert_eq!(claim(&[event("ses_a", 4), event("ses_a", 4)]), None, "a redelivery beside it");
+        assert_eq!(claim(&[event("ses_a", 4), event("ses_a", 6)]), None, "a gap");
+        assert_eq!(claim(&[event("ses_a", 5), event("ses_a", 4)]), None, "out of order");
+    }
+}
