@@ -242,22 +242,25 @@ impl Worker {
                 meanwhile(&mut announce, async { tokio::join!(read, open_key) }).await;
             (None, conversation, target)
         };
-        let go_on = matches!(&conversation, Ok(c) if !c.abort_requested) && target.is_ok();
-        if !go_on || matches!(announce, MaybeDone::Done(Err(_))) {
-            // Not calling the provider: the announcement ends first, as it did before it.
-            if let Err(e) = finish(&mut announce).await {
-                return internal_failure(reply, "cannot publish the reply", &e);
-            }
+        // Not calling the provider: the announcement ends first (`unstreamed`).
+        if matches!(announce, MaybeDone::Done(Err(_))) {
+            return unstreamed(&mut announce, reply, |reply| reply).await;
         }
         let mut messages = match conversation {
-            Ok(c) if c.abort_requested => return aborted(reply),
+            Ok(c) if c.abort_requested => return unstreamed(&mut announce, reply, aborted).await,
             Ok(c) => c.turns,
-            Err(e) => return internal_failure(reply, "cannot read the conversation", &e),
+            Err(e) => {
+                let unreadable =
+                    |reply| internal_failure(reply, "cannot read the conversation", &e);
+                return unstreamed(&mut announce, reply, unreadable).await;
+            }
         };
         messages.push(ChatMessage { role: "user", content: prompt });
         let target = match target {
             Ok(target) => target,
-            Err(error) => return failed(reply, error),
+            Err(error) => {
+                return unstreamed(&mut announce, reply, |reply| failed(reply, error)).await;
+            }
         };
         tracing::debug!(turns = messages.len(), "calling the provider");
         let requested = Instant::now();
@@ -280,10 +283,7 @@ impl Worker {
         // call was made without them): the call ends here.
         if let Some(read) = late.filter(|read| !matches!(read, Ok(c) if c.is_empty_and_open())) {
             drop(stream); // closes the provider's connection: nothing more is generated
-            if let Err(e) = finish(&mut announce).await {
-                return internal_failure(reply, "cannot publish the reply", &e);
-            }
-            return match read {
+            let ended = |reply| match read {
                 Err(e) => internal_failure(reply, "cannot read the conversation", &e),
                 Ok(c) if c.abort_requested => aborted(reply),
                 Ok(_) => internal_failure(
@@ -292,18 +292,14 @@ impl Worker {
                     &anyhow::anyhow!("a session's first prompt has turns before it"),
                 ),
             };
+            return unstreamed(&mut announce, reply, ended).await;
         }
         let mut stream = match stream {
             Some(Ok(s)) => s,
-            ended => {
-                if let Err(e) = finish(&mut announce).await {
-                    return internal_failure(reply, "cannot publish the reply", &e);
-                }
-                return match ended {
-                    Some(Err(e)) => provider_failed(reply, e),
-                    _ => aborted(reply),
-                };
+            Some(Err(e)) => {
+                return unstreamed(&mut announce, reply, |reply| provider_failed(reply, e)).await;
             }
+            None => return unstreamed(&mut announce, reply, aborted).await,
         };
         // Tell JetStream we are alive well within its ack deadline.
         let every = Duration::from_secs(self.cfg.worker_ack_wait_secs.max(3) / 3);
@@ -576,6 +572,19 @@ async fn meanwhile<T>(beside: &mut MaybeDone<Sending<'_>>, work: impl Future<Out
             out = &mut work => return out,
             () = &mut *beside, if matches!(beside, MaybeDone::Future(_)) => {}
         }
+    }
+}
+
+/// End an attempt that streams nothing: the announcement ends first, and its failure, if it
+/// failed, is the outcome; else `outcome`.
+async fn unstreamed(
+    announce: &mut MaybeDone<Sending<'_>>,
+    reply: Reply,
+    outcome: impl FnOnce(Reply) -> Reply,
+) -> Reply {
+    match finish(announce).await {
+        Err(e) => internal_failure(reply, "cannot publish the reply", &e),
+        Ok(()) => outcome(reply),
     }
 }
 

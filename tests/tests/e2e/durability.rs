@@ -120,8 +120,8 @@ async fn a_relay_that_publishes_again_after_a_crash_creates_no_duplicates() {
 
 #[tokio::test]
 async fn a_backlog_of_many_batches_reaches_the_bus_once_and_in_order_while_commits_go_on() {
-    // Events pile up while no relay runs; then one starts and, while its batches still await
-    // JetStream's acks, the next ones go out, and new commits (on the relaying instance) join.
+    // Events pile up while no relay runs; then one starts and works through them batch after
+    // batch while new commits (on the relaying instance) keep coming.
     let mut system = System::start_with(SystemOptions { relay: false, ..Default::default() }).await;
     let alice = system.token("alice").await;
     let (_, ws, _) = system.session_for("alice").await;
