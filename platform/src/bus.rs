@@ -80,11 +80,22 @@ pub async fn ensure_stream(js: &jetstream::Context, cfg: &CommonConfig) -> anyho
         duplicate_window: Duration::from_secs(cfg.stream_duplicate_window_secs),
         allow_direct: true,
         num_replicas: cfg.stream_replicas.max(1),
+        // Every stored event again on core NATS, for the query instances' live feeds.
+        republish: Some(republish()),
         ..Default::default()
     };
     // get_or_create_stream ignores changed settings on an existing stream; this applies them.
     js.create_or_update_stream(config).await?;
     Ok(())
+}
+
+/// How the events stream republishes what it stored (`subjects::REPUBLISHED`): every subject.
+pub fn republish() -> stream::Republish {
+    stream::Republish {
+        source: ">".into(),
+        destination: subjects::republished(">"),
+        headers_only: false,
+    }
 }
 
 /// Whether the client is connected right now (for readiness).

@@ -1,27 +1,31 @@
 //! The instance's live events, by interest: one feed per session that this instance's SSE
-//! clients watch, and nothing else. A feed is an ordered JetStream consumer filtered to the
-//! session's subjects, so each instance receives the traffic of its own clients' sessions, not
-//! of every tenant, and JetStream's ordering and gap detection hold for each session: a feed
-//! whose consumer fails (a NATS node lost, a reconnection) makes a new one from the last event
-//! it delivered, so nothing is skipped or repeated.
+//! clients watch, and nothing else. A feed starts as a core NATS subscription to the session's
+//! events as the stream republishes them once stored (`subjects::REPUBLISHED`, each with its
+//! stream sequence), so each instance receives the traffic of its own clients' sessions, not of
+//! every tenant, without a JetStream consumer per session (a consumer costs the server a scan of
+//! its message blocks for every event it delivers). A subscription delivers in stream order but
+//! at most once: after anything that may have lost a message (a reconnection, a slow consumer)
+//! the feed follows an ordered JetStream consumer from the last event it delivered instead, for
+//! the rest of its life, and JetStream's ordering and gap detection hold; a consumer that fails
+//! is made again from the last event delivered, so nothing is skipped or repeated.
 //!
-//! A consumer can also go quiet without failing (its server lost, the client not noticing):
-//! once a feed that was active has been quiet for a moment, or after a reconnection, it asks the
-//! stream's leader whether the session has anything newer than what the feed delivered, and
-//! follows again from there if so.
+//! Either can also go quiet without failing (its server lost, the client not noticing, an
+//! interest not yet known across a cluster): once a feed that was active has been quiet for a
+//! moment, or after a reconnection, it asks the stream's leader whether the session has
+//! anything newer than what the feed delivered, and follows again from there if so.
 //!
 //! Frames reach the feed's clients in stream order, each once; each frame carries its stream
 //! sequence, the SSE `id:` that makes streams resumable on any instance.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web_lab::sse;
 use async_nats::jetstream::{self, consumer, stream::RawMessageErrorKind};
 use bytestring::ByteString;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use platform::bus::DeliveryLosses;
 use schemas::subjects;
 use tokio::sync::{broadcast, watch};
@@ -75,6 +79,18 @@ struct Scope {
     filters: [String; 2],
     /// One filter for both, to ask the stream whether there is anything newer.
     check: String,
+}
+
+/// A bus message with its stream sequence.
+type Delivery = anyhow::Result<(u64, async_nats::Message)>;
+
+/// What a feed does after its connection may have lost a message.
+#[derive(Clone, Copy)]
+enum OnLoss {
+    /// Ask the stream once quiet (a consumer's own gap detection covers the rest).
+    Check,
+    /// Follow a consumer from the last event delivered (a subscription has no gap detection).
+    Refollow,
 }
 
 /// One watched scope's live events.
@@ -138,6 +154,10 @@ impl Drop for Subscription {
 
 pub struct Hub {
     js: jetstream::Context,
+    nats: async_nats::Client,
+    /// Whether the stream republishes what it stores as `subjects::REPUBLISHED` (set by its
+    /// writers): feeds then start as subscriptions.
+    republishes: AtomicBool,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     buffer: usize,
     losses: DeliveryLosses,
@@ -154,7 +174,9 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
+            nats: js.client(),
             js,
+            republishes: AtomicBool::new(false),
             feeds: Mutex::default(),
             buffer,
             losses,
@@ -174,7 +196,13 @@ impl Hub {
             platform::retry::until_stopped("finding the event stream", &self.shutdown, || {
                 self.js.get_stream(subjects::STREAM)
             });
-        if found.await.is_some() {
+        if let Some(stream) = found.await {
+            let republish = stream.cached_info().config.republish.as_ref();
+            let republishes = republish == Some(&platform::bus::republish());
+            if !republishes {
+                tracing::warn!("the event stream does not republish: each feed is a consumer");
+            }
+            self.republishes.store(republishes, Ordering::Release);
             self.has_stream.send_replace(true);
         }
     }
@@ -256,12 +284,24 @@ impl Hub {
         let Scope { key: session, filters, check } = scope;
         let mut losses = self.losses.clone();
         losses.mark_unchanged();
+        let mut subscribed = self.republishes.load(Ordering::Acquire);
         while !feed.stop.is_cancelled() {
             let outcome = async {
-                let messages = self.consume(&filters, &feed).await?;
-                self.pump(&check, &feed, messages, &mut losses).await
+                if subscribed {
+                    let messages = self.subscribe_republished(&check, &feed).await?;
+                    self.pump(&check, &feed, messages, &mut losses, OnLoss::Refollow).await
+                } else {
+                    let messages = self.consume(&filters, &feed).await?;
+                    self.pump(&check, &feed, messages, &mut losses, OnLoss::Check).await
+                }
             };
             if let Err(e) = outcome.await {
+                if std::mem::take(&mut subscribed) {
+                    // From what it delivered, at once: a consumer's start is the remedy.
+                    metrics::counter!("hub_subscription_fallbacks_total").increment(1);
+                    tracing::debug!(error = %e, %session, "a session feed follows a consumer");
+                    continue;
+                }
                 metrics::counter!("hub_refollows_total").increment(1);
                 tracing::debug!(error = %e, %session, "a session feed follows again");
                 tokio::select! {
@@ -273,18 +313,46 @@ impl Hub {
         metrics::gauge!("hub_feeds").decrement(1.0);
     }
 
+    /// Where a new feed starts: after the end of the stream (its clients learn that position).
+    async fn start(&self, feed: &Feed) -> anyhow::Result<()> {
+        if !*feed.ready.borrow() {
+            let stream = self.js.get_stream(subjects::STREAM).await?;
+            feed.covered.store(stream.cached_info().state.last_sequence, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The session's events as the stream republishes them, from the feed's start on. The
+    /// subscription is made before the start is read, on the same connection, so the server
+    /// has the interest before it answers: whatever is stored after the start is delivered.
+    async fn subscribe_republished(
+        &self,
+        check: &str,
+        feed: &Feed,
+    ) -> anyhow::Result<impl Stream<Item = Delivery> + Unpin + use<>> {
+        let subscriber = self.nats.subscribe(subjects::republished(check)).await?;
+        self.start(feed).await?;
+        feed.ready.send_replace(true);
+        Ok(subscriber.map(|msg| {
+            let seq = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get_last(async_nats::header::NATS_SEQUENCE))
+                .and_then(|v| v.as_str().parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("a republished event without its sequence"))?;
+            Ok((seq, msg))
+        }))
+    }
+
     /// A consumer of the session's events after what the feed has delivered; for a new feed,
-    /// after the end of the stream (its clients learn that position).
+    /// after the end of the stream.
     async fn consume(
         &self,
         filters: &[String; 2],
         feed: &Feed,
-    ) -> anyhow::Result<consumer::pull::Ordered> {
-        let stream = self.js.get_stream(subjects::STREAM).await?;
-        if !*feed.ready.borrow() {
-            let last = stream.cached_info().state.last_sequence;
-            feed.covered.store(last, Ordering::Release);
-        }
+    ) -> anyhow::Result<impl Stream<Item = Delivery> + Unpin + use<>> {
+        self.start(feed).await?;
+        let stream = self.js.get_stream_no_info(subjects::STREAM).await?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subjects: filters.to_vec(),
@@ -296,7 +364,11 @@ impl Hub {
             .await?;
         let messages = consumer.messages().await?;
         feed.ready.send_replace(true);
-        Ok(messages)
+        Ok(messages.map(|msg| {
+            let msg = msg?;
+            let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            Ok((seq, msg.message))
+        }))
     }
 
     /// Deliver the session's events in order until the feed stops (Ok) or must follow again
@@ -305,8 +377,9 @@ impl Hub {
         &self,
         check: &str,
         feed: &Feed,
-        mut messages: consumer::pull::Ordered,
+        mut messages: impl Stream<Item = Delivery> + Unpin,
         losses: &mut DeliveryLosses,
+        on_loss: OnLoss,
     ) -> anyhow::Result<()> {
         // Starting out counts as activity: check once quiet.
         let mut unchecked = true;
@@ -317,25 +390,28 @@ impl Hub {
                     if changed.is_err() {
                         return Ok(()); // the client is gone: the service is stopping
                     }
-                    unchecked = true;
+                    match on_loss {
+                        OnLoss::Check => unchecked = true,
+                        OnLoss::Refollow => anyhow::bail!("the subscription may have lost events"),
+                    }
                 }
                 _ = tokio::time::sleep(QUIET), if unchecked => {
                     match self.has_newer(check, feed.covered()).await {
-                        Ok(true) => anyhow::bail!("the consumer went quiet"),
+                        Ok(true) => anyhow::bail!("the feed went quiet"),
                         Ok(false) => unchecked = false,
                         // (checked again after the next quiet moment)
                         Err(e) => tracing::debug!(error = %e, "cannot check a session feed"),
                     }
                 }
                 msg = messages.next() => {
-                    let msg = match msg {
+                    let (seq, msg) = match msg {
                         Some(m) => m?,
-                        None => anyhow::bail!("the consumer ended"),
+                        None => anyhow::bail!("the feed's messages ended"),
                     };
                     unchecked = true;
-                    let seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-                    // (a consumer the client library made again before its first message
-                    // starts from the beginning of the stream: async-nats 0.51)
+                    // (events stored before the feed started; and a consumer the client library
+                    // made again before its first message starts from the beginning of the
+                    // stream: async-nats 0.51)
                     if seq > feed.covered() {
                         let span = tracing::info_span!(
                             target: platform::telemetry::TRACE_TARGET,

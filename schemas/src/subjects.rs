@@ -5,6 +5,7 @@
 //! oc.evt.<org>.<workspace|_>.<session|_>.<event>   domain events (from the outbox relay)
 //! oc.live.<org>.<workspace>.<session>.<event>      live events (from the LLM worker)
 //! oc.cmd.<name>                                    internal commands (request/reply, not stored)
+//! oc.feed.<stored subject>                         every stored event again, on core NATS
 //! ```
 //! `<event>` is the event type with dots replaced by underscores, so it is one token.
 
@@ -17,6 +18,14 @@ pub const STREAM_SUBJECTS: [&str; 2] = ["oc.evt.>", "oc.live.>"];
 /// The JetStream stream keeping max-deliveries advisories of the LLM workers' prompt consumer
 /// until a worker has ended the reply they are about.
 pub const WORKER_ADVISORY_STREAM: &str = "OC_WORKER_ADVISORIES";
+/// Where the stream republishes each event it stored, on core NATS (its subject appended), with
+/// its stream sequence in the `Nats-Sequence` header: what query instances follow live, each
+/// subscribed to its clients' sessions only, without a JetStream consumer per session.
+pub const REPUBLISHED: &str = "oc.feed";
+/// The republished subjects of the stored subjects `filter` selects.
+pub fn republished(filter: &str) -> String {
+    format!("{REPUBLISHED}.{filter}")
+}
 /// Every domain event.
 pub const ALL_DOMAIN_EVENTS: &str = "oc.evt.>";
 /// Every prompt, whatever the tenant: what LLM workers consume.

@@ -1,7 +1,8 @@
 //! Each query instance follows only the sessions its own clients watch: its traffic from NATS
-//! grows with what they watch, not with every tenant's replies. And a session's feed that loses
-//! its JetStream consumer follows again from the last event it delivered, so its clients get
-//! every event once, in order.
+//! grows with what they watch, not with every tenant's replies. A session's feed is a
+//! subscription to what the stream republishes; one that misses events follows a JetStream
+//! consumer from the last event it delivered, and one that loses its consumer follows again from
+//! there, so its clients get every event once, in order.
 
 use e2e_tests::sse::{SseClient, is_idle, reply_text};
 use e2e_tests::{System, SystemOptions, eventually, fake_text};
@@ -64,33 +65,50 @@ async fn a_query_instance_receives_only_the_sessions_its_clients_watch() {
     );
 }
 
+/// The names of the stream's consumers that are not a service's durable one: the query
+/// instances' session feeds that follow a consumer.
+async fn feed_consumers(events: &async_nats::jetstream::stream::Stream) -> Vec<String> {
+    let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(events.consumer_names())
+        .await
+        .into_iter()
+        .map(|name| name.unwrap())
+        .collect();
+    names.into_iter().filter(|n| !["llm-worker", "projector"].contains(&n.as_str())).collect()
+}
+
 #[tokio::test]
-async fn a_feed_that_loses_its_consumer_follows_again_from_where_it_was() {
+async fn a_feed_that_misses_events_or_loses_its_consumer_follows_again_from_where_it_was() {
     let system = System::start().await;
     let alice = system.token("alice").await;
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=40 delay_ms=50]]").await;
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=160 delay_ms=50]]").await;
     let reply = accepted["assistantMessageID"].as_str().unwrap();
     let mut events = stream.until(WAIT, |e| e.event == "message.part.delta").await;
-
-    // Mid-reply, every consumer that is not a service's durable one (the query instance's
-    // session feeds) is deleted on the server.
     let js = async_nats::jetstream::new(system.nats().await);
-    let events_stream = js.get_stream(subjects::STREAM).await.unwrap();
-    let mut names = std::pin::pin!(events_stream.consumer_names());
-    let mut deleted = 0;
-    while let Some(name) = futures::StreamExt::next(&mut names).await {
-        let name = name.unwrap();
-        if !["llm-worker", "projector"].contains(&name.as_str()) {
-            events_stream.delete_consumer(&name).await.unwrap();
-            deleted += 1;
-        }
+    let mut events_stream = js.get_stream(subjects::STREAM).await.unwrap();
+    assert!(
+        feed_consumers(&events_stream).await.is_empty(),
+        "a feed served by the republished events has no consumer"
+    );
+
+    // Mid-reply, the stream stops republishing (as if a writer of an older version had set it
+    // up): the feed hears nothing more, finds the stream has more, and follows a consumer.
+    let mut config = events_stream.info().await.unwrap().config.clone();
+    config.republish = None;
+    js.update_stream(config).await.unwrap();
+    let found = e2e_tests::within(WAIT, || async {
+        Some(feed_consumers(&events_stream).await).filter(|c| !c.is_empty())
+    });
+    let consumers = found.await.expect("the feed follows a consumer");
+
+    // Then every such consumer is deleted on the server.
+    for name in consumers {
+        events_stream.delete_consumer(&name).await.unwrap();
     }
-    assert!(deleted >= 1, "the session's feed has a consumer");
 
     events.extend(stream.until(WAIT, is_idle).await);
-    assert_eq!(reply_text(&events, reply), fake_text(40));
+    assert_eq!(reply_text(&events, reply), fake_text(160));
     let ids: Vec<u64> = events.iter().map(|e| e.seq()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "an event twice or out of order: {ids:?}");
 }
