@@ -2,13 +2,20 @@
 //! generation of the named message if this worker is running it. Aborts seen for messages not
 //! (yet) running here are remembered briefly, in case the prompt arrives after its abort.
 //!
+//! A prompt committed after this worker began hearing aborts (and after its connection to NATS
+//! was last made) has every abort of it heard here: an abort is published after its prompt was
+//! committed. Only for an older prompt must the worker look for an abort in the event store.
+//!
 //! A reply taken over by a later attempt (`message.retried`: this worker was presumed dead) is
 //! cancelled the same way: its report would be refused anyway, and the provider need not be
 //! paid for the rest of it.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use async_nats::Statistics;
 
 use futures::StreamExt;
 use moka::sync::Cache;
@@ -18,11 +25,32 @@ use schemas::ids::MessageId;
 use schemas::subjects;
 use tokio_util::sync::CancellationToken;
 
+/// How much later than this worker began hearing aborts a prompt must have been committed to
+/// be sure its aborts are heard: the command service's clock may be ahead of this one.
+const CLOCK_MARGIN_MS: i64 = 5_000;
+
 #[derive(Clone)]
 pub struct Aborts {
     /// Running generations: their attempt, and the token that stops them.
     running: Arc<Mutex<HashMap<MessageId, (u32, CancellationToken)>>>,
     recent: Cache<MessageId, ()>,
+    /// Since when every abort is heard here; none before the subscriptions are made.
+    hearing: Arc<Mutex<Option<Hearing>>>,
+}
+
+/// When the abort subscriptions were last known to be complete, and the connection then.
+struct Hearing {
+    since_ms: i64,
+    /// The client's count of connections made then: a reconnection since may have lost aborts.
+    connects: u64,
+    statistics: Arc<Statistics>,
+}
+
+impl Hearing {
+    fn now(statistics: Arc<Statistics>) -> Self {
+        let connects = statistics.connects.load(Ordering::Relaxed);
+        Self { since_ms: schemas::now_ms(), connects, statistics }
+    }
 }
 
 impl Default for Aborts {
@@ -33,6 +61,7 @@ impl Default for Aborts {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            hearing: Arc::default(),
         }
     }
 }
@@ -42,11 +71,26 @@ impl Aborts {
     /// for it arrives, or a later attempt takes it over.
     pub fn register(&self, message: &MessageId, attempt: u32) -> CancellationToken {
         let token = CancellationToken::new();
+        // Running first, then the recent aborts (`abort` does the reverse): an abort arriving
+        // meanwhile is seen by one of the two.
+        self.lock().insert(message.clone(), (attempt, token.clone()));
         if self.recent.contains_key(message) {
             token.cancel();
         }
-        self.lock().insert(message.clone(), (attempt, token.clone()));
         token
+    }
+
+    /// Whether every abort of a prompt committed at `committed_ms` reaches this worker live.
+    pub fn hears_every_abort_of(&self, committed_ms: i64) -> bool {
+        let hearing = self.hearing.lock().unwrap_or_else(|p| p.into_inner());
+        hearing.as_ref().is_some_and(|h| {
+            h.connects == h.statistics.connects.load(Ordering::Relaxed)
+                && committed_ms > h.since_ms + CLOCK_MARGIN_MS
+        })
+    }
+
+    fn hear_from_now(&self, statistics: Arc<Statistics>) {
+        *self.hearing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Hearing::now(statistics));
     }
 
     pub fn finish(&self, message: &MessageId, attempt: u32) {
@@ -57,10 +101,10 @@ impl Aborts {
     }
 
     fn abort(&self, message: MessageId) {
+        self.recent.insert(message.clone(), ());
         if let Some((_, token)) = self.lock().get(&message) {
             token.cancel();
         }
-        self.recent.insert(message, ());
     }
 
     /// `attempt` of `message` started elsewhere: stop any earlier attempt running here.
@@ -82,14 +126,27 @@ impl Aborts {
     pub async fn listen(
         self,
         nats: async_nats::Client,
+        mut losses: platform::bus::DeliveryLosses,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let aborts = nats.subscribe(subjects::ALL_ABORTS).await?;
         let retries = nats.subscribe(subjects::ALL_RETRIES).await?;
         let mut sub = futures::stream::select(aborts, retries);
+        // Once the server has the subscriptions, every abort published from then on is heard.
+        losses.mark_unchanged();
+        nats.flush().await?;
+        self.hear_from_now(nats.statistics());
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                changed = losses.changed() => {
+                    // A reconnection (subscriptions made again) or a slow consumer: aborts
+                    // published before now may not have been heard.
+                    if changed.is_ok() {
+                        self.hear_from_now(nats.statistics());
+                    }
+                    continue;
+                }
                 m = sub.next() => match m { Some(m) => m, None => return Ok(()) },
             };
             match serde_json::from_slice::<Envelope<SessionEvent>>(&msg.payload) {

@@ -226,20 +226,28 @@ impl Worker {
                 .instrument(trace_step("announce attempt")),
         );
         let mut announce = futures::future::maybe_done(announce);
-        let read = self
-            .history
-            .load(&self.pool, &job.session, job.sequence, &job.assistant, budget)
-            .instrument(trace_step("read conversation"));
+        let read = || {
+            self.history
+                .load(&self.pool, &job.session, job.sequence, &job.assistant, budget)
+                .instrument(trace_step("read conversation"))
+        };
         let open_key = self.target(job).instrument(trace_step("open key"));
         // A session's first prompt has no turns before it to read: its read only looks for an
         // abort made before this worker got to the reply, and goes on beside the provider call
         // (a burst of new sessions waited for it under load). An abort it finds drops the call
-        // before anything is published.
+        // before anything is published. A first prompt committed since this worker hears every
+        // abort (`Aborts::hears_every_abort_of`; the first delivery: a later one was maybe
+        // answered already) needs no read at all: an abort of it cancels the reply as it comes.
         let (beside_the_call, conversation, target) = if is_first_prompt(job.sequence) {
-            (Some(read), Ok(Conversation::default()), meanwhile(&mut announce, open_key).await)
+            let unread = job.attempt == 1 && self.aborts.hears_every_abort_of(job.committed_ms);
+            if unread {
+                metrics::counter!("first_prompts_unread_total").increment(1);
+            }
+            let beside = (!unread).then(read);
+            (beside, Ok(Conversation::default()), meanwhile(&mut announce, open_key).await)
         } else {
             let (conversation, target) =
-                meanwhile(&mut announce, async { tokio::join!(read, open_key) }).await;
+                meanwhile(&mut announce, async { tokio::join!(read(), open_key) }).await;
             (None, conversation, target)
         };
         // Not calling the provider: the announcement ends first (`unstreamed`).

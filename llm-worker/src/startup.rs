@@ -17,7 +17,7 @@ pub async fn run(
     cfg: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let platform::startup::Foundation { metrics, db: pool, nats, js, .. } =
+    let platform::startup::Foundation { metrics, db: pool, nats, nats_losses, js } =
         platform::startup::foundation(&common, "llm-worker").await?;
     let ready = http::readiness(pool.clone(), nats.clone());
     let spec = http::ServerSpec {
@@ -32,7 +32,7 @@ pub async fn run(
     let server = tokio::spawn(http::serve(spec, |_| {})?);
 
     let aborts = Aborts::default();
-    let listener = tokio::spawn(aborts.clone().listen(nats.clone(), shutdown.clone()));
+    let listener = tokio::spawn(aborts.clone().listen(nats.clone(), nats_losses, shutdown.clone()));
     let worker = Worker {
         keks: platform::config::load::<identity::ProviderKeysConfig>()?.keks()?,
         js: js.clone(),

@@ -477,6 +477,54 @@ async fn an_abort_made_while_no_worker_runs_the_reply_is_honoured_when_one_start
     assert!(!events.iter().any(|e| e.event == "message.part.delta"), "nothing generated");
 }
 
+/// A session's first prompt committed once the worker hears every abort is answered without
+/// reading the event store; an abort made while the worker was busy elsewhere, before it got to
+/// the reply, still stops it before anything is generated.
+#[tokio::test]
+async fn an_abort_made_while_the_worker_is_busy_is_honoured_when_it_gets_to_the_reply() {
+    let system = System::start_with(SystemOptions {
+        worker_env: vec![("OC_WORKER_CONCURRENCY", "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let worker = system.workers[0].ops_url.clone();
+    let unread = || system.metric(&worker, "first_prompts_unread_total");
+    // New sessions' first prompts, until one is answered without a read (a few seconds after
+    // the worker started: its clock margin).
+    let answered_unread = e2e_tests::within(WAIT, || async {
+        let (_, _, session) = system.session_for("alice").await;
+        let mut stream = system.watch(&alice, &session).await;
+        system.prompt(&alice, &session.id, "[[fake tokens=1]]").await;
+        stream.until(WAIT, is_idle).await;
+        unread().await.filter(|n| *n > 0.0)
+    });
+    let before = answered_unread.await.expect("a first prompt answered without a read");
+
+    // The worker's one slot is taken by a long reply; the next session's prompt waits for it,
+    // and is aborted meanwhile.
+    let (_, _, long) = system.session_for("alice").await;
+    let mut long_stream = system.watch(&alice, &long).await;
+    system.prompt(&alice, &long.id, "[[fake tokens=100000 delay_ms=20]]").await;
+    long_stream.until(WAIT, |e| e.event == "message.part.delta").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    system.prompt(&alice, &session.id, "[[fake tokens=50]]").await;
+    for aborted in [&session, &long] {
+        let path = format!("/session/{}/abort", aborted.id);
+        assert_eq!(system.post(&alice, &path, serde_json::json!({})).await.status, 202);
+        if aborted.id == session.id {
+            stream.until(WAIT, |e| e.event == "session.abort_requested").await;
+        }
+    }
+
+    let events = stream.until(WAIT, |e| e.event == "message.completed").await;
+    let message = &events.last().unwrap().data["properties"]["message"];
+    assert_eq!(message["finish"], "aborted");
+    assert!(!events.iter().any(|e| e.event == "message.part.delta"), "nothing generated");
+    assert!(unread().await.unwrap_or(0.0) >= before + 2.0, "both prompts answered unread");
+}
+
 #[tokio::test]
 async fn two_command_services_relay_every_event_once_and_concurrent_writes_all_land() {
     let mut system = System::start().await;
