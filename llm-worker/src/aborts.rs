@@ -11,7 +11,7 @@
 //! paid for the rest of it.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,12 +28,17 @@ use tokio_util::sync::CancellationToken;
 /// How much later than this worker began hearing aborts a prompt must have been committed to
 /// be sure its aborts are heard: the command service's clock may be ahead of this one.
 const CLOCK_MARGIN_MS: i64 = 5_000;
+/// Aborts of messages not running here, remembered for so long and at most so many.
+const RECENT_TTL: Duration = Duration::from_secs(600);
+const RECENT_CAPACITY: u64 = 10_000;
 
 #[derive(Clone)]
 pub struct Aborts {
     /// Running generations: their attempt, and the token that stops them.
     running: Arc<Mutex<HashMap<MessageId, (u32, CancellationToken)>>>,
     recent: Cache<MessageId, ()>,
+    /// When `recent` last dropped an abort for room (ms since the epoch; 0 never).
+    crowded_ms: Arc<AtomicI64>,
     /// Since when every abort is heard here; none before the subscriptions are made.
     hearing: Arc<Mutex<Option<Hearing>>>,
 }
@@ -55,12 +60,23 @@ impl Hearing {
 
 impl Default for Aborts {
     fn default() -> Self {
+        let crowded_ms = Arc::new(AtomicI64::new(0));
+        let crowded = crowded_ms.clone();
         Self {
             running: Arc::default(),
+            // Least recently used out first, and every abort let in (the default admission
+            // could turn a new one away when full).
             recent: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(600))
+                .max_capacity(RECENT_CAPACITY)
+                .time_to_live(RECENT_TTL)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .eviction_listener(move |_, _, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        crowded.store(schemas::now_ms(), Ordering::Release);
+                    }
+                })
                 .build(),
+            crowded_ms,
             hearing: Arc::default(),
         }
     }
@@ -80,13 +96,18 @@ impl Aborts {
         token
     }
 
-    /// Whether every abort of a prompt committed at `committed_ms` reaches this worker live.
+    /// Whether every abort of a prompt committed at `committed_ms` reaches this worker live and
+    /// is still remembered: heard since before the prompt was committed, and none dropped
+    /// since, for room or for age.
     pub fn hears_every_abort_of(&self, committed_ms: i64) -> bool {
+        let remembered = self.crowded_ms.load(Ordering::Acquire) < committed_ms - CLOCK_MARGIN_MS
+            && schemas::now_ms() - committed_ms < RECENT_TTL.as_millis() as i64 / 2;
         let hearing = self.hearing.lock().unwrap_or_else(|p| p.into_inner());
-        hearing.as_ref().is_some_and(|h| {
-            h.connects == h.statistics.connects.load(Ordering::Relaxed)
-                && committed_ms > h.since_ms + CLOCK_MARGIN_MS
-        })
+        remembered
+            && hearing.as_ref().is_some_and(|h| {
+                h.connects == h.statistics.connects.load(Ordering::Relaxed)
+                    && committed_ms > h.since_ms + CLOCK_MARGIN_MS
+            })
     }
 
     fn hear_from_now(&self, statistics: Arc<Statistics>) {
@@ -140,11 +161,12 @@ impl Aborts {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 changed = losses.changed() => {
+                    if changed.is_err() {
+                        return Ok(()); // the client is gone: the worker is stopping
+                    }
                     // A reconnection (subscriptions made again) or a slow consumer: aborts
                     // published before now may not have been heard.
-                    if changed.is_ok() {
-                        self.hear_from_now(nats.statistics());
-                    }
+                    self.hear_from_now(nats.statistics());
                     continue;
                 }
                 m = sub.next() => match m { Some(m) => m, None => return Ok(()) },
@@ -161,5 +183,55 @@ impl Aborts {
                 Err(e) => tracing::warn!(error = %e, "unreadable abort or retry event"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hearing_for_a_minute(aborts: &Aborts) -> Arc<Statistics> {
+        let statistics = Arc::new(Statistics::default());
+        let since_ms = schemas::now_ms() - 60_000;
+        let hearing = Hearing { since_ms, connects: 0, statistics: statistics.clone() };
+        *aborts.hearing.lock().unwrap() = Some(hearing);
+        statistics
+    }
+
+    #[test]
+    fn an_abort_heard_before_its_reply_runs_cancels_it_when_it_does() {
+        let aborts = Aborts::default();
+        let message = MessageId::new();
+        aborts.abort(message.clone());
+        assert!(aborts.register(&message, 1).is_cancelled());
+        assert!(!aborts.register(&MessageId::new(), 1).is_cancelled());
+    }
+
+    #[test]
+    fn a_prompt_is_heard_only_if_committed_after_hearing_began_and_nothing_was_lost_since() {
+        let aborts = Aborts::default();
+        let committed = schemas::now_ms() - 1_000;
+        assert!(!aborts.hears_every_abort_of(committed), "not hearing yet");
+        let statistics = hearing_for_a_minute(&aborts);
+        assert!(aborts.hears_every_abort_of(committed));
+        assert!(!aborts.hears_every_abort_of(schemas::now_ms() - 58_000), "within the margin");
+        assert!(!aborts.hears_every_abort_of(schemas::now_ms() - 400_000), "too old to remember");
+
+        // A reconnection since may have lost aborts.
+        statistics.connects.fetch_add(1, Ordering::Relaxed);
+        assert!(!aborts.hears_every_abort_of(committed));
+    }
+
+    #[test]
+    fn a_prompt_is_not_heard_once_remembered_aborts_were_dropped_for_room() {
+        let aborts = Aborts::default();
+        hearing_for_a_minute(&aborts);
+        let committed = schemas::now_ms() - 1_000;
+        assert!(aborts.hears_every_abort_of(committed));
+        for _ in 0..RECENT_CAPACITY + 10 {
+            aborts.abort(MessageId::new());
+        }
+        aborts.recent.run_pending_tasks();
+        assert!(!aborts.hears_every_abort_of(committed));
     }
 }
