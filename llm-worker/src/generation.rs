@@ -275,12 +275,8 @@ impl Worker {
         let _call = trace_step("provider call");
         let mut until_first_token = Some(trace_step("provider first token"));
         let call = async {
-            tokio::join!(self.provider.stream(&target, messages), async {
-                match beside_the_call {
-                    Some(read) => Some(read.await),
-                    None => None,
-                }
-            })
+            let beside_the_call = futures::future::OptionFuture::from(beside_the_call);
+            tokio::join!(self.provider.stream(&target, messages), beside_the_call)
         };
         let called = tokio::select! {
             _ = cancel.cancelled() => None,

@@ -61,8 +61,9 @@ impl Fold {
 /// Whether the prompt at `sequence` has no turns before it, without reading: a session's events
 /// begin with its creation (sequence 1), and a prompt's commit puts the session's busy status
 /// before the prompt itself, so a session's first prompt is its third event and any later one
-/// comes after at least one more. (The worker still reads, beside the provider call, and fails
-/// the attempt if turns turn up: see `generation.rs`.)
+/// comes after at least one more. (Unless it is sure to hear any abort of the prompt, the worker
+/// still reads, beside the provider call, and fails the attempt if turns turn up: see
+/// `generation.rs`.)
 pub fn is_first_prompt(sequence: u64) -> bool {
     sequence <= 3
 }
