@@ -72,7 +72,10 @@ pub async fn run(
             }
         }
         // Finish the messages in hand even if shutdown arrives meanwhile.
+        let started = std::time::Instant::now();
         handle(&pool, &policy, batch).await;
+        metrics::histogram!("projector_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
     }
 }
 
@@ -288,6 +291,9 @@ pub async fn project_all(
             tx.rollback().await?;
         }
     }
+    // Not the usual case (a redelivery, a gap, an event that does not apply): each event's
+    // statements wait for the one before.
+    metrics::counter!("projector_batches_event_by_event_total").increment(1);
     let tx = client.transaction().await?;
     let mut outcomes = Vec::with_capacity(envelopes.len());
     for envelope in envelopes {

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod event_store;
 pub mod projection;
 pub mod rebuild;
+pub mod sessions;
 pub mod startup;
 pub mod usage;
 pub mod workspaces;

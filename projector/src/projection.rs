@@ -5,7 +5,8 @@
 //! An event's projection is planned first, as statements with owned parameters ([`Step`]), then
 //! run either one event at a time ([`apply`]: claim, and only then the effects) or a whole batch
 //! pipelined ([`apply_pipelined`]: one statement claiming every aggregate's place at once, then
-//! every statement of every event, all sent without waiting for the one before; PostgreSQL still
+//! every statement of every event — or, for a batch of session events, one per kind of effect
+//! (`crate::sessions`) — all sent without waiting for the one before; PostgreSQL still
 //! executes them one after another, in order). The pipelined path is
 //! for the usual case, where every event is its aggregate's next one; it reports when one is not,
 //! and the caller undoes the batch and applies it event by event.
@@ -17,9 +18,8 @@ use anyhow::Context;
 use deadpool_postgres::Transaction;
 use futures::future::{join_all, maybe_done};
 use schemas::envelope::{Envelope, aggregate};
-use schemas::events::{ApiKeyEvent, OrganizationEvent, SessionEvent};
-use schemas::read::MessageInfo;
-use serde_json::{Value, json};
+use schemas::events::{ApiKeyEvent, OrganizationEvent};
+use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
 /// What applying an event did.
@@ -83,8 +83,18 @@ pub async fn apply_pipelined(
 ) -> anyhow::Result<bool> {
     let Some((claim, aggregates)) = claim_batch(envs)? else { return Ok(false) };
     let mut steps = vec![claim];
-    for env in envs {
-        steps.extend(effects(env)?);
+    // A batch of session events (nearly every batch under load) as one statement per kind.
+    let grouped = match envs.iter().all(|env| env.aggregate_type == aggregate::SESSION) {
+        true => crate::sessions::effects(envs)?,
+        false => None,
+    };
+    match grouped {
+        Some(grouped) => steps.extend(grouped),
+        None => {
+            for env in envs {
+                steps.extend(effects(env)?);
+            }
+        }
     }
     // Prepared once per connection and cached: after the first batch, no round trip here.
     let mut statements = Vec::with_capacity(steps.len());
@@ -200,7 +210,9 @@ fn effects(env: &Envelope<Value>) -> anyhow::Result<Vec<Step>> {
     let mut steps = match env.aggregate_type.as_str() {
         aggregate::ORGANIZATION => organization(serde_json::from_value(payload)?)?,
         aggregate::WORKSPACE => crate::workspaces::effects(serde_json::from_value(payload)?)?,
-        aggregate::SESSION => session(env.time, serde_json::from_value(payload)?)?,
+        aggregate::SESSION => {
+            crate::sessions::effects(&[env])?.context("one session event is always planned")?
+        }
         aggregate::API_KEY => api_key(serde_json::from_value(payload)?),
         other => anyhow::bail!("unknown aggregate type {other}"),
     };
@@ -381,92 +393,6 @@ fn api_key(event: ApiKeyEvent) -> Vec<Step> {
             time,
         )],
     }
-}
-
-fn session(time: i64, event: SessionEvent) -> anyhow::Result<Vec<Step>> {
-    /// A prompt's two messages, each with its session's organization.
-    const MESSAGE: &str = "INSERT INTO rm_messages (message_id, organization_id, session_id, role, info, parts) \
-                           SELECT $1, organization_id, session_id, $2, $3, $4 FROM rm_sessions WHERE session_id = $5";
-    Ok(match event {
-        SessionEvent::Created {
-            session_id,
-            organization_id,
-            workspace_id,
-            project_id,
-            title,
-            created_by,
-            time,
-        } => vec![step!(
-            "INSERT INTO rm_sessions (session_id, organization_id, workspace_id, project_id, title, status, created_by, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, 'idle', $6, $7, $7)",
-            session_id.to_string(),
-            organization_id.to_string(),
-            workspace_id.to_string(),
-            project_id.map(|p| p.to_string()),
-            title,
-            created_by.to_string(),
-            time,
-        )],
-        SessionEvent::Prompted { session_id, message, assistant_message_id, .. } => {
-            let user_info = json!({
-                "id": message.id, "sessionID": session_id, "role": "user", "userID": message.user_id,
-                "time": { "created": message.time }, "model": message.model,
-            });
-            let assistant_info = json!({
-                "id": assistant_message_id, "sessionID": session_id, "role": "assistant",
-                "parentID": message.id, "time": { "created": message.time },
-            });
-            vec![
-                step!(
-                    MESSAGE,
-                    message.id.to_string(),
-                    "user",
-                    user_info,
-                    serde_json::to_value(&message.parts)?,
-                    session_id.to_string(),
-                ),
-                step!(
-                    MESSAGE,
-                    assistant_message_id.to_string(),
-                    "assistant",
-                    assistant_info,
-                    json!([]),
-                    session_id.to_string(),
-                ),
-            ]
-        }
-        SessionEvent::StatusChanged { session_id, status } => vec![step!(
-            "UPDATE rm_sessions SET status = $2, updated_at = $3 WHERE session_id = $1",
-            session_id.to_string(),
-            status.as_str(),
-            time,
-        )],
-        // Recorded so a worker that starts (or restarts) this reply later stops at once.
-        SessionEvent::AbortRequested { session_id, message_id, .. } => vec![step!(
-            "UPDATE rm_messages SET info = info || '{\"abortRequested\": true}'::jsonb \
-             WHERE session_id = $1 AND message_id = $2",
-            session_id.to_string(),
-            message_id.to_string(),
-        )],
-        // The reply's text comes with its completion, from whichever attempt completes it.
-        SessionEvent::MessageRetried { .. } => vec![],
-        SessionEvent::MessageCompleted { session_id, message } => {
-            let info = serde_json::to_value(MessageInfo::of_completion(&session_id, &message))?;
-            vec![
-                crate::usage::record(&session_id, &message),
-                // Merge so `time.created` from the prompt survives.
-                step!(
-                    "UPDATE rm_messages SET info = info || ($2::jsonb - 'time') \
-                       || jsonb_build_object('time', (info->'time') || ($2::jsonb->'time')), parts = $3 \
-                     WHERE session_id = $4 AND message_id = $1",
-                    message.id.to_string(),
-                    info,
-                    serde_json::to_value(&message.parts)?,
-                    session_id.to_string(),
-                ),
-            ]
-        }
-    })
 }
 
 /// Run one step as a statement prepared once per connection and cached: one round trip per

@@ -43,6 +43,10 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
     let relay = system.command[0].ops_url.clone();
     let lag_before = histogram(system, &projector, "projection_lag_seconds").await;
     let outbox_before = histogram(system, &relay, "outbox_lag_seconds").await;
+    let batches_before = histogram(system, &relay, "outbox_batch_duration_seconds").await;
+    let projector_before = histogram(system, &projector, "projector_batch_duration_seconds").await;
+    let event_by_event_before =
+        counter(system, &projector, "projector_batches_event_by_event_total").await;
     let cpu_before = cpu_by_process(system);
     let started = Instant::now();
     let clients = sessions.chunks(SESSIONS_PER_CLIENT).map(|mine| async move {
@@ -85,6 +89,8 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
     assert!(drained.is_some(), "every session idle again");
     let lag_after = histogram(system, &projector, "projection_lag_seconds").await;
     let outbox_after = histogram(system, &relay, "outbox_lag_seconds").await;
+    let batches_after = histogram(system, &relay, "outbox_batch_duration_seconds").await;
+    let projector_after = histogram(system, &projector, "projector_batch_duration_seconds").await;
     let drained_in = started.elapsed().as_secs_f64();
     let used: Vec<String> = cpu_by_process(system)
         .into_iter()
@@ -98,9 +104,14 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
     for (what, after, before) in [
         ("projection lag (recorded → in the read model)", &lag_after, &lag_before),
         ("of which in the outbox (recorded → on the bus)", &outbox_after, &outbox_before),
+        ("the relay's batches (read → deleted)", &batches_after, &batches_before),
+        ("the projector's batches (delivered → acknowledged)", &projector_after, &projector_before),
     ] {
-        let during: Vec<(f64, f64)> =
-            after.iter().zip(before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+        let during: Vec<(f64, f64)> = after
+            .iter()
+            .enumerate()
+            .map(|(i, (le, a))| (*le, a - before.get(i).map_or(0.0, |b| b.1)))
+            .collect();
         for q in [0.5, 0.99] {
             println!(
                 "  {what} under that load: p{:.0} ≤ {} ms (bucket bound)",
@@ -109,6 +120,15 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
             );
         }
     }
+    let count = |h: &[(f64, f64)]| h.last().map_or(0.0, |b| b.1);
+    println!(
+        "  the relay sent {} events in {} batches; the projector took them in {} batches, {} of them event by event",
+        count(&outbox_after) - count(&outbox_before),
+        count(&batches_after) - count(&batches_before),
+        count(&projector_after) - count(&projector_before),
+        counter(system, &projector, "projector_batches_event_by_event_total").await
+            - event_by_event_before
+    );
 }
 
 /// 50 sessions at once, each streaming a 2,000-token reply as fast as the provider sends it.
@@ -158,6 +178,16 @@ async fn histogram(system: &System, ops_url: &str, name: &str) -> Vec<(f64, f64)
             Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
         })
         .collect()
+}
+
+/// A counter's value, all labels together (0 before its first increment).
+async fn counter(system: &System, ops_url: &str, name: &str) -> f64 {
+    let text = system.http.get(format!("{ops_url}/metrics")).send().await.unwrap().text().await;
+    text.unwrap_or_default()
+        .lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// The upper bound of the bucket holding quantile `q` of cumulative `buckets`.
