@@ -4,6 +4,11 @@
 //! to its bus envelope. Who callers are is the `identity` crate's.
 #![forbid(unsafe_code)]
 
+/// Every service allocates through jemalloc instead of the C library's malloc, which took about
+/// a fifth of the command service's CPU under load (`docs/performance-first-token.md`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod batching;
 pub mod bus;
 pub mod config;
