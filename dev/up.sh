@@ -50,7 +50,7 @@ start oidc "$OIDC_PORT" env OIDC_PORT="$OIDC_PORT" \
   node dev/oidc/server.mjs
 start fake-provider 8090 env FAKE_ADDR=127.0.0.1:8090 "$bin/fake-provider"
 if [ "${CLUSTER:-}" != 1 ]; then
-  start nats "$NATS_PORT" "$OC_TEST_NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$state/nats"
+  start nats "$NATS_PORT" "$OC_TEST_NATS_SERVER" -c compose/nats/liveness.conf -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$state/nats"
   start command-service 8081 "$bin/command-service"
   start query-service 8082 "$bin/query-service"
   start projector 8083 "$bin/projector"
@@ -62,7 +62,7 @@ else
   export OC_NATS_URL=nats://127.0.0.1:4333,nats://127.0.0.1:4334,nats://127.0.0.1:4335
   export OC_STREAM_REPLICAS=3
   for i in 0 1 2; do
-    start "nats-$i" $((4333 + i)) "$OC_TEST_NATS_SERVER" -a 127.0.0.1 -p $((4333 + i)) -js \
+    start "nats-$i" $((4333 + i)) "$OC_TEST_NATS_SERVER" -c compose/nats/liveness.conf -a 127.0.0.1 -p $((4333 + i)) -js \
       -sd "$state/nats-$i" -n "n$i" --cluster_name opencode \
       --cluster nats://127.0.0.1:$((6333 + i)) --routes "$routes"
   done

@@ -130,6 +130,8 @@ fn spawn(i: usize, ports: (u16, u16, u16), dir: &Path, auth: bool, all: &[(u16, 
         for (_, var, password) in NATS_USERS {
             cmd.env(var, password);
         }
+    } else {
+        cmd.arg("-c").arg(repo_root().join("compose/nats/liveness.conf"));
     }
     cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string()]);
     cmd.args(["-js", "-sd"]).arg(dir);
