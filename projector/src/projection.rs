@@ -84,9 +84,10 @@ pub async fn apply_pipelined(
     let Some((claim, aggregates)) = claim_batch(envs)? else { return Ok(false) };
     let mut steps = vec![claim];
     // A batch of session events (nearly every batch under load) as one statement per kind.
-    let grouped = match envs.iter().all(|env| env.aggregate_type == aggregate::SESSION) {
-        true => crate::sessions::effects(envs)?,
-        false => None,
+    let grouped = if envs.iter().all(|env| env.aggregate_type == aggregate::SESSION) {
+        crate::sessions::effects(envs)?
+    } else {
+        None
     };
     match grouped {
         Some(grouped) => steps.extend(grouped),

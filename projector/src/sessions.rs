@@ -222,8 +222,7 @@ impl Rows {
             ));
         }
         if !m.message_id.is_empty() {
-            let role: Vec<String> = m.role.into_iter().map(str::to_owned).collect();
-            steps.push(step!(INSERT_MESSAGES, m.message_id, role, m.info, m.parts, m.session_id));
+            steps.push(step!(INSERT_MESSAGES, m.message_id, m.role, m.info, m.parts, m.session_id));
         }
         if !a.session_id.is_empty() {
             steps.push(step!(ABORT, a.session_id, a.message_id));
@@ -238,8 +237,7 @@ impl Rows {
             ));
         }
         if !s.session_id.is_empty() {
-            let status: Vec<String> = s.status.into_iter().map(str::to_owned).collect();
-            steps.push(step!(STATUS, s.session_id, status, s.at));
+            steps.push(step!(STATUS, s.session_id, s.status, s.at));
         }
         steps.extend(usage.into_step());
         steps
