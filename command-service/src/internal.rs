@@ -76,13 +76,13 @@ async fn retry(state: &AppState, retry: RetryReply) -> CommandReply {
     };
     let command = SessionCommand::Retry { message_id: retry.message_id, attempt: retry.attempt };
     let done = state.sessions.execute(retry.session_id.as_str(), command, &ctx).await;
-    command_reply(done.map(|_| ()))
+    command_reply(done.map(|_| None))
 }
 
-/// The worker's view of a command's outcome.
-fn command_reply(outcome: Result<(), CommandError>) -> CommandReply {
+/// The worker's view of a command's outcome: `through` is the last event it committed.
+fn command_reply(outcome: Result<Option<u64>, CommandError>) -> CommandReply {
     match outcome {
-        Ok(()) => CommandReply::Done,
+        Ok(through) => CommandReply::Done { through },
         Err(CommandError::Domain(DomainError::AlreadyDone)) => CommandReply::AlreadyDone,
         Err(CommandError::Domain(DomainError::Superseded)) => CommandReply::Superseded,
         Err(CommandError::Domain(d)) => CommandReply::Rejected { reason: d.to_string() },
@@ -105,7 +105,10 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
         .execute(&id, SessionCommand::Complete { report: Box::new(report) }, &ctx)
         .await
     {
-        Ok(_) => {
+        Ok(committed) => {
+            // The reply is the commit's last event but one: the worker may take its
+            // conversation on from there without reading it back.
+            let done = CommandReply::Done { through: Some(committed.sequence) };
             // Its tokens were charged to the token rates, and its cost counted, with the event
             // (migrations/0027, 0022); thresholds it crossed are raised now (missed ones are
             // raised by the next reply of the budget).
@@ -114,7 +117,7 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
                     Ok(rules) => rules,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the organization's budgets");
-                        return CommandReply::Done;
+                        return done;
                     }
                 };
                 let alerts = crate::spend_alerts::raise_crossed_thresholds(
@@ -127,7 +130,7 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
                     tracing::warn!(error = %e, "cannot raise budget threshold alerts");
                 }
             }
-            CommandReply::Done
+            done
         }
         Err(e) => command_reply(Err(e)),
     }

@@ -120,7 +120,7 @@ impl Worker {
         // tells clients anything, so the earlier one can no longer complete it.
         if job.attempt > 1 {
             match self.retry(&job, &msg, shutdown).await {
-                Ok(CommandReply::Done) => {}
+                Ok(CommandReply::Done { .. }) => {}
                 Ok(CommandReply::Superseded) => return superseded(),
                 Ok(outcome) => {
                     // AlreadyDone: an earlier attempt completed the reply (its ack was lost).
@@ -187,6 +187,16 @@ impl Worker {
         self.report(&job, reply, None, shutdown).await.map(drop)
     }
 
+    /// The turns before `job`'s prompt without a read, where that is safe: its first delivery,
+    /// committed since this worker hears every abort (none can be missed), and this worker's
+    /// fold of the session holds every turn before it.
+    fn known_turns(&self, job: &Job, budget: usize) -> Option<Vec<ChatMessage>> {
+        if job.attempt != 1 || !self.aborts.hears_every_abort_of(job.committed_ms) {
+            return None;
+        }
+        self.history.known(&job.session, job.sequence, budget)
+    }
+
     async fn generate(
         &self,
         job: &Job,
@@ -245,6 +255,12 @@ impl Worker {
             }
             let beside = (!unread).then(read);
             (beside, Ok(Conversation::default()), meanwhile(&mut announce, open_key).await)
+        } else if let Some(turns) = self.known_turns(job, budget) {
+            // A later prompt whose turns this worker's fold holds, all of them (it answered the
+            // one before, and nothing came between): the same guarantee about aborts as above.
+            metrics::counter!("later_prompts_unread_total").increment(1);
+            let known = Ok(Conversation { turns, abort_requested: false });
+            (None, known, meanwhile(&mut announce, open_key).await)
         } else {
             let (conversation, target) =
                 meanwhile(&mut announce, async { tokio::join!(read(), open_key) }).await;

@@ -5,13 +5,17 @@
 //!
 //! Folds are cached per session (bounded by count and by the text they hold), so a long
 //! conversation is not re-read for every prompt: the next prompt reads only the events after
-//! the cached fold. Only the newest turns that fit the budget are sent.
+//! the cached fold. A reply the command service committed just as this worker reported it, right
+//! after its prompt, extends the fold without a read (`History::answered`), so the session's
+//! next prompt, if it comes here and nothing came between, needs no read at all
+//! (`History::known`). Every cached fold is a prefix of the session's events, whichever way it
+//! was made. Only the newest turns that fit the budget are sent.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use moka::sync::Cache;
-use schemas::events::SessionEvent;
+use schemas::events::{COMPLETE_COMMIT_EVENTS, PROMPT_COMMIT_EVENTS, SessionEvent, UserMessage};
 use schemas::ids::{MessageId, SessionId};
 
 use crate::providers::ChatMessage;
@@ -43,18 +47,31 @@ impl Fold {
     fn apply(&mut self, sequence: i64, event: SessionEvent) {
         self.sequence = sequence;
         match event {
-            SessionEvent::Prompted { message, .. } => {
-                let text: Vec<&str> = message.parts.iter().map(|p| p.text()).collect();
-                self.turns.push(Turn { user: true, text: text.join("\n").into() });
-            }
+            SessionEvent::Prompted { message, .. } => self.asked(&message),
             SessionEvent::MessageCompleted { message, .. } => {
-                let text: String = message.parts.iter().map(|p| p.text()).collect();
-                if !text.is_empty() {
-                    self.turns.push(Turn { user: false, text: text.into() });
-                }
+                self.answered(message.parts.iter().map(|p| p.text()).collect());
             }
             _ => {}
         }
+    }
+
+    fn asked(&mut self, message: &UserMessage) {
+        let text: Vec<&str> = message.parts.iter().map(|p| p.text()).collect();
+        self.turns.push(Turn { user: true, text: text.join("\n").into() });
+    }
+
+    /// A reply's text, as its completion holds it (reasoning parts add none; an empty reply
+    /// is no turn).
+    fn answered(&mut self, text: String) {
+        if !text.is_empty() {
+            self.turns.push(Turn { user: false, text: text.into() });
+        }
+    }
+
+    /// Whether the fold holds every turn before the prompt at `prompt`: it reaches at least
+    /// the event before the prompt's commit (which adds only the busy status), and not past it.
+    fn is_complete_before(&self, prompt: i64) -> bool {
+        self.sequence < prompt && self.sequence + PROMPT_COMMIT_EVENTS as i64 >= prompt
     }
 }
 
@@ -65,7 +82,7 @@ impl Fold {
 /// still reads, beside the provider call, and fails the attempt if turns turn up: see
 /// `generation.rs`.)
 pub fn is_first_prompt(sequence: u64) -> bool {
-    sequence <= 3
+    sequence <= 1 + PROMPT_COMMIT_EVENTS
 }
 
 /// What the worker needs to know before answering.
@@ -149,6 +166,52 @@ impl History {
         metrics::histogram!("history_read_seconds").record(started.elapsed().as_secs_f64());
         Ok(Conversation { turns, abort_requested })
     }
+
+    /// The turns before the prompt at `prompt_sequence`, within `budget`, from the cached fold
+    /// alone: only if it holds every one of them. An abort of the reply is not looked for: the
+    /// caller must be sure to hear it live.
+    pub fn known(
+        &self,
+        session: &SessionId,
+        prompt_sequence: u64,
+        budget: usize,
+    ) -> Option<Vec<ChatMessage>> {
+        let prompt = i64::try_from(prompt_sequence).ok()?;
+        let fold = self.folds.get(session).filter(|f| f.is_complete_before(prompt))?;
+        Some(newest_within(&fold.turns, budget))
+    }
+
+    /// The reply to the prompt at `prompt_sequence` was committed as reported (`text`), by a
+    /// commit whose last event is `through`. If that commit came right after the prompt's and
+    /// the fold held every turn before the prompt, the fold goes on to `through` with the
+    /// prompt and the reply: the session's next prompt, if nothing comes between, reads
+    /// nothing. Otherwise the fold stays as it is (the next read fetches what it lacks).
+    pub fn answered(
+        &self,
+        session: &SessionId,
+        (prompt_sequence, prompt): (u64, &UserMessage),
+        text: &str,
+        through: u64,
+    ) {
+        let (Ok(at), Ok(through)) = (i64::try_from(prompt_sequence), i64::try_from(through)) else {
+            return;
+        };
+        if through != at + COMPLETE_COMMIT_EVENTS as i64 {
+            return;
+        }
+        let mut fold = match self.folds.get(session) {
+            Some(fold) if fold.is_complete_before(at) => fold.as_ref().clone(),
+            // A first prompt answered without a read: nothing before it but the creation.
+            None if is_first_prompt(prompt_sequence) => Fold::default(),
+            _ => return,
+        };
+        fold.asked(prompt);
+        fold.answered(text.to_owned());
+        fold.sequence = through;
+        // A read for a later prompt racing this may have cached a longer fold, or this one
+        // may replace it: either is a prefix of the session's events.
+        self.folds.insert(session.clone(), Arc::new(fold));
+    }
 }
 
 /// The newest turns whose text fits `budget` bytes, oldest first, starting with the user.
@@ -179,6 +242,64 @@ mod tests {
 
     fn turn(user: bool, text: &str) -> Turn {
         Turn { user, text: text.into() }
+    }
+
+    fn asking(text: &str) -> UserMessage {
+        use schemas::ids::{PartId, UserId};
+        let id = MessageId::new();
+        UserMessage {
+            parts: vec![schemas::message::Part::Text {
+                id: PartId::new(),
+                message_id: id.clone(),
+                text: text.into(),
+            }],
+            id,
+            user_id: UserId::new(),
+            model: schemas::message::ModelRef {
+                provider_id: "default".into(),
+                model_id: "default".into(),
+            },
+            time: 0,
+        }
+    }
+
+    fn contents(turns: Option<Vec<ChatMessage>>) -> Option<Vec<String>> {
+        turns.map(|t| t.into_iter().map(|m| format!("{}: {}", m.role, m.content)).collect())
+    }
+
+    // A session's events: created (1); busy (2), prompted (3); completed (4), idle (5); busy
+    // (6), prompted (7); ...
+    #[test]
+    fn replies_committed_right_after_their_prompts_make_the_next_prompt_known() {
+        let history = History::default();
+        let session = SessionId::new();
+        assert_eq!(contents(history.known(&session, 7, 1000)), None, "nothing cached");
+        // The first prompt, answered without a read.
+        history.answered(&session, (3, &asking("one")), "two", 5);
+        let second = Some(vec!["user: one".to_owned(), "assistant: two".to_owned()]);
+        assert_eq!(contents(history.known(&session, 7, 1000)), second);
+        assert_eq!(contents(history.known(&session, 8, 1000)), None, "an event came between");
+        history.answered(&session, (7, &asking("three")), "", 9);
+        let third = contents(history.known(&session, 11, 1000)).unwrap();
+        assert_eq!(third.len(), 3, "an empty reply is no turn: {third:?}");
+        assert_eq!(third[2], "user: three");
+    }
+
+    #[test]
+    fn a_reply_not_right_after_its_prompt_or_after_an_incomplete_fold_leaves_the_fold() {
+        let history = History::default();
+        let session = SessionId::new();
+        // An abort request (4) came between the prompt and its reply (5, 6).
+        history.answered(&session, (3, &asking("one")), "two", 6);
+        assert!(history.known(&session, 8, 1000).is_none());
+        // A later prompt with no fold before it: unknown what came before.
+        history.answered(&session, (7, &asking("one")), "two", 9);
+        assert!(history.known(&session, 11, 1000).is_none());
+        // A fold that stops short of the prompt's commit.
+        history.answered(&session, (3, &asking("one")), "two", 5);
+        history.answered(&session, (11, &asking("three")), "four", 13);
+        assert!(history.known(&session, 15, 1000).is_none());
+        assert!(history.known(&session, 7, 1000).is_some(), "the fold kept as it was");
     }
 
     #[test]

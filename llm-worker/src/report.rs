@@ -88,9 +88,19 @@ impl Worker {
             anyhow::bail!("the report is {} bytes, over the bus limit of {limit}", body.len());
         }
         let outcome = self.command(subjects::CMD_COMPLETE_MESSAGE, body, msg, shutdown).await?;
-        if let CommandReply::Rejected { reason } = &outcome {
+        match &outcome {
+            // Committed as reported: the session's fold may take the reply on.
+            CommandReply::Done { through: Some(through) } => self.history.answered(
+                &job.session,
+                (job.sequence, &job.message),
+                &command.text,
+                *through,
+            ),
             // Nothing a retry can change: drop ours.
-            tracing::warn!(%reason, message = %job.assistant, "reply rejected");
+            CommandReply::Rejected { reason } => {
+                tracing::warn!(%reason, message = %job.assistant, "reply rejected");
+            }
+            _ => {}
         }
         Ok(outcome)
     }

@@ -272,7 +272,12 @@ pub struct ReasoningReport {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum CommandReply {
     /// Recorded now.
-    Done,
+    Done {
+        /// The sequence of the last event the command committed, where it committed any (a
+        /// worker that answered a session's prompt knows its conversation up to there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        through: Option<u64>,
+    },
     /// Already recorded earlier (a retry); nothing changed.
     AlreadyDone,
     /// Rejected for good: retrying will not help.
@@ -317,6 +322,20 @@ mod tests {
         assert_eq!(ConsistencyToken::decode("nonsense"), None);
         assert_eq!(ConsistencyToken::decode("ses_x.-1"), None);
         assert_eq!(ConsistencyToken::decode("a b.1"), None);
+    }
+
+    #[test]
+    fn a_done_reply_reads_across_versions_of_either_side() {
+        // A command service from before `through` answers a newer worker, and the reverse.
+        let old: CommandReply = serde_json::from_str(r#"{"outcome":"done"}"#).unwrap();
+        assert_eq!(old, CommandReply::Done { through: None });
+        #[derive(Debug, Deserialize, PartialEq)]
+        #[serde(tag = "outcome", rename_all = "snake_case")]
+        enum Before {
+            Done,
+        }
+        let new = serde_json::to_string(&CommandReply::Done { through: Some(9) }).unwrap();
+        assert_eq!(serde_json::from_str::<Before>(&new).unwrap(), Before::Done);
     }
 
     #[test]

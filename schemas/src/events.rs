@@ -373,6 +373,11 @@ pub struct ReplyCost {
 /// session's last event before the prompt.
 pub const PROMPT_COMMIT_EVENTS: u64 = 2;
 
+/// How many events the commit that completes a reply holds: `message.completed` (whose text is
+/// the worker's report), then `session.status{idle}`. A worker told where such a commit ended
+/// knows where its reply is.
+pub const COMPLETE_COMMIT_EVENTS: u64 = 2;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "properties")]
 pub enum SessionEvent {

@@ -525,6 +525,96 @@ async fn an_abort_made_while_the_worker_is_busy_is_honoured_when_it_gets_to_the_
     assert!(unread().await.unwrap_or(0.0) >= before + 2.0, "both prompts answered unread");
 }
 
+/// A session's later prompts, once the worker's own reports of the replies before them were
+/// committed as they were (nothing between), are answered without reading the event store:
+/// each still sends the whole conversation, and an abort made while the worker is busy
+/// elsewhere still stops one before anything is generated. The prompt after that abort (an
+/// abort request came between) reads again, and sends the aborted prompt too.
+#[tokio::test]
+async fn later_prompts_answered_from_the_workers_own_fold_send_the_whole_conversation() {
+    let system = System::start_with(SystemOptions {
+        worker_env: vec![("OC_WORKER_CONCURRENCY", "1".into())],
+        ..Default::default()
+    })
+    .await;
+    let alice = system.token("alice").await;
+    let worker = system.workers[0].ops_url.clone();
+    let later = || async { system.metric(&worker, "later_prompts_unread_total").await };
+    // New sessions' first prompts until one is answered without a read: the worker hears
+    // every abort of what is committed from now on (a few seconds after it started: its clock
+    // margin).
+    let first_unread = e2e_tests::within(WAIT, || async {
+        let (_, _, session) = system.session_for("alice").await;
+        let mut stream = system.watch(&alice, &session).await;
+        system.prompt(&alice, &session.id, "[[fake tokens=1]]").await;
+        stream.until(WAIT, is_idle).await;
+        system.metric(&worker, "first_prompts_unread_total").await.filter(|n| *n > 0.0)
+    });
+    first_unread.await.expect("a first prompt answered without a read");
+
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    async fn ask(system: &System, bearer: &str, session: &Created, stream: &mut SseClient) {
+        system.prompt(bearer, &session.id, "[[fake tokens=2]]").await;
+        stream.until(WAIT, is_idle).await;
+    }
+    for _ in 0..3 {
+        ask(&system, &alice, &session, &mut stream).await;
+    }
+    let before = later().await.unwrap_or(0.0);
+    assert_eq!(before, 2.0, "both follow-ups answered without a read");
+
+    // The worker's one slot is taken by another session's long reply; this session's next
+    // prompt waits for it, and is aborted meanwhile.
+    let (_, _, long) = system.session_for("alice").await;
+    let mut long_stream = system.watch(&alice, &long).await;
+    system.prompt(&alice, &long.id, "[[fake tokens=100000 delay_ms=20]]").await;
+    long_stream.until(WAIT, |e| e.event == "message.part.delta").await;
+    system.prompt(&alice, &session.id, "[[fake tokens=2]]").await;
+    for aborted in [&session, &long] {
+        let path = format!("/session/{}/abort", aborted.id);
+        assert_eq!(system.post(&alice, &path, serde_json::json!({})).await.status, 202);
+        if aborted.id == session.id {
+            stream.until(WAIT, |e| e.event == "session.abort_requested").await;
+        }
+    }
+    let events = stream.until(WAIT, |e| e.event == "message.completed").await;
+    let message = &events.last().unwrap().data["properties"]["message"];
+    assert_eq!(message["finish"], "aborted");
+    assert!(!events.iter().any(|e| e.event == "message.part.delta"), "nothing generated");
+    assert!(later().await.unwrap_or(0.0) >= before + 1.0, "the aborted prompt answered unread");
+    stream.until(WAIT, is_idle).await;
+    let after_abort = later().await;
+    ask(&system, &alice, &session, &mut stream).await;
+    assert_eq!(later().await, after_abort, "the prompt after the abort read the event store");
+
+    // Every reply's input is the one before's plus its reply (2 words) and its prompt (2):
+    // no turn missing or repeated, read or not. The aborted prompt adds its 2 words and no reply.
+    let path = format!("/session/{}/message", session.id);
+    let inputs = eventually("every reply in the read model", WAIT, || async {
+        let items = system.get(&alice, &path, None).await.body;
+        let replies: Vec<_> = items
+            .as_array()?
+            .iter()
+            .filter(|m| m["info"]["role"] == "assistant")
+            .cloned()
+            .collect();
+        let finished = replies.iter().filter(|m| !m["info"]["finish"].is_null()).count();
+        (finished == 5).then(|| {
+            replies
+                .iter()
+                .map(|m| (m["info"]["finish"].clone(), m["info"]["tokens"]["input"].as_u64()))
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    let answered: Vec<u64> =
+        inputs.iter().filter(|(finish, _)| finish == "stop").filter_map(|(_, n)| *n).collect();
+    assert_eq!(answered.len(), 4, "{inputs:?}");
+    let growth: Vec<u64> = answered.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(growth, [4, 4, 6], "inputs {answered:?}");
+}
+
 #[tokio::test]
 async fn two_command_services_relay_every_event_once_and_concurrent_writes_all_land() {
     let mut system = System::start().await;

@@ -167,12 +167,24 @@ fn a_reply_completes_once() {
     let user = user_message(&w.alice);
     let assistant = MessageId::new();
     let given = vec![created(&w), prompted(&w, &user, &assistant)];
+    let reasoned = CompleteMessage {
+        reasoning: Some(schemas::api::ReasoningReport {
+            part_id: PartId::new(),
+            text: "thinking".into(),
+        }),
+        ..report(&w, &user, &assistant)
+    };
     let done = TestFramework::<Session>::with(w.services.clone())
         .given(given.clone())
-        .when(SessionCommand::Complete { report: Box::new(report(&w, &user, &assistant)) })
+        .when(SessionCommand::Complete { report: Box::new(reasoned) })
         .inspect_result()
         .unwrap();
+    assert!(matches!(done[0], SessionEvent::MessageCompleted { .. }));
     assert!(matches!(done[1], SessionEvent::StatusChanged { status: SessionStatus::Idle, .. }));
+    assert_eq!(done.len() as u64, schemas::events::COMPLETE_COMMIT_EVENTS, "workers count on it");
+    let SessionEvent::MessageCompleted { message, .. } = &done[0] else { unreachable!() };
+    let text: String = message.parts.iter().map(|p| p.text()).collect();
+    assert_eq!(text, "hello", "the reply's text as reported, reasoning apart");
     let mut after = given;
     after.extend(done);
     TestFramework::<Session>::with(w.services.clone())
