@@ -16,7 +16,7 @@
 //!   that user at once.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, web};
 use actix_web_lab::sse;
@@ -39,6 +39,9 @@ use schemas::policy::Action;
 const CLIENT_QUEUE: usize = 32;
 /// Longest a replay may wait for its next message before the stream ends (the client resumes).
 const REPLAY_IDLE: Duration = Duration::from_secs(2);
+/// How long an id past the stream's end is taken for a stale answer of NATS's (a leader being
+/// elected, a partition healing) before it is taken for an id from elsewhere.
+const FUTURE_ID_PATIENCE: Duration = Duration::from_secs(5);
 
 pub async fn stream(
     user: AuthUser,
@@ -199,9 +202,19 @@ async fn replay(
     tx: &mpsc::Sender<sse::Event>,
 ) -> anyhow::Result<u64> {
     let mut stream = state.js.get_stream(subjects::STREAM).await?;
-    let info = stream.info().await?.state.clone();
+    let mut info = stream.info().await?.state.clone();
+    // An id past the stream's end is, while NATS elects a leader or heals a partition, often
+    // a stale answer (a server that has not caught up): ask again for a while before taking
+    // it for an id from elsewhere. A reload then would take the client's id backwards.
+    let (mut pause, patience) = (Duration::from_millis(50), Instant::now() + FUTURE_ID_PATIENCE);
+    while after > info.last_sequence.max(until) && Instant::now() < patience {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+        info = stream.info().await?.state.clone();
+    }
     if after > info.last_sequence.max(until) {
         // An id from the future (another deployment, or made up): start over.
+        metrics::counter!("sse_future_ids_total").increment(1);
         return reload(session, until, tx).await;
     }
     if after + 1 < info.first_sequence {

@@ -86,6 +86,34 @@ async fn a_client_whose_missed_events_are_gone_is_told_to_reload() {
     assert!(after.iter().any(|e| e.event == "message.completed"));
 }
 
+/// An id past the stream's end is what a client holds when the NATS server it asked lags
+/// behind the one it heard from (a leader being elected): the stream waits for it to catch up
+/// rather than take the client's id backwards. Only an id that stays past the end (made up,
+/// from another deployment) is told to reload.
+#[tokio::test]
+async fn an_id_past_the_streams_end_waits_for_the_stream_and_a_made_up_one_reloads() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let url = system.stream_url(0, &session);
+    let mut live = SseClient::connect(&url, &alice, None).await.unwrap();
+    system.prompt(&alice, &session.id, "[[fake tokens=3]]").await;
+    let seen = live.until(WAIT, is_idle).await;
+    let last = seen.last().unwrap().seq();
+
+    // Two past the end: the next prompt's events reach it.
+    let ahead = (last + 2).to_string();
+    let mut resumed = SseClient::connect(&url, &alice, Some(&ahead)).await.unwrap();
+    system.prompt(&alice, &session.id, "[[fake tokens=2]]").await;
+    let after = resumed.until(WAIT, is_idle).await;
+    assert!(after.iter().all(|e| e.event != "sync.reload"), "{after:?}");
+    assert!(after.iter().all(|e| e.seq() > last + 2), "nothing at or before its id");
+    assert!(after.iter().any(|e| e.event == "message.completed"));
+
+    let mut made_up = SseClient::connect(&url, &alice, Some("999999999")).await.unwrap();
+    assert_eq!(made_up.next(WAIT).await.event, "sync.reload");
+}
+
 #[tokio::test]
 async fn a_malformed_last_event_id_is_a_bad_request() {
     let system = System::start().await;
