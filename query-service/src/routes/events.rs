@@ -39,9 +39,10 @@ use schemas::policy::Action;
 const CLIENT_QUEUE: usize = 32;
 /// Longest a replay may wait for its next message before the stream ends (the client resumes).
 const REPLAY_IDLE: Duration = Duration::from_secs(2);
-/// How long an id past the stream's end is taken for a stale answer of NATS's (a leader being
-/// elected, a partition healing) before it is taken for an id from elsewhere.
-const FUTURE_ID_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a stream state behind a resume's id or the instance's position is taken for a
+/// stale answer of NATS's (a leader being elected, a partition healing); past it, an id beyond
+/// the end is taken for one from elsewhere.
+const STALE_PATIENCE: Duration = Duration::from_secs(5);
 
 pub async fn stream(
     user: AuthUser,
@@ -203,11 +204,13 @@ async fn replay(
 ) -> anyhow::Result<u64> {
     let mut stream = state.js.get_stream(subjects::STREAM).await?;
     let mut info = stream.info().await?.state.clone();
-    // An id past the stream's end is, while NATS elects a leader or heals a partition, often
-    // a stale answer (a server that has not caught up): ask again for a while before taking
-    // it for an id from elsewhere. A reload then would take the client's id backwards.
-    let (mut pause, patience) = (Duration::from_millis(50), Instant::now() + FUTURE_ID_PATIENCE);
-    while after > info.last_sequence.max(until) && Instant::now() < patience {
+    // The stream's state must have reached both the client's id and this instance's position
+    // (everything the feed has seen was stored): while NATS elects a leader or heals a
+    // partition, a server that has not caught up can answer. Its answers would take the
+    // client's id backwards (an id "from the future" reloads) or skip what it lacks (the
+    // check for events between below), so ask again for a while.
+    let (mut pause, patience) = (Duration::from_millis(50), Instant::now() + STALE_PATIENCE);
+    while info.last_sequence < after.max(until) && Instant::now() < patience {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
         info = stream.info().await?.state.clone();
@@ -216,6 +219,11 @@ async fn replay(
         // An id from the future (another deployment, or made up): start over.
         metrics::counter!("sse_future_ids_total").increment(1);
         return reload(session, until, tx).await;
+    }
+    if info.last_sequence < until {
+        // Still behind what this instance has seen: nothing it says can be trusted yet. The
+        // client resumes from what it has.
+        anyhow::bail!("the stream's state is behind this instance's position");
     }
     if after + 1 < info.first_sequence {
         return reload(session, until, tx).await;
