@@ -84,6 +84,30 @@ struct Scope {
 /// A bus message with its stream sequence.
 type Delivery = anyhow::Result<(u64, async_nats::Message)>;
 
+/// Gaps in a subscription to republished events, which the connection may not notice (a
+/// message lost between servers). Each republished event names the stream sequence of the one
+/// before it on the same subject: one the subscription never delivered, and not stored before
+/// it started, was missed.
+struct SubjectGaps {
+    /// The subscription's start: events up to it are not owed.
+    start: u64,
+    /// The last sequence delivered of each subject (a session's events use a few).
+    last: HashMap<String, u64>,
+}
+
+impl SubjectGaps {
+    fn after(start: u64) -> Self {
+        Self { start, last: HashMap::new() }
+    }
+
+    /// Whether the event `seq` of `subject`, whose predecessor on the subject is `previous`
+    /// (0: none), shows that one was missed. Records it as delivered.
+    fn missed_before(&mut self, subject: &str, seq: u64, previous: u64) -> bool {
+        let delivered = self.last.insert(subject.to_owned(), seq);
+        previous > self.start && delivered != Some(previous)
+    }
+}
+
 /// What a feed does after its connection may have lost a message.
 #[derive(Clone, Copy)]
 enum OnLoss {
@@ -333,13 +357,22 @@ impl Hub {
         let subscriber = self.nats.subscribe(subjects::republished(check)).await?;
         self.start(feed).await?;
         feed.ready.send_replace(true);
-        Ok(subscriber.map(|msg| {
-            let seq = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get_last(async_nats::header::NATS_SEQUENCE))
-                .and_then(|v| v.as_str().parse().ok())
+        let mut gaps = SubjectGaps::after(feed.covered());
+        Ok(subscriber.map(move |msg| {
+            let header = |name| {
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get_last(name))
+                    .and_then(|v| v.as_str().parse().ok())
+            };
+            let seq = header(async_nats::header::NATS_SEQUENCE)
                 .ok_or_else(|| anyhow::anyhow!("a republished event without its sequence"))?;
+            let previous = header(async_nats::header::NATS_LAST_SEQUENCE).unwrap_or(0);
+            if gaps.missed_before(msg.subject.as_str(), seq, previous) {
+                // Lost on the way (a route between servers cut, say), unseen by this connection.
+                metrics::counter!("hub_republish_gaps_total").increment(1);
+                anyhow::bail!("a republished event of this subject was missed");
+            }
             Ok((seq, msg))
         }))
     }
@@ -435,5 +468,23 @@ impl Hub {
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SubjectGaps;
+
+    #[test]
+    fn a_subjects_event_whose_predecessor_was_never_delivered_shows_a_gap() {
+        let mut gaps = SubjectGaps::after(10);
+        // First of their subjects since the start: predecessors before it, or none.
+        assert!(!gaps.missed_before("delta", 12, 9));
+        assert!(!gaps.missed_before("status", 13, 0));
+        assert!(!gaps.missed_before("delta", 14, 12));
+        // The delta at 15 never arrived.
+        assert!(gaps.missed_before("delta", 16, 15));
+        // A subject whose first event since the start was missed.
+        assert!(gaps.missed_before("completed", 18, 17));
     }
 }

@@ -501,28 +501,38 @@ async fn an_abort_made_while_the_worker_is_busy_is_honoured_when_it_gets_to_the_
     });
     let before = answered_unread.await.expect("a first prompt answered without a read");
 
-    // The worker's one slot is taken by a long reply; the next session's prompt waits for it,
-    // and is aborted meanwhile.
-    let (_, _, long) = system.session_for("alice").await;
-    let mut long_stream = system.watch(&alice, &long).await;
-    system.prompt(&alice, &long.id, "[[fake tokens=100000 delay_ms=20]]").await;
-    long_stream.until(WAIT, |e| e.event == "message.part.delta").await;
+    // The next session's prompt waits for the worker's one slot, and is aborted meanwhile.
     let (_, _, session) = system.session_for("alice").await;
     let mut stream = system.watch(&alice, &session).await;
-    system.prompt(&alice, &session.id, "[[fake tokens=50]]").await;
-    for aborted in [&session, &long] {
+    aborted_while_the_worker_is_busy(&system, &alice, &session, &mut stream).await;
+    assert!(unread().await.unwrap_or(0.0) >= before + 2.0, "both prompts answered unread");
+}
+
+/// Take the worker's one slot with another session's long reply, prompt `session` (the prompt
+/// waits for the slot) and abort it meanwhile, then free the slot: the reply ends aborted with
+/// nothing generated.
+async fn aborted_while_the_worker_is_busy(
+    system: &System,
+    bearer: &str,
+    session: &Created,
+    stream: &mut SseClient,
+) {
+    let (_, _, long) = system.session_for("alice").await;
+    let mut long_stream = system.watch(bearer, &long).await;
+    system.prompt(bearer, &long.id, "[[fake tokens=100000 delay_ms=20]]").await;
+    long_stream.until(WAIT, |e| e.event == "message.part.delta").await;
+    system.prompt(bearer, &session.id, "[[fake tokens=50]]").await;
+    for aborted in [session, &long] {
         let path = format!("/session/{}/abort", aborted.id);
-        assert_eq!(system.post(&alice, &path, serde_json::json!({})).await.status, 202);
+        assert_eq!(system.post(bearer, &path, serde_json::json!({})).await.status, 202);
         if aborted.id == session.id {
             stream.until(WAIT, |e| e.event == "session.abort_requested").await;
         }
     }
-
     let events = stream.until(WAIT, |e| e.event == "message.completed").await;
     let message = &events.last().unwrap().data["properties"]["message"];
     assert_eq!(message["finish"], "aborted");
     assert!(!events.iter().any(|e| e.event == "message.part.delta"), "nothing generated");
-    assert!(unread().await.unwrap_or(0.0) >= before + 2.0, "both prompts answered unread");
 }
 
 /// A session's later prompts, once the worker's own reports of the replies before them were
@@ -564,24 +574,8 @@ async fn later_prompts_answered_from_the_workers_own_fold_send_the_whole_convers
     let before = later().await.unwrap_or(0.0);
     assert_eq!(before, 2.0, "both follow-ups answered without a read");
 
-    // The worker's one slot is taken by another session's long reply; this session's next
-    // prompt waits for it, and is aborted meanwhile.
-    let (_, _, long) = system.session_for("alice").await;
-    let mut long_stream = system.watch(&alice, &long).await;
-    system.prompt(&alice, &long.id, "[[fake tokens=100000 delay_ms=20]]").await;
-    long_stream.until(WAIT, |e| e.event == "message.part.delta").await;
-    system.prompt(&alice, &session.id, "[[fake tokens=2]]").await;
-    for aborted in [&session, &long] {
-        let path = format!("/session/{}/abort", aborted.id);
-        assert_eq!(system.post(&alice, &path, serde_json::json!({})).await.status, 202);
-        if aborted.id == session.id {
-            stream.until(WAIT, |e| e.event == "session.abort_requested").await;
-        }
-    }
-    let events = stream.until(WAIT, |e| e.event == "message.completed").await;
-    let message = &events.last().unwrap().data["properties"]["message"];
-    assert_eq!(message["finish"], "aborted");
-    assert!(!events.iter().any(|e| e.event == "message.part.delta"), "nothing generated");
+    // This session's next prompt waits for the worker's one slot, and is aborted meanwhile.
+    aborted_while_the_worker_is_busy(&system, &alice, &session, &mut stream).await;
     assert!(later().await.unwrap_or(0.0) >= before + 1.0, "the aborted prompt answered unread");
     stream.until(WAIT, is_idle).await;
     let after_abort = later().await;

@@ -112,3 +112,45 @@ async fn a_feed_that_misses_events_or_loses_its_consumer_follows_again_from_wher
     let ids: Vec<u64> = events.iter().map(|e| e.seq()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "an event twice or out of order: {ids:?}");
 }
+
+/// A republished event can be lost between servers without the subscriber's connection
+/// noticing. Each names its predecessor on the same subject: one whose predecessor the feed
+/// never delivered shows the loss, and the feed follows the stream itself from what it
+/// delivered. Here the "event" is made up, and claims a predecessor no one delivered: had the
+/// feed taken it, its sequence (past everything) would have hidden the rest of the reply.
+#[tokio::test]
+async fn an_event_after_one_the_feed_never_saw_makes_it_follow_the_stream_itself() {
+    let system = System::start().await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    let mut stream = system.watch(&alice, &session).await;
+    let nats = system.nats().await;
+    let mut republished = nats.subscribe(subjects::republished(">")).await.unwrap();
+    let accepted = system.prompt(&alice, &session.id, "[[fake tokens=60 delay_ms=50]]").await;
+    let reply = accepted["assistantMessageID"].as_str().unwrap();
+    let mut events = stream.until(WAIT, |e| e.event == "message.part.delta").await;
+
+    // A delta as republished, sent again past the end of the stream, its predecessor unseen.
+    let delta = tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = futures::StreamExt::next(&mut republished).await.expect("subscribed");
+            if msg.subject.ends_with("message_part_delta") {
+                break msg;
+            }
+        }
+    });
+    let delta = delta.await.expect("a republished delta");
+    let mut headers = delta.headers.clone().unwrap_or_default();
+    headers.insert(async_nats::header::NATS_SEQUENCE, "1000000000");
+    headers.insert(async_nats::header::NATS_LAST_SEQUENCE, "999999999");
+    nats.publish_with_headers(delta.subject.clone(), headers, delta.payload.clone()).await.unwrap();
+    nats.flush().await.unwrap();
+
+    events.extend(stream.until(WAIT, is_idle).await);
+    assert_eq!(reply_text(&events, reply), fake_text(60));
+    let ids: Vec<u64> = events.iter().map(|e| e.seq()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "an event twice or out of order: {ids:?}");
+    let query = system.query[0].ops_url.clone();
+    let gaps = system.metric(&query, "hub_republish_gaps_total").await;
+    assert!(gaps.unwrap_or(0.0) >= 1.0, "the gap was seen");
+}
