@@ -4,8 +4,8 @@
 //! stream sequence), so each instance receives the traffic of its own clients' sessions, not of
 //! every tenant, without a JetStream consumer per session (a consumer costs the server a scan of
 //! its message blocks for every event it delivers). A subscription delivers in stream order but
-//! at most once: after anything that may have lost a message (a reconnection, a slow consumer)
-//! the feed follows an ordered JetStream consumer from the last event it delivered instead, for
+//! at most once: after anything that may have lost a message (a reconnection, a slow consumer,
+//! an event whose predecessor on its subject never arrived) the feed follows an ordered JetStream consumer from the last event it delivered instead, for
 //! the rest of its life, and JetStream's ordering and gap detection hold; a consumer that fails
 //! is made again from the last event delivered, so nothing is skipped or repeated.
 //!
