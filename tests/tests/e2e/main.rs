@@ -35,6 +35,7 @@ mod resume;
 mod stream_access;
 mod tokens;
 mod traces;
+mod unread_prompts;
 mod usage;
 mod workspaces;
 
