@@ -28,7 +28,7 @@ const MILESTONES: &[&str] = &[
     "outbox relay has JetStream's ack",
     "worker picks the prompt up",
     "attempt announced (JetStream's ack)",
-    "conversation read (at the same time)",
+    "key opened (and the conversation read, where the call waited for one)",
     "worker calls the provider",
     "provider's first token",
     "first delta handed to SSE clients",
@@ -85,6 +85,14 @@ fn milestones(trace: &[ReceivedSpan]) -> Option<Vec<f64>> {
     let worker = named("answer prompt")?;
     let relay = trace.iter().find(|s| s.span_id == worker.parent_span_id)?;
     let first_token = named("provider first token")?;
+    let call = named("provider call")?;
+    // Most prompts are answered without a read, and a first prompt's read goes on beside the
+    // call: only a read that ended before the call is a step on its path.
+    let read_before_the_call = trace
+        .iter()
+        .filter(|s| s.name == "read conversation" && s.end_ns <= call.start_ns)
+        .map(|s| s.end_ns);
+    let ready = read_before_the_call.chain([named("open key")?.end_ns]).max()?;
     let fanout = trace
         .iter()
         .filter(|s| s.name == "sse fan-out" && s.start_ns >= first_token.end_ns)
@@ -101,8 +109,8 @@ fn milestones(trace: &[ReceivedSpan]) -> Option<Vec<f64>> {
         at(relay.end_ns),
         at(worker.start_ns),
         at(named("announce attempt")?.end_ns),
-        at(named("read conversation")?.end_ns),
-        at(named("provider call")?.start_ns),
+        at(ready),
+        at(call.start_ns),
         at(first_token.end_ns),
         at(fanout),
     ])
