@@ -2,9 +2,11 @@
 //! committed since (by any instance) instead of the aggregate's whole history — a session gains
 //! four events per prompt, and without this every command on it would read them all.
 //!
-//! The cache is only a starting point, never trusted as current: every load reads the events
-//! after the cached sequence, and the commit's optimistic lock (the sequence primary key) still
-//! refuses a write based on a stale state. A state is cached only after its commit succeeded.
+//! The cache is only a starting point, never trusted as current: a load reads the events after
+//! the cached sequence, and a decision made from the cached state without that read commits only
+//! if nothing came after it (`crate::read_set`); the commit's optimistic lock (the sequence
+//! primary key) still refuses a write based on a stale state. A state is cached only after its
+//! commit succeeded, or as read.
 //! Events read here skip the event store's upcasters; the first upcaster must be applied here too.
 //! The catch-up reads of every command running at once share statements (`crate::catch_up`).
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, PersistenceError,
+    SerializedEvent,
 };
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 
@@ -49,12 +52,8 @@ where
             return store.load_aggregate(id).await;
         };
         let (mut aggregate, mut sequence) = (cached.0.clone(), cached.1);
-        for serialized in self.catch_up.events_after(A::TYPE, id, sequence).await? {
-            let envelope = EventEnvelope::<A>::try_from(serialized)
-                .map_err(|e: PersistenceError| AggregateError::from(e))?;
-            sequence = envelope.sequence;
-            aggregate.apply(envelope.payload);
-        }
+        let after = self.catch_up.events_after(A::TYPE, id, sequence).await?;
+        sequence = apply(&mut aggregate, sequence, after)?;
         Ok(EventStoreAggregateContext {
             aggregate_id: id.to_owned(),
             aggregate,
@@ -69,8 +68,38 @@ where
         self.states.get(id).await
     }
 
+    /// Apply `events` of `id` (in order; found by a commit's check, `crate::read_set`) to the
+    /// state cached for it: those after its sequence, if they follow on from it (else it is
+    /// left as it is); events that cannot be read make it forgotten.
+    pub async fn advance(&self, id: &str, mut events: Vec<SerializedEvent>) {
+        let Some(cached) = self.states.get(id).await else { return };
+        events.retain(|e| e.sequence > cached.1);
+        if events.first().is_none_or(|e| e.sequence != cached.1 + 1) {
+            return;
+        }
+        let mut aggregate = cached.0.clone();
+        match apply(&mut aggregate, cached.1, events) {
+            Ok(sequence) => self.remember(id, aggregate, sequence).await,
+            Err(_) => self.states.invalidate(id).await,
+        }
+    }
+
     /// Remember `aggregate` as committed up to `sequence`.
     pub async fn remember(&self, id: &str, aggregate: A, sequence: usize) {
         self.states.insert(id.to_owned(), Arc::new((aggregate, sequence))).await;
     }
+}
+
+/// Apply `events` (in order, after `sequence`) to `aggregate`; the sequence it is then at.
+fn apply<A: Aggregate>(
+    aggregate: &mut A,
+    mut sequence: usize,
+    events: Vec<SerializedEvent>,
+) -> Result<usize, PersistenceError> {
+    for serialized in events {
+        let envelope = EventEnvelope::<A>::try_from(serialized)?;
+        sequence = envelope.sequence;
+        aggregate.apply(envelope.payload);
+    }
+    Ok(sequence)
 }

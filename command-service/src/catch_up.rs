@@ -124,7 +124,7 @@ async fn read_all(
 }
 
 /// A row as postgres-es reads one.
-fn serialized(row: &sqlx::postgres::PgRow) -> Result<SerializedEvent, sqlx::Error> {
+pub(crate) fn serialized(row: &sqlx::postgres::PgRow) -> Result<SerializedEvent, sqlx::Error> {
     let sequence: i64 = row.try_get("sequence")?;
     Ok(SerializedEvent {
         aggregate_id: row.try_get("aggregate_id")?,

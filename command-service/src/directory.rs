@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::Aggregate;
+use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use postgres_es::PostgresEventRepository;
 use std::collections::{HashMap, HashSet};
 
@@ -21,6 +22,7 @@ use crate::aggregates::{ApiKey, Organization, Payer, Workspace};
 use crate::catch_up::CatchUp;
 use crate::error::DomainError;
 use crate::read_ahead::{ReadAhead, ReadAheadDirectory};
+use crate::read_set::ReadSet;
 
 #[async_trait]
 pub trait Directory: Send + Sync {
@@ -78,6 +80,14 @@ pub trait Directory: Send + Sync {
         &self,
         key: &ApiKeyId,
     ) -> Result<Option<OrganizationId>, DomainError>;
+    /// This directory answering from what this instance holds, where it holds it (no read),
+    /// every aggregate it answers from noted in `reads` for the commit to check
+    /// (`crate::read_set`); `None` where it cannot.
+    fn answering_from_cache(&self, _reads: &ReadSet) -> Option<Arc<dyn Directory>> {
+        None
+    }
+    /// Events a commit's check found committed after what this directory holds, in order.
+    async fn advance(&self, _events: Vec<SerializedEvent>) {}
     /// What a completed reply of `org` is charged against: its prompt rates, and its budgets,
     /// each with the alerts it may still raise at `time` (one read of the organization).
     async fn spend_rules(&self, org: &OrganizationId, time: i64)
@@ -286,9 +296,12 @@ pub fn deployment_default() -> ModelRef {
 /// every answer reads only the events committed since by any instance: no full replay per
 /// command, and a membership change counts at once everywhere.
 pub struct EventStoreDirectory {
-    orgs: Replayed<Organization>,
-    workspaces: Replayed<Workspace>,
-    api_keys: Replayed<ApiKey>,
+    orgs: Arc<Replayed<Organization>>,
+    workspaces: Arc<Replayed<Workspace>>,
+    api_keys: Arc<Replayed<ApiKey>>,
+    /// Set on a directory answering from this instance's caches (`Directory::answering_from_cache`): what
+    /// it answered from.
+    reads: Option<ReadSet>,
 }
 
 /// One aggregate kind, read through its cache.
@@ -304,11 +317,21 @@ impl<A: cqrs_es::Aggregate + Clone + 'static> Replayed<A> {
         Self { store, cache: AggregateCache::new(catch_up.clone()) }
     }
 
-    /// `id` with every committed event applied.
-    async fn load(&self, id: &str) -> Result<A, DomainError> {
+    /// `id` with every committed event applied; with `reads`, as this instance holds it if it
+    /// does (no read), noted in `reads` either way.
+    async fn load(&self, id: &str, reads: Option<&ReadSet>) -> Result<A, DomainError> {
+        if let Some(reads) = reads
+            && let Some(cached) = self.cache.peek(id).await
+        {
+            reads.note(A::TYPE, id, cached.1);
+            return Ok(cached.0.clone());
+        }
         let ctx = self.cache.load(&self.store, id).await.map_err(unavailable)?;
         // (everything read was committed: a sound starting point for the next read)
         self.cache.remember(id, ctx.aggregate.clone(), ctx.current_sequence).await;
+        if let Some(reads) = reads {
+            reads.note(A::TYPE, id, ctx.current_sequence);
+        }
         Ok(ctx.aggregate)
     }
 }
@@ -316,10 +339,23 @@ impl<A: cqrs_es::Aggregate + Clone + 'static> Replayed<A> {
 impl EventStoreDirectory {
     pub fn new(pool: sqlx::PgPool, catch_up: CatchUp) -> Self {
         Self {
-            orgs: Replayed::new(&pool, &catch_up),
-            workspaces: Replayed::new(&pool, &catch_up),
-            api_keys: Replayed::new(&pool, &catch_up),
+            orgs: Arc::new(Replayed::new(&pool, &catch_up)),
+            workspaces: Arc::new(Replayed::new(&pool, &catch_up)),
+            api_keys: Arc::new(Replayed::new(&pool, &catch_up)),
+            reads: None,
         }
+    }
+
+    async fn organization(&self, id: &OrganizationId) -> Result<Organization, DomainError> {
+        self.orgs.load(id.as_str(), self.reads.as_ref()).await
+    }
+
+    async fn read_workspace(&self, id: &WorkspaceId) -> Result<Workspace, DomainError> {
+        self.workspaces.load(id.as_str(), self.reads.as_ref()).await
+    }
+
+    async fn api_key(&self, id: &ApiKeyId) -> Result<ApiKey, DomainError> {
+        self.api_keys.load(id.as_str(), self.reads.as_ref()).await
     }
 }
 
@@ -369,14 +405,14 @@ impl Directory for EventStoreDirectory {
         org: &OrganizationId,
         user: &UserId,
     ) -> Result<Option<Role>, DomainError> {
-        Ok(self.orgs.load(org.as_str()).await?.role_of(user))
+        Ok(self.organization(org).await?.role_of(user))
     }
 
     async fn workspace(
         &self,
         workspace: &WorkspaceId,
     ) -> Result<Option<WorkspaceView>, DomainError> {
-        Ok(self.workspaces.load(workspace.as_str()).await?.view())
+        Ok(self.read_workspace(workspace).await?.view())
     }
 
     async fn prompt_terms(
@@ -385,7 +421,7 @@ impl Directory for EventStoreDirectory {
         payer: PromptPayer,
         wanted: Option<ModelRef>,
     ) -> Result<PromptTerms, DomainError> {
-        terms_of(&self.orgs.load(org.as_str()).await?, payer, wanted)
+        terms_of(&self.organization(org).await?, payer, wanted)
     }
 
     async fn prompt_context(
@@ -395,10 +431,8 @@ impl Directory for EventStoreDirectory {
         wanted: Option<ModelRef>,
     ) -> Result<PromptContext, DomainError> {
         // Both read at the same time: one round trip's wait, and the organization read once.
-        let (organization, workspace) = tokio::join!(
-            self.orgs.load(org.as_str()),
-            self.workspaces.load(payer.workspace.as_str())
-        );
+        let (organization, workspace) =
+            tokio::join!(self.organization(org), self.read_workspace(&payer.workspace));
         Ok(context_of(&organization?, &workspace?, payer, wanted))
     }
 
@@ -408,18 +442,40 @@ impl Directory for EventStoreDirectory {
         workspace: &WorkspaceId,
     ) -> Result<Option<ReadAhead>, DomainError> {
         let (organization, read) =
-            tokio::join!(self.orgs.load(org.as_str()), self.workspaces.load(workspace.as_str()));
+            tokio::join!(self.organization(org), self.read_workspace(workspace));
         Ok(Some(ReadAhead {
             organization: (org.clone(), organization?),
             workspace: (workspace.clone(), read?),
         }))
     }
 
+    fn answering_from_cache(&self, reads: &ReadSet) -> Option<Arc<dyn Directory>> {
+        Some(Arc::new(Self {
+            orgs: self.orgs.clone(),
+            workspaces: self.workspaces.clone(),
+            api_keys: self.api_keys.clone(),
+            reads: Some(reads.clone()),
+        }))
+    }
+
+    async fn advance(&self, events: Vec<SerializedEvent>) {
+        // (one at a time: each follows on from the one before, whatever aggregate it is of)
+        for event in events {
+            let id = event.aggregate_id.clone();
+            match event.aggregate_type.as_str() {
+                Organization::TYPE => self.orgs.cache.advance(&id, vec![event]).await,
+                Workspace::TYPE => self.workspaces.cache.advance(&id, vec![event]).await,
+                ApiKey::TYPE => self.api_keys.cache.advance(&id, vec![event]).await,
+                _ => {}
+            }
+        }
+    }
+
     async fn api_key_organization(
         &self,
         key: &ApiKeyId,
     ) -> Result<Option<OrganizationId>, DomainError> {
-        Ok(self.api_keys.load(key.as_str()).await?.live_organization().cloned())
+        Ok(self.api_key(key).await?.live_organization().cloned())
     }
 
     async fn spend_rules(
@@ -427,7 +483,7 @@ impl Directory for EventStoreDirectory {
         org: &OrganizationId,
         time: i64,
     ) -> Result<SpendRules, DomainError> {
-        let organization = &self.orgs.load(org.as_str()).await?;
+        let organization = &self.organization(org).await?;
         let budgets = organization
             .budgets()
             .map(|b| {
@@ -451,7 +507,7 @@ impl Directory for EventStoreDirectory {
         user: &UserId,
         id: &ConnectionId,
     ) -> Result<(), DomainError> {
-        self.orgs.load(org.as_str()).await?.may_manage_connection(id, user)
+        self.organization(org).await?.may_manage_connection(id, user)
     }
 
     async fn price_of(
@@ -460,7 +516,7 @@ impl Directory for EventStoreDirectory {
         id: &ConnectionId,
         model: &str,
     ) -> Result<Option<ModelCost>, DomainError> {
-        Ok(self.orgs.load(org.as_str()).await?.price_of(id, model))
+        Ok(self.organization(org).await?.price_of(id, model))
     }
 }
 

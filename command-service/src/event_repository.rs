@@ -15,6 +15,8 @@ use cqrs_es::persist::{
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 
+use crate::read_set::Known;
+
 /// Rows in the order given (so `position`, assigned as each row is inserted, follows the
 /// aggregate's sequence within a commit as it does across commits).
 const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
@@ -22,6 +24,31 @@ const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, s
      FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
          WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n) \
      ORDER BY e.n";
+
+/// `INSERT_EVENTS` only if no aggregate of a decision's read set (`crate::read_set`: its own,
+/// and those its directory answered from) gained an event after the sequence it was read at;
+/// returns the events they gained (none: the events were written). Every part of one statement
+/// sees the same snapshot, so the check and the insert agree; a writer committing the same
+/// sequence meanwhile still meets the primary key. The insert runs whether or not the final
+/// `SELECT` reads it (a data-modifying `WITH` always does); the lateral subquery is the index
+/// scan of `crate::catch_up`'s read.
+const INSERT_EVENTS_IF_CURRENT: &str = "WITH newer AS ( \
+         SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+             e.payload, e.metadata \
+         FROM unnest($8::text[], $9::text[], $10::bigint[]) AS k(aggregate_type, aggregate_id, after) \
+         CROSS JOIN LATERAL ( \
+             SELECT * FROM events e WHERE e.aggregate_type = k.aggregate_type \
+                 AND e.aggregate_id = k.aggregate_id AND e.sequence > k.after \
+             ORDER BY e.sequence OFFSET 0) e), \
+     written AS ( \
+         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json \
+         FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+             WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n) \
+         WHERE NOT EXISTS (SELECT 1 FROM newer) \
+         ORDER BY e.n \
+         RETURNING 1) \
+     SELECT * FROM newer ORDER BY aggregate_type, aggregate_id, sequence";
 
 pub struct EventRepository {
     reads: PostgresEventRepository,
@@ -52,6 +79,41 @@ impl EventRepository {
             .await
             .map_err(persistence_error)?;
         Ok(())
+    }
+}
+
+impl EventRepository {
+    /// Write `events` (of one aggregate of kind `A`, `aggregate_id`) only if nothing in `known`
+    /// changed since it was read: `Ok(vec![])` when written (or, with no events, when `known`
+    /// was current), else the events `known` missed, in order per aggregate, and nothing
+    /// written. A conflict with a writer of the same sequence meanwhile is the optimistic lock.
+    pub async fn commit_if_current<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        events: &[SerializedEvent],
+        known: &[Known],
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let column = |f: fn(&SerializedEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
+        let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
+        let known_sequences: Vec<i64> = known.iter().map(|k| k.sequence as i64).collect();
+        let rows = sqlx::query(INSERT_EVENTS_IF_CURRENT)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .bind(sequences)
+            .bind(column(|e| e.event_type.clone()))
+            .bind(column(|e| e.event_version.clone()))
+            .bind(column(|e| e.payload.to_string()))
+            .bind(column(|e| e.metadata.to_string()))
+            .bind(known.iter().map(|k| k.aggregate_type).collect::<Vec<_>>())
+            .bind(known.iter().map(|k| k.aggregate_id.as_str()).collect::<Vec<_>>())
+            .bind(known_sequences)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(persistence_error)?;
+        rows.iter()
+            .map(crate::catch_up::serialized)
+            .collect::<Result<_, _>>()
+            .map_err(persistence_error)
     }
 }
 

@@ -6,14 +6,18 @@
 //! (cqrs-es issue #160: concurrent commands on one aggregate are not serialised). The plain
 //! event store is used on purpose: the 0.5.0 snapshot stores apply events twice. Aggregates are
 //! loaded through this instance's cache (`aggregate_cache.rs`) instead of from all their events,
-//! and committed in one statement (`event_repository.rs`).
+//! and committed in one statement (`event_repository.rs`). A command on an aggregate this
+//! instance holds first decides without reading anything, from the cached states of the
+//! aggregate and of what its directory questions are about, and commits only if none of them
+//! changed since (`read_set.rs`); a stale state is brought up to date by that statement's answer
+//! and the command decided again.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
 use platform::telemetry::trace_step;
 use schemas::api::{ConsistencyToken, MAX_EVENT_BYTES};
 use schemas::envelope::metadata;
@@ -25,6 +29,7 @@ use crate::catch_up::CatchUp;
 use crate::directory::Services;
 use crate::error::{CommandError, DomainError};
 use crate::event_repository::EventRepository;
+use crate::read_set::ReadSet;
 
 /// Attempts before a conflicting command is answered 409.
 const MAX_ATTEMPTS: u32 = 5;
@@ -43,6 +48,8 @@ pub struct CommandContext {
 
 pub struct Executor<A: Aggregate> {
     store: PersistedEventStore<EventRepository, A>,
+    /// The same event store, for commits checked against what they were decided from.
+    commits: EventRepository,
     cache: AggregateCache<A>,
     services: Services,
     wake: crate::relay::Wake,
@@ -60,7 +67,8 @@ where
         wake: crate::relay::Wake,
     ) -> Self {
         Self {
-            store: PersistedEventStore::new_event_store(EventRepository::new(pool)),
+            store: PersistedEventStore::new_event_store(EventRepository::new(pool.clone())),
+            commits: EventRepository::new(pool),
             cache: AggregateCache::new(catch_up),
             services,
             wake,
@@ -91,9 +99,21 @@ where
         ctx: &CommandContext,
     ) -> Result<ConsistencyToken, CommandError> {
         let mut attempt = 0;
+        let mut from_cache = true;
         loop {
             attempt += 1;
-            let result = self.try_execute(id, command.clone(), ctx).await;
+            let result = if from_cache {
+                match self.try_from_cache(id, command.clone(), ctx).await {
+                    Cached::Answered(result) => result,
+                    // Brought up to date by the check: decide again, still without a read.
+                    Cached::Stale if attempt < MAX_ATTEMPTS => continue,
+                    Cached::Stale | Cached::Uncached => {
+                        self.try_execute(id, command.clone(), ctx).await
+                    }
+                }
+            } else {
+                self.try_execute(id, command.clone(), ctx).await
+            };
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(AggregateError::AggregateConflict) => "conflict",
@@ -104,7 +124,9 @@ where
                 .increment(1);
             match result {
                 Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
-                    // Back off a little, with jitter, so racing writers do not collide again.
+                    // A writer of the same sequence won: read what it wrote from now on. Back
+                    // off a little, with jitter, so racing writers do not collide again.
+                    from_cache = false;
                     let jitter = u64::from(std::process::id() ^ attempt.wrapping_mul(7919)) % 5;
                     tokio::time::sleep(Duration::from_millis((1 << attempt) + jitter)).await;
                 }
@@ -119,6 +141,73 @@ where
         Ok(context.aggregate().scope())
     }
 
+    /// Decide from the states this instance holds (the aggregate, and what the directory
+    /// answers from), and commit only if none of them changed since (`crate::read_set`). A
+    /// refusal, or a command that changes nothing, is checked the same way before it is
+    /// answered. Stale states are brought up to date from the check's answer.
+    async fn try_from_cache(&self, id: &str, command: A::Command, ctx: &CommandContext) -> Cached {
+        let Some(cached) = self.cache.peek(id).instrument(trace_step("load")).await else {
+            return Cached::Uncached;
+        };
+        let reads = ReadSet::default();
+        let Some(directory) = self.services.directory.answering_from_cache(&reads) else {
+            return Cached::Uncached;
+        };
+        let services = Services { directory, spend: self.services.spend.clone() };
+        let (mut aggregate, sequence) = (cached.0.clone(), cached.1);
+        let decided = self.decide(&mut aggregate, command, services, ctx).await;
+        reads.note(A::TYPE, id, sequence);
+        let (events, scope, refused) = match decided {
+            Ok((events, scope)) => (events, scope, None),
+            // Refused: answered once the states it was refused on prove current.
+            Err(AggregateError::UserError(refused)) => {
+                (Vec::new(), aggregate.scope(), Some(refused))
+            }
+            Err(e) => return Cached::Answered(Err(e)),
+        };
+        let written = events.len();
+        let metadata = event_metadata(&scope, ctx);
+        let envelopes = wrap::<A>(id, sequence, events, metadata);
+        let serialized: Result<Vec<_>, _> =
+            envelopes.iter().map(SerializedEvent::try_from).collect();
+        let serialized = match serialized {
+            Ok(serialized) => serialized,
+            Err(e) => return Cached::Answered(Err(AggregateError::from(e))),
+        };
+        let checked = self
+            .commits
+            .commit_if_current::<A>(id, &serialized, &reads.known())
+            .instrument(trace_step("commit"))
+            .await;
+        let newer = match checked {
+            Ok(newer) => newer,
+            Err(e) => return Cached::Answered(Err(AggregateError::from(e))),
+        };
+        if !newer.is_empty() {
+            metrics::counter!("commands_from_stale_cache_total", "aggregate" => A::TYPE)
+                .increment(1);
+            // The directory holds aggregates of its own (an organization command's lookups
+            // read the directory's copy of it): every event goes to both.
+            let own = newer.iter().filter(|e| e.aggregate_type == A::TYPE && e.aggregate_id == id);
+            self.cache.advance(id, own.cloned().collect()).await;
+            self.services.directory.advance(newer).await;
+            return Cached::Stale;
+        }
+        metrics::counter!("commands_from_cache_total", "aggregate" => A::TYPE).increment(1);
+        if let Some(refused) = refused {
+            return Cached::Answered(Err(AggregateError::UserError(refused)));
+        }
+        if written > 0 {
+            self.wake.committed();
+            self.cache.remember(id, aggregate, sequence + written).await;
+        }
+        let sequence = (sequence + written) as u64;
+        Cached::Answered(Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence }))
+    }
+
+    /// Load the aggregate (its cached state and the events since, or all its events) with the
+    /// directory reads it will need, decide, and commit; a writer of the same sequence meanwhile
+    /// is a conflict.
     async fn try_execute(
         &self,
         id: &str,
@@ -134,17 +223,38 @@ where
         );
         let mut context = loaded?;
         let read_ahead = read_ahead.map_err(AggregateError::UserError)?;
-        let aggregate = context.aggregate();
+        let (events, scope) = self.decide(&mut context.aggregate, command, read_ahead, ctx).await?;
+        // The sink applied the events to the aggregate already: this is the state after commit.
+        let (state, state_sequence) =
+            (context.aggregate.clone(), context.current_sequence + events.len());
+        let metadata = event_metadata(&scope, ctx);
+        let committed =
+            self.store.commit(events, context, metadata).instrument(trace_step("commit")).await?;
+        self.wake.committed();
+        self.cache.remember(id, state, state_sequence).await;
+        let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;
+        Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })
+    }
+
+    /// Run `command` on `aggregate` with `services`: the events it decided (applied to
+    /// `aggregate` already) and the scope they belong to, or why it was refused.
+    async fn decide(
+        &self,
+        aggregate: &mut A,
+        command: A::Command,
+        services: Services,
+        ctx: &CommandContext,
+    ) -> Result<(Vec<A::Event>, crate::aggregates::Scope), AggregateError<DomainError>> {
         // An API key reaches one organization. Outside it every aggregate is "not found", before
         // any other check could answer differently (403, 409, 400), and the aggregate's lookups
         // see no memberships elsewhere (so creating something elsewhere is "not found" too).
         let services = match &ctx.organization_scope {
-            None => read_ahead,
+            None => services,
             Some(allowed) => {
                 if aggregate.scope().organization.is_some_and(|org| &org != allowed) {
                     return Err(AggregateError::UserError(DomainError::NotFound));
                 }
-                read_ahead.scoped_to(allowed)
+                services.scoped_to(allowed)
             }
         };
         let sink = EventSink::default();
@@ -164,17 +274,37 @@ where
         }
         let events = sink.collect().await;
         check_sizes(&events)?;
-        // The sink applied the events to the aggregate already: this is the state after commit.
-        let (state, state_sequence) =
-            (context.aggregate().clone(), context.current_sequence + events.len());
-        let metadata = event_metadata(&scope, ctx);
-        let committed =
-            self.store.commit(events, context, metadata).instrument(trace_step("commit")).await?;
-        self.wake.committed();
-        self.cache.remember(id, state, state_sequence).await;
-        let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;
-        Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })
+        Ok((events, scope))
     }
+}
+
+/// How a decision from cached states ended (`Executor::try_from_cache`).
+enum Cached {
+    /// Committed, or refused, on states the check proved current; or failed.
+    Answered(Result<ConsistencyToken, AggregateError<DomainError>>),
+    /// Some state had moved on (now brought up to date): nothing was written.
+    Stale,
+    /// This instance does not hold the aggregate (or its directory cannot answer from cache).
+    Uncached,
+}
+
+/// `events` as committed after `sequence`, each with `metadata` (as cqrs-es wraps them).
+fn wrap<A: Aggregate>(
+    id: &str,
+    sequence: usize,
+    events: Vec<A::Event>,
+    metadata: HashMap<String, String>,
+) -> Vec<EventEnvelope<A>> {
+    events
+        .into_iter()
+        .zip(sequence + 1..)
+        .map(|(payload, sequence)| EventEnvelope {
+            aggregate_id: id.to_owned(),
+            sequence,
+            payload,
+            metadata: metadata.clone(),
+        })
+        .collect()
 }
 
 /// Refuse events the store or the bus could not carry, measured as they will be stored (JSON

@@ -13,6 +13,7 @@ pub mod executor;
 pub mod internal;
 pub mod prompt_limits;
 pub mod read_ahead;
+pub mod read_set;
 pub mod relay;
 pub mod routes;
 pub mod spend;

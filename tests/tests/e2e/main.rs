@@ -11,6 +11,7 @@ mod bus_security;
 mod chaos;
 mod concurrent_commands;
 mod consistency_waits;
+mod decisions_from_cache;
 mod durability;
 mod interest;
 mod isolation;

@@ -1,0 +1,75 @@
+//! A command instance decides from the aggregates it holds, without reading them first, and its
+//! commit checks they were still current: whatever another instance committed meanwhile (a
+//! membership removed, a reply completed) counts at once, as if every command read first.
+
+use e2e_tests::System;
+use e2e_tests::api::Created;
+use e2e_tests::sse::is_idle;
+use serde_json::{Value, json};
+
+use crate::WAIT;
+
+/// POST `body` to `path` on the command instance at `url` as `bearer`: the status.
+async fn post_on(system: &System, url: &str, bearer: &str, path: &str, body: Value) -> u16 {
+    let res = system.http.post(format!("{url}{path}")).bearer_auth(bearer).json(&body).send();
+    res.await.expect("command service reachable").status().as_u16()
+}
+
+/// Prompt `session` on the command instance at `url`: the status.
+async fn prompt_on(system: &System, url: &str, bearer: &str, session: &Created) -> u16 {
+    let body = json!({ "parts": [{ "type": "text", "text": "[[fake tokens=2]]" }] });
+    post_on(system, url, bearer, &format!("/session/{}/prompt_async", session.id), body).await
+}
+
+/// Bob prompts through a second instance, which holds his session, its workspace and its
+/// organization from then on. Replies are completed by either instance (their queue group):
+/// each prompt after one completed elsewhere is decided on a session the second instance still
+/// holds as busy, and must be accepted all the same. Alice then removes Bob from the workspace
+/// through the first instance: the second refuses his next prompt at once, and accepts one
+/// again once he is added back.
+#[tokio::test]
+async fn what_another_instance_committed_counts_at_once_for_a_decision_from_cache() {
+    let system = System::start().await;
+    let second = system.start_command(false).await;
+    let alice = system.token("alice").await;
+    let bob = system.token("bob").await;
+    let org = system.create_org(&alice, "Acme").await;
+    let ws = system.create_workspace(&alice, &org.id, "main").await;
+    let bob_id = system.add_member(&alice, &org.id, &bob, "member", Some(&ws.id)).await;
+    let path = format!("{}/workspace/{}/session", second.url, ws.id);
+    let created = system.http.post(path).bearer_auth(&bob).json(&json!({})).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let body: Value = created.json().await.unwrap();
+    let session = Created {
+        id: body["id"].as_str().unwrap().to_owned(),
+        token: body["consistencyToken"].as_str().unwrap().to_owned(),
+    };
+    let mut stream = system.watch(&bob, &session).await;
+    let stale = || system.metric(&second.ops_url, "commands_from_stale_cache_total");
+
+    // Until a reply completed by the first instance has been followed by a prompt on the second.
+    let mut prompts = 0;
+    while stale().await.unwrap_or(0.0) == 0.0 {
+        assert!(prompts < 40, "no reply was completed by the first instance in {prompts} prompts");
+        assert_eq!(
+            prompt_on(&system, &second.url, &bob, &session).await,
+            202,
+            "a prompt on an idle session"
+        );
+        stream.until(WAIT, is_idle).await;
+        prompts += 1;
+    }
+    assert!(system.metric(&second.ops_url, "commands_from_cache_total").await.unwrap_or(0.0) > 0.0);
+
+    let member = format!("{}/workspace/{}/member/{bob_id}", system.command_url(), ws.id);
+    let removed = system.http.delete(&member).bearer_auth(&alice).send().await.unwrap();
+    assert!(removed.status().is_success(), "{removed:?}");
+    let before = stale().await.unwrap_or(0.0);
+    assert_eq!(prompt_on(&system, &second.url, &bob, &session).await, 403, "no longer a member");
+    assert!(stale().await.unwrap_or(0.0) > before, "the refusal came from the check");
+
+    let added = system.http.put(&member).bearer_auth(&alice).json(&json!({ "role": "member" }));
+    assert!(added.send().await.unwrap().status().is_success());
+    assert_eq!(prompt_on(&system, &second.url, &bob, &session).await, 202, "a member again");
+    stream.until(WAIT, is_idle).await;
+}
