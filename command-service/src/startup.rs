@@ -1,6 +1,7 @@
 //! Wiring: builds the command service from configuration and runs it until shutdown.
 
 use std::net::TcpListener;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use identity::admission::RequestLimits;
 use platform::config::CommonConfig;
 use platform::limits::Rate;
 use platform::{bus, http};
-use sqlx::postgres::PgPoolOptions;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -65,11 +67,20 @@ impl Application {
         // sqlx pings a connection when it is returned to the pool; pinging it again when it is
         // taken would put a round trip in front of every statement (as deadpool's `Fast`
         // recycling elsewhere, a connection that died while idle fails its next statement: 503).
+        //
+        // Its statements keep one plan per connection (`force_generic_plan`): the batched ones
+        // take arrays, and PostgreSQL, which can count an array given as a value but not one
+        // given as a parameter, judged each custom plan cheaper than the generic one and planned
+        // them again at every call (measured: as long as running them, for the event insert
+        // with its check). Their plans are index scans whatever the values (the lateral
+        // subqueries of `catch_up.rs` and `event_repository.rs`).
+        let options = PgConnectOptions::from_str(&common.database_url)?
+            .options([("plan_cache_mode", "force_generic_plan")]);
         let pg = PgPoolOptions::new()
             .max_connections(common.database_pool_size as u32)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(&common.database_url)?;
+            .connect_lazy_with(options);
 
         let spend = Arc::new(PgSpend::new(pool.clone()));
         // Every aggregate cache's catch-up reads, batched together (`catch_up.rs`).
