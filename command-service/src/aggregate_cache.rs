@@ -18,6 +18,7 @@ use cqrs_es::persist::{
     SerializedEvent,
 };
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use moka::ops::compute::Op;
 
 use crate::catch_up::CatchUp;
 
@@ -68,25 +69,45 @@ where
         self.states.get(id).await
     }
 
-    /// Apply `events` of `id` (in order; found by a commit's check, `crate::read_set`) to the
-    /// state cached for it: those after its sequence, if they follow on from it (else it is
-    /// left as it is); events that cannot be read make it forgotten.
-    pub async fn advance(&self, id: &str, mut events: Vec<SerializedEvent>) {
-        let Some(cached) = self.states.get(id).await else { return };
-        events.retain(|e| e.sequence > cached.1);
-        if events.first().is_none_or(|e| e.sequence != cached.1 + 1) {
+    /// Apply `events` of `id` (in order; found by a commit's check, `crate::read_set`) to
+    /// `from`, a state of it (`None`: the one cached), and remember the result: the events
+    /// after its sequence, if they follow on from it (else nothing changes); events that cannot
+    /// be read make it forgotten.
+    pub async fn advance(
+        &self,
+        id: &str,
+        from: Option<Arc<(A, usize)>>,
+        mut events: Vec<SerializedEvent>,
+    ) {
+        let from = match from {
+            Some(from) => from,
+            None => match self.states.get(id).await {
+                Some(cached) => cached,
+                None => return,
+            },
+        };
+        events.retain(|e| e.sequence > from.1);
+        if events.first().is_none_or(|e| e.sequence != from.1 + 1) {
             return;
         }
-        let mut aggregate = cached.0.clone();
-        match apply(&mut aggregate, cached.1, events) {
+        let mut aggregate = from.0.clone();
+        match apply(&mut aggregate, from.1, events) {
             Ok(sequence) => self.remember(id, aggregate, sequence).await,
             Err(_) => self.states.invalidate(id).await,
         }
     }
 
-    /// Remember `aggregate` as committed up to `sequence`.
+    /// Remember `aggregate` as committed up to `sequence`, unless a later state of it is
+    /// remembered already (another command of this instance got there first).
     pub async fn remember(&self, id: &str, aggregate: A, sequence: usize) {
-        self.states.insert(id.to_owned(), Arc::new((aggregate, sequence))).await;
+        let state = Arc::new((aggregate, sequence));
+        let keep_the_later = |held: Option<moka::Entry<String, Arc<(A, usize)>>>| {
+            std::future::ready(match held {
+                Some(held) if held.value().1 >= sequence => Op::Nop,
+                _ => Op::Put(state),
+            })
+        };
+        self.states.entry(id.to_owned()).and_compute_with(keep_the_later).await;
     }
 }
 

@@ -463,9 +463,9 @@ impl Directory for EventStoreDirectory {
         for event in events {
             let id = event.aggregate_id.clone();
             match event.aggregate_type.as_str() {
-                Organization::TYPE => self.orgs.cache.advance(&id, vec![event]).await,
-                Workspace::TYPE => self.workspaces.cache.advance(&id, vec![event]).await,
-                ApiKey::TYPE => self.api_keys.cache.advance(&id, vec![event]).await,
+                Organization::TYPE => self.orgs.cache.advance(&id, None, vec![event]).await,
+                Workspace::TYPE => self.workspaces.cache.advance(&id, None, vec![event]).await,
+                ApiKey::TYPE => self.api_keys.cache.advance(&id, None, vec![event]).await,
                 _ => {}
             }
         }

@@ -6,13 +6,14 @@
 //! (cqrs-es issue #160: concurrent commands on one aggregate are not serialised). The plain
 //! event store is used on purpose: the 0.5.0 snapshot stores apply events twice. Aggregates are
 //! loaded through this instance's cache (`aggregate_cache.rs`) instead of from all their events,
-//! and committed in one statement (`event_repository.rs`). A command on an aggregate this
-//! instance holds first decides without reading anything, from the cached states of the
-//! aggregate and of what its directory questions are about, and commits only if none of them
+//! and committed in one statement (`event_repository.rs`). A command first decides without
+//! reading anything, from the cached states of the aggregate (a new one, if this instance holds
+//! none) and of what its directory questions are about, and commits only if none of them
 //! changed since (`read_set.rs`); a stale state is brought up to date by that statement's answer
-//! and the command decided again.
+//! (an aggregate decided as new that is not: its whole history) and the command decided again.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
@@ -146,15 +147,16 @@ where
     /// refusal, or a command that changes nothing, is checked the same way before it is
     /// answered. Stale states are brought up to date from the check's answer.
     async fn try_from_cache(&self, id: &str, command: A::Command, ctx: &CommandContext) -> Cached {
-        let Some(cached) = self.cache.peek(id).instrument(trace_step("load")).await else {
-            return Cached::Uncached;
-        };
+        let held = self.cache.peek(id).instrument(trace_step("load")).await;
+        // Nothing held: decided as new (a creation needs no read); if it is not, the check
+        // answers with its whole history, and the command is decided again from that.
+        let from = held.unwrap_or_else(|| Arc::new((A::default(), 0)));
         let reads = ReadSet::default();
         let Some(directory) = self.services.directory.answering_from_cache(&reads) else {
             return Cached::Uncached;
         };
         let services = Services { directory, spend: self.services.spend.clone() };
-        let (mut aggregate, sequence) = (cached.0.clone(), cached.1);
+        let (mut aggregate, sequence) = (from.0.clone(), from.1);
         let decided = self.decide(&mut aggregate, command, services, ctx).await;
         reads.note(A::TYPE, id, sequence);
         let (events, scope, refused) = match decided {
@@ -189,7 +191,7 @@ where
             // The directory holds aggregates of its own (an organization command's lookups
             // read the directory's copy of it): every event goes to both.
             let own = newer.iter().filter(|e| e.aggregate_type == A::TYPE && e.aggregate_id == id);
-            self.cache.advance(id, own.cloned().collect()).await;
+            self.cache.advance(id, Some(from), own.cloned().collect()).await;
             self.services.directory.advance(newer).await;
             return Cached::Stale;
         }
@@ -284,7 +286,7 @@ enum Cached {
     Answered(Result<ConsistencyToken, AggregateError<DomainError>>),
     /// Some state had moved on (now brought up to date): nothing was written.
     Stale,
-    /// This instance does not hold the aggregate (or its directory cannot answer from cache).
+    /// The directory cannot answer from this instance's caches.
     Uncached,
 }
 

@@ -1,8 +1,9 @@
 //! What a command decided from: the aggregates, and the sequence of each, that it read from this
 //! instance's caches without asking the event store.
 //!
-//! A command on an aggregate this instance holds (its own, and the organization and workspace
-//! its directory questions are about) decides from the cached states first, and its commit
+//! A command decides from the states this instance holds first (its aggregate, or a new one if
+//! the instance holds none, and the organization and workspace its directory questions are
+//! about), and its commit
 //! (`EventRepository::commit_if_current`) checks, in the same statement, that no aggregate of
 //! the set gained an event since: the decision stands only if everything it was made from was
 //! still current when the events were written, which is what reading first guaranteed, without
