@@ -124,3 +124,50 @@ fn apply<A: Aggregate>(
     }
     Ok(sequence)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregates::Workspace;
+
+    fn cache() -> AggregateCache<Workspace> {
+        // (nothing here reads: the pool never connects)
+        let pool = sqlx::PgPool::connect_lazy("postgres://127.0.0.1:1/none").unwrap();
+        AggregateCache::new(CatchUp::start(pool))
+    }
+
+    fn unreadable_event(sequence: usize) -> SerializedEvent {
+        let payload = serde_json::json!({ "not": "a workspace event" });
+        SerializedEvent::new(
+            "ws_1".into(),
+            sequence,
+            "workspace".into(),
+            "workspace.unknown".into(),
+            "1.0".into(),
+            payload,
+            serde_json::json!({}),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_remembered_state_is_replaced_only_by_a_later_one() {
+        let cache = cache();
+        cache.remember("ws_1", Workspace::default(), 5).await;
+        cache.remember("ws_1", Workspace::default(), 3).await;
+        assert_eq!(cache.peek("ws_1").await.unwrap().1, 5);
+        cache.remember("ws_1", Workspace::default(), 8).await;
+        assert_eq!(cache.peek("ws_1").await.unwrap().1, 8);
+    }
+
+    #[tokio::test]
+    async fn events_that_do_not_follow_on_change_nothing_and_unreadable_ones_forget_the_state() {
+        let cache = cache();
+        cache.remember("ws_1", Workspace::default(), 8).await;
+        cache.advance("ws_1", None, vec![unreadable_event(10)]).await;
+        assert_eq!(cache.peek("ws_1").await.unwrap().1, 8, "a gap: left as it was");
+        cache.advance("ws_1", None, vec![unreadable_event(7), unreadable_event(8)]).await;
+        assert_eq!(cache.peek("ws_1").await.unwrap().1, 8, "nothing after it");
+        cache.advance("ws_1", None, vec![unreadable_event(9)]).await;
+        assert!(cache.peek("ws_1").await.is_none(), "an event it cannot read: forgotten");
+    }
+}
