@@ -83,6 +83,14 @@ impl EventRepository {
 }
 
 impl EventRepository {
+    /// The events committed after what `known` holds (none: it is current).
+    pub async fn newer_than(
+        &self,
+        known: &[Known],
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.commit_if_current_as("", "", &[], known).await
+    }
+
     /// Write `events` (of one aggregate of kind `A`, `aggregate_id`) only if nothing in `known`
     /// changed since it was read: `Ok(vec![])` when written (or, with no events, when `known`
     /// was current), else the events `known` missed, in order per aggregate, and nothing
@@ -93,11 +101,21 @@ impl EventRepository {
         events: &[SerializedEvent],
         known: &[Known],
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.commit_if_current_as(A::TYPE, aggregate_id, events, known).await
+    }
+
+    async fn commit_if_current_as(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[SerializedEvent],
+        known: &[Known],
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         let column = |f: fn(&SerializedEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
         let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
         let known_sequences: Vec<i64> = known.iter().map(|k| k.sequence as i64).collect();
         let rows = sqlx::query(INSERT_EVENTS_IF_CURRENT)
-            .bind(A::TYPE)
+            .bind(aggregate_type)
             .bind(aggregate_id)
             .bind(sequences)
             .bind(column(|e| e.event_type.clone()))

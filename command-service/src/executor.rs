@@ -30,7 +30,7 @@ use crate::catch_up::CatchUp;
 use crate::directory::Services;
 use crate::error::{CommandError, DomainError};
 use crate::event_repository::EventRepository;
-use crate::read_set::ReadSet;
+use crate::read_set::{CheckedLedger, ReadSet};
 
 /// Attempts before a conflicting command is answered 409.
 const MAX_ATTEMPTS: u32 = 5;
@@ -50,7 +50,7 @@ pub struct CommandContext {
 pub struct Executor<A: Aggregate> {
     store: PersistedEventStore<EventRepository, A>,
     /// The same event store, for commits checked against what they were decided from.
-    commits: EventRepository,
+    commits: Arc<EventRepository>,
     cache: AggregateCache<A>,
     services: Services,
     wake: crate::relay::Wake,
@@ -69,7 +69,7 @@ where
     ) -> Self {
         Self {
             store: PersistedEventStore::new_event_store(EventRepository::new(pool.clone())),
-            commits: EventRepository::new(pool),
+            commits: Arc::new(EventRepository::new(pool)),
             cache: AggregateCache::new(catch_up),
             services,
             wake,
@@ -155,10 +155,18 @@ where
         let Some(directory) = self.services.directory.answering_from_cache(&reads) else {
             return Cached::Uncached;
         };
-        let services = Services { directory, spend: self.services.spend.clone() };
         let (mut aggregate, sequence) = (from.0.clone(), from.1);
-        let decided = self.decide(&mut aggregate, command, services, ctx).await;
         reads.note(A::TYPE, id, sequence);
+        let ledger = Arc::new(CheckedLedger::new(
+            self.services.spend.clone(),
+            reads.clone(),
+            self.commits.clone(),
+        ));
+        let services = Services { directory, spend: ledger.clone() };
+        let decided = self.decide(&mut aggregate, command, services, ctx).await;
+        if let Some(missed) = ledger.take_missed() {
+            return self.caught_up(id, from, missed).await;
+        }
         let (events, scope, refused) = match decided {
             Ok((events, scope)) => (events, scope, None),
             // Refused: answered once the states it was refused on prove current.
@@ -186,14 +194,7 @@ where
             Err(e) => return Cached::Answered(Err(AggregateError::from(e))),
         };
         if !newer.is_empty() {
-            metrics::counter!("commands_from_stale_cache_total", "aggregate" => A::TYPE)
-                .increment(1);
-            // The directory holds aggregates of its own (an organization command's lookups
-            // read the directory's copy of it): every event goes to both.
-            let own = newer.iter().filter(|e| e.aggregate_type == A::TYPE && e.aggregate_id == id);
-            self.cache.advance(id, Some(from), own.cloned().collect()).await;
-            self.services.directory.advance(newer).await;
-            return Cached::Stale;
+            return self.caught_up(id, from, newer).await;
         }
         metrics::counter!("commands_from_cache_total", "aggregate" => A::TYPE).increment(1);
         if let Some(refused) = refused {
@@ -205,6 +206,23 @@ where
         }
         let sequence = (sequence + written) as u64;
         Cached::Answered(Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence }))
+    }
+
+    /// A decision from `from` (a state of `id`) found stale: bring this instance's states up to
+    /// date with what they `missed`.
+    async fn caught_up(
+        &self,
+        id: &str,
+        from: Arc<(A, usize)>,
+        missed: Vec<SerializedEvent>,
+    ) -> Cached {
+        metrics::counter!("commands_from_stale_cache_total", "aggregate" => A::TYPE).increment(1);
+        // The directory holds aggregates of its own (an organization command's lookups read
+        // the directory's copy of it): every event goes to both.
+        let own = missed.iter().filter(|e| e.aggregate_type == A::TYPE && e.aggregate_id == id);
+        self.cache.advance(id, Some(from), own.cloned().collect()).await;
+        self.services.directory.advance(missed).await;
+        Cached::Stale
     }
 
     /// Load the aggregate (its cached state and the events since, or all its events) with the

@@ -3,14 +3,26 @@
 //!
 //! A command decides from the states this instance holds first (its aggregate, or a new one if
 //! the instance holds none, and the organization and workspace its directory questions are
-//! about), and its commit
-//! (`EventRepository::commit_if_current`) checks, in the same statement, that no aggregate of
-//! the set gained an event since: the decision stands only if everything it was made from was
-//! still current when the events were written, which is what reading first guaranteed, without
-//! the read. A stale set commits nothing, and the statement returns the events each aggregate
-//! missed, so the retry decides from current states without reading them again.
+//! about), and its commit (`EventRepository::commit_if_current`) checks, in the same statement,
+//! that no aggregate of the set gained an event since: the decision stands only if everything
+//! it was made from was still current when the events were written, which is what reading
+//! first guaranteed, without the read. A stale set commits nothing, and the statement returns
+//! the events each aggregate missed, so the retry decides from current states without reading
+//! them again.
+//!
+//! One thing a decision does before its commit: a prompt takes its rates and holds what its
+//! reply may cost (`crate::spend`). That is not done on a state not yet proven current
+//! (`CheckedLedger`): a hold taken on a stale state, for a prompt then refused on the current
+//! one, would stay until the sweep and count against everyone under the budget.
 
 use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cqrs_es::persist::SerializedEvent;
+
+use crate::error::DomainError;
+use crate::event_repository::EventRepository;
+use crate::spend::{Admission, SpendLedger};
 
 /// One aggregate as a decision knew it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +57,41 @@ impl ReadSet {
     /// Everything noted so far.
     pub fn known(&self) -> Vec<Known> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+/// The spend ledger of a decision made from cache: it admits only once the states noted so far
+/// prove current, and otherwise keeps what they missed for the executor (`take_missed`), which
+/// brings them up to date and decides again.
+pub struct CheckedLedger {
+    inner: Arc<dyn SpendLedger>,
+    reads: ReadSet,
+    events: Arc<EventRepository>,
+    missed: Mutex<Option<Vec<SerializedEvent>>>,
+}
+
+impl CheckedLedger {
+    pub fn new(inner: Arc<dyn SpendLedger>, reads: ReadSet, events: Arc<EventRepository>) -> Self {
+        Self { inner, reads, events, missed: Mutex::new(None) }
+    }
+
+    /// What the check before an admission found the noted states missed, if it found any.
+    pub fn take_missed(&self) -> Option<Vec<SerializedEvent>> {
+        self.missed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}
+
+#[async_trait]
+impl SpendLedger for CheckedLedger {
+    async fn admit(&self, admission: &Admission<'_>) -> Result<(), DomainError> {
+        let missed = self.events.newer_than(&self.reads.known()).await;
+        let missed = missed.map_err(|e| DomainError::Unavailable(e.to_string()))?;
+        if missed.is_empty() {
+            return self.inner.admit(admission).await;
+        }
+        *self.missed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(missed);
+        // (never answered: the executor decides again on the current states)
+        Err(DomainError::Unavailable("decided on a state that has changed".into()))
     }
 }
 

@@ -421,3 +421,40 @@ async fn holds_taken_on_twenty_connections_at_the_same_instant_never_overlap() {
     let taken = join_all(holds).await.into_iter().filter(|taken| *taken).count();
     assert_eq!(taken, 5);
 }
+
+/// A prompt sent through an instance that still holds its session as idle, while a reply sent
+/// through another instance runs, is refused as busy and holds nothing: the instance learns the
+/// session moved on before it takes any of the budget (a hold taken on the stale state would
+/// stay until the sweep, an hour later, and count against everyone under the budget).
+#[tokio::test]
+async fn a_prompt_refused_once_its_instance_caught_up_holds_nothing() {
+    let mut system = System::start().await;
+    let second = system.start_command(false).await;
+    system.command.push(second);
+    let o = priced_org(&system, &[]).await;
+    set_budget(&system, &o.org, org_budget(100.0, "month")).await;
+    let alice = system.token("alice").await;
+    let session = system.create_session(&alice, &o.ws.id).await;
+    let (status, accepted) = prompt_on(&system, 1, &alice, &session.id, "[[fake tokens=2]]").await;
+    assert_eq!(status, 202, "{accepted:?}");
+    idle(&system, &alice, &session.id, &accepted).await;
+    // Refused (nothing runs), which brings the second instance's copy up to date: idle.
+    let abort = format!("{}/session/{}/abort", system.command[1].url, session.id);
+    let refused = system.http.post(abort).bearer_auth(&alice).json(&json!({})).send().await;
+    assert_eq!(refused.unwrap().status(), 409);
+
+    let long = "[[fake tokens=100000 delay_ms=20]]";
+    let (status, running) = prompt_on(&system, 0, &alice, &session.id, long).await;
+    assert_eq!(status, 202, "{running:?}");
+    let (status, busy) = prompt_on(&system, 1, &alice, &session.id, "[[fake tokens=2]]").await;
+    assert_eq!(status, 409, "{busy:?}");
+    let db = system.db().await;
+    let held: Vec<String> = db
+        .query("SELECT message_id FROM spend_reservations WHERE session_id = $1", &[&session.id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(held, vec![running["assistantMessageID"].as_str().unwrap().to_owned()]);
+}
