@@ -169,6 +169,12 @@ where
         }
         let (events, scope, refused) = match decided {
             Ok((events, scope)) => (events, scope, None),
+            // A lookup failed: nothing was decided, and nothing to check.
+            Err(AggregateError::UserError(DomainError::Unavailable(reason))) => {
+                return Cached::Answered(Err(AggregateError::UserError(DomainError::Unavailable(
+                    reason,
+                ))));
+            }
             // Refused: answered once the states it was refused on prove current.
             Err(AggregateError::UserError(refused)) => {
                 (Vec::new(), aggregate.scope(), Some(refused))

@@ -85,6 +85,11 @@ fn command_reply(outcome: Result<Option<u64>, CommandError>) -> CommandReply {
         Ok(through) => CommandReply::Done { through },
         Err(CommandError::Domain(DomainError::AlreadyDone)) => CommandReply::AlreadyDone,
         Err(CommandError::Domain(DomainError::Superseded)) => CommandReply::Superseded,
+        // A lookup the decision needed failed (the database restarting): not a refusal, and
+        // the worker must ask again, not drop its reply.
+        Err(CommandError::Domain(DomainError::Unavailable(reason))) => {
+            CommandReply::Unavailable { reason }
+        }
         Err(CommandError::Domain(d)) => CommandReply::Rejected { reason: d.to_string() },
         Err(e) => CommandReply::Unavailable { reason: e.to_string() },
     }
@@ -133,5 +138,20 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
             done
         }
         Err(e) => command_reply(Err(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lookup_that_failed_is_asked_again_and_only_a_refusal_is_final() {
+        let failed = command_reply(Err(CommandError::Domain(DomainError::Unavailable(
+            "the database is restarting".into(),
+        ))));
+        assert!(matches!(failed, CommandReply::Unavailable { .. }), "{failed:?}");
+        let refused = command_reply(Err(CommandError::Domain(DomainError::NotFound)));
+        assert!(matches!(refused, CommandReply::Rejected { .. }), "{refused:?}");
     }
 }
