@@ -207,8 +207,10 @@ where
             return Cached::Answered(Err(AggregateError::UserError(refused)));
         }
         if written > 0 {
-            self.wake.committed();
+            // Remembered before the relay is woken: the reply to a prompt, reported here as soon
+            // as the prompt is published, then finds the prompt's state held.
             self.cache.remember(id, aggregate, sequence + written).await;
+            self.wake.committed();
         }
         let sequence = (sequence + written) as u64;
         Cached::Answered(Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence }))
@@ -256,8 +258,8 @@ where
         let metadata = event_metadata(&scope, ctx);
         let committed =
             self.store.commit(events, context, metadata).instrument(trace_step("commit")).await?;
-        self.wake.committed();
         self.cache.remember(id, state, state_sequence).await;
+        self.wake.committed();
         let sequence = committed.last().map_or(state_sequence, |e| e.sequence) as u64;
         Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence })
     }
