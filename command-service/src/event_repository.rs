@@ -17,21 +17,15 @@ use serde_json::Value;
 
 use crate::read_set::Known;
 
-/// Rows in the order given (so `position`, assigned as each row is inserted, follows the
-/// aggregate's sequence within a commit as it does across commits).
-const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-     SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json \
-     FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-         WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n) \
-     ORDER BY e.n";
-
-/// `INSERT_EVENTS` only if no aggregate of a decision's read set (`crate::read_set`: its own,
-/// and those its directory answered from) gained an event after the sequence it was read at;
-/// returns the events they gained (none: the events were written). Every part of one statement
-/// sees the same snapshot, so the check and the insert agree; a writer committing the same
-/// sequence meanwhile still meets the primary key. The insert runs whether or not the final
-/// `SELECT` reads it (a data-modifying `WITH` always does); the lateral subquery is the index
-/// scan of `crate::catch_up`'s read.
+/// A command's events, written only if no aggregate of its decision's read set
+/// (`crate::read_set`: its own, and those its directory answered from; none for the plain
+/// store's commits) gained an event after the sequence it was read at; returns the events they
+/// gained (none: the events were written). Every part of one statement sees the same snapshot,
+/// so the check and the insert agree; a writer committing the same sequence meanwhile still
+/// meets the primary key. The insert runs whether or not the final `SELECT` reads it (a
+/// data-modifying `WITH` always does); the lateral subquery is the index scan of
+/// `crate::catch_up`'s read. Rows go in the order given, so `position`, assigned as each row is
+/// inserted, follows the aggregate's sequence within a commit as it does across commits.
 const INSERT_EVENTS_IF_CURRENT: &str = "WITH newer AS ( \
          SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
              e.payload, e.metadata \
@@ -60,29 +54,15 @@ impl EventRepository {
         Self { reads: PostgresEventRepository::new(pool.clone()), pool }
     }
 
+    /// A commit of the plain event store (`persist`): the same statement, with nothing to check.
     async fn insert<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
     ) -> Result<(), PersistenceError> {
         let Some(first) = events.first() else { return Ok(()) };
-        let column = |f: fn(&SerializedEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
-        let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
-        sqlx::query(INSERT_EVENTS)
-            .bind(A::TYPE)
-            .bind(&first.aggregate_id)
-            .bind(sequences)
-            .bind(column(|e| e.event_type.clone()))
-            .bind(column(|e| e.event_version.clone()))
-            .bind(column(|e| e.payload.to_string()))
-            .bind(column(|e| e.metadata.to_string()))
-            .execute(&self.pool)
-            .await
-            .map_err(persistence_error)?;
-        Ok(())
+        self.commit_if_current_as(A::TYPE, &first.aggregate_id, events, &[]).await.map(|_| ())
     }
-}
 
-impl EventRepository {
     /// The events committed after what `known` holds (none: it is current).
     pub async fn newer_than(
         &self,

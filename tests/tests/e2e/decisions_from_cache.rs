@@ -29,22 +29,17 @@ async fn prompt_on(system: &System, url: &str, bearer: &str, session: &Created) 
 /// again once he is added back.
 #[tokio::test]
 async fn what_another_instance_committed_counts_at_once_for_a_decision_from_cache() {
-    let system = System::start().await;
-    let second = system.start_command(false).await;
-    let alice = system.token("alice").await;
-    let bob = system.token("bob").await;
-    let org = system.create_org(&alice, "Acme").await;
-    let ws = system.create_workspace(&alice, &org.id, "main").await;
-    let bob_id = system.add_member(&alice, &org.id, &bob, "member", Some(&ws.id)).await;
-    let path = format!("{}/workspace/{}/session", second.url, ws.id);
-    let created = system.http.post(path).bearer_auth(&bob).json(&json!({})).send().await.unwrap();
+    let t = crate::BobOnTwoInstances::start().await;
+    let (system, second, bob) = (&t.system, &t.second, t.bob.as_str());
+    let path = format!("{}/workspace/{}/session", second.url, t.ws.id);
+    let created = system.http.post(path).bearer_auth(bob).json(&json!({})).send().await.unwrap();
     assert_eq!(created.status(), 201);
     let body: Value = created.json().await.unwrap();
     let session = Created {
         id: body["id"].as_str().unwrap().to_owned(),
         token: body["consistencyToken"].as_str().unwrap().to_owned(),
     };
-    let mut stream = system.watch(&bob, &session).await;
+    let mut stream = system.watch(bob, &session).await;
     let stale = || system.metric(&second.ops_url, "commands_from_stale_cache_total");
 
     // Until a reply completed by the first instance has been followed by a prompt on the second.
@@ -52,7 +47,7 @@ async fn what_another_instance_committed_counts_at_once_for_a_decision_from_cach
     while stale().await.unwrap_or(0.0) == 0.0 {
         assert!(prompts < 40, "no reply was completed by the first instance in {prompts} prompts");
         assert_eq!(
-            prompt_on(&system, &second.url, &bob, &session).await,
+            prompt_on(system, &second.url, bob, &session).await,
             202,
             "a prompt on an idle session"
         );
@@ -61,15 +56,12 @@ async fn what_another_instance_committed_counts_at_once_for_a_decision_from_cach
     }
     assert!(system.metric(&second.ops_url, "commands_from_cache_total").await.unwrap_or(0.0) > 0.0);
 
-    let member = format!("{}/workspace/{}/member/{bob_id}", system.command_url(), ws.id);
-    let removed = system.http.delete(&member).bearer_auth(&alice).send().await.unwrap();
-    assert!(removed.status().is_success(), "{removed:?}");
+    t.set_bob_in_workspace(false).await;
     let before = stale().await.unwrap_or(0.0);
-    assert_eq!(prompt_on(&system, &second.url, &bob, &session).await, 403, "no longer a member");
+    assert_eq!(prompt_on(system, &second.url, bob, &session).await, 403, "no longer a member");
     assert!(stale().await.unwrap_or(0.0) > before, "the refusal came from the check");
 
-    let added = system.http.put(&member).bearer_auth(&alice).json(&json!({ "role": "member" }));
-    assert!(added.send().await.unwrap().status().is_success());
-    assert_eq!(prompt_on(&system, &second.url, &bob, &session).await, 202, "a member again");
+    t.set_bob_in_workspace(true).await;
+    assert_eq!(prompt_on(system, &second.url, bob, &session).await, 202, "a member again");
     stream.until(WAIT, is_idle).await;
 }

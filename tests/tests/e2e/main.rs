@@ -42,5 +42,51 @@ mod workspaces;
 
 use std::time::Duration;
 
+use e2e_tests::System;
+use e2e_tests::api::Created;
+use e2e_tests::system::Service;
+
 /// Generous bound for anything that normally takes milliseconds (CI machines are slow).
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Alice's organization and workspace with Bob a member of both, and a second command-service
+/// instance beside the system's first, for what one instance commits and another must see.
+pub struct BobOnTwoInstances {
+    // Field order is drop order: the second instance stops before the system.
+    pub second: Service,
+    pub system: System,
+    pub alice: String,
+    pub bob: String,
+    pub ws: Created,
+    bob_id: String,
+}
+
+impl BobOnTwoInstances {
+    pub async fn start() -> Self {
+        let system = System::start().await;
+        let second = system.start_command(false).await;
+        let alice = system.token("alice").await;
+        let bob = system.token("bob").await;
+        let org = system.create_org(&alice, "Acme").await;
+        let ws = system.create_workspace(&alice, &org.id, "main").await;
+        let bob_id = system.add_member(&alice, &org.id, &bob, "member", Some(&ws.id)).await;
+        Self { second, system, alice, bob, ws, bob_id }
+    }
+
+    /// Alice removes Bob from the workspace, or adds him back, through the first instance.
+    pub async fn set_bob_in_workspace(&self, member: bool) {
+        let url = format!(
+            "{}/workspace/{}/member/{}",
+            self.system.command_url(),
+            self.ws.id,
+            self.bob_id
+        );
+        let http = &self.system.http;
+        let request = match member {
+            true => http.put(url).json(&serde_json::json!({ "role": "member" })),
+            false => http.delete(url),
+        };
+        let done = request.bearer_auth(&self.alice).send().await.unwrap();
+        assert!(done.status().is_success(), "{done:?}");
+    }
+}
