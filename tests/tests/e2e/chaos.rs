@@ -158,8 +158,13 @@ impl Client {
                 }
                 // 409: the previous reply is not completed yet where this instance looks (its
                 // aggregate is behind), or this very prompt was accepted by a lost attempt;
-                // 503 and connection errors: an instance restarting.
+                // 503 and connection errors: an instance restarting. A 503 may be a lost answer
+                // too: the database can commit a statement and drop the connection before its
+                // reply (a restart), and the instance cannot tell.
                 Ok(r) if [409, 503].contains(&r.status().as_u16()) => {
+                    if r.status() == 503 {
+                        answer_lost.store(true, Ordering::Relaxed);
+                    }
                     match answer_lost.load(Ordering::Relaxed) {
                         true => self.reply_to(&id).await,
                         false => None,
