@@ -26,6 +26,9 @@ use crate::read_set::Known;
 /// data-modifying `WITH` always does); the lateral subquery is the index scan of
 /// `crate::catch_up`'s read. Rows go in the order given, so `position`, assigned as each row is
 /// inserted, follows the aggregate's sequence within a commit as it does across commits.
+/// Written events come back with their outbox position and time, and whether an earlier event
+/// of their aggregate was still in the outbox (the statement's snapshot does not see the rows
+/// its own trigger writes): if none was, they may be published at once (`crate::relay`).
 const INSERT_EVENTS_IF_CURRENT: &str = "WITH newer AS ( \
          SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
              e.payload, e.metadata \
@@ -41,8 +44,16 @@ const INSERT_EVENTS_IF_CURRENT: &str = "WITH newer AS ( \
              WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n) \
          WHERE NOT EXISTS (SELECT 1 FROM newer) \
          ORDER BY e.n \
-         RETURNING 1) \
-     SELECT * FROM newer ORDER BY aggregate_type, aggregate_id, sequence";
+         RETURNING position, recorded_at) \
+     SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
+         NULL::bigint AS position, NULL::bigint AS recorded_at_ms, NULL::bool AS behind_earlier \
+     FROM newer \
+     UNION ALL \
+     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, w.position, \
+         (extract(epoch FROM w.recorded_at) * 1000)::bigint, \
+         EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_type = $1 AND o.aggregate_id = $2) \
+     FROM written w \
+     ORDER BY aggregate_type, aggregate_id, sequence, position";
 
 pub struct EventRepository {
     reads: PostgresEventRepository,
@@ -68,19 +79,22 @@ impl EventRepository {
         &self,
         known: &[Known],
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.commit_if_current_as("", "", &[], known).await
+        Ok(match self.commit_if_current_as("", "", &[], known).await? {
+            Checked::Written(_) => Vec::new(),
+            Checked::Stale(newer) => newer,
+        })
     }
 
     /// Write `events` (of one aggregate of kind `A`, `aggregate_id`) only if nothing in `known`
-    /// changed since it was read: `Ok(vec![])` when written (or, with no events, when `known`
-    /// was current), else the events `known` missed, in order per aggregate, and nothing
-    /// written. A conflict with a writer of the same sequence meanwhile is the optimistic lock.
+    /// changed since it was read (or, with no events, check that `known` is current); else
+    /// write nothing and return the events `known` missed, in order per aggregate. A conflict
+    /// with a writer of the same sequence meanwhile is the optimistic lock.
     pub async fn commit_if_current<A: Aggregate>(
         &self,
         aggregate_id: &str,
         events: &[SerializedEvent],
         known: &[Known],
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    ) -> Result<Checked, PersistenceError> {
         self.commit_if_current_as(A::TYPE, aggregate_id, events, known).await
     }
 
@@ -90,29 +104,69 @@ impl EventRepository {
         aggregate_id: &str,
         events: &[SerializedEvent],
         known: &[Known],
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    ) -> Result<Checked, PersistenceError> {
         let column = |f: fn(&SerializedEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
         let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
         let known_sequences: Vec<i64> = known.iter().map(|k| k.sequence as i64).collect();
+        let (payloads, metadata) =
+            (column(|e| e.payload.to_string()), column(|e| e.metadata.to_string()));
+        let bytes = payloads.iter().chain(&metadata).map(String::len).sum();
         let rows = sqlx::query(INSERT_EVENTS_IF_CURRENT)
             .bind(aggregate_type)
             .bind(aggregate_id)
             .bind(sequences)
             .bind(column(|e| e.event_type.clone()))
             .bind(column(|e| e.event_version.clone()))
-            .bind(column(|e| e.payload.to_string()))
-            .bind(column(|e| e.metadata.to_string()))
+            .bind(&payloads)
+            .bind(&metadata)
             .bind(known.iter().map(|k| k.aggregate_type).collect::<Vec<_>>())
             .bind(known.iter().map(|k| k.aggregate_id.as_str()).collect::<Vec<_>>())
             .bind(known_sequences)
             .fetch_all(&self.pool)
             .await
             .map_err(persistence_error)?;
-        rows.iter()
-            .map(crate::catch_up::serialized)
-            .collect::<Result<_, _>>()
-            .map_err(persistence_error)
+        let mut checked = checked(&rows).map_err(persistence_error)?;
+        if let Checked::Written(written) = &mut checked {
+            written.bytes = bytes;
+        }
+        Ok(checked)
     }
+}
+
+/// What a checked commit did.
+#[derive(Debug)]
+pub enum Checked {
+    /// The events were written (or, with none, the states checked were current).
+    Written(Written),
+    /// Nothing was written: the events the checked states missed.
+    Stale(Vec<SerializedEvent>),
+}
+
+/// Where written events stand in the outbox.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Each event's outbox position and the time it was recorded (ms since the epoch), in order.
+    pub outbox: Vec<(i64, i64)>,
+    /// Whether an earlier event of the aggregate was still waiting in the outbox.
+    pub behind_earlier: bool,
+    /// The events' size as stored (payload and metadata).
+    pub bytes: usize,
+}
+
+fn checked(rows: &[sqlx::postgres::PgRow]) -> Result<Checked, sqlx::Error> {
+    use sqlx::Row;
+    let mut written = Written::default();
+    let mut newer = Vec::new();
+    for row in rows {
+        match row.try_get::<Option<i64>, _>("position")? {
+            Some(position) => {
+                written.outbox.push((position, row.try_get("recorded_at_ms")?));
+                written.behind_earlier |= row.try_get::<bool, _>("behind_earlier")?;
+            }
+            None => newer.push(crate::catch_up::serialized(row)?),
+        }
+    }
+    Ok(if newer.is_empty() { Checked::Written(written) } else { Checked::Stale(newer) })
 }
 
 /// As postgres-es classifies them: a unique violation is the optimistic lock; a lost or

@@ -19,6 +19,7 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
+use platform::stored_event::StoredEvent;
 use platform::telemetry::trace_step;
 use schemas::api::{ConsistencyToken, MAX_EVENT_BYTES};
 use schemas::envelope::metadata;
@@ -29,7 +30,7 @@ use crate::aggregates::Scoped;
 use crate::catch_up::CatchUp;
 use crate::directory::Services;
 use crate::error::{CommandError, DomainError};
-use crate::event_repository::EventRepository;
+use crate::event_repository::{Checked, EventRepository, Written};
 use crate::read_set::{CheckedLedger, ReadSet};
 
 /// Attempts before a conflicting command is answered 409.
@@ -181,7 +182,6 @@ where
             }
             Err(e) => return Cached::Answered(Err(e)),
         };
-        let written = events.len();
         let metadata = event_metadata(&scope, ctx);
         let envelopes = wrap::<A>(id, sequence, events, metadata);
         let serialized: Result<Vec<_>, _> =
@@ -195,24 +195,28 @@ where
             .commit_if_current::<A>(id, &serialized, &reads.known())
             .instrument(trace_step("commit"))
             .await;
-        let newer = match checked {
-            Ok(newer) => newer,
+        let written = match checked {
+            Ok(Checked::Written(written)) => written,
+            Ok(Checked::Stale(newer)) => return self.caught_up(id, from, newer).await,
             Err(e) => return Cached::Answered(Err(AggregateError::from(e))),
         };
-        if !newer.is_empty() {
-            return self.caught_up(id, from, newer).await;
-        }
         metrics::counter!("commands_from_cache_total", "aggregate" => A::TYPE).increment(1);
         if let Some(refused) = refused {
             return Cached::Answered(Err(AggregateError::UserError(refused)));
         }
-        if written > 0 {
-            // Remembered before the relay is woken: the reply to a prompt, reported here as soon
-            // as the prompt is published, then finds the prompt's state held.
-            self.cache.remember(id, aggregate, sequence + written).await;
-            self.wake.committed();
+        let count = serialized.len();
+        if count > 0 {
+            // Remembered before the relay gets the events: the reply to a prompt, reported here
+            // as soon as the prompt is published, then finds the prompt's state held.
+            self.cache.remember(id, aggregate, sequence + count).await;
+            if written.outbox.len() == count {
+                let events = published(serialized, &written);
+                self.wake.committed_events(events, written.bytes, written.behind_earlier);
+            } else {
+                self.wake.committed(); // (never: one row back per event written)
+            }
         }
-        let sequence = (sequence + written) as u64;
+        let sequence = (sequence + count) as u64;
         Cached::Answered(Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence }))
     }
 
@@ -314,6 +318,28 @@ enum Cached {
     Stale,
     /// The directory cannot answer from this instance's caches.
     Uncached,
+}
+
+/// `events` as the outbox holds them once `written`: each with its position, as the relay
+/// publishes it.
+fn published(events: Vec<SerializedEvent>, written: &Written) -> Vec<(i64, StoredEvent)> {
+    events
+        .into_iter()
+        .zip(&written.outbox)
+        .map(|(e, &(position, recorded_at_ms))| {
+            let event = StoredEvent {
+                aggregate_type: e.aggregate_type,
+                aggregate_id: e.aggregate_id,
+                sequence: e.sequence as i64,
+                event_type: e.event_type,
+                event_version: e.event_version,
+                payload: e.payload,
+                metadata: e.metadata,
+                recorded_at_ms,
+            };
+            (position, event)
+        })
+        .collect()
 }
 
 /// `events` as committed after `sequence`, each with `metadata` (as cqrs-es wraps them).

@@ -14,6 +14,13 @@
 //!   ends (the instance died, or froze: PostgreSQL closes a connection idle for `LEADER_IDLE`,
 //!   which the active relay, polling every `POLL`, never is). Holding the lock across batches
 //!   leaves a batch two statements (read, delete) instead of a transaction of five.
+//! - Handed its own instance's commits ([`Wake::committed_events`]): when this instance relays and
+//!   no earlier event of the committed aggregate was still in the outbox at commit (the commit's
+//!   statement says), the relay publishes the events as the command committed them, without
+//!   reading them back: nothing of their aggregate can still be waiting to go before them, and
+//!   one relay on one connection keeps every publish in order. Anything else (behind an earlier
+//!   event, the hand-off full, a hand-off older than [`HANDOFF_FRESH`], the lock lost) is read
+//!   from the outbox as before; a row read both ways is sent twice, and JetStream drops the copy.
 //! - Woken at commit ([`Wake`]): when the active relay is this instance's own, directly; else the
 //!   committing instance publishes `oc.sys.outbox` on core NATS, which every relay hears; a slow
 //!   poll covers lost wake-ups. (Not a PostgreSQL NOTIFY: a transaction that notifies takes one
@@ -34,7 +41,7 @@ use platform::stored_event::StoredEvent;
 use schemas::envelope::metadata;
 use schemas::subjects;
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Arbitrary but fixed: the advisory lock key that elects the active relay.
@@ -44,6 +51,21 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long PostgreSQL keeps a relay connection that sends nothing (`idle_session_timeout`):
 /// the longest a frozen relay keeps the outbox from the others.
 const LEADER_IDLE: Duration = Duration::from_secs(5);
+/// Bytes of events handed to the relay and not yet published, at most: beyond it, commits are
+/// read back from the outbox (a burst of large prompts cannot grow the instance's memory).
+const HANDOFF_BYTES: usize = 8 * 1024 * 1024;
+/// A hand-off older than this is not published from memory but read back from the outbox: long
+/// after its commit, JetStream's duplicate window is all that would keep a copy of it sent
+/// meanwhile from going in twice, and the outbox read needs none.
+const HANDOFF_FRESH: Duration = Duration::from_secs(1);
+
+/// Events committed by this instance, handed to its relay.
+struct Handoff {
+    events: Vec<(i64, StoredEvent)>,
+    at: Instant,
+    /// Its share of [`HANDOFF_BYTES`], given back when it is published or dropped.
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// Tells the relay, wherever it runs, that events were committed. Never makes a command wait.
 /// When this instance holds the relay's lock its relay is woken in process (a NATS round trip
@@ -57,11 +79,27 @@ pub struct Wake {
 }
 
 /// This instance's relay, as the commands of the instance see it.
-#[derive(Default)]
 struct LocalRelay {
     /// Holds the relay's lock (set and cleared by [`run`] only).
     active: AtomicBool,
     wake: Notify,
+    handoffs: mpsc::UnboundedSender<Handoff>,
+    /// Taken by [`run`] when it starts.
+    received: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Handoff>>>,
+    room: Arc<Semaphore>,
+}
+
+impl Default for LocalRelay {
+    fn default() -> Self {
+        let (handoffs, received) = mpsc::unbounded_channel();
+        Self {
+            active: AtomicBool::new(false),
+            wake: Notify::new(),
+            handoffs,
+            received: std::sync::Mutex::new(Some(received)),
+            room: Arc::new(Semaphore::new(HANDOFF_BYTES)),
+        }
+    }
 }
 
 impl Wake {
@@ -78,6 +116,28 @@ impl Wake {
             }
         });
         Self { to_bus, local: Arc::default() }
+    }
+
+    /// After a commit of `events` (with their outbox positions; `bytes` as stored),
+    /// `behind_earlier` if an earlier event of their aggregate was still in the outbox: handed
+    /// to this instance's relay when it may publish them at once, else as [`Wake::committed`].
+    pub fn committed_events(
+        &self,
+        events: Vec<(i64, StoredEvent)>,
+        bytes: usize,
+        behind_earlier: bool,
+    ) {
+        if behind_earlier || !self.local.active.load(Ordering::Acquire) {
+            return self.committed();
+        }
+        let room = u32::try_from(bytes)
+            .ok()
+            .and_then(|bytes| self.local.room.clone().try_acquire_many_owned(bytes.max(1)).ok());
+        let Some(room) = room else { return self.committed() };
+        let handoff = Handoff { events, at: Instant::now(), _room: room };
+        if self.local.handoffs.send(handoff).is_err() {
+            self.committed();
+        }
     }
 
     /// After a commit. Best effort: if it is lost, the relay's poll finds the events.
@@ -110,8 +170,17 @@ impl Drop for ActiveFlag {
 pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: CancellationToken) {
     let local = wake.local;
     let flag = ActiveFlag(local.clone());
+    let taken = local.received.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some(mut handoffs) = taken else {
+        tracing::error!("a second outbox relay in one instance; not started");
+        return;
+    };
     let mut wakes: Option<async_nats::Subscriber> = None;
     let mut relay: Option<Relay> = None;
+    let mut handed: Vec<Handoff> = Vec::new();
+    // Read the outbox at start, when woken, and at least every `POLL` (a lost wake-up).
+    let mut read_outbox = true;
+    let mut poll_at = tokio::time::Instant::now() + POLL;
     loop {
         if wakes.is_none() {
             wakes = js.client().subscribe(subjects::OUTBOX_WAKE).await.ok();
@@ -120,7 +189,19 @@ pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: Can
         if let Some(w) = wakes.as_mut() {
             while let Some(Some(_)) = w.next().now_or_never() {}
         }
-        if let Err(e) = drain(&pool, &js, &mut relay, &flag).await {
+        let mut result = Ok(());
+        if !handed.is_empty() {
+            match publish_handed(&mut relay, &js, std::mem::take(&mut handed)).await {
+                Ok(all) => read_outbox |= !all,
+                Err(e) => result = Err(e),
+            }
+        }
+        if result.is_ok() && (read_outbox || tokio::time::Instant::now() >= poll_at) {
+            read_outbox = false;
+            poll_at = tokio::time::Instant::now() + POLL;
+            result = drain(&pool, &js, &mut relay, &flag).await;
+        }
+        if let Err(e) = result {
             tracing::warn!(error = %e, "outbox relay failed; will retry");
             // A database error may have ended the connection: close it (giving the lock up, if
             // it was held) and start again. A bus error keeps it: the relay stays the relay and
@@ -129,15 +210,47 @@ pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: Can
                 relay = None;
                 flag.set(false);
             }
+            // The outbox is read again at the next wake-up or poll, not at once: the database
+            // or the bus is away.
+            poll_at = tokio::time::Instant::now() + POLL;
+            read_outbox = false;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = local.wake.notified() => {}
-            woke = wait(&mut wakes) => {
+            Some(first) = handoffs.recv() => {
+                handed.push(first);
+                while handed.len() < BATCH as usize {
+                    match handoffs.try_recv() {
+                        Ok(more) => handed.push(more),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = local.wake.notified() => read_outbox = true,
+            woke = wait(&mut wakes, poll_at) => {
+                read_outbox = true;
                 if !woke { wakes = None; }
             }
         }
     }
+}
+
+/// Publish what this instance's commands handed over, if this instance still relays. True if
+/// all of it went from memory; what did not (too old, or the lock lost since) is left to the
+/// outbox, for whichever relay holds the lock.
+async fn publish_handed(
+    relay: &mut Option<Relay>,
+    js: &jetstream::Context,
+    handed: Vec<Handoff>,
+) -> anyhow::Result<bool> {
+    let Some(relay) = relay.as_mut().filter(|r| r.active) else { return Ok(false) };
+    let (fresh, stale): (Vec<_>, Vec<_>) =
+        handed.into_iter().partition(|h| h.at.elapsed() < HANDOFF_FRESH);
+    let events: Vec<_> = fresh.into_iter().flat_map(|h| h.events).collect();
+    let handed = events.len() as u64;
+    publish(&mut relay.conn, js, events).await?;
+    metrics::counter!("outbox_handed_off_total").increment(handed);
+    Ok(stale.is_empty())
 }
 
 /// This instance's relay connection: its own, never the pool's (a session lock must not go back
@@ -184,10 +297,10 @@ async fn drain(
     Ok(())
 }
 
-/// Wait for a wake-up or the poll interval. False if the subscription ended.
-async fn wait(wakes: &mut Option<async_nats::Subscriber>) -> bool {
+/// Wait for a wake-up or the next poll. False if the subscription ended.
+async fn wait(wakes: &mut Option<async_nats::Subscriber>, poll_at: tokio::time::Instant) -> bool {
     match wakes {
-        Some(w) => match tokio::time::timeout(POLL, w.next()).await {
+        Some(w) => match tokio::time::timeout_at(poll_at, w.next()).await {
             Ok(Some(_)) | Err(_) => true,
             Ok(None) => {
                 tracing::warn!("outbox wake-up subscription ended");
@@ -195,14 +308,14 @@ async fn wait(wakes: &mut Option<async_nats::Subscriber>) -> bool {
             }
         },
         None => {
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep_until(poll_at).await;
             false
         }
     }
 }
 
-/// Publish up to one batch, on the connection holding the relay's lock. Returns how many
-/// events were published.
+/// Publish up to one batch read from the outbox, on the connection holding the relay's lock.
+/// Returns how many events were read.
 async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyhow::Result<usize> {
     let started = Instant::now();
     // The batch's outbox rows first, then each one's event by its key: a plain join let the
@@ -221,29 +334,48 @@ async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyh
     .bind(BATCH)
     .fetch_all(&mut *conn)
     .await?;
-    if rows.is_empty() {
-        return Ok(0);
+    let read = rows.len();
+    let events = rows
+        .iter()
+        .map(|row| {
+            let event = StoredEvent {
+                aggregate_type: row.try_get("aggregate_type")?,
+                aggregate_id: row.try_get("aggregate_id")?,
+                sequence: row.try_get("sequence")?,
+                event_type: row.try_get("event_type")?,
+                event_version: row.try_get("event_version")?,
+                payload: row.try_get("payload")?,
+                metadata: row.try_get("metadata")?,
+                recorded_at_ms: row.try_get("recorded_at_ms")?,
+            };
+            Ok((row.try_get::<i64, _>("position")?, event))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    publish(conn, js, events).await?;
+    metrics::histogram!("outbox_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    Ok(read)
+}
+
+/// Publish `events` (each with its outbox position) in order, wait for JetStream's acks, and
+/// delete their outbox rows.
+async fn publish(
+    conn: &mut PgConnection,
+    js: &jetstream::Context,
+    events: Vec<(i64, StoredEvent)>,
+) -> anyhow::Result<()> {
+    if events.is_empty() {
+        return Ok(());
     }
-    let mut positions = Vec::with_capacity(rows.len());
-    let mut acks = Vec::with_capacity(rows.len());
+    let mut positions = Vec::with_capacity(events.len());
+    let mut acks = Vec::with_capacity(events.len());
     // When each published event was recorded: its time in the outbox, once acknowledged.
-    let mut recorded = Vec::with_capacity(rows.len());
+    let mut recorded = Vec::with_capacity(events.len());
     // Spans of traced events, ended when their batch is acknowledged.
     let mut spans = Vec::new();
     // Room for the body under the server's payload limit, after the headers (the msg id).
     let room = js.client().server_info().max_payload.saturating_sub(1024);
-    for row in &rows {
-        let event = StoredEvent {
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-            event_type: row.try_get("event_type")?,
-            event_version: row.try_get("event_version")?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
-            recorded_at_ms: row.try_get("recorded_at_ms")?,
-        };
-        let position = row.try_get::<i64, _>("position")?;
+    for (position, event) in &events {
+        let position = *position;
         let (subject, envelope) = event.to_envelope()?;
         let body = serde_json::to_vec(&envelope)?;
         if body.len() > room {
@@ -291,8 +423,7 @@ async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyh
         .execute(&mut *conn)
         .await?;
     metrics::counter!("outbox_published_total").increment(positions.len() as u64);
-    metrics::histogram!("outbox_batch_duration_seconds").record(started.elapsed().as_secs_f64());
-    Ok(positions.len())
+    Ok(())
 }
 
 /// Record an event the relay will never publish (before its outbox row is deleted: a crash in

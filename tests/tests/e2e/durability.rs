@@ -141,6 +141,39 @@ async fn a_backlog_of_many_batches_reaches_the_bus_once_and_in_order_while_commi
     assert_bus_matches_store(&system).await;
 }
 
+/// Workspaces renamed through two instances at once, round after round: the relaying
+/// instance hands its commits to its relay from memory where nothing of the workspace still
+/// waits in the outbox, the other's (and those behind an earlier event) are read from the
+/// outbox. Either way every event reaches the bus once, each aggregate's in order.
+#[tokio::test]
+async fn commits_handed_to_the_relay_and_read_from_the_outbox_reach_the_bus_once_and_in_order() {
+    let system = System::start().await;
+    let second = system.start_command(false).await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Acme").await;
+    let mut workspaces = Vec::new();
+    for i in 0..4 {
+        workspaces.push(system.create_workspace(&alice, &org.id, &format!("w{i}")).await.id);
+    }
+    let rename = |url: &str, ws: &str, name: String| {
+        let req = system.http.patch(format!("{url}/workspace/{ws}")).bearer_auth(&alice);
+        let req = req.json(&serde_json::json!({ "name": name }));
+        async move { req.send().await.expect("command service reachable").status() }
+    };
+    let instances = [system.command_url().to_owned(), second.url.clone()];
+    for round in 0..25 {
+        let renames = workspaces.iter().flat_map(|ws| {
+            instances.iter().enumerate().map(move |(i, url)| (url, ws, format!("{ws} {round} {i}")))
+        });
+        for status in futures::future::join_all(renames.map(|(u, w, n)| rename(u, w, n))).await {
+            assert!(status.is_success(), "renamed: {status}");
+        }
+    }
+    assert_bus_matches_store(&system).await;
+    let handed = system.metric(&system.command[0].ops_url, "outbox_handed_off_total").await;
+    assert!(handed.unwrap_or(0.0) > 0.0, "some commits went to the relay from memory");
+}
+
 /// `n` new sessions in workspace `ws`, sixteen requests at a time.
 async fn create_sessions(system: &System, bearer: &str, ws: &str, n: usize) {
     futures::stream::iter(0..n)
