@@ -189,6 +189,9 @@ pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: Can
         if let Some(w) = wakes.as_mut() {
             while let Some(Some(_)) = w.next().now_or_never() {}
         }
+        // Everything handed over so far goes first: a row the outbox read finds while its
+        // hand-off still waits here would be sent twice.
+        take_handed(&mut handoffs, &mut handed);
         let mut result = Ok(());
         if !handed.is_empty() {
             match publish_handed(&mut relay, &js, std::mem::take(&mut handed)).await {
@@ -217,20 +220,22 @@ pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: Can
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            Some(first) = handoffs.recv() => {
-                handed.push(first);
-                while handed.len() < BATCH as usize {
-                    match handoffs.try_recv() {
-                        Ok(more) => handed.push(more),
-                        Err(_) => break,
-                    }
-                }
-            }
+            Some(first) = handoffs.recv() => handed.push(first),
             _ = local.wake.notified() => read_outbox = true,
             woke = wait(&mut wakes, poll_at) => {
                 read_outbox = true;
                 if !woke { wakes = None; }
             }
+        }
+    }
+}
+
+/// Add what is waiting in `handoffs` to `handed`, up to a batch.
+fn take_handed(handoffs: &mut mpsc::UnboundedReceiver<Handoff>, handed: &mut Vec<Handoff>) {
+    while handed.len() < BATCH as usize {
+        match handoffs.try_recv() {
+            Ok(more) => handed.push(more),
+            Err(_) => return,
         }
     }
 }
