@@ -3,8 +3,9 @@
 //! concurrency level (`OC_BENCH_LEVELS`, default 1, 10, 50 and 200) that many sessions
 //! streaming replies at once, and a burst of that many new sessions, each created, its stream
 //! opened and prompted at the same instant; each beside the floor, as many requests straight to
-//! the fake provider at the same instant (time to its first text). The fake provider answers at
-//! once, so first delta minus the floor is the pipeline's own overhead.
+//! the fake provider at the same instant (time to its first text; rounds of them, 30 requests
+//! or more). The fake provider answers at once, so first delta minus the floor is the
+//! pipeline's own overhead.
 //! Run with `make bench` (release binaries); prints one line per scenario.
 
 use std::time::{Duration, Instant};
