@@ -14,13 +14,16 @@
 //!   ends (the instance died, or froze: PostgreSQL closes a connection idle for `LEADER_IDLE`,
 //!   which the active relay, polling every `POLL`, never is). Holding the lock across batches
 //!   leaves a batch two statements (read, delete) instead of a transaction of five.
-//! - Handed its own instance's commits ([`Wake::committed_events`]): when this instance relays and
-//!   no earlier event of the committed aggregate was still in the outbox at commit (the commit's
-//!   statement says), the relay publishes the events as the command committed them, without
+//! - Handed its own instance's commits ([`Wake::committed_events`]): when this instance relays,
+//!   its relay is idle, and no earlier event of the committed aggregate was still in the outbox
+//!   at commit (the commit's statement says), the relay publishes the events as the command
+//!   committed them, without
 //!   reading them back: nothing of their aggregate can still be waiting to go before them, and
 //!   one relay on one connection keeps every publish in order. Anything else (behind an earlier
-//!   event, the hand-off full, a hand-off older than [`HANDOFF_FRESH`], the lock lost) is read
-//!   from the outbox as before; a row read both ways is sent twice, and JetStream drops the copy.
+//!   event, the relay busy, the hand-off full, a hand-off older than [`HANDOFF_FRESH`], the lock
+//!   lost) is read from the outbox as before: under load that read takes everything committed
+//!   meanwhile in one batch, which costs fewer statements and acks than hand-offs one by one.
+//!   A row read both ways is sent twice, and JetStream drops the copy.
 //! - Woken at commit ([`Wake`]): when the active relay is this instance's own, directly; else the
 //!   committing instance publishes `oc.sys.outbox` on core NATS, which every relay hears; a slow
 //!   poll covers lost wake-ups. (Not a PostgreSQL NOTIFY: a transaction that notifies takes one
@@ -82,6 +85,9 @@ pub struct Wake {
 struct LocalRelay {
     /// Holds the relay's lock (set and cleared by [`run`] only).
     active: AtomicBool,
+    /// Sending or reading right now (set and cleared by [`run`] only): commits meanwhile are
+    /// left to its next outbox read, which takes them in one batch.
+    busy: AtomicBool,
     wake: Notify,
     handoffs: mpsc::UnboundedSender<Handoff>,
     /// Taken by [`run`] when it starts.
@@ -94,6 +100,7 @@ impl Default for LocalRelay {
         let (handoffs, received) = mpsc::unbounded_channel();
         Self {
             active: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             wake: Notify::new(),
             handoffs,
             received: std::sync::Mutex::new(Some(received)),
@@ -127,7 +134,9 @@ impl Wake {
         bytes: usize,
         behind_earlier: bool,
     ) {
-        if behind_earlier || !self.local.active.load(Ordering::Acquire) {
+        let idle =
+            self.local.active.load(Ordering::Acquire) && !self.local.busy.load(Ordering::Acquire);
+        if behind_earlier || !idle {
             return self.committed();
         }
         let room = u32::try_from(bytes)
@@ -189,6 +198,7 @@ pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: Can
         if let Some(w) = wakes.as_mut() {
             while let Some(Some(_)) = w.next().now_or_never() {}
         }
+        local.busy.store(true, Ordering::Release);
         // Everything handed over so far goes first: a row the outbox read finds while its
         // hand-off still waits here would be sent twice.
         take_handed(&mut handoffs, &mut handed);
@@ -218,6 +228,7 @@ pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: Can
             poll_at = tokio::time::Instant::now() + POLL;
             read_outbox = false;
         }
+        local.busy.store(false, Ordering::Release);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(first) = handoffs.recv() => handed.push(first),
