@@ -18,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("rebuild") => {
             platform::db::migrate(&common.database_url).await?;
-            let done = projector::rebuild::rebuild(&platform::db::pool(&common)?).await?;
+            let done =
+                projector::rebuild::rebuild(&platform::db::keyed_batch_pool(&common)?).await?;
             println!("rebuilt read models from {} events; parked {}", done.applied, done.parked);
             if done.parked > 0 {
                 println!("parked events are listed by `projector parked`");

@@ -28,8 +28,12 @@ pub async fn run(
     cfg: ProjectorConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let platform::startup::Foundation { metrics, db: pool, nats, js, .. } =
+    let platform::startup::Foundation { metrics, nats, js, .. } =
         platform::startup::foundation(&common, "projector").await?;
+    // Every statement of the projector joins a batch of keys to the read models: its own pool's
+    // connections plan them as index probes (`platform::db::KEYED_BATCH_PLANS`). The
+    // foundation's pool connects lazily and is left unused.
+    let pool = platform::db::keyed_batch_pool(&common)?;
     let ready = http::readiness(pool.clone(), nats);
     let spec = http::ServerSpec {
         ops_listener: None,

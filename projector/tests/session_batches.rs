@@ -142,8 +142,14 @@ fn model() -> ModelRef {
     ModelRef { provider_id: "fake".into(), model_id: "fake-1".into() }
 }
 
-/// A fresh database with the migrations applied; dropped with the returned guard.
+/// A fresh database with the migrations applied, connected as the projector connects; dropped
+/// with the returned guard.
 async fn database() -> (Pool, Dropped) {
+    database_with(platform::db::KEYED_BATCH_PLANS).await
+}
+
+/// The same, with `options` (server settings) for its connections.
+async fn database_with(options: &str) -> (Pool, Dropped) {
     let admin_url = std::env::var("OC_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name =
@@ -152,7 +158,8 @@ async fn database() -> (Pool, Dropped) {
     let (base, _) = admin_url.rsplit_once('/').expect("a URL ending in a database name");
     let url = format!("{base}/{name}");
     platform::db::migrate(&url).await.expect("migrations");
-    let config: tokio_postgres::Config = url.parse().unwrap();
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.options(options);
     let pool = Pool::builder(Manager::new(config, NoTls)).max_size(2).build().unwrap();
     (pool, Dropped { admin_url, name })
 }
@@ -281,4 +288,55 @@ async fn a_batch_of_session_events_projects_as_they_do_one_at_a_time() {
     assert!(requests.contains(&(1, true)), "the reply on the member's own connection: {usage:?}");
     assert_eq!(usage.len(), 3, "the day before and after midnight, the own key apart: {usage:?}");
     assert!(requests.contains(&(3, false)), "the earlier reply and two of the batch: {usage:?}");
+}
+
+/// Times each read model was read whole, by the statistics this connection has sent.
+async fn table_scans(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
+    // This backend's counts go out when it is next idle; the next statement sees them.
+    client.execute("SELECT pg_stat_force_next_flush()", &[]).await.unwrap();
+    let rows = client
+        .query(
+            "SELECT relname::text, seq_scan FROM pg_stat_user_tables \
+             WHERE relname IN ('rm_sessions', 'rm_messages', 'rm_positions', 'rm_usage') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+/// Planned while the read models were empty and kept as they grow (a connection may keep one
+/// generic plan per statement: forced here so the test does not hang on when it would), a
+/// batch still finds its rows by their keys instead of reading whole tables.
+#[tokio::test]
+async fn batches_find_their_rows_by_key_with_plans_made_while_the_tables_were_empty() {
+    let options =
+        format!("{} -c plan_cache_mode=force_generic_plan", platform::db::KEYED_BATCH_PLANS);
+    let (pool, _dropped) = database_with(&options).await;
+    let mut client = pool.get().await.unwrap();
+    let mut ev = Events::new();
+    let before = table_scans(&client).await;
+    for _ in 0..20 {
+        let mut batch = Vec::new();
+        for _ in 0..20 {
+            let session = SessionId::new();
+            batch.push(ev.created(&session));
+            batch.push(ev.status(&session, SessionStatus::Busy));
+            let (prompt, reply) = ev.prompted(&session, "hello");
+            batch.push(prompt);
+            batch.push(ev.completed(&session, &reply, "hi", None, FinishReason::Stop));
+            batch.push(ev.status(&session, SessionStatus::Idle));
+        }
+        let refs: Vec<&Envelope<Value>> = batch.iter().collect();
+        let tx = client.transaction().await.unwrap();
+        assert!(projection::apply_pipelined(&tx, &refs).await.unwrap(), "applied as one batch");
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(table_scans(&client).await, before, "read models read whole by a batch");
+    let completed: i64 = client
+        .query_one("SELECT count(*) FROM rm_messages WHERE info ? 'finish'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(completed, 400, "every reply completed in its row");
 }
