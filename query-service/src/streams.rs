@@ -2,11 +2,18 @@
 //! stream holds a lease in `stream_leases` (migrations/0014…), taken under a per-user lock,
 //! renewed by this instance while the stream lives, and given back when it ends. A crashed
 //! instance's leases lapse after `LEASE_TTL`.
+//!
+//! The takes of streams opened together go out as one statement (`platform::batching`). Taken
+//! one by one, each take held a pooled connection while it waited for its user's lock, which is
+//! held through the commit of the take before it: a user opening many streams at once queued
+//! them one commit at a time and filled the pool that every user's requests share. Batched,
+//! one user's takes wait at their own gate holding nothing, and a burst is a few commits.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use platform::batching::{BatchLimits, Batcher};
 use platform::limits::Exceeded;
 use platform::problem::Problem;
 use schemas::ids::UserId;
@@ -21,9 +28,33 @@ pub struct StreamLeases {
     db: deadpool_postgres::Pool,
     /// Streams one user may hold open at once.
     cap: u32,
+    takes: Batcher<Take, Result<bool, Problem>>,
     /// This instance's live leases, to renew.
     live: Mutex<HashSet<String>>,
 }
+
+/// One stream's take: its lease's id, and whose it is.
+struct Take {
+    lease: String,
+    owner: String,
+}
+
+/// Two statements at once (of the pool's connections), 256 takes in one at most, 4,096
+/// waiting, 16 of one user's at once; beyond, a take waits for its turn and room as long as for
+/// a connection (then 503).
+const TAKES: BatchLimits = BatchLimits {
+    in_flight: 2,
+    max_batch: 256,
+    queue: 4096,
+    per_key: 16,
+    queue_wait: Duration::from_secs(3),
+};
+
+/// Each take's answer, in the order given. The takes come sorted by user, so two batches
+/// running at once (on any instances) take the users' locks in the same order and cannot
+/// deadlock; a user's later take in a batch counts the leases its earlier ones inserted.
+const TAKE_ALL: &str = "SELECT stream_lease_take(t.lease, t.owner, $3, make_interval(secs => $4)) \
+     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(lease, owner, n) ORDER BY t.n";
 
 /// One open stream's lease; given back when dropped.
 pub struct Lease {
@@ -32,8 +63,12 @@ pub struct Lease {
 }
 
 impl StreamLeases {
+    /// Leases on `db`, at most `cap` per user; starts the batching task (which ends when the
+    /// last handle is dropped).
     pub fn new(db: deadpool_postgres::Pool, cap: u32) -> Arc<Self> {
-        Arc::new(Self { db, cap, live: Mutex::default() })
+        let pool = db.clone();
+        let takes = Batcher::start(TAKES, move |takes| take_all(pool.clone(), cap, takes));
+        Arc::new(Self { db, cap, takes, live: Mutex::default() })
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -44,13 +79,12 @@ impl StreamLeases {
     /// A lease for one more stream of `user`, or 429 if they hold the most already.
     pub async fn take(self: &Arc<Self>, user: &UserId) -> Result<Lease, Problem> {
         let id = schemas::ids::RequestId::new().to_string();
-        let db = self.db.get().await?;
-        let stmt = db
-            .prepare_cached("SELECT stream_lease_take($1, $2, $3, make_interval(secs => $4))")
-            .await?;
-        let cap = i32::try_from(self.cap).unwrap_or(i32::MAX);
-        let ttl = LEASE_TTL.as_secs_f64();
-        let taken: bool = db.query_one(&stmt, &[&id, &user.as_str(), &cap, &ttl]).await?.get(0);
+        let take = Take { lease: id.clone(), owner: user.to_string() };
+        let taken = self
+            .takes
+            .ask(user.as_str(), take)
+            .await
+            .map_err(|e| Problem::unavailable(e.to_string()))??;
         if !taken {
             return Err(Exceeded {
                 limit: "concurrent-streams",
@@ -89,6 +123,40 @@ impl StreamLeases {
                 tracing::warn!(error = %e, "cannot renew stream leases; will retry");
             }
         }
+    }
+}
+
+/// One statement for `takes`, answered in their order.
+async fn take_all(
+    db: deadpool_postgres::Pool,
+    cap: u32,
+    takes: Vec<Take>,
+) -> Vec<Result<bool, Problem>> {
+    // By user, and within a user in the order asked (a stable sort).
+    let mut order: Vec<usize> = (0..takes.len()).collect();
+    order.sort_by(|a, b| takes[*a].owner.cmp(&takes[*b].owner));
+    let leases: Vec<&str> = order.iter().map(|i| takes[*i].lease.as_str()).collect();
+    let owners: Vec<&str> = order.iter().map(|i| takes[*i].owner.as_str()).collect();
+    let cap = i32::try_from(cap).unwrap_or(i32::MAX);
+    let taken = async {
+        let db = db.get().await?;
+        let stmt = db.prepare_cached(TAKE_ALL).await?;
+        let rows = db.query(&stmt, &[&leases, &owners, &cap, &LEASE_TTL.as_secs_f64()]).await?;
+        Ok::<_, Problem>(rows.iter().map(|r| r.get::<_, bool>(0)).collect::<Vec<_>>())
+    };
+    match taken.await {
+        Ok(taken) if taken.len() == takes.len() => {
+            let mut answers = vec![false; takes.len()];
+            for (taken, i) in taken.into_iter().zip(order) {
+                answers[i] = taken;
+            }
+            answers.into_iter().map(Ok).collect()
+        }
+        Ok(_) => takes
+            .iter()
+            .map(|_| Err(Problem::internal(&"a stream lease take went unanswered")))
+            .collect(),
+        Err(e) => takes.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 

@@ -47,6 +47,13 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
     let projector_before = histogram(system, &projector, "projector_batch_duration_seconds").await;
     let event_by_event_before =
         counter(system, &projector, "projector_batches_event_by_event_total").await;
+    let worker = system.workers[0].ops_url.clone();
+    let reads =
+        ["history_read_seconds_count", "first_prompts_unread_total", "later_prompts_unread_total"];
+    let mut reads_before = Vec::new();
+    for name in reads {
+        reads_before.push(counter(system, &worker, name).await);
+    }
     let cpu_before = cpu_by_process(system);
     let started = Instant::now();
     let clients = sessions.chunks(SESSIONS_PER_CLIENT).map(|mine| async move {
@@ -128,6 +135,14 @@ async fn accepted_per_second(system: &System, bearer: &str, ws: &str) {
         count(&projector_after) - count(&projector_before),
         counter(system, &projector, "projector_batches_event_by_event_total").await
             - event_by_event_before
+    );
+    let mut during = Vec::new();
+    for (name, before) in reads.iter().zip(reads_before) {
+        during.push(counter(system, &worker, name).await - before);
+    }
+    println!(
+        "  the worker read {} conversations, and answered {} first and {} later prompts without a read",
+        during[0], during[1], during[2]
     );
 }
 

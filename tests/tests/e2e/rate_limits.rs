@@ -138,3 +138,33 @@ async fn a_user_holds_a_limited_number_of_streams_across_instances() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn streams_opened_all_at_once_on_two_instances_get_exactly_the_cap() {
+    let system = System::start_with(limited(&[("OC_SSE_STREAMS_PER_USER", "5")])).await;
+    let alice = system.token("alice").await;
+    let (_, _, session) = system.session_for("alice").await;
+    // Twenty at once, ten on each instance: their takes go out together, several in one
+    // statement, and a user's later take must count the leases of the earlier ones.
+    let opens = (0..20).map(|i| {
+        let url = system.stream_url(i % 2, &session);
+        let alice = alice.clone();
+        async move { SseClient::connect(&url, &alice, None).await }
+    });
+    let opened = futures::future::join_all(opens).await;
+    let mut refused = 0;
+    for open in &opened {
+        if let Err((status, body)) = open {
+            assert_eq!(
+                (*status, &body["type"]),
+                (429, &json!("urn:oc:problem:concurrent-streams"))
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 15, "five streams open, the other fifteen refused");
+    // Bob's stream is his own.
+    let bob = system.token("bob").await;
+    let (_, _, bobs) = system.session_for("bob").await;
+    let _bob_stream = system.watch(&bob, &bobs).await;
+}
