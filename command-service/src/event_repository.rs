@@ -125,11 +125,7 @@ impl EventRepository {
             .fetch_all(&self.pool)
             .await
             .map_err(persistence_error)?;
-        let mut checked = checked(&rows).map_err(persistence_error)?;
-        if let Checked::Written(written) = &mut checked {
-            written.bytes = bytes;
-        }
-        Ok(checked)
+        checked(&rows, bytes).map_err(persistence_error)
     }
 }
 
@@ -153,9 +149,10 @@ pub struct Written {
     pub bytes: usize,
 }
 
-fn checked(rows: &[sqlx::postgres::PgRow]) -> Result<Checked, sqlx::Error> {
+/// The commit statement's rows, for events of `bytes` as stored.
+fn checked(rows: &[sqlx::postgres::PgRow], bytes: usize) -> Result<Checked, sqlx::Error> {
     use sqlx::Row;
-    let mut written = Written::default();
+    let mut written = Written { bytes, ..Written::default() };
     let mut newer = Vec::new();
     for row in rows {
         match row.try_get::<Option<i64>, _>("position")? {

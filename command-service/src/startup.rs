@@ -62,7 +62,7 @@ impl Application {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let platform::startup::Foundation { metrics, db: pool, nats, js, .. } =
-            platform::startup::foundation(&common, "command-service").await?;
+            platform::startup::foundation(&common, "command-service", platform::db::pool).await?;
         // Besides the deadpool pool (identity, readiness): sqlx for the event store (postgres-es).
         // sqlx pings a connection when it is returned to the pool; pinging it again when it is
         // taken would put a round trip in front of every statement (as deadpool's `Fast`

@@ -18,7 +18,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let platform::startup::Foundation { metrics, db: pool, nats, nats_losses, js } =
-        platform::startup::foundation(&common, "llm-worker").await?;
+        platform::startup::foundation(&common, "llm-worker", platform::db::pool).await?;
     let ready = http::readiness(pool.clone(), nats.clone());
     let spec = http::ServerSpec {
         ops_listener: None,

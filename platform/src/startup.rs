@@ -16,17 +16,23 @@ pub struct Foundation {
     pub js: async_nats::jetstream::Context,
 }
 
-/// Migrate (if configured), install the metrics recorder labelled `service`, and connect.
-/// Connections are lazy or retried, so this succeeds while dependencies are still starting.
+/// Which pool a service's statements want (see `db`): the plain one, or the one planned for
+/// batches of keys.
+pub type PoolFor = fn(&CommonConfig) -> anyhow::Result<deadpool_postgres::Pool>;
+
+/// Migrate (if configured), install the metrics recorder labelled `service`, and connect, to
+/// PostgreSQL with `pool` (`db::pool` for most). Connections are lazy or retried, so this
+/// succeeds while dependencies are still starting.
 pub async fn foundation(
     common: &CommonConfig,
     service: &'static str,
+    pool: PoolFor,
 ) -> anyhow::Result<Foundation> {
     if common.run_migrations {
         db::migrate_with_retry(&common.database_url, 30).await?;
     }
     let metrics = crate::telemetry::init_metrics(service)?;
-    let db = db::pool(common)?;
+    let db = pool(common)?;
     let (nats, nats_losses) = bus::connect(common, service).await?;
     bus::report_traffic(&nats);
     let js = bus::jetstream(nats.clone());

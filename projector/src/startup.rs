@@ -28,12 +28,11 @@ pub async fn run(
     cfg: ProjectorConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let platform::startup::Foundation { metrics, nats, js, .. } =
-        platform::startup::foundation(&common, "projector").await?;
-    // Every statement of the projector joins a batch of keys to the read models: its own pool's
-    // connections plan them as index probes (`platform::db::KEYED_BATCH_PLANS`). The
-    // foundation's pool connects lazily and is left unused.
-    let pool = platform::db::keyed_batch_pool(&common)?;
+    // Every statement of the projector joins a batch of keys to the read models: its pool's
+    // connections plan them as index probes (`platform::db::KEYED_BATCH_PLANS`).
+    let batch_pool = platform::db::keyed_batch_pool;
+    let platform::startup::Foundation { metrics, db: pool, nats, js, .. } =
+        platform::startup::foundation(&common, "projector", batch_pool).await?;
     let ready = http::readiness(pool.clone(), nats);
     let spec = http::ServerSpec {
         ops_listener: None,

@@ -94,7 +94,7 @@ impl Application {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let platform::startup::Foundation { metrics, db: identity, nats, nats_losses, js } =
-            platform::startup::foundation(&common, "query-service").await?;
+            platform::startup::foundation(&common, "query-service", platform::db::pool).await?;
         // Tenant reads: their own role and pool (see `platform::db::reader_pool`).
         let pool = db::reader_pool(
             &common,
