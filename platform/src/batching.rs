@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::problem::Problem;
+
 mod joining;
 pub use joining::JoiningBatcher;
 
@@ -98,6 +100,37 @@ impl<W: Send + 'static, A: Send + 'static> Batcher<W, A> {
         };
         answer.await.map_err(|_| BatchError::Stopped)
     }
+}
+
+/// Runs one statement for a batch of requests that lock rows or keys, and answers each in the
+/// order given. `run` gets the requests sorted by `key` (a stable sort: one key's in the order
+/// asked), so batches running at once, on any instance, take their keys' locks in one order and
+/// cannot deadlock; it must answer each sorted request, in that order.
+pub async fn in_key_order<'w, W, T, Fut>(
+    wants: &'w [W],
+    key: impl Fn(&W) -> &str,
+    run: impl FnOnce(Vec<&'w W>) -> Fut,
+) -> Vec<Result<T, Problem>>
+where
+    Fut: Future<Output = Result<Vec<T>, Problem>>,
+{
+    let mut order: Vec<usize> = (0..wants.len()).collect();
+    order.sort_by(|a, b| key(&wants[*a]).cmp(key(&wants[*b])));
+    match run(order.iter().map(|i| &wants[*i]).collect()).await {
+        Ok(answers) if answers.len() == wants.len() => {
+            let mut placed: Vec<Option<T>> = wants.iter().map(|_| None).collect();
+            for (answer, i) in answers.into_iter().zip(order) {
+                placed[i] = Some(answer);
+            }
+            placed.into_iter().map(|a| a.ok_or_else(unanswered)).collect()
+        }
+        Ok(_) => wants.iter().map(|_| Err(unanswered())).collect(),
+        Err(e) => wants.iter().map(|_| Err(e.clone())).collect(),
+    }
+}
+
+fn unanswered() -> Problem {
+    Problem::internal(&"a batched request went unanswered")
 }
 
 /// Take the requests that came, one batch at a time per free slot. The slot is taken before the
@@ -202,5 +235,32 @@ mod tests {
         let first = &batches[0];
         assert!(first.contains(&"other"), "the other key rode in the first batch: {first:?}");
         assert!(first.iter().filter(|w| **w == "flood").count() <= 2, "{first:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_runs_in_key_order_and_answers_in_the_order_asked() {
+        let wants = [("b", 1), ("a", 2), ("b", 3), ("a", 4)];
+        let answers = in_key_order(
+            &wants,
+            |w| w.0,
+            |sorted| async move {
+                let seen: Vec<i32> = sorted.iter().map(|w| w.1).collect();
+                assert_eq!(seen, [2, 4, 1, 3], "by key, each key's in the order asked");
+                Ok(sorted.iter().map(|w| w.1 * 10).collect())
+            },
+        )
+        .await;
+        let answers: Vec<i32> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, [10, 20, 30, 40]);
+
+        let short = in_key_order(&wants, |w| w.0, |_| async { Ok(vec![1]) }).await;
+        assert!(short.iter().all(Result::is_err), "a missing answer fails every request");
+        let failed = in_key_order::<_, i32, _>(
+            &wants,
+            |w| w.0,
+            |_| async { Err(Problem::unavailable("down")) },
+        )
+        .await;
+        assert!(failed.iter().all(Result::is_err), "a failed statement fails every request");
     }
 }

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::batching::{BatchLimits, Batcher};
+use crate::batching::{BatchLimits, Batcher, in_key_order};
 use crate::problem::Problem;
 
 /// So many per minute, with bursts of up to `burst` at once.
@@ -139,36 +139,26 @@ impl RateTakes {
     }
 }
 
-/// One statement for `takes`, answered in their order.
+/// One statement for `takes`, answered in their order (taken in key order).
 async fn take_all(
     db: deadpool_postgres::Pool,
     takes: Vec<Take>,
 ) -> Vec<Result<Option<Refused>, Problem>> {
-    // Key order, and within a key the order asked (a stable sort).
-    let mut order: Vec<usize> = (0..takes.len()).collect();
-    order.sort_by(|a, b| takes[*a].key.cmp(&takes[*b].key));
-    let keys: Vec<&str> = order.iter().map(|i| takes[*i].key.as_str()).collect();
-    let costs: Vec<f64> = order.iter().map(|i| takes[*i].cost).collect();
-    let windows: Vec<f64> = order.iter().map(|i| takes[*i].window).collect();
-    let waits = async {
-        let db = db.get().await?;
-        let stmt = db.prepare_cached(TAKE_ALL).await?;
-        let rows = db.query(&stmt, &[&keys, &costs, &windows]).await?;
-        Ok::<_, Problem>(rows.iter().map(|r| r.get::<_, Option<f64>>(0)).collect::<Vec<_>>())
-    };
-    match waits.await {
-        Ok(waits) if waits.len() == takes.len() => {
-            let mut answers: Vec<Option<Refused>> = vec![None; takes.len()];
-            for (wait, i) in waits.into_iter().zip(order) {
-                answers[i] = wait.map(|s| refused(&takes[i], s));
-            }
-            answers.into_iter().map(Ok).collect()
-        }
-        Ok(_) => {
-            takes.iter().map(|_| Err(Problem::internal(&"a rate take went unanswered"))).collect()
-        }
-        Err(e) => takes.iter().map(|_| Err(e.clone())).collect(),
-    }
+    let waits = in_key_order(
+        &takes,
+        |t| t.key.as_str(),
+        |sorted| async move {
+            let keys: Vec<&str> = sorted.iter().map(|t| t.key.as_str()).collect();
+            let costs: Vec<f64> = sorted.iter().map(|t| t.cost).collect();
+            let windows: Vec<f64> = sorted.iter().map(|t| t.window).collect();
+            let db = db.get().await?;
+            let stmt = db.prepare_cached(TAKE_ALL).await?;
+            let rows = db.query(&stmt, &[&keys, &costs, &windows]).await?;
+            Ok(rows.iter().map(|r| r.get::<_, Option<f64>>(0)).collect())
+        },
+    )
+    .await;
+    waits.into_iter().zip(&takes).map(|(wait, take)| Ok(wait?.map(|s| refused(take, s)))).collect()
 }
 
 /// A take refused with `wait` seconds to go. Refused when the theoretical arrival time, moved

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use platform::batching::{BatchLimits, Batcher};
+use platform::batching::{BatchLimits, Batcher, in_key_order};
 use platform::limits::Exceeded;
 use platform::problem::Problem;
 use schemas::ids::UserId;
@@ -126,38 +126,26 @@ impl StreamLeases {
     }
 }
 
-/// One statement for `takes`, answered in their order.
+/// One statement for `takes`, answered in their order (taken by user: see [`TAKE_ALL`]).
 async fn take_all(
     db: deadpool_postgres::Pool,
     cap: u32,
     takes: Vec<Take>,
 ) -> Vec<Result<bool, Problem>> {
-    // By user, and within a user in the order asked (a stable sort).
-    let mut order: Vec<usize> = (0..takes.len()).collect();
-    order.sort_by(|a, b| takes[*a].owner.cmp(&takes[*b].owner));
-    let leases: Vec<&str> = order.iter().map(|i| takes[*i].lease.as_str()).collect();
-    let owners: Vec<&str> = order.iter().map(|i| takes[*i].owner.as_str()).collect();
     let cap = i32::try_from(cap).unwrap_or(i32::MAX);
-    let taken = async {
-        let db = db.get().await?;
-        let stmt = db.prepare_cached(TAKE_ALL).await?;
-        let rows = db.query(&stmt, &[&leases, &owners, &cap, &LEASE_TTL.as_secs_f64()]).await?;
-        Ok::<_, Problem>(rows.iter().map(|r| r.get::<_, bool>(0)).collect::<Vec<_>>())
-    };
-    match taken.await {
-        Ok(taken) if taken.len() == takes.len() => {
-            let mut answers = vec![false; takes.len()];
-            for (taken, i) in taken.into_iter().zip(order) {
-                answers[i] = taken;
-            }
-            answers.into_iter().map(Ok).collect()
-        }
-        Ok(_) => takes
-            .iter()
-            .map(|_| Err(Problem::internal(&"a stream lease take went unanswered")))
-            .collect(),
-        Err(e) => takes.iter().map(|_| Err(e.clone())).collect(),
-    }
+    in_key_order(
+        &takes,
+        |t| t.owner.as_str(),
+        |sorted| async move {
+            let leases: Vec<&str> = sorted.iter().map(|t| t.lease.as_str()).collect();
+            let owners: Vec<&str> = sorted.iter().map(|t| t.owner.as_str()).collect();
+            let db = db.get().await?;
+            let stmt = db.prepare_cached(TAKE_ALL).await?;
+            let rows = db.query(&stmt, &[&leases, &owners, &cap, &LEASE_TTL.as_secs_f64()]).await?;
+            Ok(rows.iter().map(|r| r.get::<_, bool>(0)).collect())
+        },
+    )
+    .await
 }
 
 impl Drop for Lease {
