@@ -55,6 +55,56 @@ const INSERT_EVENTS_IF_CURRENT: &str = "WITH newer AS ( \
      FROM written w \
      ORDER BY aggregate_type, aggregate_id, sequence, position";
 
+/// `INSERT_EVENTS_IF_CURRENT` for several commands' commits at once, each on a different
+/// aggregate (`crate::group_commit`): `$1` numbers each event's commit and `$9` each checked
+/// state's, and a commit whose own read set gained events is not written while the others are.
+/// Each commit's rows come back under its number. The outbox probe is a lateral subquery with
+/// a limit so that it stays one index probe per written row, whatever plan the statement keeps.
+const INSERT_COMMITS_IF_CURRENT: &str = "WITH newer AS ( \
+         SELECT k.c, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+             e.payload, e.metadata \
+         FROM unnest($9::int[], $10::text[], $11::text[], $12::bigint[]) \
+             AS k(c, aggregate_type, aggregate_id, after) \
+         CROSS JOIN LATERAL ( \
+             SELECT * FROM events e WHERE e.aggregate_type = k.aggregate_type \
+                 AND e.aggregate_id = k.aggregate_id AND e.sequence > k.after \
+             ORDER BY e.sequence OFFSET 0) e), \
+     given AS ( \
+         SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+             $6::text[], $7::text[], $8::text[]) WITH ORDINALITY \
+             AS g(c, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+                 metadata, n)), \
+     written AS ( \
+         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT g.aggregate_type, g.aggregate_id, g.sequence, g.event_type, g.event_version, \
+             g.payload::json, g.metadata::json \
+         FROM given g WHERE NOT EXISTS (SELECT 1 FROM newer WHERE newer.c = g.c) \
+         ORDER BY g.n \
+         RETURNING aggregate_type, aggregate_id, sequence, position, recorded_at) \
+     SELECT c, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
+         NULL::bigint AS position, NULL::bigint AS recorded_at_ms, NULL::bool AS behind_earlier \
+     FROM newer \
+     UNION ALL \
+     SELECT g.c, NULL, NULL, NULL, NULL, NULL, NULL, NULL, w.position, \
+         (extract(epoch FROM w.recorded_at) * 1000)::bigint, coalesce(o.earlier, false) \
+     FROM written w \
+     JOIN given g ON g.aggregate_type = w.aggregate_type AND g.aggregate_id = w.aggregate_id \
+         AND g.sequence = w.sequence \
+     LEFT JOIN LATERAL ( \
+         SELECT true AS earlier FROM outbox o \
+         WHERE o.aggregate_type = w.aggregate_type AND o.aggregate_id = w.aggregate_id LIMIT 1) o \
+         ON true \
+     ORDER BY c, aggregate_type, aggregate_id, sequence, position";
+
+/// One command's commit: its events (of one aggregate) and the states it was decided from.
+#[derive(Debug)]
+pub struct Commit {
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub events: Vec<SerializedEvent>,
+    pub known: Vec<Known>,
+}
+
 pub struct EventRepository {
     reads: PostgresEventRepository,
     pool: sqlx::PgPool,
@@ -85,17 +135,68 @@ impl EventRepository {
         })
     }
 
-    /// Write `events` (of one aggregate of kind `A`, `aggregate_id`) only if nothing in `known`
-    /// changed since it was read (or, with no events, check that `known` is current); else
-    /// write nothing and return the events `known` missed, in order per aggregate. A conflict
-    /// with a writer of the same sequence meanwhile is the optimistic lock.
-    pub async fn commit_if_current<A: Aggregate>(
+    /// Write `commit`'s events only if nothing in its `known` changed since it was read (or,
+    /// with no events, check that `known` is current); else write nothing and return the events
+    /// `known` missed, in order per aggregate. A conflict with a writer of the same sequence
+    /// meanwhile is the optimistic lock.
+    pub async fn commit_if_current(&self, commit: &Commit) -> Result<Checked, PersistenceError> {
+        let Commit { aggregate_type, aggregate_id, events, known } = commit;
+        self.commit_if_current_as(aggregate_type, aggregate_id, events, known).await
+    }
+
+    /// `commit_if_current` for several commits, each of a different aggregate, in one
+    /// statement: what each did, in the order given. The statement fails as a whole (a writer
+    /// elsewhere took one commit's sequence first): then nothing of any commit was written.
+    /// Rows go in sorted by aggregate, so that statements on several instances take the primary
+    /// key's locks in one order.
+    pub async fn commit_all_if_current(
         &self,
-        aggregate_id: &str,
-        events: &[SerializedEvent],
-        known: &[Known],
-    ) -> Result<Checked, PersistenceError> {
-        self.commit_if_current_as(A::TYPE, aggregate_id, events, known).await
+        commits: &[Commit],
+    ) -> Result<Vec<Checked>, sqlx::Error> {
+        let mut order: Vec<usize> = (0..commits.len()).collect();
+        order.sort_by_key(|&i| (commits[i].aggregate_type, commits[i].aggregate_id.as_str()));
+        let mut events = Columns::default();
+        let mut known = KnownColumns::default();
+        let mut bytes = vec![0; commits.len()];
+        for &i in &order {
+            let commit = &commits[i];
+            let c = i32::try_from(i).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            for e in &commit.events {
+                bytes[i] += events.push(c, e);
+            }
+            for k in &commit.known {
+                known.push(c, k);
+            }
+        }
+        let rows = sqlx::query(INSERT_COMMITS_IF_CURRENT)
+            .bind(events.commit)
+            .bind(events.aggregate_type)
+            .bind(events.aggregate_id)
+            .bind(events.sequence)
+            .bind(events.event_type)
+            .bind(events.event_version)
+            .bind(events.payload)
+            .bind(events.metadata)
+            .bind(known.commit)
+            .bind(known.aggregate_type)
+            .bind(known.aggregate_id)
+            .bind(known.sequence)
+            .fetch_all(&self.pool)
+            .await?;
+        // Rows come ordered by commit: each commit's are one run (none for a commit with nothing
+        // to write and nothing missed).
+        let mut answers = Vec::with_capacity(commits.len());
+        let mut rest = rows.as_slice();
+        for (i, &bytes) in bytes.iter().enumerate() {
+            let mine = rest.iter().take_while(|row| row_commit(row) == Some(i)).count();
+            let (own, after) = rest.split_at(mine);
+            answers.push(checked(own, bytes)?);
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err(sqlx::Error::Protocol("a row of no commit asked for".into()));
+        }
+        Ok(answers)
     }
 
     async fn commit_if_current_as(
@@ -127,6 +228,60 @@ impl EventRepository {
             .map_err(persistence_error)?;
         checked(&rows, bytes).map_err(persistence_error)
     }
+}
+
+/// The events of several commits as the batch statement binds them, column by column.
+#[derive(Default)]
+struct Columns {
+    commit: Vec<i32>,
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    event_type: Vec<String>,
+    event_version: Vec<String>,
+    payload: Vec<String>,
+    metadata: Vec<String>,
+}
+
+impl Columns {
+    /// Add commit `c`'s event `e`; returns its size as stored.
+    fn push(&mut self, c: i32, e: &SerializedEvent) -> usize {
+        let (payload, metadata) = (e.payload.to_string(), e.metadata.to_string());
+        let bytes = payload.len() + metadata.len();
+        self.commit.push(c);
+        self.aggregate_type.push(e.aggregate_type.clone());
+        self.aggregate_id.push(e.aggregate_id.clone());
+        self.sequence.push(e.sequence as i64);
+        self.event_type.push(e.event_type.clone());
+        self.event_version.push(e.event_version.clone());
+        self.payload.push(payload);
+        self.metadata.push(metadata);
+        bytes
+    }
+}
+
+/// The states several commits were decided from, column by column.
+#[derive(Default)]
+struct KnownColumns {
+    commit: Vec<i32>,
+    aggregate_type: Vec<&'static str>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+}
+
+impl KnownColumns {
+    fn push(&mut self, c: i32, k: &Known) {
+        self.commit.push(c);
+        self.aggregate_type.push(k.aggregate_type);
+        self.aggregate_id.push(k.aggregate_id.clone());
+        self.sequence.push(k.sequence as i64);
+    }
+}
+
+/// Which commit of a batch a row of its statement answers.
+fn row_commit(row: &sqlx::postgres::PgRow) -> Option<usize> {
+    use sqlx::Row;
+    row.try_get::<i32, _>("c").ok().and_then(|c| usize::try_from(c).ok())
 }
 
 /// What a checked commit did.
@@ -168,7 +323,7 @@ fn checked(rows: &[sqlx::postgres::PgRow], bytes: usize) -> Result<Checked, sqlx
 
 /// As postgres-es classifies them: a unique violation is the optimistic lock; a lost or
 /// unreachable database is a connection error (answered 503).
-fn persistence_error(e: sqlx::Error) -> PersistenceError {
+pub fn persistence_error(e: sqlx::Error) -> PersistenceError {
     match classify(&e) {
         Kind::Conflict => PersistenceError::OptimisticLockError,
         Kind::Connection => PersistenceError::ConnectionError(Box::new(e)),
@@ -185,6 +340,11 @@ pub fn shared_error(e: &sqlx::Error) -> PersistenceError {
         Kind::Connection => PersistenceError::ConnectionError(message),
         Kind::Other => PersistenceError::UnknownError(message),
     }
+}
+
+/// Whether `e` is the database lost or out of reach (rather than an answer to the statement).
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(classify(e), Kind::Connection)
 }
 
 enum Kind {

@@ -30,7 +30,8 @@ use crate::aggregates::Scoped;
 use crate::catch_up::CatchUp;
 use crate::directory::Services;
 use crate::error::{CommandError, DomainError};
-use crate::event_repository::{Checked, EventRepository, Written};
+use crate::event_repository::{Checked, Commit, EventRepository, Written};
+use crate::group_commit::GroupCommit;
 use crate::read_set::{CheckedLedger, ReadSet};
 
 /// Attempts before a conflicting command is answered 409.
@@ -50,8 +51,10 @@ pub struct CommandContext {
 
 pub struct Executor<A: Aggregate> {
     store: PersistedEventStore<EventRepository, A>,
-    /// The same event store, for commits checked against what they were decided from.
+    /// The same event store, for checks of what decisions were made from.
     commits: Arc<EventRepository>,
+    /// Commits checked against what they were decided from, several at once in one statement.
+    group: GroupCommit,
     cache: AggregateCache<A>,
     services: Services,
     wake: crate::relay::Wake,
@@ -68,9 +71,11 @@ where
         services: Services,
         wake: crate::relay::Wake,
     ) -> Self {
+        let commits = Arc::new(EventRepository::new(pool.clone()));
         Self {
-            store: PersistedEventStore::new_event_store(EventRepository::new(pool.clone())),
-            commits: Arc::new(EventRepository::new(pool)),
+            store: PersistedEventStore::new_event_store(EventRepository::new(pool)),
+            commits: commits.clone(),
+            group: GroupCommit::start(commits),
             cache: AggregateCache::new(catch_up),
             services,
             wake,
@@ -190,14 +195,16 @@ where
             Ok(serialized) => serialized,
             Err(e) => return Cached::Answered(Err(AggregateError::from(e))),
         };
-        let checked = self
-            .commits
-            .commit_if_current::<A>(id, &serialized, &reads.known())
-            .instrument(trace_step("commit"))
-            .await;
-        let written = match checked {
-            Ok(Checked::Written(written)) => written,
-            Ok(Checked::Stale(newer)) => return self.caught_up(id, from, newer).await,
+        let commit = Commit {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            events: serialized,
+            known: reads.known(),
+        };
+        let checked = self.group.commit(commit).instrument(trace_step("commit")).await;
+        let (written, serialized) = match checked {
+            Ok((Checked::Written(written), serialized)) => (written, serialized),
+            Ok((Checked::Stale(newer), _)) => return self.caught_up(id, from, newer).await,
             Err(e) => return Cached::Answered(Err(AggregateError::from(e))),
         };
         metrics::counter!("commands_from_cache_total", "aggregate" => A::TYPE).increment(1);

@@ -13,6 +13,7 @@ mod concurrent_commands;
 mod consistency_waits;
 mod decisions_from_cache;
 mod durability;
+mod group_commits;
 mod interest;
 mod isolation;
 mod limits;
