@@ -19,8 +19,8 @@ const SESSIONS: usize = 40;
 /// it as it is: the two instances' commits on one session race for the same sequence (a loser
 /// whose statement ran first finds the winner's event and decides again; one whose statement
 /// ran at the same time fails on the primary key, with the commits sharing its statement, and
-/// each of them goes again alone). Each session takes exactly
-/// one of its two prompts (the other is refused 409: the session is busy with the first), each
+/// each of them goes again alone); every fifth prompt is too large to share a statement and is
+/// written alone, in the same race. Each session takes exactly one of its two prompts (the other is refused 409: the session is busy with the first), each
 /// accepted prompt is stored, published and answered once, and nothing is left in the outbox.
 #[tokio::test]
 async fn commits_sharing_a_statement_each_land_once_or_lose_alone() {
@@ -43,13 +43,16 @@ async fn commits_sharing_a_statement_each_land_once_or_lose_alone() {
     )
     .await;
     assert!(refused.iter().all(|s| *s == 409), "nothing to abort yet: {refused:?}");
-    let prompt = |url: &str, session: &str| {
-        let body =
-            json!({ "parts": [{ "type": "text", "text": "hi [[fake tokens=3 hold=group]]" }] });
+    let prompt = |url: &str, session: &str, text: &str| {
+        let body = json!({ "parts": [{ "type": "text", "text": text }] });
         post(url, format!("/session/{session}/prompt_async"), body)
     };
-    let both = sessions.iter().map(|s| {
-        let (first, other) = (prompt(system.command_url(), &s.id), prompt(&second.url, &s.id));
+    // Every fifth prompt too large to share a statement: written alone, in the same race.
+    let large = format!("{} [[fake tokens=3 hold=group]]", "x".repeat(100_000));
+    let both = sessions.iter().enumerate().map(|(i, s)| {
+        let text = if i % 5 == 0 { large.as_str() } else { "hi [[fake tokens=3 hold=group]]" };
+        let first = prompt(system.command_url(), &s.id, text);
+        let other = prompt(&second.url, &s.id, text);
         async move {
             let (a, b) = tokio::join!(first, other);
             let mut answers = [a, b];
