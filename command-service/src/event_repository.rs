@@ -17,49 +17,22 @@ use serde_json::Value;
 
 use crate::read_set::Known;
 
-/// A command's events, written only if no aggregate of its decision's read set
+/// Commands' events, each command's written only if no aggregate of its decision's read set
 /// (`crate::read_set`: its own, and those its directory answered from; none for the plain
-/// store's commits) gained an event after the sequence it was read at; returns the events they
-/// gained (none: the events were written). Every part of one statement sees the same snapshot,
-/// so the check and the insert agree; a writer committing the same sequence meanwhile still
-/// meets the primary key. The insert runs whether or not the final `SELECT` reads it (a
-/// data-modifying `WITH` always does); the lateral subquery is the index scan of
-/// `crate::catch_up`'s read. Rows go in the order given, so `position`, assigned as each row is
-/// inserted, follows the aggregate's sequence within a commit as it does across commits.
-/// Written events come back with their outbox position and time, and whether an earlier event
-/// of their aggregate was still in the outbox (the statement's snapshot does not see the rows
-/// its own trigger writes): if none was, they may be published at once (`crate::relay`).
-const INSERT_EVENTS_IF_CURRENT: &str = "WITH newer AS ( \
-         SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-             e.payload, e.metadata \
-         FROM unnest($8::text[], $9::text[], $10::bigint[]) AS k(aggregate_type, aggregate_id, after) \
-         CROSS JOIN LATERAL ( \
-             SELECT * FROM events e WHERE e.aggregate_type = k.aggregate_type \
-                 AND e.aggregate_id = k.aggregate_id AND e.sequence > k.after \
-             ORDER BY e.sequence OFFSET 0) e), \
-     written AS ( \
-         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json, e.metadata::json \
-         FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-             WITH ORDINALITY AS e(sequence, event_type, event_version, payload, metadata, n) \
-         WHERE NOT EXISTS (SELECT 1 FROM newer) \
-         ORDER BY e.n \
-         RETURNING position, recorded_at) \
-     SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
-         NULL::bigint AS position, NULL::bigint AS recorded_at_ms, NULL::bool AS behind_earlier \
-     FROM newer \
-     UNION ALL \
-     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, w.position, \
-         (extract(epoch FROM w.recorded_at) * 1000)::bigint, \
-         EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_type = $1 AND o.aggregate_id = $2) \
-     FROM written w \
-     ORDER BY aggregate_type, aggregate_id, sequence, position";
-
-/// `INSERT_EVENTS_IF_CURRENT` for several commands' commits at once, each on a different
-/// aggregate (`crate::group_commit`): `$1` numbers each event's commit and `$9` each checked
-/// state's, and a commit whose own read set gained events is not written while the others are.
-/// Each commit's rows come back under its number. The outbox probe is a lateral subquery with
-/// a limit so that it stays one index probe per written row, whatever plan the statement keeps.
+/// store's commits) gained an event after the sequence it was read at; for a command whose did,
+/// the events they gained (and nothing of it is written). `$1` numbers each event's command
+/// and `$9` each checked state's (one command, or several on different aggregates:
+/// `crate::group_commit`); each command's rows come back under its number. Every part of one
+/// statement sees the same snapshot, so the checks and the insert agree; a writer committing
+/// the same sequence meanwhile still meets the primary key. The insert runs whether or not the
+/// final `SELECT` reads it (a data-modifying `WITH` always does); the lateral subquery is the
+/// index scan of `crate::catch_up`'s read. Rows go in the order given, so `position`, assigned
+/// as each row is inserted, follows the aggregate's sequence within a commit as it does across
+/// commits. Written events come back with their outbox position and time, and whether an
+/// earlier event of their aggregate was still in the outbox (the statement's snapshot does not
+/// see the rows its own trigger writes): if none was, they may be published at once
+/// (`crate::relay`). That probe is a lateral subquery with a limit, so it stays one index probe
+/// per written row whatever plan the statement keeps.
 const INSERT_COMMITS_IF_CURRENT: &str = "WITH newer AS ( \
          SELECT k.c, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
              e.payload, e.metadata \
@@ -102,6 +75,9 @@ pub struct Commit {
     pub aggregate_type: &'static str,
     pub aggregate_id: String,
     pub events: Vec<SerializedEvent>,
+    /// The events' payloads as stored, in bytes, as measured when they were decided (the
+    /// executor's size check).
+    pub bytes: usize,
     pub known: Vec<Known>,
 }
 
@@ -140,7 +116,7 @@ impl EventRepository {
     /// `known` missed, in order per aggregate. A conflict with a writer of the same sequence
     /// meanwhile is the optimistic lock.
     pub async fn commit_if_current(&self, commit: &Commit) -> Result<Checked, PersistenceError> {
-        let Commit { aggregate_type, aggregate_id, events, known } = commit;
+        let Commit { aggregate_type, aggregate_id, events, known, .. } = commit;
         self.commit_if_current_as(aggregate_type, aggregate_id, events, known).await
     }
 
@@ -162,12 +138,45 @@ impl EventRepository {
             let commit = &commits[i];
             let c = i32::try_from(i).map_err(|e| sqlx::Error::Encode(e.into()))?;
             for e in &commit.events {
-                bytes[i] += events.push(c, e);
+                bytes[i] += events.push(c, commit.aggregate_type, &commit.aggregate_id, e);
             }
             for k in &commit.known {
                 known.push(c, k);
             }
         }
+        self.write_checked(events, known, bytes).await
+    }
+
+    async fn commit_if_current_as(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        events: &[SerializedEvent],
+        known: &[Known],
+    ) -> Result<Checked, PersistenceError> {
+        let (mut columns, mut known_columns) = (Columns::default(), KnownColumns::default());
+        let mut bytes = 0;
+        for e in events {
+            bytes += columns.push(0, aggregate_type, aggregate_id, e);
+        }
+        for k in known {
+            known_columns.push(0, k);
+        }
+        let mut answers = self
+            .write_checked(columns, known_columns, vec![bytes])
+            .await
+            .map_err(persistence_error)?;
+        Ok(answers.remove(0))
+    }
+
+    /// Run `INSERT_COMMITS_IF_CURRENT` for commits numbered from 0, whose events are of `bytes`
+    /// each as stored: what each did, in their numbers' order.
+    async fn write_checked(
+        &self,
+        events: Columns,
+        known: KnownColumns,
+        bytes: Vec<usize>,
+    ) -> Result<Vec<Checked>, sqlx::Error> {
         let rows = sqlx::query(INSERT_COMMITS_IF_CURRENT)
             .bind(events.commit)
             .bind(events.aggregate_type)
@@ -185,7 +194,7 @@ impl EventRepository {
             .await?;
         // Rows come ordered by commit: each commit's are one run (none for a commit with nothing
         // to write and nothing missed).
-        let mut answers = Vec::with_capacity(commits.len());
+        let mut answers = Vec::with_capacity(bytes.len());
         let mut rest = rows.as_slice();
         for (i, &bytes) in bytes.iter().enumerate() {
             let mine = rest.iter().take_while(|row| row_commit(row) == Some(i)).count();
@@ -197,36 +206,6 @@ impl EventRepository {
             return Err(sqlx::Error::Protocol("a row of no commit asked for".into()));
         }
         Ok(answers)
-    }
-
-    async fn commit_if_current_as(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        events: &[SerializedEvent],
-        known: &[Known],
-    ) -> Result<Checked, PersistenceError> {
-        let column = |f: fn(&SerializedEvent) -> String| events.iter().map(f).collect::<Vec<_>>();
-        let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
-        let known_sequences: Vec<i64> = known.iter().map(|k| k.sequence as i64).collect();
-        let (payloads, metadata) =
-            (column(|e| e.payload.to_string()), column(|e| e.metadata.to_string()));
-        let bytes = payloads.iter().chain(&metadata).map(String::len).sum();
-        let rows = sqlx::query(INSERT_EVENTS_IF_CURRENT)
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .bind(sequences)
-            .bind(column(|e| e.event_type.clone()))
-            .bind(column(|e| e.event_version.clone()))
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(known.iter().map(|k| k.aggregate_type).collect::<Vec<_>>())
-            .bind(known.iter().map(|k| k.aggregate_id.as_str()).collect::<Vec<_>>())
-            .bind(known_sequences)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(persistence_error)?;
-        checked(&rows, bytes).map_err(persistence_error)
     }
 }
 
@@ -244,13 +223,20 @@ struct Columns {
 }
 
 impl Columns {
-    /// Add commit `c`'s event `e`; returns its size as stored.
-    fn push(&mut self, c: i32, e: &SerializedEvent) -> usize {
+    /// Add commit `c`'s event `e`, of aggregate `aggregate_type` `aggregate_id`; returns its
+    /// size as stored.
+    fn push(
+        &mut self,
+        c: i32,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        e: &SerializedEvent,
+    ) -> usize {
         let (payload, metadata) = (e.payload.to_string(), e.metadata.to_string());
         let bytes = payload.len() + metadata.len();
         self.commit.push(c);
-        self.aggregate_type.push(e.aggregate_type.clone());
-        self.aggregate_id.push(e.aggregate_id.clone());
+        self.aggregate_type.push(aggregate_type.to_owned());
+        self.aggregate_id.push(aggregate_id.to_owned());
         self.sequence.push(e.sequence as i64);
         self.event_type.push(e.event_type.clone());
         self.event_version.push(e.event_version.clone());
@@ -323,7 +309,7 @@ fn checked(rows: &[sqlx::postgres::PgRow], bytes: usize) -> Result<Checked, sqlx
 
 /// As postgres-es classifies them: a unique violation is the optimistic lock; a lost or
 /// unreachable database is a connection error (answered 503).
-pub fn persistence_error(e: sqlx::Error) -> PersistenceError {
+fn persistence_error(e: sqlx::Error) -> PersistenceError {
     match classify(&e) {
         Kind::Conflict => PersistenceError::OptimisticLockError,
         Kind::Connection => PersistenceError::ConnectionError(Box::new(e)),

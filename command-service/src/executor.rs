@@ -173,8 +173,8 @@ where
         if let Some(missed) = ledger.take_missed() {
             return self.caught_up(id, from, missed).await;
         }
-        let (events, scope, refused) = match decided {
-            Ok((events, scope)) => (events, scope, None),
+        let (events, scope, bytes, refused) = match decided {
+            Ok((events, scope, bytes)) => (events, scope, bytes, None),
             // A lookup failed: nothing was decided, and nothing to check.
             Err(AggregateError::UserError(DomainError::Unavailable(reason))) => {
                 return Cached::Answered(Err(AggregateError::UserError(DomainError::Unavailable(
@@ -183,7 +183,7 @@ where
             }
             // Refused: answered once the states it was refused on prove current.
             Err(AggregateError::UserError(refused)) => {
-                (Vec::new(), aggregate.scope(), Some(refused))
+                (Vec::new(), aggregate.scope(), 0, Some(refused))
             }
             Err(e) => return Cached::Answered(Err(e)),
         };
@@ -199,6 +199,7 @@ where
             aggregate_type: A::TYPE,
             aggregate_id: id.to_owned(),
             events: serialized,
+            bytes,
             known: reads.known(),
         };
         let checked = self.group.commit(commit).instrument(trace_step("commit")).await;
@@ -262,7 +263,8 @@ where
         );
         let mut context = loaded?;
         let read_ahead = read_ahead.map_err(AggregateError::UserError)?;
-        let (events, scope) = self.decide(&mut context.aggregate, command, read_ahead, ctx).await?;
+        let (events, scope, _) =
+            self.decide(&mut context.aggregate, command, read_ahead, ctx).await?;
         // The sink applied the events to the aggregate already: this is the state after commit.
         let (state, state_sequence) =
             (context.aggregate.clone(), context.current_sequence + events.len());
@@ -276,14 +278,15 @@ where
     }
 
     /// Run `command` on `aggregate` with `services`: the events it decided (applied to
-    /// `aggregate` already) and the scope they belong to, or why it was refused.
+    /// `aggregate` already), the scope they belong to and their size as stored, or why it was
+    /// refused.
     async fn decide(
         &self,
         aggregate: &mut A,
         command: A::Command,
         services: Services,
         ctx: &CommandContext,
-    ) -> Result<(Vec<A::Event>, crate::aggregates::Scope), AggregateError<DomainError>> {
+    ) -> Result<(Vec<A::Event>, crate::aggregates::Scope, usize), AggregateError<DomainError>> {
         // An API key reaches one organization. Outside it every aggregate is "not found", before
         // any other check could answer differently (403, 409, 400), and the aggregate's lookups
         // see no memberships elsewhere (so creating something elsewhere is "not found" too).
@@ -312,8 +315,8 @@ where
             return Err(AggregateError::UserError(DomainError::NotFound));
         }
         let events = sink.collect().await;
-        check_sizes(&events)?;
-        Ok((events, scope))
+        let bytes = check_sizes(&events)?;
+        Ok((events, scope, bytes))
     }
 }
 
@@ -369,8 +372,10 @@ fn wrap<A: Aggregate>(
 }
 
 /// Refuse events the store or the bus could not carry, measured as they will be stored (JSON
-/// escaping can make text several times longer than it arrived), before anything is committed.
-fn check_sizes<E: serde::Serialize>(events: &[E]) -> Result<(), AggregateError<DomainError>> {
+/// escaping can make text several times longer than it arrived), before anything is committed;
+/// else their size as stored, all together.
+fn check_sizes<E: serde::Serialize>(events: &[E]) -> Result<usize, AggregateError<DomainError>> {
+    let mut total = 0;
     for event in events {
         let json =
             serde_json::to_vec(event).map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
@@ -387,8 +392,9 @@ fn check_sizes<E: serde::Serialize>(events: &[E]) -> Result<(), AggregateError<D
                 "the change is {size} bytes as stored, more than the {MAX_EVENT_BYTES} an event may hold"
             ))));
         }
+        total += size;
     }
-    Ok(())
+    Ok(total)
 }
 
 /// Whether serialised JSON holds an escaped U+0000 (`\u0000` after an odd run of backslashes;
@@ -427,5 +433,32 @@ mod tests {
         assert!(super::holds_nul(&nul));
         let literal = serde_json::to_vec(&"a\\u0000b").unwrap();
         assert!(!super::holds_nul(&literal));
+    }
+
+    #[test]
+    fn the_size_checked_is_the_payloads_size_as_stored() {
+        use schemas::events::SessionEvent;
+        use schemas::ids::{OrganizationId, SessionId, UserId, WorkspaceId};
+        use schemas::message::SessionStatus;
+        let events = [
+            SessionEvent::Created {
+                session_id: SessionId::new(),
+                organization_id: OrganizationId::new(),
+                workspace_id: WorkspaceId::new(),
+                project_id: None,
+                // Escapes count as stored: a control character is six bytes of JSON.
+                title: "a\u{1}b\"c".into(),
+                created_by: UserId::new(),
+                time: 1,
+            },
+            SessionEvent::StatusChanged {
+                session_id: SessionId::new(),
+                status: SessionStatus::Idle,
+            },
+        ];
+        // As the store holds a payload (cqrs-es serialises it to a `Value`).
+        let stored: usize =
+            events.iter().map(|e| serde_json::to_value(e).unwrap().to_string().len()).sum();
+        assert_eq!(super::check_sizes(&events).unwrap(), stored);
     }
 }

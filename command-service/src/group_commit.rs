@@ -39,7 +39,7 @@ const LIMITS: BatchLimits = BatchLimits {
     queue_wait: Duration::from_secs(3),
 };
 
-/// A commit larger than this (its events as stored) is written alone, at once, as before there
+/// A commit larger than this (its events' payloads as stored) is written alone, at once, as before there
 /// were shared statements: a shared statement stays under 64 × 64 KiB, so a caller sending the
 /// largest events (`MAX_EVENT_BYTES` each) cannot make one statement, or the memory of four,
 /// hundreds of megabytes, nor make the commits sharing it wait for its bytes. A burst's prompts
@@ -68,7 +68,7 @@ impl GroupCommit {
     /// `EventRepository::commit_if_current`), with whatever other commits are waiting.
     pub async fn commit(&self, commit: Commit) -> Committed {
         let _counted = InProgress::new();
-        if stored_size(&commit.events) > SHARED_AT_MOST {
+        if commit.bytes > SHARED_AT_MOST {
             let checked = self.events.commit_if_current(&commit).await?;
             return Ok((checked, commit.events));
         }
@@ -78,29 +78,6 @@ impl GroupCommit {
             PersistenceError::ConnectionError(Box::new(e))
         })?
     }
-}
-
-/// The size of `events` as stored (payload and metadata as JSON text), counted without
-/// writing the text anywhere.
-fn stored_size(events: &[SerializedEvent]) -> usize {
-    /// Counts what is written to it.
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    for e in events {
-        // Writing a `Value` to a writer that cannot fail does not fail.
-        let _ = serde_json::to_writer(&mut counter, &e.payload);
-        let _ = serde_json::to_writer(&mut counter, &e.metadata);
-    }
-    counter.0
 }
 
 /// Counts a commit in `commits_in_progress` (waiting for a statement or being written) until
@@ -152,28 +129,4 @@ async fn join_alone(events: &EventRepository, commits: Vec<Commit>) -> Vec<Commi
         .buffered(ALONE_AT_ONCE)
         .collect()
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use cqrs_es::persist::SerializedEvent;
-    use serde_json::json;
-
-    #[test]
-    fn the_size_counted_is_the_size_stored() {
-        let event = |payload| SerializedEvent {
-            aggregate_id: "ses_1".into(),
-            sequence: 1,
-            aggregate_type: "session".into(),
-            event_type: "session.prompted".into(),
-            event_version: "1".into(),
-            payload,
-            metadata: json!({ "actor": "usr_1" }),
-        };
-        // Escapes count as stored: a control character is six bytes of JSON.
-        let events = [event(json!({ "text": "a\u{1}b\"c" })), event(json!([1, null, true]))];
-        let stored: usize =
-            events.iter().map(|e| e.payload.to_string().len() + e.metadata.to_string().len()).sum();
-        assert_eq!(super::stored_size(&events), stored);
-    }
 }

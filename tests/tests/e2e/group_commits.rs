@@ -144,10 +144,10 @@ async fn commits_in_progress(system: &System, n: f64) {
     .await;
 }
 
-/// Wait until `n` commit statements (alone, or shared when `shared`) wait for a lock.
-async fn commits_waiting(system: &System, shared: bool, n: i64) {
+/// Wait until `n` commit statements wait for a lock.
+async fn commits_waiting(system: &System, n: i64) {
     let db = system.db().await;
-    let start = if shared { "WITH newer AS ( SELECT k.c%" } else { "WITH newer AS ( SELECT e.%" };
+    let start = "WITH newer AS ( SELECT k.c%";
     eventually("commit statements waiting for a lock", WAIT, || async {
         let row = db
             .query_one(
@@ -184,18 +184,21 @@ async fn a_commit_losing_its_sequence_fails_none_of_those_sharing_its_statement(
     for (n, session) in blockers.iter().enumerate() {
         holds.push(hold_next_sequence(&system, &session.id).await);
         prompts.push(spawn_prompt(&system, &alice, &session.id));
-        commits_waiting(&system, false, n as i64 + 1).await;
+        commits_waiting(&system, n as i64 + 1).await;
     }
     // The race: the loser's sequence is taken, and its commit gathered with the others'.
     let winner = hold_next_sequence(&system, &loser.id).await;
     for session in std::iter::once(&loser).chain(&others) {
         prompts.push(spawn_prompt(&system, &alice, &session.id));
     }
-    commits_in_progress(&system, (blockers.len() + 1 + ALONGSIDE) as f64).await;
-    // One slot is freed (its transaction rolled back): the gathered commits take it, and wait
-    // for the loser's sequence, until the winner commits.
+    let racing = 1 + ALONGSIDE;
+    commits_in_progress(&system, (blockers.len() + racing) as f64).await;
+    // One slot is freed (its transaction rolled back, its commit answered): the gathered
+    // commits take it as one statement, and wait for the loser's sequence (with the three
+    // blockers left) until the winner commits.
     holds.remove(0).batch_execute("ROLLBACK").await.unwrap();
-    commits_waiting(&system, true, 1).await;
+    commits_in_progress(&system, (blockers.len() - 1 + racing) as f64).await;
+    commits_waiting(&system, blockers.len() as i64).await;
     winner.batch_execute("COMMIT").await.unwrap();
     for hold in holds {
         hold.batch_execute("ROLLBACK").await.unwrap();
