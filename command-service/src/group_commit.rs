@@ -6,8 +6,8 @@
 //! took a median 35 ms at fifty sessions. Here the commits that arrive while others are being
 //! written go out together, as one statement (one round trip, one flush): every commit whose
 //! read set is still current is written, and the others are answered with what they missed, as
-//! alone. A commit that finds one of the statement slots free goes out at once, alone, in the
-//! statement it always had, so a quiet service waits for nothing.
+//! alone. A commit that finds one of the statement slots free goes out at once, alone (the same
+//! statement with one commit in it), so a quiet service waits for nothing.
 //!
 //! The statement fails for all its commits if it fails for one: another instance took one
 //! commit's sequence first (the primary key), or a deadlock. Then each commit of the batch goes
