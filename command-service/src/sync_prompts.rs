@@ -2,15 +2,17 @@
 //! to complete, and then (briefly) for the read models to show it: a client that lists the
 //! session's messages right after has the reply, and one that follows `/event` has been sent its
 //! text before the answer comes (`opencode run --attach` exits on the answer, printing only what
-//! its stream brought): every OpenCode stream of the asker's that said it follows the session
+//! its stream brought): every OpenCode stream of the asker's open on the reply's workspace
 //! (`schemas::live::StreamReceipt`, query-service/src/receipts.rs) has said it was sent the reply.
-//! The wait holds no pooled connection: it listens on the bus for the session's completion and
-//! receipts (subscribed before the prompt exists, so they cannot be missed), looks in the event
+//! Streams that open later say so as they open; those already open answer the roll the prompt
+//! calls before it is accepted. The wait holds no pooled connection: it listens on the bus for
+//! the session's completion and receipts (subscribed before the prompt exists, so they cannot be
+//! missed), looks in the event
 //! store only every few seconds in case the bus lost the completion, and sleeps on the
 //! projector's notifications. Each user may hold a few such waits per instance; more is 429,
 //! never a queue in front of other tenants.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +20,8 @@ use futures::{FutureExt, StreamExt};
 use platform::notifications::{Signals, wait_for_projection};
 use platform::problem::Problem;
 use schemas::events::{AssistantCompletion, SessionEvent};
-use schemas::ids::{MessageId, SessionId, UserId};
-use schemas::live::StreamReceipt;
+use schemas::ids::{MessageId, SessionId, UserId, WorkspaceId};
+use schemas::live::{StreamReceipt, StreamSaid};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Synchronous prompts one user may have waiting on one instance.
@@ -45,7 +47,10 @@ pub struct SyncPrompts {
 /// A waiter's interest in its session's completions, taken before the prompt is accepted.
 pub struct Waiter {
     completions: async_nats::Subscriber,
+    /// The asker's streams that have been sent a reply of the session.
     receipts: async_nats::Subscriber,
+    /// The asker's streams saying they are open or have ended.
+    streams: async_nats::Subscriber,
     session: SessionId,
     user: UserId,
     _slot: OwnedSemaphorePermit,
@@ -84,10 +89,17 @@ impl SyncPrompts {
         let completions = completions.await.map_err(|e| unavailable(&e))?;
         let receipts = subscribe(schemas::subjects::stream_receipts(session));
         let receipts = receipts.await.map_err(|e| unavailable(&e))?;
-        // The server knows of the interest before the prompt can be completed.
+        let streams = subscribe(schemas::subjects::user_streams(user));
+        let streams = streams.await.map_err(|e| unavailable(&e))?;
+        // The server knows of the interest before the roll is called and before the prompt can
+        // be completed: a stream opening after this is heard as it opens, one already open
+        // answers the roll.
+        self.nats.flush().await.map_err(|e| unavailable(&e))?;
+        let call = self.nats.publish(schemas::subjects::user_streams_roll_call(user), "".into());
+        call.await.map_err(|e| unavailable(&e))?;
         self.nats.flush().await.map_err(|e| unavailable(&e))?;
         let (session, user) = (session.clone(), user.clone());
-        Ok(Waiter { completions, receipts, session, user, _slot: slot })
+        Ok(Waiter { completions, receipts, streams, session, user, _slot: slot })
     }
 
     /// Wait for `reply` to complete, then for the read models to show it and the asker's
@@ -99,13 +111,14 @@ impl SyncPrompts {
         reply: &MessageId,
     ) -> Result<AssistantCompletion, Problem> {
         let (done, sequence) = self.completion(&mut waiter, reply).await?;
+        let session = waiter.session.clone();
         let shown = async {
             match sequence {
-                Some(sequence) => self.until_shown(waiter.session.as_str(), sequence).await,
+                Some(sequence) => self.until_shown(session.as_str(), sequence).await,
                 None => Ok(()),
             }
         };
-        let sent = until_sent(&mut waiter.receipts, &waiter.user, reply);
+        let sent = until_sent(&mut waiter, done.workspace_id.as_ref(), reply);
         let (shown, ()) = tokio::join!(shown, sent);
         shown?;
         Ok(done)
@@ -180,19 +193,21 @@ impl SyncPrompts {
     }
 }
 
-/// Wait until every OpenCode stream of `user`'s that said it follows the session has said it
-/// was sent `reply` (at most `PROJECTION_WAIT`: a stream may have closed meanwhile).
-async fn until_sent(receipts: &mut async_nats::Subscriber, user: &UserId, reply: &MessageId) {
-    let (mut following, mut sent) = (HashSet::new(), HashSet::new());
+/// Wait until every OpenCode stream of the asker's open on `workspace` has said it was sent
+/// `reply` (at most `PROJECTION_WAIT`: a stream's instance may have died meanwhile).
+async fn until_sent(waiter: &mut Waiter, workspace: Option<&WorkspaceId>, reply: &MessageId) {
+    let Some(workspace) = workspace else { return };
+    let mut streams = Streams::default();
+    let mut said = futures::stream::select(&mut waiter.streams, &mut waiter.receipts);
     let deadline = tokio::time::sleep(PROJECTION_WAIT);
     tokio::pin!(deadline);
     loop {
         // What has arrived first; then, if some stream is still owed the reply, wait for more.
-        let msg = match receipts.next().now_or_never() {
+        let msg = match said.next().now_or_never() {
             Some(msg) => msg,
-            None if following.is_subset(&sent) => return,
+            None if streams.owed() == 0 => return,
             None => tokio::select! {
-                msg = receipts.next() => msg,
+                msg = said.next() => msg,
                 _ = &mut deadline => {
                     tracing::debug!(%reply, "answering before every stream was sent the reply");
                     return;
@@ -200,15 +215,36 @@ async fn until_sent(receipts: &mut async_nats::Subscriber, user: &UserId, reply:
             },
         };
         let Some(msg) = msg else { return };
-        let Ok(receipt) = serde_json::from_slice::<StreamReceipt>(&msg.payload) else { continue };
-        let new = !following.contains(&receipt.stream);
-        if &receipt.user != user || (new && following.len() >= STREAMS_AWAITED) {
-            continue;
+        streams.hear(&msg.payload, &waiter.user, workspace, reply);
+    }
+}
+
+/// What the asker's streams have said, as far as one reply is concerned.
+#[derive(Default)]
+struct Streams {
+    /// Each stream heard from (at most `STREAMS_AWAITED`): whether it is open on the reply's
+    /// workspace, and whether it has been sent the reply.
+    heard: HashMap<String, (bool, bool)>,
+}
+
+impl Streams {
+    fn hear(&mut self, payload: &[u8], user: &UserId, workspace: &WorkspaceId, reply: &MessageId) {
+        let Ok(receipt) = serde_json::from_slice::<StreamReceipt>(payload) else { return };
+        let new = !self.heard.contains_key(&receipt.stream);
+        if &receipt.user != user || (new && self.heard.len() >= STREAMS_AWAITED) {
+            return;
         }
-        if receipt.sent.as_ref() == Some(reply) {
-            sent.insert(receipt.stream.clone());
+        let (open, sent) = self.heard.entry(receipt.stream).or_default();
+        match receipt.said {
+            StreamSaid::Open { workspace: on } => *open |= &on == workspace,
+            StreamSaid::Sent { reply: r } => *sent |= &r == reply,
+            StreamSaid::Closed => *open = false,
         }
-        following.insert(receipt.stream);
+    }
+
+    /// How many streams open on the workspace have not yet been sent the reply.
+    fn owed(&self) -> usize {
+        self.heard.values().filter(|(open, sent)| *open && !*sent).count()
     }
 }
 
@@ -223,5 +259,39 @@ fn completion(payload: &[u8]) -> Option<(AssistantCompletion, Option<u64>)> {
     match wire.payload {
         SessionEvent::MessageCompleted { message, .. } => Some((message, wire.sequence)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(stream: &str, user: &UserId, said: StreamSaid) -> Vec<u8> {
+        let receipt = StreamReceipt { stream: stream.into(), user: user.clone(), said };
+        serde_json::to_vec(&receipt).unwrap()
+    }
+
+    #[test]
+    fn only_the_askers_streams_open_on_the_replys_workspace_are_owed_it() {
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let (ws, elsewhere) = (WorkspaceId::new(), WorkspaceId::new());
+        let reply = MessageId::new();
+        let mut streams = Streams::default();
+        let hear = |streams: &mut Streams, payload: Vec<u8>| {
+            streams.hear(&payload, &alice, &ws, &reply);
+        };
+        hear(&mut streams, said("a", &alice, StreamSaid::Open { workspace: ws.clone() }));
+        hear(&mut streams, said("b", &alice, StreamSaid::Open { workspace: elsewhere }));
+        hear(&mut streams, said("c", &bob, StreamSaid::Open { workspace: ws.clone() }));
+        hear(&mut streams, said("d", &alice, StreamSaid::Open { workspace: ws.clone() }));
+        assert_eq!(streams.owed(), 2, "a and d");
+        hear(&mut streams, said("a", &alice, StreamSaid::Sent { reply: MessageId::new() }));
+        assert_eq!(streams.owed(), 2, "another reply sent to a");
+        hear(&mut streams, said("a", &alice, StreamSaid::Sent { reply: reply.clone() }));
+        hear(&mut streams, said("d", &alice, StreamSaid::Closed));
+        assert_eq!(streams.owed(), 0);
+        // A stream answering the roll after it was sent the reply is not owed it again.
+        hear(&mut streams, said("a", &alice, StreamSaid::Open { workspace: ws.clone() }));
+        assert_eq!(streams.owed(), 0);
     }
 }

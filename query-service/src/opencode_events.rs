@@ -41,8 +41,6 @@ pub struct Translated {
     pub events: Vec<Value>,
     /// The session the event is about.
     pub session: Option<SessionId>,
-    /// Whether it is a new prompt of the session.
-    pub prompted: bool,
     /// The reply it completes, if it is a completion.
     pub completed: Option<MessageId>,
 }
@@ -53,7 +51,6 @@ impl Translator {
     pub fn translate(&mut self, frame: &str, directory: &str) -> Translated {
         if let Ok(event) = serde_json::from_str::<SessionEvent>(frame) {
             let session = Some(event.session_id().clone());
-            let prompted = matches!(event, SessionEvent::Prompted { .. });
             let mut completed = None;
             if let SessionEvent::MessageCompleted { message, .. } = &event {
                 // Whatever a superseded worker still publishes for it is not passed on.
@@ -68,7 +65,7 @@ impl Translator {
                 self.models.insert(session_id.clone(), message.model.clone());
             }
             let events = session_event(event, directory);
-            return Translated { events, session, prompted, completed };
+            return Translated { events, session, completed };
         }
         if let Ok(event) = serde_json::from_str::<LiveEvent>(frame) {
             let mut events = Vec::new();
@@ -76,7 +73,7 @@ impl Translator {
             if self.follow(&event, &mut events) {
                 events.extend(live_event(event, directory, &self.models));
             }
-            return Translated { events, session, prompted: false, completed: None };
+            return Translated { events, session, completed: None };
         }
         Translated::default()
     }

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{MessageId, PartId, SessionId, UserId};
+use crate::ids::{MessageId, PartId, SessionId, UserId, WorkspaceId};
 use crate::message::Part;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -70,16 +70,28 @@ impl crate::events::EventName for LiveEvent {
     }
 }
 
-/// What an OpenCode event stream (query service) says about a session it follows, on
-/// `subjects::stream_receipts`: once when it begins to follow it, and again each time it has been
-/// sent one of its replies. `opencode run` exits as soon as its synchronous prompt is answered,
-/// printing only what its stream brought by then, so the answer waits for its user's streams.
+/// What an OpenCode event stream (query service) says, so that a synchronous prompt's answer
+/// waits for its asker's streams: `opencode run` exits as soon as its synchronous prompt is
+/// answered, printing only what its stream brought by then. `Open` and `Closed` go on
+/// `subjects::user_streams` (when the stream opens and ends, and whenever its user's roll is
+/// called); `Sent` goes on `subjects::stream_receipts` of the reply's session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamReceipt {
     /// The stream, unique while it lives.
     pub stream: String,
     /// Whose stream it is.
     pub user: UserId,
-    /// The reply it has been sent (its completion), if this is not the first word.
-    pub sent: Option<MessageId>,
+    pub said: StreamSaid,
+}
+
+/// What a stream says in one receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StreamSaid {
+    /// It is open, and is sent every event of this workspace's sessions.
+    Open { workspace: WorkspaceId },
+    /// It has been sent this reply's completion.
+    Sent { reply: MessageId },
+    /// It has ended.
+    Closed,
 }

@@ -9,7 +9,7 @@
 //! ```
 //! `<event>` is the event type with dots replaced by underscores, so it is one token.
 
-use crate::ids::{OrganizationId, SessionId, WorkspaceId};
+use crate::ids::{OrganizationId, SessionId, UserId, WorkspaceId};
 
 /// The JetStream stream holding domain and live events.
 pub const STREAM: &str = "OC_EVENTS";
@@ -39,10 +39,20 @@ pub const ALL_RETRIES: &str = "oc.evt.*.*.*.message_retried";
 pub fn session_completions(session: &SessionId) -> String {
     format!("oc.evt.*.*.{session}.message_completed")
 }
-/// Core NATS (not stored): an OpenCode event stream follows the session, or has been sent one
-/// of its replies (`live::StreamReceipt`); what a synchronous prompt's answer waits for.
+/// Core NATS (not stored): an OpenCode event stream has been sent one of the session's replies
+/// (`live::StreamSaid::Sent`); what a synchronous prompt's answer waits for.
 pub fn stream_receipts(session: &SessionId) -> String {
     format!("oc.sys.streamed.{session}")
+}
+/// Core NATS (not stored): one user's OpenCode event streams say they are open, or have ended
+/// (`live::StreamSaid::Open`, `Closed`); a synchronous prompt's answer waits for those open.
+pub fn user_streams(user: &UserId) -> String {
+    format!("oc.sys.streams.{user}")
+}
+/// Core NATS (not stored): a synchronous prompt calls the roll of its user's OpenCode event
+/// streams, each of which says again on `user_streams` that it is open.
+pub fn user_streams_roll_call(user: &UserId) -> String {
+    format!("oc.sys.roll_call.{user}")
 }
 /// Core NATS (not stored): the command service committed events; the outbox relay, on whichever
 /// instance it runs, wakes up. (A PostgreSQL NOTIFY at every commit would serialise all commits

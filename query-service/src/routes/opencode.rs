@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_lab::sse;
+use futures::StreamExt;
 use identity::directory::{directory_of, of_workspace, workspace_meant};
 use identity::{AuthUser, Authenticator};
 use platform::problem::Problem;
@@ -172,6 +173,10 @@ async fn stream(
     let auth = auth.into_inner();
     let mut changes = state.notifications.access.interest(user.user_id.as_str());
     let dir = of_workspace(&ws);
+    // Heard before it is said to be open: a prompt calling the roll after this is answered.
+    let receipts = Receipts::new(state.js.client(), user.user_id.clone(), ws.clone());
+    let mut roll_calls = receipts.roll_calls().await;
+    receipts.open().await;
     // Opened (a client waiting for its stream, as `opencode run` does, can be told it is live).
     metrics::counter!("opencode_event_streams_total").increment(1);
     tokio::spawn(async move {
@@ -181,15 +186,20 @@ async fn stream(
             sse::Event::Data(sse::Data::new(body.to_string()))
         };
         let mut translator = crate::opencode_events::Translator::default();
-        let mut receipts = Receipts::new(state.js.client(), user.user_id.clone());
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.tick().await;
         let connected = json!({ "type": "server.connected", "properties": {} });
         let mut open = tx.send(send(connected)).await.is_ok();
         while open {
             let frame = tokio::select! {
+                // (a roll call that came before an event is answered before it is sent)
+                biased;
                 _ = state.shutdown.cancelled() => break,
                 _ = tx.closed() => break,
+                Some(_) = roll_calls.next() => {
+                    receipts.open().await;
+                    continue;
+                }
                 _ = heartbeat.tick() => {
                     let beat = json!({ "type": "server.heartbeat", "properties": {} });
                     if tx.send(send(beat)).await.is_err() { break }
@@ -209,9 +219,6 @@ async fn stream(
             };
             let Ok(frame) = frame else { break }; // lagged or closed: the client reconnects
             let translated = translator.translate(&frame.data, &dir);
-            if let (Some(session), false) = (&translated.session, translated.events.is_empty()) {
-                receipts.follow(session, translated.prompted).await;
-            }
             for e in translated.events {
                 if tx.send(send(e)).await.is_err() {
                     open = false;
@@ -224,6 +231,7 @@ async fn stream(
                 receipts.sent(session, reply).await;
             }
         }
+        receipts.closed().await;
         metrics::gauge!("opencode_event_streams").decrement(1.0);
         drop(lease);
     });

@@ -289,13 +289,14 @@ async fn the_workspace_event_stream_speaks_opencodes_events() {
 /// `opencode run` exits on its synchronous prompt's answer, printing only what its `/event`
 /// stream brought by then: the answer waits until the asker's stream has been sent the reply,
 /// even when the read models show it first (here the query service is paused meanwhile). With
-/// the deployment's NATS users and permissions, which must let the receipts through.
+/// the deployment's NATS users and permissions, which must let the receipts through. This
+/// stream was open before the prompt: it answered the prompt's roll call.
 #[tokio::test]
 async fn a_synchronous_answer_comes_after_the_askers_event_stream_was_sent_the_reply() {
     let system = System::start_with(SystemOptions { nats_auth: true, ..Default::default() }).await;
     let (key, session, _, mut events) = following(&system).await;
 
-    // The stream follows the session (it has been sent the prompt), then its service pauses.
+    // The stream has been sent the prompt, then its service pauses.
     let path = format!("/session/{session}/message");
     let prompt = text_prompt("q [[fake tokens=3 hold=paused]]");
     let answer = system.post_as_opencode(&key, &path, None, prompt);
@@ -307,9 +308,49 @@ async fn a_synchronous_answer_comes_after_the_askers_event_stream_was_sent_the_r
         early = &mut answer => panic!("answered before the reply was released: {early:?}"),
         _ = prompted => {}
     }
+    answered_after_the_paused_stream(&system, &session, "paused", answer, &mut events).await;
+}
+
+/// `opencode run` opens its stream as it prompts; on a busy machine the stream may open after
+/// the prompt was accepted, and may not yet have been sent any event of the session when the
+/// reply completes. It said it was open as it opened, and the answer waits for it all the same.
+#[tokio::test]
+async fn a_synchronous_answer_waits_for_a_stream_that_opened_after_the_prompt() {
+    let system = System::start_with(SystemOptions { nats_auth: true, ..Default::default() }).await;
+    let (_, key, ws) = keyed_user(&system, "alice").await;
+    let session = opencode_session(&system, &key).await;
+    let path = format!("/session/{session}/message");
+    let prompt = text_prompt("q [[fake tokens=3 hold=late]]");
+    let answer = system.post_as_opencode(&key, &path, None, prompt);
+    tokio::pin!(answer);
+    // (the read models have the prompt: it went past the query service before the stream began)
+    let db = system.db().await;
+    let accepted = || async {
+        let sql = "SELECT count(*) FROM rm_messages WHERE session_id = $1 AND role = 'user'";
+        (db.query_one(sql, &[&session]).await.unwrap().get::<_, i64>(0) == 1).then_some(())
+    };
+    tokio::select! {
+        early = &mut answer => panic!("answered before the reply was released: {early:?}"),
+        () = eventually("the prompt accepted", WAIT, accepted) => {}
+    }
+    let url = format!("{}/event?directory=/{ws}", system.query_url());
+    let mut events = e2e_tests::sse::SseClient::connect(&url, &key, None).await.expect("/event");
+    assert_eq!(events.next(WAIT).await.data["type"], "server.connected");
+    answered_after_the_paused_stream(&system, &session, "late", answer, &mut events).await;
+}
+
+/// Pause the query service and release the reply held as `hold`: the read models show it, yet
+/// `answer` waits; once the service goes on, the answer is the reply and `events` has its text.
+async fn answered_after_the_paused_stream(
+    system: &System,
+    session: &str,
+    hold: &str,
+    mut answer: std::pin::Pin<&mut impl std::future::Future<Output = Answer>>,
+    events: &mut e2e_tests::sse::SseClient,
+) {
     let query = &system.query[0].proc;
     query.signal(nix::sys::signal::Signal::SIGSTOP);
-    let release = format!("{}/release/paused", system.provider_url);
+    let release = format!("{}/release/{hold}", system.provider_url);
     assert!(system.http.post(release).send().await.unwrap().status().is_success());
 
     // The read models show the reply; the answer still waits for the stream.
