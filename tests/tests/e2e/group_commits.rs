@@ -144,15 +144,16 @@ async fn commits_in_progress(system: &System, n: f64) {
     .await;
 }
 
-/// Wait until `n` commit statements wait for a lock.
+/// Wait until `n` commit statements on this test's database wait for a lock (other tests' run
+/// on databases of their own in the same PostgreSQL).
 async fn commits_waiting(system: &System, n: i64) {
     let db = system.db().await;
     let start = "WITH newer AS ( SELECT k.c%";
     eventually("commit statements waiting for a lock", WAIT, || async {
         let row = db
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE $1",
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE $1",
                 &[&start],
             )
             .await
