@@ -90,27 +90,17 @@ struct LocalRelay {
     busy: AtomicBool,
     wake: Notify,
     handoffs: mpsc::UnboundedSender<Handoff>,
-    /// Taken by [`run`] when it starts.
-    received: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Handoff>>>,
     room: Arc<Semaphore>,
 }
 
-impl Default for LocalRelay {
-    fn default() -> Self {
-        let (handoffs, received) = mpsc::unbounded_channel();
-        Self {
-            active: AtomicBool::new(false),
-            busy: AtomicBool::new(false),
-            wake: Notify::new(),
-            handoffs,
-            received: std::sync::Mutex::new(Some(received)),
-            room: Arc::new(Semaphore::new(HANDOFF_BYTES)),
-        }
-    }
-}
+/// What this instance's commands hand to its relay: given to [`run`], so an instance has one
+/// relay at most.
+pub struct Handoffs(mpsc::UnboundedReceiver<Handoff>);
 
 impl Wake {
-    pub fn start(nats: async_nats::Client, shutdown: CancellationToken) -> Self {
+    /// The wake-ups, and the hand-offs for this instance's relay (dropped if it runs none:
+    /// commits are then never handed over, as no relay here holds the lock).
+    pub fn start(nats: async_nats::Client, shutdown: CancellationToken) -> (Self, Handoffs) {
         let to_bus = Arc::new(Notify::new());
         let wakes = to_bus.clone();
         tokio::spawn(async move {
@@ -122,7 +112,15 @@ impl Wake {
                 let _ = nats.publish(subjects::OUTBOX_WAKE, bytes::Bytes::new()).await;
             }
         });
-        Self { to_bus, local: Arc::default() }
+        let (handoffs, received) = mpsc::unbounded_channel();
+        let local = Arc::new(LocalRelay {
+            active: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+            wake: Notify::new(),
+            handoffs,
+            room: Arc::new(Semaphore::new(HANDOFF_BYTES)),
+        });
+        (Self { to_bus, local }, Handoffs(received))
     }
 
     /// After a commit of `events` (with their outbox positions; `bytes` as stored),
@@ -176,14 +174,15 @@ impl Drop for ActiveFlag {
     }
 }
 
-pub async fn run(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    js: jetstream::Context,
+    wake: Wake,
+    Handoffs(mut handoffs): Handoffs,
+    shutdown: CancellationToken,
+) {
     let local = wake.local;
     let flag = ActiveFlag(local.clone());
-    let taken = local.received.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let Some(mut handoffs) = taken else {
-        tracing::error!("a second outbox relay in one instance; not started");
-        return;
-    };
     let mut wakes: Option<async_nats::Subscriber> = None;
     let mut relay: Option<Relay> = None;
     let mut handed: Vec<Handoff> = Vec::new();

@@ -90,7 +90,7 @@ impl Application {
             spend: spend.clone(),
         };
         let keks = platform::config::load::<identity::ProviderKeysConfig>()?.keks()?;
-        let wake = relay::Wake::start(nats.clone(), shutdown.clone());
+        let (wake, handoffs) = relay::Wake::start(nats.clone(), shutdown.clone());
         // The projector's progress, for synchronous prompts that wait for the read models.
         let notifications = platform::notifications::Notifications::new();
         let state = Arc::new(AppState {
@@ -141,7 +141,7 @@ impl Application {
                     .await
                     .is_some()
                 {
-                    relay::run(pg, js, wake, stop).await;
+                    relay::run(pg, js, wake, handoffs, stop).await;
                 }
             }));
         }
