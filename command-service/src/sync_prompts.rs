@@ -7,10 +7,9 @@
 //! Streams that open later say so as they open; those already open answer the roll the prompt
 //! calls before it is accepted. The wait holds no pooled connection: it listens on the bus for
 //! the session's completion and receipts (subscribed before the prompt exists, so they cannot be
-//! missed), looks in the event
-//! store only every few seconds in case the bus lost the completion, and sleeps on the
-//! projector's notifications. Each user may hold a few such waits per instance; more is 429,
-//! never a queue in front of other tenants.
+//! missed), looks in the event store only every few seconds in case the bus lost the
+//! completion, and sleeps on the projector's notifications. Each user may hold a few such waits
+//! per instance; more is 429, never a queue in front of other tenants.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,10 +90,9 @@ impl SyncPrompts {
         let receipts = receipts.await.map_err(|e| unavailable(&e))?;
         let streams = subscribe(schemas::subjects::user_streams(user));
         let streams = streams.await.map_err(|e| unavailable(&e))?;
-        // The server knows of the interest before the roll is called and before the prompt can
-        // be completed: a stream opening after this is heard as it opens, one already open
-        // answers the roll.
-        self.nats.flush().await.map_err(|e| unavailable(&e))?;
+        // The server takes one connection's commands in order, so it knows of the interest
+        // before the roll call: a stream opening after this is heard as it opens, one already
+        // open answers the roll. Flushed, both are known before the prompt can be completed.
         let call = self.nats.publish(schemas::subjects::user_streams_roll_call(user), "".into());
         call.await.map_err(|e| unavailable(&e))?;
         self.nats.flush().await.map_err(|e| unavailable(&e))?;

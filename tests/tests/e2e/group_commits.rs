@@ -20,8 +20,9 @@ const SESSIONS: usize = 40;
 /// whose statement ran first finds the winner's event and decides again; one whose statement
 /// ran at the same time fails on the primary key, with the commits sharing its statement, and
 /// each of them goes again alone); every fifth prompt is too large to share a statement and is
-/// written alone, in the same race. Each session takes exactly one of its two prompts (the other is refused 409: the session is busy with the first), each
-/// accepted prompt is stored, published and answered once, and nothing is left in the outbox.
+/// written alone, in the same race. Each session takes exactly one of its two prompts (the
+/// other is refused 409: the session is busy with the first), each accepted prompt is stored,
+/// published and answered once, and nothing is left in the outbox.
 #[tokio::test]
 async fn commits_sharing_a_statement_each_land_once_or_lose_alone() {
     let system = System::start().await;
