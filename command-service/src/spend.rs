@@ -1,21 +1,23 @@
 //! Spend budgets and prompt rates, enforced across every instance in PostgreSQL
 //! (migrations/0022_spend.sql): a prompt takes its rates and holds the most its reply can cost
 //! under its budgets in one statement before it is accepted; the `message.completed` event
-//! releases the hold and counts the real cost, in its own transaction.
+//! releases the hold and counts the real cost, in its own transaction. The admissions of one
+//! organization's prompts arriving together are decided in one statement (`prompt_admit_all`,
+//! migrations/0030), in the order they came: a burst under one budget takes its locks once
+//! instead of queueing on them one statement at a time.
 //!
 //! PostgreSQL rather than JetStream KV: the counters must move in the same transaction as the
 //! completion event (so a cost is counted exactly once whatever crashes), and the check-and-hold
 //! across up to four budgets is one statement under row and advisory locks, which a key-value
 //! compare-and-set can only approximate with retries.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use platform::batching::{BatchLimits, Batcher};
 use schemas::budget::Budget;
 use schemas::ids::{MessageId, OrganizationId, SessionId};
 use schemas::provider::{ModelCost, ModelLimit};
-use tokio::sync::Semaphore;
 
 use crate::error::{BudgetRefusal, DomainError};
 use crate::prompt_limits::PromptRate;
@@ -63,15 +65,61 @@ pub trait SpendLedger: Send + Sync {
 /// The ledger in PostgreSQL.
 pub struct PgSpend {
     db: deadpool_postgres::Pool,
-    /// Admissions of one organization running at once on this instance. Its admissions queue on
-    /// its budgets' locks in PostgreSQL anyway; bounding them here keeps that queue in memory, so
-    /// a burst of one organization's prompts holds at most this many of the pool's connections
-    /// while every other tenant's commands find theirs.
-    gates: moka::future::Cache<OrganizationId, Arc<Semaphore>>,
+    /// Each organization's admissions, batched (`platform::batching`): those arriving while its
+    /// statements run go out together as one, which takes its budgets' locks once for all of
+    /// them. One organization's burst holds at most [`ADMISSIONS`]`.in_flight` of the pool's
+    /// connections, and never shares a statement (or its locks) with another tenant's prompts.
+    batches: moka::future::Cache<OrganizationId, Batcher<Admit, Admitted>>,
 }
 
-/// Admissions of one organization in PostgreSQL at once, per instance.
-const ADMISSIONS_PER_ORGANIZATION: usize = 2;
+/// Per organization and instance: statements at once (they queue on the same budgets' locks
+/// in PostgreSQL anyway), admissions in one, admissions waiting, each session's at once (one
+/// prompt runs per session), and how long one waits for room before it is refused (503).
+const ADMISSIONS: BatchLimits = BatchLimits {
+    in_flight: 2,
+    max_batch: 64,
+    queue: 512,
+    per_key: 2,
+    queue_wait: Duration::from_secs(3),
+};
+
+/// One prompt's admission, as `prompt_admit_all` takes it (migrations/0030): the arguments of
+/// `prompt_admit` (0022), by name.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Admit {
+    session: String,
+    message: String,
+    organization: String,
+    /// The counters the hold goes to (the budgets' scopes).
+    held_in: Vec<String>,
+    own_key: bool,
+    amount: i64,
+    rate_keys: Vec<String>,
+    rate_costs: Vec<f64>,
+    rate_windows: Vec<f64>,
+    budget_ids: Vec<String>,
+    budget_scopes: Vec<String>,
+    budget_amounts: Vec<i64>,
+    budget_periods: Vec<&'static str>,
+    budget_hours: Vec<i32>,
+    budget_include_own: Vec<bool>,
+}
+
+/// An admission's answer: `None` if admitted, else what refused it.
+type Admitted = Result<Option<Refused>, DomainError>;
+
+/// What refused an admission, as `prompt_admit` says it.
+#[derive(Debug, Clone)]
+struct Refused {
+    /// The budget that refused, or none if a rate did.
+    budget_id: Option<String>,
+    spent: i64,
+    reserved: i64,
+    retry_after_secs: f64,
+    /// The rate that refused (1-based), if one did.
+    rate_index: Option<i32>,
+}
 
 fn db_error(e: impl std::fmt::Display) -> DomainError {
     DomainError::Unavailable(e.to_string())
@@ -83,13 +131,12 @@ fn n(v: u64) -> i64 {
 
 impl PgSpend {
     pub fn new(db: deadpool_postgres::Pool) -> Self {
-        let gates = moka::future::Cache::builder()
+        let batches = moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_idle(Duration::from_secs(600))
             .build();
-        Self { db, gates }
+        Self { db, batches }
     }
-
     /// Give back what a prompt held (its command failed); nothing if it held nothing.
     pub async fn release(&self, session: &SessionId, reply: &MessageId) -> anyhow::Result<()> {
         let db = self.db.get().await?;
@@ -130,83 +177,103 @@ impl SpendLedger for PgSpend {
         if a.budgets.is_empty() && a.rates.is_empty() {
             // No budget to hold under and no rate to take: the statement would only record a
             // hold that no counter carries. Skipping it spares the prompt a pooled connection and
-            // a turn at its organization's gate (where a burst of its prompts queued two at a
-            // time). A budget set meanwhile would not have counted this hold either.
+            // a turn in its organization's batches. A budget set meanwhile would not have
+            // counted this hold either.
             return Ok(());
         }
-        let gate = self
-            .gates
-            .get_with_by_ref(a.organization, async {
-                Arc::new(Semaphore::new(ADMISSIONS_PER_ORGANIZATION))
-            })
-            .await;
-        let _turn = gate.acquire().await.map_err(db_error)?;
-        let db = self.db.get().await.map_err(db_error)?;
-        let stmt = db
-            .prepare_cached(
-                "SELECT * FROM prompt_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            )
-            .await
-            .map_err(db_error)?;
         let org = a.organization;
-        let ids: Vec<&str> = a.budgets.iter().map(|b| b.id.as_str()).collect();
         let scopes: Vec<String> = a.budgets.iter().map(|b| b.spec.scope.counter_key(org)).collect();
         // The hold goes where the budgets look: their scopes' counters (the cost, later, goes
         // to every scope the reply is charged to, budgeted or not).
         let mut held_in = scopes.clone();
         held_in.sort_unstable();
         held_in.dedup();
-        let amounts: Vec<i64> = a.budgets.iter().map(|b| n(b.spec.amount.micro_dollars)).collect();
-        let periods: Vec<&str> = a.budgets.iter().map(|b| b.spec.period.sql().0).collect();
-        let hours: Vec<i32> = a.budgets.iter().map(|b| b.spec.period.sql().1).collect();
-        let own: Vec<bool> = a.budgets.iter().map(|b| b.spec.include_own_keys).collect();
-        let rate_keys: Vec<&str> = a.rates.iter().map(|r| r.key.as_str()).collect();
-        let rate_costs: Vec<f64> = a.rates.iter().map(|r| r.rate.interval_secs()).collect();
-        let rate_windows: Vec<f64> = a.rates.iter().map(|r| r.rate.window_secs()).collect();
-        let refused = db
-            .query_opt(
-                &stmt,
-                &[
-                    &a.session.as_str(),
-                    &a.reply.as_str(),
-                    &org.as_str(),
-                    &held_in,
-                    &a.own_key,
-                    &n(a.micro_dollars),
-                    &rate_keys,
-                    &rate_costs,
-                    &rate_windows,
-                    &ids,
-                    &scopes,
-                    &amounts,
-                    &periods,
-                    &hours,
-                    &own,
-                ],
-            )
-            .await
-            .map_err(db_error)?;
-        let Some(row) = refused else { return Ok(()) };
-        let retry: f64 = row.get(3);
-        if let Some(index) = row.get::<_, Option<i32>>(4) {
+        let admit = Admit {
+            session: a.session.to_string(),
+            message: a.reply.to_string(),
+            organization: org.to_string(),
+            held_in,
+            own_key: a.own_key,
+            amount: n(a.micro_dollars),
+            rate_keys: a.rates.iter().map(|r| r.key.clone()).collect(),
+            rate_costs: a.rates.iter().map(|r| r.rate.interval_secs()).collect(),
+            rate_windows: a.rates.iter().map(|r| r.rate.window_secs()).collect(),
+            budget_ids: a.budgets.iter().map(|b| b.id.to_string()).collect(),
+            budget_scopes: scopes,
+            budget_amounts: a.budgets.iter().map(|b| n(b.spec.amount.micro_dollars)).collect(),
+            budget_periods: a.budgets.iter().map(|b| b.spec.period.sql().0).collect(),
+            budget_hours: a.budgets.iter().map(|b| b.spec.period.sql().1).collect(),
+            budget_include_own: a.budgets.iter().map(|b| b.spec.include_own_keys).collect(),
+        };
+        let batches = self
+            .batches
+            .get_with_by_ref(org, async {
+                let db = self.db.clone();
+                Batcher::start(ADMISSIONS, move |batch| admit_all(db.clone(), batch))
+            })
+            .await;
+        let refused = batches.ask(a.session.as_str(), admit).await.map_err(db_error)??;
+        let Some(refused) = refused else { return Ok(()) };
+        let retry = refused.retry_after_secs;
+        if let Some(index) = refused.rate_index {
             let rate = usize::try_from(index - 1).ok().and_then(|i| a.rates.get(i));
             let rate = rate.ok_or_else(|| db_error(format!("no rate {index}")))?;
             return Err(DomainError::RateLimited(Box::new(rate.refused(retry))));
         }
-        let id: Option<String> = row.get(0);
-        let id = id.unwrap_or_default();
+        let id = refused.budget_id.unwrap_or_default();
         let budget = a.budgets.iter().find(|b| b.id.as_str() == id).ok_or_else(|| db_error(&id))?;
-        let (spent, reserved): (i64, i64) = (row.get(1), row.get(2));
         Err(DomainError::OverBudget(Box::new(BudgetRefusal {
             budget_id: budget.id.clone(),
             scope: budget.spec.scope.clone(),
             amount_micro_dollars: budget.spec.amount.micro_dollars,
-            spent_micro_dollars: spent.max(0) as u64,
-            reserved_micro_dollars: reserved.max(0) as u64,
+            spent_micro_dollars: refused.spent.max(0) as u64,
+            reserved_micro_dollars: refused.reserved.max(0) as u64,
             needed_micro_dollars: a.micro_dollars,
             retry_after_secs: retry.max(1.0) as u32,
         })))
     }
+}
+
+/// One statement for a batch of one organization's admissions, answered in their order. If it
+/// fails (a deadlock, or something about one admission), each goes again alone, so only the
+/// one it fails for gets the error.
+async fn admit_all(db: deadpool_postgres::Pool, batch: Vec<Admit>) -> Vec<Admitted> {
+    if batch.len() > 1
+        && let Ok(answers) = admit_together(&db, &batch).await
+    {
+        return answers.into_iter().map(Ok).collect();
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    for admit in batch {
+        let alone = admit_together(&db, std::slice::from_ref(&admit)).await;
+        answers.push(alone.map(|mut one| one.pop().flatten()));
+    }
+    answers
+}
+
+/// `prompt_admit_all` for `batch`: each admission's refusal, if it was refused.
+async fn admit_together(
+    db: &deadpool_postgres::Pool,
+    batch: &[Admit],
+) -> Result<Vec<Option<Refused>>, DomainError> {
+    let admissions = serde_json::to_value(batch).map_err(db_error)?;
+    let db = db.get().await.map_err(db_error)?;
+    let stmt = db.prepare_cached("SELECT * FROM prompt_admit_all($1)").await.map_err(db_error)?;
+    let rows = db.query(&stmt, &[&admissions]).await.map_err(db_error)?;
+    let mut answers = vec![None; batch.len()];
+    for row in rows {
+        let place = usize::try_from(row.get::<_, i32>(0) - 1).ok();
+        let answer =
+            place.and_then(|i| answers.get_mut(i)).ok_or_else(|| db_error("no such admission"))?;
+        *answer = Some(Refused {
+            budget_id: row.get(1),
+            spent: row.get::<_, Option<i64>>(2).unwrap_or_default(),
+            reserved: row.get::<_, Option<i64>>(3).unwrap_or_default(),
+            retry_after_secs: row.get(4),
+            rate_index: row.get(5),
+        });
+    }
+    Ok(answers)
 }
 
 /// A ledger that admits everything (aggregate unit tests).

@@ -422,6 +422,90 @@ async fn holds_taken_on_twenty_connections_at_the_same_instant_never_overlap() {
     assert_eq!(taken, 5);
 }
 
+/// What a burst's admissions look like to the database: one statement deciding a batch in the
+/// order given, each admission seeing the holds and rates of those before it.
+fn admission(message: &str, budget: bool, rate: bool) -> Value {
+    let (ids, scopes, amounts) = if budget {
+        (json!(["bdg_y"]), json!(["org:org_y"]), json!([500000]))
+    } else {
+        (json!([]), json!([]), json!([]))
+    };
+    // One prompt a minute, no burst: the second take of the key is refused.
+    let (keys, costs, windows) = if rate {
+        (json!(["prompts:org_y"]), json!([60.0]), json!([60.0]))
+    } else {
+        (json!([]), json!([]), json!([]))
+    };
+    json!({ "session": format!("ses_{message}"), "message": message, "organization": "org_y",
+        "heldIn": scopes, "ownKey": false, "amount": 100000,
+        "rateKeys": keys, "rateCosts": costs, "rateWindows": windows,
+        "budgetIds": ids, "budgetScopes": scopes, "budgetAmounts": amounts,
+        "budgetPeriods": if budget { json!(["day"]) } else { json!([]) },
+        "budgetHours": if budget { json!([0]) } else { json!([]) },
+        "budgetIncludeOwn": if budget { json!([true]) } else { json!([]) } })
+}
+
+#[tokio::test]
+async fn a_batch_of_admissions_takes_what_one_at_a_time_would_and_nothing_twice() {
+    let system = System::start().await;
+    let db = system.db().await;
+    // $0.10 each under a $0.50 budget; m0 asked twice (a command run again after a conflict),
+    // and two prompts under a rate of one a minute.
+    let mut batch: Vec<Value> = ["m0", "m1", "m0", "m2", "m3", "m4", "m5", "m6"]
+        .iter()
+        .map(|m| admission(m, true, false))
+        .collect();
+    batch.push(admission("r0", false, true));
+    batch.push(admission("r1", false, true));
+    let refused: Vec<(i32, Option<String>, Option<i32>)> = db
+        .query("SELECT n, budget_id, rate_index FROM prompt_admit_all($1)", &[&json!(batch)])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let bdg = || Some("bdg_y".to_owned());
+    assert_eq!(refused, vec![(7, bdg(), None), (8, bdg(), None), (10, None, Some(1))]);
+    let held: i64 = db
+        .query_one(
+            "SELECT sum(reserved)::bigint FROM spend_counters WHERE scope = 'org:org_y' \
+             AND granularity = 'd'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 500000, "five holds of $0.10, m0's once");
+
+    // Ten connections at the same instant, each with a batch of three: a $0.50 budget admits
+    // five in all, whatever the interleaving (and no batch deadlocks with another).
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(system.db().await);
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let batches = clients.into_iter().enumerate().map(|(i, db)| {
+        let start = start.clone();
+        async move {
+            let batch: Vec<Value> = (0..3)
+                .map(|j| {
+                    let mut a = admission(&format!("c{i}_{j}"), true, false);
+                    a["budgetIds"] = json!(["bdg_z"]);
+                    a["budgetScopes"] = json!(["org:org_z"]);
+                    a["heldIn"] = json!(["org:org_z"]);
+                    a["organization"] = json!("org_z");
+                    a
+                })
+                .collect();
+            let batch = json!(batch);
+            start.wait().await;
+            let rows = db.query("SELECT n FROM prompt_admit_all($1)", &[&batch]).await;
+            3 - rows.unwrap().len()
+        }
+    });
+    assert_eq!(join_all(batches).await.into_iter().sum::<usize>(), 5);
+}
+
 /// A prompt sent through an instance that still holds its session as idle, while a reply sent
 /// through another instance runs, is refused as busy and holds nothing: the instance learns the
 /// session moved on before it takes any of the budget (a hold taken on the stale state would
