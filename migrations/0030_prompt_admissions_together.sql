@@ -101,6 +101,9 @@ DECLARE
     now_ts timestamp := clock_timestamp() AT TIME ZONE 'UTC';
     hour_ts timestamp := date_trunc('hour', now_ts);
     rate_keys text[];
+    counter_scopes text[];
+    counter_owns boolean[];
+    counter_orgs text[];
     a record;
 BEGIN
     -- Not flushed at commit: see 0022.
@@ -113,12 +116,22 @@ BEGIN
     INSERT INTO rate_limits (key, tat) SELECT k, clock_timestamp() FROM unnest(rate_keys) k ORDER BY k
     ON CONFLICT (key) DO NOTHING;
     PERFORM 1 FROM rate_limits WHERE key = ANY (rate_keys) ORDER BY key FOR UPDATE;
-    INSERT INTO spend_counters AS c (scope, granularity, bucket, own_key, organization_id)
-    SELECT DISTINCT s, g.granularity, g.bucket, (x ->> 'ownKey')::boolean, x ->> 'organization'
-    FROM jsonb_array_elements(admissions) x, unnest(jsonb_texts(x -> 'heldIn')) s,
+    SELECT array_agg(s ORDER BY s, o), array_agg(o ORDER BY s, o), array_agg(org ORDER BY s, o)
+    INTO counter_scopes, counter_owns, counter_orgs
+    FROM (SELECT DISTINCT s, (x ->> 'ownKey')::boolean AS o, x ->> 'organization' AS org
+          FROM jsonb_array_elements(admissions) x, unnest(jsonb_texts(x -> 'heldIn')) s) k;
+    INSERT INTO spend_counters (scope, granularity, bucket, own_key, organization_id)
+    SELECT k.s, g.granularity, g.bucket, k.o, k.org
+    FROM unnest(counter_scopes, counter_owns, counter_orgs) k(s, o, org),
          (VALUES ('h'::"char", hour_ts), ('d'::"char", date_trunc('day', hour_ts))) g(granularity, bucket)
     ORDER BY 1, 2, 3, 4
-    ON CONFLICT (scope, granularity, bucket, own_key) DO UPDATE SET spent = c.spent;
+    ON CONFLICT (scope, granularity, bucket, own_key) DO NOTHING;
+    PERFORM 1
+    FROM spend_counters c, unnest(counter_scopes, counter_owns) k(s, o),
+         (VALUES ('h'::"char", hour_ts), ('d'::"char", date_trunc('day', hour_ts))) g(granularity, bucket)
+    WHERE c.scope = k.s AND c.own_key = k.o AND c.granularity = g.granularity AND c.bucket = g.bucket
+    ORDER BY c.scope, c.granularity, c.bucket, c.own_key
+    FOR UPDATE OF c;
     FOR a IN SELECT x.value AS v, x.ordinality::integer AS i
              FROM jsonb_array_elements(admissions) WITH ORDINALITY x ORDER BY x.ordinality LOOP
         RETURN QUERY SELECT a.i, r.* FROM prompt_admit_locked(now_ts,

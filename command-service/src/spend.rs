@@ -238,6 +238,7 @@ impl SpendLedger for PgSpend {
 /// fails (a deadlock, or something about one admission), each goes again alone, so only the
 /// one it fails for gets the error.
 async fn admit_all(db: deadpool_postgres::Pool, batch: Vec<Admit>) -> Vec<Admitted> {
+    metrics::histogram!("spend_admission_batch_size").record(batch.len() as f64);
     if batch.len() > 1
         && let Ok(answers) = admit_together(&db, &batch).await
     {
@@ -251,21 +252,53 @@ async fn admit_all(db: deadpool_postgres::Pool, batch: Vec<Admit>) -> Vec<Admitt
     answers
 }
 
-/// `prompt_admit_all` for `batch`: each admission's refusal, if it was refused.
+/// Each admission of `batch`'s refusal, if it was refused: one statement for them all
+/// (`prompt_admit_all`, its arguments as JSON), or, for a lone admission, `prompt_admit` with
+/// typed arguments as before batches (the quiet case pays nothing for them).
 async fn admit_together(
     db: &deadpool_postgres::Pool,
     batch: &[Admit],
 ) -> Result<Vec<Option<Refused>>, DomainError> {
-    let admissions = serde_json::to_value(batch).map_err(db_error)?;
     let db = db.get().await.map_err(db_error)?;
-    let stmt = db.prepare_cached("SELECT * FROM prompt_admit_all($1)").await.map_err(db_error)?;
-    let rows = db.query(&stmt, &[&admissions]).await.map_err(db_error)?;
+    let rows = match batch {
+        [a] => {
+            let stmt = db
+                .prepare_cached(
+                    "SELECT 1, * FROM prompt_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                )
+                .await
+                .map_err(db_error)?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
+                &a.session,
+                &a.message,
+                &a.organization,
+                &a.held_in,
+                &a.own_key,
+                &a.amount,
+                &a.rate_keys,
+                &a.rate_costs,
+                &a.rate_windows,
+                &a.budget_ids,
+                &a.budget_scopes,
+                &a.budget_amounts,
+                &a.budget_periods,
+                &a.budget_hours,
+                &a.budget_include_own,
+            ];
+            db.query(&stmt, &params).await
+        }
+        _ => {
+            let admissions = serde_json::to_value(batch).map_err(db_error)?;
+            let stmt =
+                db.prepare_cached("SELECT * FROM prompt_admit_all($1)").await.map_err(db_error)?;
+            db.query(&stmt, &[&admissions]).await
+        }
+    };
     let mut answers = vec![None; batch.len()];
-    for row in rows {
+    for row in rows.map_err(db_error)? {
         let place = usize::try_from(row.get::<_, i32>(0) - 1).ok();
-        let answer =
-            place.and_then(|i| answers.get_mut(i)).ok_or_else(|| db_error("no such admission"))?;
-        *answer = Some(Refused {
+        let answer = place.and_then(|i| answers.get_mut(i));
+        *answer.ok_or_else(|| db_error("no such admission"))? = Some(Refused {
             budget_id: row.get(1),
             spent: row.get::<_, Option<i64>>(2).unwrap_or_default(),
             reserved: row.get::<_, Option<i64>>(3).unwrap_or_default(),
