@@ -1,6 +1,7 @@
 //! End-to-end tests of the whole system: real services as processes, real PostgreSQL, NATS
 //! JetStream, OpenID provider, and a fake LLM provider speaking the OpenAI streaming format.
 
+mod admissions;
 mod api_fuzz;
 mod api_keys;
 mod authorization;
