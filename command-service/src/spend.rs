@@ -234,20 +234,28 @@ impl SpendLedger for PgSpend {
     }
 }
 
-/// One statement for a batch of one organization's admissions, answered in their order. If it
-/// fails (a deadlock, or something about one admission), each goes again alone, so only the
-/// one it fails for gets the error.
+/// One statement for a batch of one organization's admissions, answered in their order. If
+/// the database refuses it (a deadlock, or something about one admission), each goes again
+/// alone, so only the one it fails for gets the error; if the database cannot be reached, all
+/// are answered so at once.
 async fn admit_all(db: deadpool_postgres::Pool, batch: Vec<Admit>) -> Vec<Admitted> {
     metrics::histogram!("spend_admission_batch_size").record(batch.len() as f64);
-    if batch.len() > 1
-        && let Ok(answers) = admit_together(&db, &batch).await
-    {
-        return answers.into_iter().map(Ok).collect();
+    let unavailable = |e: &dyn std::fmt::Display| batch.iter().map(|_| Err(db_error(e))).collect();
+    let db = match db.get().await {
+        Ok(db) => db,
+        Err(e) => return unavailable(&e),
+    };
+    match admit_together(&db, &batch).await {
+        Ok(answers) => return answers.into_iter().map(Ok).collect(),
+        Err(e) if batch.len() > 1 && e.code().is_some() => {
+            tracing::warn!(error = %e, admissions = batch.len(), "admission batch refused; admitting one by one");
+        }
+        Err(e) => return unavailable(&e),
     }
     let mut answers = Vec::with_capacity(batch.len());
-    for admit in batch {
-        let alone = admit_together(&db, std::slice::from_ref(&admit)).await;
-        answers.push(alone.map(|mut one| one.pop().flatten()));
+    for admit in &batch {
+        let alone = admit_together(&db, std::slice::from_ref(admit)).await;
+        answers.push(alone.map(|mut one| one.pop().flatten()).map_err(db_error));
     }
     answers
 }
@@ -256,18 +264,16 @@ async fn admit_all(db: deadpool_postgres::Pool, batch: Vec<Admit>) -> Vec<Admitt
 /// (`prompt_admit_all`, its arguments as JSON), or, for a lone admission, `prompt_admit` with
 /// typed arguments as before batches (the quiet case pays nothing for them).
 async fn admit_together(
-    db: &deadpool_postgres::Pool,
+    db: &deadpool_postgres::Client,
     batch: &[Admit],
-) -> Result<Vec<Option<Refused>>, DomainError> {
-    let db = db.get().await.map_err(db_error)?;
+) -> Result<Vec<Option<Refused>>, tokio_postgres::Error> {
     let rows = match batch {
         [a] => {
             let stmt = db
                 .prepare_cached(
                     "SELECT 1, * FROM prompt_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
                 &a.session,
                 &a.message,
@@ -285,26 +291,28 @@ async fn admit_together(
                 &a.budget_hours,
                 &a.budget_include_own,
             ];
-            db.query(&stmt, &params).await
+            db.query(&stmt, &params).await?
         }
         _ => {
-            let admissions = serde_json::to_value(batch).map_err(db_error)?;
-            let stmt =
-                db.prepare_cached("SELECT * FROM prompt_admit_all($1)").await.map_err(db_error)?;
-            db.query(&stmt, &[&admissions]).await
+            let admissions =
+                serde_json::to_value(batch).expect("strings, numbers and booleans serialise");
+            let stmt = db.prepare_cached("SELECT * FROM prompt_admit_all($1)").await?;
+            db.query(&stmt, &[&admissions]).await?
         }
     };
     let mut answers = vec![None; batch.len()];
-    for row in rows.map_err(db_error)? {
+    for row in rows {
+        // Each row names an admission of the batch by its 1-based place.
         let place = usize::try_from(row.get::<_, i32>(0) - 1).ok();
-        let answer = place.and_then(|i| answers.get_mut(i));
-        *answer.ok_or_else(|| db_error("no such admission"))? = Some(Refused {
-            budget_id: row.get(1),
-            spent: row.get::<_, Option<i64>>(2).unwrap_or_default(),
-            reserved: row.get::<_, Option<i64>>(3).unwrap_or_default(),
-            retry_after_secs: row.get(4),
-            rate_index: row.get(5),
-        });
+        if let Some(answer) = place.and_then(|i| answers.get_mut(i)) {
+            *answer = Some(Refused {
+                budget_id: row.get(1),
+                spent: row.get::<_, Option<i64>>(2).unwrap_or_default(),
+                reserved: row.get::<_, Option<i64>>(3).unwrap_or_default(),
+                retry_after_secs: row.get(4),
+                rate_index: row.get(5),
+            });
+        }
     }
     Ok(answers)
 }

@@ -26,7 +26,7 @@ fn admission(org: &str, n: u64) -> Value {
     let seed = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33;
     let member = format!("usr_{}", seed % 3);
     let ws = format!("ws_{}", seed / 3 % 2);
-    let own = seed / 6 % 4 == 0;
+    let own = (seed / 6).is_multiple_of(4);
     let amount = 50_000 + (seed / 24 % 3) as i64 * 50_000;
     let message = if n % 7 == 6 { format!("msg_{}", n - 3) } else { format!("msg_{n}") };
     let mut budgets: Vec<Budget> = vec![("bdg_org", "org:".into(), 3_000_000, "month", 0, false)];
