@@ -73,13 +73,14 @@ pub struct PgSpend {
 }
 
 /// Per organization and instance: statements at once (they queue on the same budgets' locks
-/// in PostgreSQL anyway), admissions in one, admissions waiting, each session's at once (one
-/// prompt runs per session), and how long one waits for room before it is refused (503).
+/// in PostgreSQL anyway), admissions in one, admissions waiting (the organization's own bound:
+/// no gate per session, which would cost each organization's batcher tens of KB), and how long
+/// one waits for room before it is refused (503).
 const ADMISSIONS: BatchLimits = BatchLimits {
     in_flight: 2,
     max_batch: 64,
     queue: 512,
-    per_key: 2,
+    per_key: usize::MAX,
     queue_wait: Duration::from_secs(3),
 };
 

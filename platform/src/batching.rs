@@ -36,7 +36,9 @@ pub struct BatchLimits {
     pub max_batch: usize,
     /// Requests waiting for a batch at most.
     pub queue: usize,
-    /// Requests of one key in the queue or a batch at once.
+    /// Requests of one key in the queue or a batch at once. At `queue` or more, no key is
+    /// gated and the batcher keeps no gates: for a batcher that serves one tenant only, whose
+    /// own queue is its bound (a gate cache costs tens of KB, too much to keep per tenant).
     pub per_key: usize,
     /// How long a request waits for its key's turn and room in the queue before it is refused.
     pub queue_wait: Duration,
@@ -57,7 +59,7 @@ pub enum BatchError {
 /// Sends requests `W` to a batch function and hands each caller its answer `A`.
 pub struct Batcher<W, A> {
     queue: mpsc::Sender<(W, oneshot::Sender<A>)>,
-    gates: moka::future::Cache<String, Arc<Semaphore>>,
+    gates: Option<moka::future::Cache<String, Arc<Semaphore>>>,
     limits: BatchLimits,
 }
 
@@ -77,20 +79,28 @@ impl<W: Send + 'static, A: Send + 'static> Batcher<W, A> {
     {
         let (queue, requests) = mpsc::channel(limits.queue.max(1));
         tokio::spawn(gather(limits, requests, run));
-        let gates = moka::future::Cache::builder()
-            .max_capacity(GATES)
-            .time_to_idle(Duration::from_secs(60))
-            .build();
+        let gates = (limits.per_key < limits.queue).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(GATES)
+                .time_to_idle(Duration::from_secs(60))
+                .build()
+        });
         Self { queue, gates, limits }
     }
 
     /// `want`'s answer, from the next batch; `key` says whose it is (see the module doc).
     pub async fn ask(&self, key: &str, want: W) -> Result<A, BatchError> {
         let per_key = self.limits.per_key.max(1);
-        let gate = self.gates.get_with_by_ref(key, async { Arc::new(Semaphore::new(per_key)) });
         let (reply, answer) = oneshot::channel();
         let queued = async {
-            let turn = gate.await.acquire_owned().await.map_err(|_| BatchError::Stopped)?;
+            let turn = match &self.gates {
+                Some(gates) => {
+                    let gate =
+                        gates.get_with_by_ref(key, async { Arc::new(Semaphore::new(per_key)) });
+                    Some(gate.await.acquire_owned().await.map_err(|_| BatchError::Stopped)?)
+                }
+                None => None,
+            };
             self.queue.send((want, reply)).await.map_err(|_| BatchError::Stopped)?;
             Ok(turn)
         };
@@ -235,6 +245,18 @@ mod tests {
         let first = &batches[0];
         assert!(first.contains(&"other"), "the other key rode in the first batch: {first:?}");
         assert!(first.iter().filter(|w| **w == "flood").count() <= 2, "{first:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batcher_for_one_tenant_keeps_no_gates_and_answers_alike() {
+        let one_tenant = BatchLimits { per_key: usize::MAX, ..limits(1) };
+        let batcher = Batcher::start(one_tenant, |wants: Vec<u32>| async move { wants });
+        assert!(batcher.gates.is_none(), "no gate cache to keep per tenant");
+        let answers = futures::future::join_all((0..20).map(|i| batcher.ask("k", i))).await;
+        let answers: Vec<u32> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, (0..20).collect::<Vec<_>>());
+        let gated = BatchLimits { per_key: 2, ..limits(1) };
+        assert!(Batcher::start(gated, |w: Vec<u32>| async move { w }).gates.is_some());
     }
 
     #[tokio::test]
