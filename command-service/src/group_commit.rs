@@ -21,6 +21,7 @@ use std::time::Duration;
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use futures::StreamExt;
 use platform::batching::{BatchLimits, Batcher};
+use platform::telemetry::InProgress;
 
 use crate::event_repository::{
     Checked, Commit, EventRepository, is_connection_error, shared_error,
@@ -67,7 +68,8 @@ impl GroupCommit {
     /// Write `commit` if the states it was decided from are current (see
     /// `EventRepository::commit_if_current`), with whatever other commits are waiting.
     pub async fn commit(&self, commit: Commit) -> Committed {
-        let _counted = InProgress::new();
+        // Counted until answered, or until its caller goes away.
+        let _counted = InProgress::new("commits_in_progress");
         if commit.bytes > SHARED_AT_MOST {
             let checked = self.events.commit_if_current(&commit).await?;
             return Ok((checked, commit.events));
@@ -77,23 +79,6 @@ impl GroupCommit {
             // Too many commits waiting, or the service stopping: answered 503.
             PersistenceError::ConnectionError(Box::new(e))
         })?
-    }
-}
-
-/// Counts a commit in `commits_in_progress` (waiting for a statement or being written) until
-/// it is answered or its caller goes away.
-struct InProgress;
-
-impl InProgress {
-    fn new() -> Self {
-        metrics::gauge!("commits_in_progress").increment(1.0);
-        Self
-    }
-}
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        metrics::gauge!("commits_in_progress").decrement(1.0);
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use platform::batching::{BatchLimits, Batcher};
+use platform::telemetry::InProgress;
 use schemas::budget::Budget;
 use schemas::ids::{MessageId, OrganizationId, SessionId};
 use schemas::provider::{ModelCost, ModelLimit};
@@ -213,7 +214,10 @@ impl SpendLedger for PgSpend {
                 Batcher::start(ADMISSIONS, move |batch| admit_all(db.clone(), batch))
             })
             .await;
+        // Counted while it waits for its statement or is in one.
+        let waiting = InProgress::new("spend_admissions_in_progress");
         let refused = batches.ask(a.session.as_str(), admit).await.map_err(db_error)??;
+        drop(waiting);
         let Some(refused) = refused else { return Ok(()) };
         let retry = refused.retry_after_secs;
         if let Some(index) = refused.rate_index {
@@ -250,6 +254,7 @@ async fn admit_all(db: deadpool_postgres::Pool, batch: Vec<Admit>) -> Vec<Admitt
         Ok(answers) => return answers.into_iter().map(Ok).collect(),
         Err(e) if batch.len() > 1 && e.code().is_some() => {
             tracing::warn!(error = %e, admissions = batch.len(), "admission batch refused; admitting one by one");
+            metrics::counter!("spend_admission_batches_retried_alone_total").increment(1);
         }
         Err(e) => return unavailable(&e),
     }

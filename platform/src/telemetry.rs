@@ -15,6 +15,23 @@ use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 /// are disabled and cost a branch.
 pub const TRACE_TARGET: &str = "oc_trace";
 
+/// Counts something in the gauge `name` while it lives (a request waiting or being served):
+/// incremented when made, decremented when dropped, so a caller that goes away is uncounted too.
+pub struct InProgress(&'static str);
+
+impl InProgress {
+    pub fn new(name: &'static str) -> Self {
+        metrics::gauge!(name).increment(1.0);
+        Self(name)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
 /// A step of a prompt's trace, exported as `name` (a child of the current span). Free when
 /// export is off, as every span of [`TRACE_TARGET`].
 pub fn trace_step(name: &'static str) -> tracing::Span {

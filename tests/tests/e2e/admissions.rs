@@ -1,11 +1,15 @@
 //! A burst of one organization's prompts is admitted in one statement (`prompt_admit_all`,
 //! migrations/0030): it must decide exactly what admitting them one at a time, in order, with
 //! `prompt_admit` decides (budgets, rates, a prompt asked twice), and batches running at once
-//! must neither overlap their holds nor deadlock.
+//! must neither overlap their holds nor deadlock. A batch the database refuses fails only the
+//! admission it refuses.
 
-use e2e_tests::System;
+use e2e_tests::{System, SystemOptions, eventually};
 use futures::future::join_all;
 use serde_json::{Value, json};
+
+use crate::WAIT;
+use crate::budgets::{org_budget, priced_org, set_budget};
 
 /// `prompt_admit` for one admission given as `prompt_admit_all` takes it.
 const ADMIT_ONE: &str = "SELECT 1, * FROM prompt_admit($1::jsonb ->> 'session', $1::jsonb ->> 'message', \
@@ -147,4 +151,129 @@ async fn batches_at_the_same_instant_never_overlap_their_holds() {
         }
     });
     assert_eq!(join_all(batches).await.into_iter().sum::<usize>(), 5);
+}
+
+/// A prompt in `session`, sent at once: its status and problem type, when answered.
+fn spawn_prompt(
+    system: &System,
+    bearer: &str,
+    session: &str,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let body = json!({ "parts": [{ "type": "text", "text": "hi [[fake tokens=2]]" }] });
+    let url = format!("{}/session/{session}/prompt_async", system.command_url());
+    let req = system.http.post(url).bearer_auth(bearer).json(&body).timeout(WAIT * 3);
+    tokio::spawn(async move {
+        let res = req.send().await.expect("command service reachable");
+        (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// Wait until `n` lone admission statements on this test's database wait for a lock.
+async fn admissions_waiting(system: &System, n: i64) {
+    let db = system.db().await;
+    eventually("admission statements waiting for a lock", WAIT, || async {
+        let row = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'SELECT 1, * FROM prompt_admit(%'",
+                &[],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == n).then_some(())
+    })
+    .await;
+}
+
+/// How many `session.prompted` events `session` has.
+async fn prompted(db: &tokio_postgres::Client, session: &str) -> i64 {
+    let row = db
+        .query_one(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'session' AND aggregate_id = $1 \
+             AND event_type = 'session.prompted'",
+            &[&session],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+/// The database refuses one prompt's hold (here a trigger of the test's; in life a constraint,
+/// a deadlock) while that prompt shares its organization's admission statement with others:
+/// the others must not fail with it. The statement goes again admission by admission, every
+/// other prompt is accepted, and the refused one alone gets a 503 and writes nothing. Both of
+/// the organization's statement slots are first held by admissions waiting for a lock of the
+/// test's, so that the rest are gathered into one statement.
+#[tokio::test]
+async fn a_batch_the_database_refuses_fails_only_the_admission_it_refuses() {
+    let pool = vec![("OC_DATABASE_POOL_SIZE", "8".to_owned())];
+    let system =
+        System::start_with(SystemOptions { service_env: pool, ..Default::default() }).await;
+    let alice = system.token("alice").await;
+    let o = priced_org(&system, &[]).await;
+    set_budget(&system, &o.org, org_budget(100.0, "day")).await;
+    let create = |_| system.create_session(&alice, &o.ws.id);
+    let blockers = join_all((0..2).map(create)).await;
+    let refused = system.create_session(&alice, &o.ws.id).await;
+    let others = join_all((0..5).map(create)).await;
+    let db = system.db().await;
+    db.batch_execute(&format!(
+        "CREATE FUNCTION refuse_hold() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'this hold is refused'; END $$; \
+         CREATE TRIGGER refuse_hold BEFORE INSERT ON spend_reservations FOR EACH ROW \
+         WHEN (NEW.session_id = '{}') EXECUTE FUNCTION refuse_hold();",
+        refused.id
+    ))
+    .await
+    .unwrap();
+
+    // The organization budget's lock, as every admission under it takes it first.
+    let lock = system.db().await;
+    let scope = format!("org:{}", o.org.id);
+    lock.batch_execute("BEGIN").await.unwrap();
+    lock.execute("SELECT pg_advisory_xact_lock(hashtext('spend'), hashtext($1))", &[&scope])
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for (n, session) in blockers.iter().enumerate() {
+        held.push(spawn_prompt(&system, &alice, &session.id));
+        admissions_waiting(&system, n as i64 + 1).await;
+    }
+    let gathered: Vec<_> = std::iter::once(&refused)
+        .chain(&others)
+        .map(|session| spawn_prompt(&system, &alice, &session.id))
+        .collect();
+    let in_progress = (blockers.len() + 1 + others.len()) as f64;
+    let ops_url = &system.command[0].ops_url;
+    eventually("every admission waiting", WAIT, || async {
+        (system.metric(ops_url, "spend_admissions_in_progress").await == Some(in_progress))
+            .then_some(())
+    })
+    .await;
+    lock.batch_execute("COMMIT").await.unwrap();
+
+    for prompt in held {
+        assert_eq!(prompt.await.unwrap().0, 202, "a held prompt is taken");
+    }
+    let mut answers = Vec::new();
+    for prompt in gathered {
+        answers.push(prompt.await.unwrap());
+    }
+    let (status, problem) = &answers[0];
+    assert_eq!(*status, 503, "the refused hold's prompt: {problem}");
+    assert_eq!(problem["status"], 503, "a problem document: {problem}");
+    for (status, body) in &answers[1..] {
+        assert_eq!(*status, 202, "the others are taken: {body}");
+    }
+    let retried = system.metric(ops_url, "spend_admission_batches_retried_alone_total");
+    assert_eq!(retried.await, Some(1.0), "the shared statement failed once, and went again");
+    assert_eq!(prompted(&db, &refused.id).await, 0, "the refused prompt wrote nothing");
+    for session in &others {
+        assert_eq!(prompted(&db, &session.id).await, 1, "each other prompt stored once");
+    }
+    let holds = db
+        .query_one("SELECT count(*) FROM spend_reservations WHERE session_id = $1", &[&refused.id])
+        .await
+        .unwrap();
+    assert_eq!(holds.get::<_, i64>(0), 0, "nothing held for it");
 }

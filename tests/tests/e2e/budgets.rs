@@ -18,15 +18,15 @@ use crate::WAIT;
 /// What every prompt holds: 1,000 output tokens at $100 per million.
 const HOLD_USD: f64 = 0.1;
 
-struct Org {
-    org: Created,
-    ws: Created,
+pub(crate) struct Org {
+    pub(crate) org: Created,
+    pub(crate) ws: Created,
     connection: String,
 }
 
 /// Alice's organization with a priced connection `oa` offering model `m`, and `members` in
 /// its workspace.
-async fn priced_org(system: &System, members: &[&str]) -> Org {
+pub(crate) async fn priced_org(system: &System, members: &[&str]) -> Org {
     let alice = system.token("alice").await;
     let org = system.create_org(&alice, "Budgeted").await;
     let ws = system.create_workspace(&alice, &org.id, "w").await;
@@ -57,11 +57,11 @@ async fn price(system: &System, bearer: &str, org: &Created, connection: &str) {
 }
 
 /// An organization budget of `usd` dollars per `period` (day or month).
-fn org_budget(usd: f64, period: &str) -> Value {
+pub(crate) fn org_budget(usd: f64, period: &str) -> Value {
     json!({ "scope": { "type": "organization" }, "amountUsd": usd, "period": { "type": period } })
 }
 
-async fn set_budget(system: &System, org: &Created, budget: Value) -> String {
+pub(crate) async fn set_budget(system: &System, org: &Created, budget: Value) -> String {
     let alice = system.token("alice").await;
     let a = system.post(&alice, &format!("/org/{}/budget", org.id), budget).await;
     assert_eq!(a.status, 201, "{a:?}");
