@@ -33,7 +33,7 @@ fn admission(org: &str, n: u64) -> Value {
     let own = (seed / 6).is_multiple_of(4);
     let amount = 50_000 + (seed / 24 % 3) as i64 * 50_000;
     let message = if n % 7 == 6 { format!("msg_{}", n - 3) } else { format!("msg_{n}") };
-    let mut budgets: Vec<Budget> = vec![("bdg_org", "org:".into(), 3_000_000, "month", 0, false)];
+    let mut budgets: Vec<Budget> = vec![("bdg_org", "org:".into(), 2_000_000, "month", 0, false)];
     if ws == "ws_0" {
         budgets.push(("bdg_ws", format!("ws:{ws}"), 1_000_000, "day", 0, true));
     }
