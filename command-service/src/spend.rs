@@ -155,21 +155,39 @@ impl PgSpend {
         Ok(row.get(0))
     }
 
-    /// What `budget` of `org` has spent and holds in its current period, in micro-dollars.
-    pub async fn used(&self, org: &OrganizationId, budget: &Budget) -> anyhow::Result<(u64, u64)> {
+    /// What each of `budgets` of `org` has spent and holds in its current period, in
+    /// micro-dollars, in their order: one statement for them all.
+    pub async fn used(
+        &self,
+        org: &OrganizationId,
+        budgets: &[&Budget],
+    ) -> anyhow::Result<Vec<(u64, u64)>> {
+        if budgets.is_empty() {
+            return Ok(Vec::new());
+        }
         let db = self.db.get().await?;
-        let (period, hours) = budget.spec.period.sql();
         let stmt = db
             .prepare_cached(
-                "SELECT u.spent, u.reserved FROM spend_window($1, $2, clock_timestamp() AT TIME ZONE 'UTC') w, \
-                 LATERAL spend_used($3, $4, w.granularity, w.from_ts) u",
+                "SELECT u.spent, u.reserved \
+                 FROM unnest($1::text[], $2::int[], $3::text[], $4::bool[]) WITH ORDINALITY \
+                      b(period, hours, scope, include_own, o), \
+                 LATERAL spend_window(b.period, b.hours, clock_timestamp() AT TIME ZONE 'UTC') w, \
+                 LATERAL spend_used(b.scope, b.include_own, w.granularity, w.from_ts) u \
+                 ORDER BY b.o",
             )
             .await?;
-        let scope = budget.spec.scope.counter_key(org);
-        let row =
-            db.query_one(&stmt, &[&period, &hours, &scope, &budget.spec.include_own_keys]).await?;
-        let (spent, reserved): (i64, i64) = (row.get(0), row.get(1));
-        Ok((spent.max(0) as u64, reserved.max(0) as u64))
+        let periods: Vec<&str> = budgets.iter().map(|b| b.spec.period.sql().0).collect();
+        let hours: Vec<i32> = budgets.iter().map(|b| b.spec.period.sql().1).collect();
+        let scopes: Vec<String> = budgets.iter().map(|b| b.spec.scope.counter_key(org)).collect();
+        let own: Vec<bool> = budgets.iter().map(|b| b.spec.include_own_keys).collect();
+        let rows = db.query(&stmt, &[&periods, &hours, &scopes, &own]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let (spent, reserved): (i64, i64) = (row.get(0), row.get(1));
+                (spent.max(0) as u64, reserved.max(0) as u64)
+            })
+            .collect())
     }
 }
 

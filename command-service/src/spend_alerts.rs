@@ -49,30 +49,32 @@ pub async fn raise_exhausted(
 }
 
 /// After a reply of `user` in `workspace` completed: raise every threshold its budgets have
-/// crossed and not yet raised this period.
+/// crossed and not yet raised this period. The budgets' use is read in one statement.
 pub async fn raise_crossed_thresholds(
     state: &AppState,
     org: &OrganizationId,
     (workspace, user): (&WorkspaceId, &UserId),
     budgets: Vec<(Budget, Vec<BudgetAlert>)>,
 ) -> anyhow::Result<()> {
-    for (budget, due) in budgets {
-        let concerned = match &budget.spec.scope {
+    let due: Vec<(&Budget, Vec<u8>)> = budgets
+        .iter()
+        .filter(|(budget, _)| match &budget.spec.scope {
             BudgetScope::Organization | BudgetScope::ApiKey(_) => true,
             BudgetScope::Workspace(ws) => ws == workspace,
             BudgetScope::Member(member) => member == user,
-        };
-        let thresholds: Vec<u8> = due
-            .iter()
-            .filter_map(|a| match a {
+        })
+        .map(|(budget, due)| {
+            let thresholds = due.iter().filter_map(|a| match a {
                 BudgetAlert::Threshold { percent } => Some(*percent),
                 BudgetAlert::Exhausted => None,
-            })
-            .collect();
-        if !concerned || thresholds.is_empty() {
-            continue;
-        }
-        let (spent, _) = state.spend.used(org, &budget).await?;
+            });
+            (budget, thresholds.collect::<Vec<u8>>())
+        })
+        .filter(|(_, thresholds)| !thresholds.is_empty())
+        .collect();
+    let concerned: Vec<&Budget> = due.iter().map(|(budget, _)| *budget).collect();
+    let used = state.spend.used(org, &concerned).await?;
+    for ((budget, thresholds), (spent, _)) in due.into_iter().zip(used) {
         let amount = u128::from(budget.spec.amount.micro_dollars);
         for percent in thresholds {
             if u128::from(spent) * 100 >= amount * u128::from(percent) {

@@ -350,6 +350,14 @@ async fn thresholds_and_exhaustion_are_raised_once_a_period_on_the_bus_and_in_th
         "amountUsd": 0.15, "period": { "type": "month" }, "thresholds": [50, 80] }),
     )
     .await;
+    // Read with the organization's in one statement after each reply: $0.09 of $1 crosses 5 %.
+    let workspace = set_budget(
+        &system,
+        &o.org,
+        json!({ "scope": { "type": "workspace", "id": o.ws.id },
+        "amountUsd": 1.0, "period": { "type": "month" }, "thresholds": [5, 50] }),
+    )
+    .await;
     let session = system.create_session(&alice, &o.ws.id).await.id;
 
     // $0.09 of $0.15 is 60 %: the 50 % threshold, not the 80 % one.
@@ -362,7 +370,7 @@ async fn thresholds_and_exhaustion_are_raised_once_a_period_on_the_bus_and_in_th
     }
 
     let audit = format!("/org/{}/audit", o.org.id);
-    let alerts = eventually("both alerts in the audit trail", WAIT, || async {
+    let alerts = eventually("the three alerts in the audit trail", WAIT, || async {
         let a = system.get(&alice, &audit, None).await;
         let alerts: Vec<Value> = a.body["items"]
             .as_array()?
@@ -370,20 +378,29 @@ async fn thresholds_and_exhaustion_are_raised_once_a_period_on_the_bus_and_in_th
             .filter(|e| e["type"] == "organization.budget_alert")
             .cloned()
             .collect();
-        (alerts.len() >= 2).then_some(alerts)
+        (alerts.len() >= 3).then_some(alerts)
     })
     .await;
-    assert_eq!(alerts.len(), 2, "{alerts:?}");
-    let kinds: Vec<&Value> = alerts.iter().map(|e| &e["details"]["alert"]).collect();
-    assert!(kinds.contains(&&json!({ "type": "threshold", "percent": 50 })), "{kinds:?}");
-    assert!(kinds.contains(&&json!({ "type": "exhausted" })), "{kinds:?}");
-    for alert in &alerts {
-        assert_eq!(alert["details"]["budgetID"], budget.as_str());
-    }
+    assert_eq!(alerts.len(), 3, "{alerts:?}");
+    let mut raised: Vec<(&str, &Value)> = alerts
+        .iter()
+        .map(|e| (e["details"]["budgetID"].as_str().unwrap(), &e["details"]["alert"]))
+        .collect();
+    raised.sort_by_key(|(id, alert)| (*id == workspace, alert.to_string()));
+    let threshold = |percent: u8| json!({ "type": "threshold", "percent": percent });
+    assert_eq!(
+        raised,
+        [
+            (budget.as_str(), &threshold(50)),
+            (budget.as_str(), &json!({ "type": "exhausted" })),
+            (workspace.as_str(), &threshold(5)),
+        ],
+        "{alerts:?}"
+    );
 
     // On the bus, for a notifier to subscribe to by subject.
     let mut on_bus = 0;
-    while on_bus < 2 {
+    while on_bus < 3 {
         let msg = tokio::time::timeout(WAIT, bus.next()).await.expect("alerts on the bus").unwrap();
         if msg.subject.as_str().ends_with("organization_budget_alert") {
             on_bus += 1;
