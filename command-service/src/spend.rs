@@ -68,17 +68,18 @@ pub struct PgSpend {
     db: deadpool_postgres::Pool,
     /// Each organization's admissions, batched (`platform::batching`): those arriving while its
     /// statements run go out together as one, which takes its budgets' locks once for all of
-    /// them. One organization's burst holds at most [`ADMISSIONS`]`.in_flight` of the pool's
-    /// connections, and never shares a statement (or its locks) with another tenant's prompts.
+    /// them. One organization's burst holds one of the pool's connections at a time
+    /// ([`ADMISSIONS`]`.in_flight`), and never shares a statement (or its locks) with another tenant's prompts.
     batches: moka::future::Cache<OrganizationId, Batcher<Admit, Admitted>>,
 }
 
-/// Per organization and instance: statements at once (they queue on the same budgets' locks
-/// in PostgreSQL anyway), admissions in one, admissions waiting (the organization's own bound:
-/// no gate per session, which would cost each organization's batcher tens of KB), and how long
-/// one waits for room before it is refused (503).
+/// Per organization and instance: one statement at a time (a second would only wait for the
+/// first's budget locks, holding a pooled connection, and take fewer admissions with it),
+/// admissions in one, admissions waiting (the organization's own bound: no gate per session,
+/// which would cost each organization's batcher tens of KB), and how long one waits for room
+/// before it is refused (503).
 const ADMISSIONS: BatchLimits = BatchLimits {
-    in_flight: 2,
+    in_flight: 1,
     max_batch: 64,
     queue: 512,
     per_key: usize::MAX,
