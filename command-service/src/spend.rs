@@ -69,7 +69,8 @@ pub struct PgSpend {
     /// Each organization's admissions, batched (`platform::batching`): those arriving while its
     /// statements run go out together as one, which takes its budgets' locks once for all of
     /// them. One organization's burst holds one of the pool's connections at a time
-    /// ([`ADMISSIONS`]`.in_flight`), and never shares a statement (or its locks) with another tenant's prompts.
+    /// ([`ADMISSIONS`]`.in_flight`), and never shares a statement (or its locks) with another
+    /// tenant's prompts.
     batches: moka::future::Cache<OrganizationId, Batcher<Admit, Admitted>>,
 }
 
