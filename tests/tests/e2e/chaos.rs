@@ -8,7 +8,9 @@
 //!
 //! Afterwards: every prompt answered 202 got exactly one completed reply; every client saw each
 //! reply's final attempt equal to the stored text, and no event twice or out of order; the read
-//! models equal a rebuild. The infrastructure test reports how soon the system served again
+//! models equal a rebuild; the organization's spend counted every completed reply's cost once,
+//! and no completed reply still holds budget (its prompts run on a priced model, under a
+//! budget). The infrastructure test reports how soon the system served again
 //! after each kind of fault (the first reply to a prompt accepted after it).
 //!
 //! `OC_CHAOS_PROMPTS` sets how many prompts per test (default 48 and 80: the short profile
@@ -22,6 +24,8 @@ use std::time::{Duration, Instant};
 use e2e_tests::sse::{Event, SseClient, reply_text};
 use e2e_tests::{System, SystemOptions, eventually, within};
 use serde_json::{Value, json};
+
+use crate::budgets::{Org, org_budget, priced_org, set_budget};
 
 /// How long one prompt may take to be answered, kills included.
 const REPLY_WAIT: Duration = Duration::from_secs(90);
@@ -198,14 +202,17 @@ struct Load {
     /// When each answered reply's prompt was accepted, and when it completed on its stream.
     answered: Arc<Mutex<Vec<(Instant, Instant)>>>,
     bearer: String,
+    organization: String,
     prompts: usize,
 }
 
 impl Load {
     async fn start(system: &System, prompts: usize) -> Load {
         let alice = system.token("alice").await;
-        let org = system.create_org(&alice, "Chaos").await;
-        let ws = system.create_workspace(&alice, &org.id, "w").await;
+        // A priced model by default, under a budget far above what the load spends: every prompt
+        // is admitted against it and every reply's cost counted.
+        let Org { org, ws, .. } = priced_org(system, &[]).await;
+        set_budget(system, &org, org_budget(1_000.0, "month")).await;
         let progress = Arc::new(AtomicUsize::new(0));
         let answered = Arc::new(Mutex::new(Vec::new()));
         let mut clients = Vec::new();
@@ -222,7 +229,8 @@ impl Load {
             };
             clients.push(tokio::spawn(client.run(prompts / SESSIONS, session.token)));
         }
-        Load { clients, progress, answered, bearer: alice, prompts: prompts / SESSIONS * SESSIONS }
+        let prompts = prompts / SESSIONS * SESSIONS;
+        Load { clients, progress, answered, bearer: alice, organization: org.id, prompts }
     }
 
     /// Wait until the load has answered `replies` more prompts (true), or has ended (false).
@@ -288,11 +296,43 @@ impl Load {
             }
         }
         assert_eq!(answered, self.prompts);
+        spend_counted_once(system, &self.organization).await;
         let live = system.read_models().await;
         system.rebuild().await;
         assert_eq!(system.read_models().await, live, "the read models equal a rebuild");
         (answered, seen.iter().map(|s| s.reconnects).sum())
     }
+}
+
+/// The organization's spend counters hold the cost of every completed reply stored, once, and
+/// no completed reply's hold is left (holds of prompts whose command died before it committed
+/// are the sweep's).
+async fn spend_counted_once(system: &System, org: &str) {
+    let db = system.db().await;
+    let completed = "FROM events WHERE event_type = 'message.completed' \
+                     AND metadata ->> 'organization_id' = $1";
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT (SELECT coalesce(sum(spent), 0)::bigint FROM spend_counters \
+                         WHERE scope = 'org:' || $1 AND granularity = 'd'), \
+                        (SELECT coalesce(sum((payload::jsonb #>> \
+                             '{{properties,message,cost,microDollars}}')::bigint), 0)::bigint {completed}), \
+                        (SELECT count(*) {completed}), \
+                        (SELECT count(*) FROM spend_reservations r WHERE EXISTS (SELECT 1 {completed} \
+                             AND aggregate_id = r.session_id \
+                             AND payload::jsonb #>> '{{properties,message,id}}' = r.message_id))"
+            ),
+            &[&org],
+        )
+        .await
+        .unwrap();
+    let (counted, cost, replies, held): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert!(replies > 0 && cost > 0, "replies were priced: {replies} replies, {cost} µ$");
+    assert_eq!(counted, cost, "every completed reply's cost counted once");
+    assert_eq!(held, 0, "no completed reply still holds budget");
+    eprintln!("chaos: {replies} completed replies, {counted} µ$ counted, as their events say");
 }
 
 fn prompts(short: usize) -> usize {
