@@ -32,6 +32,12 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 const PROJECTION_WAIT: Duration = Duration::from_secs(5);
 /// Streams of the asker's one answer waits for at most (a user holds a few).
 const STREAMS_AWAITED: usize = 64;
+/// How long after the roll call an answer still listens for streams answering it: a reply can
+/// complete before a stream already open has answered (a busy query instance, a provider that
+/// answers at once), and its client would then be answered before its stream was sent the
+/// reply. So no answer comes sooner than this after the roll call; a stream answering later is
+/// not waited for.
+const ROLL_ANSWERED_WITHIN: Duration = Duration::from_millis(250);
 
 pub struct SyncPrompts {
     nats: async_nats::Client,
@@ -52,6 +58,8 @@ pub struct Waiter {
     streams: async_nats::Subscriber,
     session: SessionId,
     user: UserId,
+    /// When the roll was called.
+    rolled: tokio::time::Instant,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -97,7 +105,8 @@ impl SyncPrompts {
         call.await.map_err(|e| unavailable(&e))?;
         self.nats.flush().await.map_err(|e| unavailable(&e))?;
         let (session, user) = (session.clone(), user.clone());
-        Ok(Waiter { completions, receipts, streams, session, user, _slot: slot })
+        let rolled = tokio::time::Instant::now();
+        Ok(Waiter { completions, receipts, streams, session, user, rolled, _slot: slot })
     }
 
     /// Wait for `reply` to complete, then for the read models to show it and the asker's
@@ -199,10 +208,17 @@ async fn until_sent(waiter: &mut Waiter, workspace: Option<&WorkspaceId>, reply:
     let mut said = futures::stream::select(&mut waiter.streams, &mut waiter.receipts);
     let deadline = tokio::time::sleep(PROJECTION_WAIT);
     tokio::pin!(deadline);
+    let roll_answered = tokio::time::sleep_until(waiter.rolled + ROLL_ANSWERED_WITHIN);
+    tokio::pin!(roll_answered);
     loop {
         // What has arrived first; then, if some stream is still owed the reply, wait for more.
         let msg = match said.next().now_or_never() {
             Some(msg) => msg,
+            // Streams may still be answering the roll.
+            None if !roll_answered.is_elapsed() => tokio::select! {
+                msg = said.next() => msg,
+                _ = &mut roll_answered => continue,
+            },
             None if streams.owed() == 0 => return,
             None => tokio::select! {
                 msg = said.next() => msg,

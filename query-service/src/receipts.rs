@@ -19,6 +19,7 @@ use schemas::live::{StreamReceipt, StreamSaid};
 const FLUSH_AT_MOST: Duration = Duration::from_secs(1);
 
 /// One OpenCode stream's receipts.
+#[derive(Clone)]
 pub struct Receipts {
     nats: async_nats::Client,
     stream: String,
@@ -52,7 +53,7 @@ impl Receipts {
         self.say(schemas::subjects::user_streams(&self.user), said).await;
     }
 
-    /// After the completion of `reply` has been sent.
+    /// After the completion of `reply` has been taken by the stream's response.
     pub async fn sent(&self, session: &SessionId, reply: MessageId) {
         let said = StreamSaid::Sent { reply };
         self.say(schemas::subjects::stream_receipts(session), said).await;

@@ -17,7 +17,7 @@ use schemas::policy::Action;
 use schemas::read::{OpenCodeConfig, OpenCodePath, SessionView};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::access;
 use crate::receipts::Receipts;
@@ -121,6 +121,29 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Events queued for one client's socket.
 const CLIENT_QUEUE: usize = 64;
 
+/// What an OpenCode stream queues for its client's socket: an event, or a mark that answers
+/// once the response has taken every event queued before it (handed to the connection's writer,
+/// not merely queued), which is when a reply is said to be sent.
+enum Outgoing {
+    Event(sse::Event),
+    Mark(oneshot::Sender<()>),
+}
+
+/// The response body of `rx`: its events, each mark answered as the body reaches it.
+fn body_of(rx: mpsc::Receiver<Outgoing>) -> impl futures::Stream<Item = sse::Event> + 'static {
+    futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|o| (o, rx)) }).filter_map(
+        |o| async move {
+            match o {
+                Outgoing::Event(e) => Some(e),
+                Outgoing::Mark(taken) => {
+                    let _ = taken.send(());
+                    None
+                }
+            }
+        },
+    )
+}
+
 /// The directory of an OpenCode request, when sent in the query.
 #[derive(Debug, Deserialize)]
 pub struct DirectoryQuery {
@@ -168,7 +191,7 @@ async fn stream(
     else {
         return Err(Problem::unavailable("the workspace's events cannot be followed now; retry"));
     };
-    let (tx, rx) = mpsc::channel::<sse::Event>(CLIENT_QUEUE);
+    let (tx, rx) = mpsc::channel::<Outgoing>(CLIENT_QUEUE);
     let state = state.into_inner();
     let auth = auth.into_inner();
     let mut changes = state.notifications.access.interest(user.user_id.as_str());
@@ -183,7 +206,7 @@ async fn stream(
         metrics::gauge!("opencode_event_streams").increment(1.0);
         let send = |e: serde_json::Value| {
             let body = if global { json!({ "directory": dir, "payload": e }) } else { e };
-            sse::Event::Data(sse::Data::new(body.to_string()))
+            Outgoing::Event(sse::Event::Data(sse::Data::new(body.to_string())))
         };
         let mut translator = crate::opencode_events::Translator::default();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -228,12 +251,25 @@ async fn stream(
             if let (Some(session), Some(reply), true) =
                 (&translated.session, translated.completed, open)
             {
-                receipts.sent(session, reply).await;
+                // Said once the response has taken the reply's events, not when they are
+                // queued: a client that exits on the synchronous answer (`opencode run`) must
+                // not get it while the events wait behind a busy writer. Said beside the
+                // stream, which goes on meanwhile; nothing is said if the client leaves first.
+                let (taken, when_taken) = oneshot::channel();
+                if tx.send(Outgoing::Mark(taken)).await.is_err() {
+                    break;
+                }
+                let (receipts, session) = (receipts.clone(), session.clone());
+                tokio::spawn(async move {
+                    if when_taken.await.is_ok() {
+                        receipts.sent(&session, reply).await;
+                    }
+                });
             }
         }
         receipts.closed().await;
         metrics::gauge!("opencode_event_streams").decrement(1.0);
         drop(lease);
     });
-    Ok(sse::Sse::from_infallible_receiver(rx))
+    Ok(sse::Sse::from_infallible_stream(body_of(rx)))
 }
