@@ -323,8 +323,10 @@ impl Worker {
         };
         // Tell JetStream we are alive well within its ack deadline.
         let every = Duration::from_secs(self.cfg.worker_ack_wait_secs.max(3) / 3);
-        let mut progress = tokio::time::interval(every);
-        progress.tick().await;
+        // Its first tick is one period away. `interval`'s first tick is due at once, but tokio's
+        // timer rounds a deadline up to its next millisecond, so awaiting it held the first
+        // token back by up to a millisecond.
+        let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         // Text and reasoning received but not yet published, and when they may be published.
         let mut pending = Pending::default();
         let mut flush_at: Option<tokio::time::Instant> = None;

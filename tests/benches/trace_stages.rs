@@ -4,7 +4,8 @@
 //! arrival of the prompt's POST. A level below [`SAMPLES`] is run again, one burst after the
 //! other, until it has that many traces, so its percentiles are not one prompt's. Trace export
 //! costs a little, so the absolute numbers are a bit above `first_token`'s; the shares are what
-//! this is for. Run with `make bench`.
+//! this is for. Run with `make bench`; `OC_BENCH_SPANS=1` also prints one trace's spans at each
+//! level.
 
 use std::time::Duration;
 
@@ -62,6 +63,9 @@ async fn main() {
                 .unwrap_or_else(|| panic!("fewer than {n} complete traces")),
             );
         }
+        if std::env::var_os("OC_BENCH_SPANS").is_some() {
+            print_spans(&collector.traces_rooted_at("command-service", ROOT)[0]);
+        }
         println!(
             "burst of {n} new sessions: milestones of {} traces ({} bursts) after the POST arrived",
             traces.len(),
@@ -71,6 +75,19 @@ async fn main() {
             let at: Vec<f64> = traces.iter().map(|t| t[i]).collect();
             println!("  {name}: {}", percentiles(&at));
         }
+    }
+}
+
+/// Every span of one trace, in the order they began, each with its start and end in
+/// milliseconds after the POST arrived (`OC_BENCH_SPANS=1`): what overlapped a slow step.
+fn print_spans(trace: &[ReceivedSpan]) {
+    let root = trace.iter().find(|s| s.name == ROOT).map_or(0, |s| s.start_ns) as f64;
+    let at = |ns: u64| (ns as f64 - root) / 1e6;
+    let mut spans: Vec<&ReceivedSpan> = trace.iter().collect();
+    spans.sort_by_key(|s| s.start_ns);
+    println!("  one trace's spans (start, end, service, name):");
+    for s in spans {
+        println!("    {:>8.2} {:>8.2}  {:<16} {}", at(s.start_ns), at(s.end_ns), s.service, s.name);
     }
 }
 

@@ -209,8 +209,10 @@ async fn stream(
             Outgoing::Event(sse::Event::Data(sse::Data::new(body.to_string())))
         };
         let mut translator = crate::opencode_events::Translator::default();
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        heartbeat.tick().await;
+        // First due one period away: awaiting `interval`'s immediate first tick would wait for
+        // the timer's next millisecond before the stream says it is connected.
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         let connected = json!({ "type": "server.connected", "properties": {} });
         let mut open = tx.send(send(connected)).await.is_ok();
         while open {
