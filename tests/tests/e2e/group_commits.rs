@@ -130,8 +130,11 @@ async fn hold_next_sequence(system: &System, session: &str) -> tokio_postgres::C
 /// The request may be held for as long as the test's steps take (its commit waits for a
 /// transaction of the test's), so it waits longer than the harness's usual 30 s: on a loaded
 /// machine the steps have taken more, and a step that never comes fails on its own deadline.
+/// Its reply is held by the fake provider for the rest of the test: a reply completing would
+/// be one more commit in progress while the test counts them.
 fn spawn_prompt(system: &System, bearer: &str, session: &str) -> tokio::task::JoinHandle<u16> {
-    let body = json!({ "parts": [{ "type": "text", "text": "hi [[fake tokens=2]]" }] });
+    let text = "hi [[fake tokens=2 hold=never]]";
+    let body = json!({ "parts": [{ "type": "text", "text": text }] });
     let url = format!("{}/session/{session}/prompt_async", system.command_url());
     let req = system.http.post(url).bearer_auth(bearer).json(&body).timeout(WAIT * 3);
     tokio::spawn(
