@@ -406,9 +406,12 @@ impl FromRequest for AuthUser {
         let limits = req.app_data::<web::Data<crate::admission::RequestLimits>>().cloned();
         let authenticated = Self::authenticate(req, auth);
         Box::pin(async move {
-            let user = authenticated.await?;
+            use platform::telemetry::trace_step;
+            use tracing::Instrument;
+            // Steps of their own in a request's trace: under a burst, requests wait here.
+            let user = authenticated.instrument(trace_step("authenticate")).await?;
             if let Some(limits) = limits {
-                limits.admit(&user).await?;
+                limits.admit(&user).instrument(trace_step("request rate")).await?;
             }
             Ok(user)
         })

@@ -20,7 +20,9 @@ const ROOT: &str = "POST /session/{id}/prompt_async";
 
 /// The milestones of one prompt, in milliseconds after its request arrived.
 const MILESTONES: &[&str] = &[
-    "command starts (request read, caller authenticated)",
+    "caller authenticated",
+    "request rate taken",
+    "command starts (request read)",
     "aggregate loaded",
     "decided (directory lookups, rate limits, budget hold)",
     "events committed",
@@ -117,6 +119,8 @@ fn milestones(trace: &[ReceivedSpan]) -> Option<Vec<f64>> {
         .min()?;
     let at = |ns: u64| (ns as f64 - root.start_ns as f64) / 1e6;
     Some(vec![
+        at(child(root, "authenticate")?.end_ns),
+        at(child(root, "request rate")?.end_ns),
         at(command.start_ns),
         at(child(command, "load")?.end_ns),
         at(child(command, "decide")?.end_ns),

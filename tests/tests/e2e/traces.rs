@@ -14,6 +14,8 @@ use crate::WAIT;
 /// The steps a prompt's trace must show, as (service, span name).
 const STEPS: &[(&str, &str)] = &[
     ("command-service", "POST /session/{id}/prompt_async"),
+    ("command-service", "authenticate"),
+    ("command-service", "request rate"),
     ("command-service", "command session"),
     ("command-service", "outbox relay"),
     ("llm-worker", "answer prompt"),
