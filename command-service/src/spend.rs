@@ -178,8 +178,8 @@ impl PgSpend {
                  ORDER BY b.o",
             )
             .await?;
-        let periods: Vec<&str> = budgets.iter().map(|b| b.spec.period.sql().0).collect();
-        let hours: Vec<i32> = budgets.iter().map(|b| b.spec.period.sql().1).collect();
+        let (periods, hours): (Vec<&str>, Vec<i32>) =
+            budgets.iter().map(|b| b.spec.period.sql()).unzip();
         let scopes: Vec<String> = budgets.iter().map(|b| b.spec.scope.counter_key(org)).collect();
         let own: Vec<bool> = budgets.iter().map(|b| b.spec.include_own_keys).collect();
         let rows = db.query(&stmt, &[&periods, &hours, &scopes, &own]).await?;

@@ -130,18 +130,16 @@ enum Outgoing {
 }
 
 /// The response body of `rx`: its events, each mark answered as the body reaches it.
-fn body_of(rx: mpsc::Receiver<Outgoing>) -> impl futures::Stream<Item = sse::Event> + 'static {
-    futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|o| (o, rx)) }).filter_map(
-        |o| async move {
-            match o {
-                Outgoing::Event(e) => Some(e),
-                Outgoing::Mark(taken) => {
-                    let _ = taken.send(());
-                    None
-                }
+fn body_of(mut rx: mpsc::Receiver<Outgoing>) -> impl futures::Stream<Item = sse::Event> + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).filter_map(|o| async move {
+        match o {
+            Outgoing::Event(e) => Some(e),
+            Outgoing::Mark(taken) => {
+                let _ = taken.send(());
+                None
             }
-        },
-    )
+        }
+    })
 }
 
 /// The directory of an OpenCode request, when sent in the query.
