@@ -58,12 +58,12 @@ async fn accepted_per_second(system: &System, bearer: &str, sessions: &[String],
     let projector_before = histogram(system, &projector, "projector_batch_duration_seconds").await;
     let event_by_event_before =
         counter(system, &projector, "projector_batches_event_by_event_total").await;
-    let worker = system.workers[0].ops_url.clone();
+    let workers: Vec<String> = system.workers.iter().map(|w| w.ops_url.clone()).collect();
     let reads =
         ["history_read_seconds_count", "first_prompts_unread_total", "later_prompts_unread_total"];
     let mut reads_before = Vec::new();
     for name in reads {
-        reads_before.push(counter(system, &worker, name).await);
+        reads_before.push(counter_of_all(system, &workers, name).await);
     }
     let cpu_before = cpu_by_process(system);
     let started = Instant::now();
@@ -150,7 +150,7 @@ async fn accepted_per_second(system: &System, bearer: &str, sessions: &[String],
     );
     let mut during = Vec::new();
     for (name, before) in reads.iter().zip(reads_before) {
-        during.push(counter(system, &worker, name).await - before);
+        during.push(counter_of_all(system, &workers, name).await - before);
     }
     println!(
         "  the worker read {} conversations, and answered {} first and {} later prompts without a read",
@@ -224,6 +224,15 @@ async fn counter(system: &System, ops_url: &str, name: &str) -> f64 {
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+/// [`counter`] summed over several instances.
+async fn counter_of_all(system: &System, ops_urls: &[String], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for url in ops_urls {
+        sum += counter(system, url, name).await;
+    }
+    sum
 }
 
 /// The upper bound of the bucket holding quantile `q` of cumulative `buckets`.

@@ -127,12 +127,7 @@ impl System {
         path: &str,
         consistency: Option<&str>,
     ) -> Answer {
-        let mut req =
-            self.http.get(format!("{}{path}", self.query[instance].url)).bearer_auth(bearer);
-        if let Some(t) = consistency {
-            req = req.header("X-Consistency-Token", t);
-        }
-        answer(req.send().await.expect("query service reachable")).await
+        self.get_at(&self.query[instance].url, bearer, path, consistency).await
     }
 
     /// GET `path` of the query service as OpenCode's clients do: HTTP Basic with an API key
@@ -159,7 +154,22 @@ impl System {
     }
 
     pub async fn get(&self, bearer: &str, path: &str, consistency: Option<&str>) -> Answer {
-        self.get_on(0, bearer, path, consistency).await
+        self.get_at(self.query_url(), bearer, path, consistency).await
+    }
+
+    /// GET `path` from `base` (a query instance or the front).
+    async fn get_at(
+        &self,
+        base: &str,
+        bearer: &str,
+        path: &str,
+        consistency: Option<&str>,
+    ) -> Answer {
+        let mut req = self.http.get(format!("{base}{path}")).bearer_auth(bearer);
+        if let Some(t) = consistency {
+            req = req.header("X-Consistency-Token", t);
+        }
+        answer(req.send().await.expect("query service reachable")).await
     }
 
     fn created(a: Answer, what: &str) -> Created {
@@ -288,10 +298,7 @@ impl System {
     /// The event stream URL of `session` on query-service `instance`. It carries the session's
     /// consistency token, so opening it right after creating the session finds it.
     pub fn stream_url(&self, instance: usize, session: &Created) -> String {
-        format!(
-            "{}/session/{}/event?consistency={}",
-            self.query[instance].url, session.id, session.token
-        )
+        stream_url_at(&self.query[instance].url, session)
     }
 
     /// The sum of every series of metric `name` a service reports at `ops_url`, if it reports it.
@@ -306,13 +313,19 @@ impl System {
         values.fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
     }
 
-    /// Open `session`'s event stream as `bearer` and read past `server.connected`.
+    /// Open `session`'s event stream as `bearer` (on the first query instance, or through the
+    /// front when there is one) and read past `server.connected`.
     pub async fn watch(&self, bearer: &str, session: &Created) -> crate::sse::SseClient {
-        let url = self.stream_url(0, session);
+        let url = stream_url_at(self.query_url(), session);
         let mut stream =
             crate::sse::SseClient::connect(&url, bearer, None).await.expect("the stream opens");
         let hello = stream.next(std::time::Duration::from_secs(30)).await;
         assert_eq!(hello.event, "server.connected");
         stream
     }
+}
+
+/// The event stream URL of `session` at `base` (an instance or the front).
+fn stream_url_at(base: &str, session: &Created) -> String {
+    format!("{base}/session/{}/event?consistency={}", session.id, session.token)
 }

@@ -34,19 +34,56 @@ pub async fn system(sessions: usize) -> System {
     system_with(sessions, Vec::new()).await
 }
 
+/// Whether to run the deployment's shape (`OC_BENCH_DEPLOYED=1`), as `compose/` runs it: every
+/// client request through the front (nginx with `compose/nginx/nginx.conf`, one worker
+/// process), two instances of the command service (one relaying), of the query service and of
+/// the worker, and NATS as a cluster of three with the services' own users, the stream and
+/// consumers replicated on all three. Else one instance of each, NATS alone, no front.
+pub fn deployed() -> bool {
+    std::env::var("OC_BENCH_DEPLOYED").is_ok_and(|v| v == "1")
+}
+
+/// Connections per database pool: the services' default (16), or in the deployment's shape as
+/// many as let its seven instances fit this machine's PostgreSQL (`max_connections` 100, three
+/// kept for superusers): an API service holds two pools and a listener, the projector and a
+/// worker one pool each, so two of each API service and worker and one projector hold at most
+/// 11 × pool + 4 connections (`docs/scaling.md`, "Database connections").
+fn database_pool_size(deployed: bool) -> usize {
+    if deployed { 8 } else { 16 }
+}
+
 /// [`system`], with more environment for every service (trace export, say).
 pub async fn system_with(sessions: usize, env: Vec<(&'static str, String)>) -> System {
+    let deployed = deployed();
     let mut service_env = vec![
-        ("OC_DATABASE_POOL_SIZE", "16".into()),
+        ("OC_DATABASE_POOL_SIZE", database_pool_size(deployed).to_string()),
         ("OC_SSE_STREAMS_PER_USER", (sessions * 4).to_string()),
     ];
     service_env.extend(env);
-    System::start_with(SystemOptions {
+    let mut system = System::start_with(SystemOptions {
         worker_env: vec![("OC_WORKER_CONCURRENCY", (sessions * 2).to_string())],
         service_env,
+        query_instances: if deployed { 2 } else { 1 },
+        nats_cluster: deployed,
+        nats_auth: deployed,
+        // `OC_BENCH_LOGS=1`: every service's log at debug level in files, to look into a run.
+        capture_logs: std::env::var("OC_BENCH_LOGS").is_ok_and(|v| v == "1"),
         ..Default::default()
     })
-    .await
+    .await;
+    if deployed {
+        let command = system.start_command(false).await;
+        system.command.push(command);
+        let worker = system.start_worker().await;
+        system.workers.push(worker);
+        system.front = Some(crate::front::Front::start(&system).await);
+        println!(
+            "the deployment's shape: through the front, two instances of each API service and \
+             worker, NATS as a cluster of three, database pools of {}",
+            database_pool_size(true)
+        );
+    }
+    system
 }
 
 pub fn ms(d: Duration) -> f64 {
@@ -147,14 +184,26 @@ async fn direct_round(system: &System, n: usize) -> Vec<f64> {
 /// CPU seconds used so far by the whole machine (the part no process below accounts for is
 /// mostly PostgreSQL, whose processes come and go), each service, NATS, the fake provider and
 /// the benchmark's own client.
+/// Instances of one service, the NATS servers of a cluster and the front's processes are
+/// summed under one name.
 pub fn cpu_by_process(system: &System) -> Vec<(String, f64)> {
     let mut all = vec![("machine".to_owned(), machine_cpu_seconds())];
+    let mut add = |name: &str, pids: &[u32]| {
+        let used: f64 = pids.iter().map(|pid| cpu_seconds(*pid)).sum();
+        match all.iter_mut().find(|(n, _)| n == name) {
+            Some((_, sum)) => *sum += used,
+            None => all.push((name.to_owned(), used)),
+        }
+    };
     let services = system.command.iter().chain(&system.query).chain(&system.projector);
     for service in services.chain(&system.workers) {
-        all.push((service.proc.name.clone(), cpu_seconds(service.proc.pid())));
+        add(&service.proc.name, &[service.proc.pid()]);
     }
-    all.push(("nats-server".into(), cpu_seconds(system.nats.pid())));
-    all.push(("fake-provider".into(), cpu_seconds(system.fake_provider.pid())));
-    all.push(("bench client".into(), cpu_seconds(std::process::id())));
+    add("nats-server", &system.nats.pids());
+    if let Some(front) = &system.front {
+        add("front (nginx)", &front.pids());
+    }
+    add("fake-provider", &[system.fake_provider.pid()]);
+    add("bench client", &[std::process::id()]);
     all
 }

@@ -62,6 +62,16 @@ impl Front {
     }
 }
 
+impl Front {
+    /// The master's process id and its workers'.
+    pub fn pids(&self) -> Vec<u32> {
+        let master = self.proc.pid();
+        let mut pids = vec![master];
+        pids.extend(crate::process::children_of(master));
+        pids
+    }
+}
+
 impl Drop for Front {
     fn drop(&mut self) {
         // SIGTERM: the master stops its workers too (SIGKILL would leave them holding the port).

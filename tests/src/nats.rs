@@ -78,6 +78,11 @@ impl NatsServers {
         self.nodes[0].proc.pid()
     }
 
+    /// Every server's process id.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.proc.pid()).collect()
+    }
+
     /// SIGKILL the first server.
     pub fn kill(&mut self) {
         self.kill_node(0);

@@ -65,6 +65,10 @@ pub struct Service {
 
 pub struct System {
     // Field order is drop order: services stop before their dependencies.
+    /// The front (nginx with the deployment's configuration) that `command_url`, `query_url`
+    /// and `watch` go through, when a benchmark runs the deployment's shape; else none, and
+    /// they go to the instances directly.
+    pub front: Option<crate::front::Front>,
     pub command: Vec<Service>,
     pub query: Vec<Service>,
     pub projector: Option<Service>,
@@ -153,6 +157,7 @@ impl System {
             .build()
             .unwrap();
         let mut system = System {
+            front: None,
             command: Vec::new(),
             query: Vec::new(),
             projector: None,
@@ -370,11 +375,17 @@ impl System {
     }
 
     pub fn command_url(&self) -> &str {
-        &self.command.last().expect("a command service").url
+        match &self.front {
+            Some(front) => &front.url,
+            None => &self.command.last().expect("a command service").url,
+        }
     }
 
     pub fn query_url(&self) -> &str {
-        &self.query[0].url
+        match &self.front {
+            Some(front) => &front.url,
+            None => &self.query[0].url,
+        }
     }
 }
 
