@@ -45,9 +45,10 @@ pub fn deployed() -> bool {
 
 /// Connections per database pool: the services' default (16), or in the deployment's shape as
 /// many as let its seven instances fit this machine's PostgreSQL (`max_connections` 100, three
-/// kept for superusers): an API service holds two pools and a listener, the projector and a
-/// worker one pool each, so two of each API service and worker and one projector hold at most
-/// 11 × pool + 4 connections (`docs/scaling.md`, "Database connections").
+/// kept for superusers): an API service holds two pools and a listener (and the command service
+/// its relay's connection), the projector and a worker one pool each, so two of each API
+/// service and worker and one projector hold at most 11 × pool + 6 connections
+/// (`docs/scaling.md`, "Database connections").
 fn database_pool_size(deployed: bool) -> usize {
     if deployed { 8 } else { 16 }
 }
