@@ -97,6 +97,25 @@ where
         }
     }
 
+    /// Whether an event of `id` at `sequence` follows on from what is held (an aggregate's first
+    /// event follows on from nothing held).
+    pub async fn follows_on(&self, id: &str, sequence: usize) -> bool {
+        match self.states.get(id).await {
+            Some(held) => held.1 + 1 == sequence,
+            None => sequence == 1,
+        }
+    }
+
+    /// Apply `events` of `id` another instance committed (`crate::follow`) to the state held,
+    /// or, when none is and they begin the aggregate, to a new one; as [`Self::advance`].
+    pub async fn follow(&self, id: &str, events: Vec<SerializedEvent>) {
+        let from = match self.states.get(id).await {
+            Some(held) => held,
+            None => Arc::new((A::default(), 0)),
+        };
+        self.advance(id, Some(from), events).await;
+    }
+
     /// Remember `aggregate` as committed up to `sequence`, unless a later state of it is
     /// remembered already (another command of this instance got there first).
     pub async fn remember(&self, id: &str, aggregate: A, sequence: usize) {

@@ -27,6 +27,10 @@ pub struct CommandConfig {
     /// `OC_RELAY_ENABLED`: run the outbox relay in this instance. Several instances may; one
     /// publishes at a time.
     pub relay_enabled: bool,
+    /// `OC_FOLLOW_COMMITS`: keep this instance's aggregate states current with every
+    /// instance's commits as the bus carries them (`crate::follow`). Off, a state another
+    /// instance moved on is caught by the commit's check alone, and the command decided again.
+    pub follow_commits: bool,
     /// `OC_SPEND_RESERVATION_TTL_SECS`: how long what a prompt holds under its budgets is kept
     /// at most. A completed reply releases its own at once; this only frees what a prompt held
     /// when its instance died before the prompt committed (or a reply that ran longer).
@@ -42,6 +46,7 @@ impl Default for CommandConfig {
             command_addr: "127.0.0.1:8081".into(),
             command_ops_addr: "127.0.0.1:9081".into(),
             relay_enabled: true,
+            follow_commits: true,
             provider_allow_private_urls: false,
             rate_limit_per_minute: 600,
             rate_limit_burst: 60,

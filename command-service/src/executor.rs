@@ -228,6 +228,17 @@ where
         Cached::Answered(Ok(ConsistencyToken { aggregate_id: id.to_owned(), sequence }))
     }
 
+    /// Whether an event of `id` at `sequence` would advance the state this instance holds.
+    pub async fn follows_on(&self, id: &str, sequence: usize) -> bool {
+        self.cache.follows_on(id, sequence).await
+    }
+
+    /// Advance the state this instance holds of `id` with `events` committed elsewhere
+    /// (`crate::follow`).
+    pub async fn follow(&self, id: &str, events: Vec<SerializedEvent>) {
+        self.cache.follow(id, events).await;
+    }
+
     /// A decision from `from` (a state of `id`) found stale: bring this instance's states up to
     /// date with what they `missed`.
     async fn caught_up(

@@ -10,6 +10,7 @@ pub mod directory;
 pub mod error;
 pub mod event_repository;
 pub mod executor;
+pub mod follow;
 pub mod group_commit;
 pub mod internal;
 pub mod prompt_limits;

@@ -149,6 +149,10 @@ impl Application {
             let ttl = Duration::from_secs(cfg.spend_reservation_ttl_secs);
             tasks.push(tokio::spawn(sweep_reservations(spend, ttl, shutdown.clone())));
         }
+        if cfg.follow_commits {
+            let (nats, state, stop) = (nats.clone(), state.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(crate::follow::run(nats, state, stop)));
+        }
         {
             let (nats, state, stop) = (nats.clone(), state.clone(), shutdown.clone());
             tasks.push(tokio::spawn(async move {

@@ -1,6 +1,8 @@
 //! A command instance decides from the aggregates it holds, without reading them first, and its
 //! commit checks they were still current: whatever another instance committed meanwhile (a
 //! membership removed, a reply completed) counts at once, as if every command read first.
+//! Instances also follow each other's commits on the bus, so that a session prompted through
+//! either finds its state current, rather than found stale at commit and decided again.
 
 use e2e_tests::System;
 use e2e_tests::api::Created;
@@ -64,4 +66,41 @@ async fn what_another_instance_committed_counts_at_once_for_a_decision_from_cach
     t.set_bob_in_workspace(true).await;
     assert_eq!(prompt_on(system, &second.url, bob, &session).await, 202, "a member again");
     stream.until(WAIT, is_idle).await;
+}
+
+/// A session prompted through two instances in turn, each prompt once the last reply is shown:
+/// without following, every prompt would find the other instance's commits missing from the
+/// state it holds (found stale at commit, and decided again), and the first instance would
+/// decide its first prompt from no state at all. Following the bus, each instance holds the
+/// session as committed, whichever instance committed it: the prompts are decided from current
+/// states. (A follower lagging behind a prompt only costs that prompt a second decision; the
+/// margin of two allows for a machine slow at the moment.)
+#[tokio::test]
+async fn an_instance_follows_the_others_commits_and_decides_from_current_states() {
+    let mut system = System::start().await;
+    let second = system.start_command(false).await;
+    system.command.push(second);
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Acme").await;
+    let ws = system.create_workspace(&alice, &org.id, "main").await;
+    // Created through the second instance; the first holds nothing of it but what it follows.
+    let session = system.create_session(&alice, &ws.id).await;
+    let mut stream = system.watch(&alice, &session).await;
+    let metric = |i: usize, name: &'static str| {
+        let ops = system.command[i].ops_url.clone();
+        let system = &system;
+        async move { system.metric(&ops, name).await.unwrap_or(0.0) }
+    };
+    const PROMPTS: usize = 8;
+    for n in 0..PROMPTS {
+        let url = system.command[n % 2].url.clone();
+        assert_eq!(prompt_on(&system, &url, &alice, &session).await, 202, "prompt {n}");
+        stream.until(WAIT, is_idle).await;
+    }
+    let stale = metric(0, "commands_from_stale_cache_total").await
+        + metric(1, "commands_from_stale_cache_total").await;
+    assert!(stale <= 2.0, "{stale} of {PROMPTS} prompts (and their replies) decided again");
+    let followed = metric(0, "aggregate_events_followed_total").await
+        + metric(1, "aggregate_events_followed_total").await;
+    assert!(followed >= PROMPTS as f64, "events followed: {followed}");
 }

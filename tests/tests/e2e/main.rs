@@ -64,8 +64,14 @@ pub struct BobOnTwoInstances {
 }
 
 impl BobOnTwoInstances {
+    /// The instances do not follow each other's commits on the bus, so what one committed
+    /// reaches the other's decisions only through its commit's check, the path under test.
     pub async fn start() -> Self {
-        let system = System::start().await;
+        let system = System::start_with(e2e_tests::SystemOptions {
+            service_env: vec![("OC_FOLLOW_COMMITS", "false".into())],
+            ..Default::default()
+        })
+        .await;
         let second = system.start_command(false).await;
         let alice = system.token("alice").await;
         let bob = system.token("bob").await;
