@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use cqrs_es::Aggregate;
 use cqrs_es::persist::SerializedEvent;
 use futures::StreamExt;
 use schemas::envelope::Envelope;
@@ -23,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregates::{ApiKey, Organization, Session, Workspace};
 use crate::startup::AppState;
-use cqrs_es::Aggregate;
 
 /// Follow the bus until shutdown; a lost subscription is taken again.
 pub async fn run(nats: async_nats::Client, state: Arc<AppState>, shutdown: CancellationToken) {
@@ -85,13 +85,21 @@ async fn apply(state: &AppState, envelope: Envelope<Value>) {
     );
     let events = vec![event];
     match events[0].aggregate_type.as_str() {
-        Organization::TYPE => state.organizations.follow(&id, events.clone()).await,
-        Workspace::TYPE => state.workspaces.follow(&id, events.clone()).await,
-        Session::TYPE => state.sessions.follow(&id, events.clone()).await,
-        ApiKey::TYPE => state.api_keys.follow(&id, events.clone()).await,
+        Session::TYPE => state.sessions.follow(&id, events).await,
+        // The directory keeps copies of its own of these (its lookups read them): both follow.
+        Organization::TYPE => {
+            state.organizations.follow(&id, events.clone()).await;
+            state.directory.advance(events).await;
+        }
+        Workspace::TYPE => {
+            state.workspaces.follow(&id, events.clone()).await;
+            state.directory.advance(events).await;
+        }
+        ApiKey::TYPE => {
+            state.api_keys.follow(&id, events.clone()).await;
+            state.directory.advance(events).await;
+        }
         _ => return,
     }
-    // The directory's own copies (of organizations, workspaces and keys), if it holds them.
-    state.directory.advance(events).await;
     metrics::counter!("aggregate_events_followed_total").increment(1);
 }
