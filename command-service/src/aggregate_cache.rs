@@ -178,6 +178,50 @@ mod tests {
         assert_eq!(cache.peek("ws_1").await.unwrap().1, 8);
     }
 
+    /// A workspace event at `sequence` as the bus carries it.
+    fn workspace_event(sequence: usize, event: schemas::events::WorkspaceEvent) -> SerializedEvent {
+        use schemas::events::EventName;
+        let event_type = event.event_type().to_owned();
+        let payload = serde_json::to_value(event).unwrap();
+        let (id, metadata) = ("ws_1".into(), serde_json::json!({}));
+        SerializedEvent::new(
+            id,
+            sequence,
+            "workspace".into(),
+            event_type,
+            "1.0".into(),
+            payload,
+            metadata,
+        )
+    }
+
+    #[tokio::test]
+    async fn events_committed_elsewhere_start_a_state_at_the_first_and_follow_on_from_it() {
+        use schemas::events::WorkspaceEvent;
+        use schemas::ids::{OrganizationId, UserId, WorkspaceId};
+        let cache = cache();
+        let (workspace_id, organization_id) = (WorkspaceId::new(), OrganizationId::new());
+        assert!(!cache.follows_on("ws_1", 2).await, "nothing held: only a first event starts it");
+        assert!(cache.follows_on("ws_1", 1).await);
+        let created = WorkspaceEvent::Created {
+            workspace_id: workspace_id.clone(),
+            organization_id: organization_id.clone(),
+            name: "main".into(),
+            created_by: UserId::new(),
+            time: 1,
+        };
+        cache.follow("ws_1", vec![workspace_event(1, created)]).await;
+        assert_eq!(cache.peek("ws_1").await.unwrap().1, 1);
+        assert!(cache.follows_on("ws_1", 2).await);
+        assert!(!cache.follows_on("ws_1", 1).await, "already held");
+        assert!(!cache.follows_on("ws_1", 3).await, "a gap");
+        let archived = WorkspaceEvent::Archived { workspace_id, organization_id, time: 2 };
+        cache.follow("ws_1", vec![workspace_event(2, archived)]).await;
+        let held = cache.peek("ws_1").await.unwrap();
+        assert_eq!(held.1, 2);
+        assert!(held.0.view().unwrap().archived, "the state is the events applied in order");
+    }
+
     #[tokio::test]
     async fn events_that_do_not_follow_on_change_nothing_and_unreadable_ones_forget_the_state() {
         let cache = cache();
