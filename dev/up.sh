@@ -61,6 +61,10 @@ else
   routes=nats://127.0.0.1:6333,nats://127.0.0.1:6334,nats://127.0.0.1:6335
   export OC_NATS_URL=nats://127.0.0.1:4333,nats://127.0.0.1:4334,nats://127.0.0.1:4335
   export OC_STREAM_REPLICAS=3
+  # Two instances of every service share this machine's PostgreSQL (max_connections 100 by
+  # default): pools of 7 keep them within it at full load (12 × 7 + 6 = 90; docs/scaling.md,
+  # "Database connections").
+  export OC_DATABASE_POOL_SIZE=${OC_DATABASE_POOL_SIZE:-7}
   for i in 0 1 2; do
     start "nats-$i" $((4333 + i)) "$OC_TEST_NATS_SERVER" -c compose/nats/liveness.conf -a 127.0.0.1 -p $((4333 + i)) -js \
       -sd "$state/nats-$i" -n "n$i" --cluster_name opencode \
