@@ -62,10 +62,10 @@ fn event_position(id: &str) -> Option<(&str, usize)> {
     Some((aggregate, sequence.parse().ok()?))
 }
 
-/// Whether an event of `aggregate` at `sequence` would change what this instance holds.
+/// Whether an event of `aggregate` at `sequence` would change what this instance holds (an
+/// aggregate's first event does in every kind's cache but the one that holds it already).
 async fn follows_on(state: &AppState, aggregate: &str, sequence: usize) -> bool {
-    sequence == 1
-        || state.organizations.follows_on(aggregate, sequence).await
+    state.organizations.follows_on(aggregate, sequence).await
         || state.workspaces.follows_on(aggregate, sequence).await
         || state.sessions.follows_on(aggregate, sequence).await
         || state.api_keys.follows_on(aggregate, sequence).await

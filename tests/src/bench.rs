@@ -184,9 +184,8 @@ async fn direct_round(system: &System, n: usize) -> Vec<f64> {
 
 /// CPU seconds used so far by the whole machine (the part no process below accounts for is
 /// mostly PostgreSQL, whose processes come and go), each service, NATS, the fake provider and
-/// the benchmark's own client.
-/// Instances of one service, the NATS servers of a cluster and the front's processes are
-/// summed under one name.
+/// the benchmark's own client; the instances of one service, the NATS servers of a cluster and
+/// the front's processes each summed under one name.
 pub fn cpu_by_process(system: &System) -> Vec<(String, f64)> {
     let mut all = vec![("machine".to_owned(), machine_cpu_seconds())];
     let mut add = |name: &str, pids: &[u32]| {

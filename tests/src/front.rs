@@ -60,9 +60,7 @@ impl Front {
         assert!(up.await.is_some(), "the front did not start; see {d}/error.log");
         Front { url, proc, dir }
     }
-}
 
-impl Front {
     /// The master's process id and its workers'.
     pub fn pids(&self) -> Vec<u32> {
         let master = self.proc.pid();

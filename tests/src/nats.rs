@@ -73,11 +73,6 @@ impl NatsServers {
         self.nodes.is_empty()
     }
 
-    /// The process id of the first server.
-    pub fn pid(&self) -> u32 {
-        self.nodes[0].proc.pid()
-    }
-
     /// Every server's process id.
     pub fn pids(&self) -> Vec<u32> {
         self.nodes.iter().map(|n| n.proc.pid()).collect()

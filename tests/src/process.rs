@@ -199,13 +199,14 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 /// The processes whose parent is `pid` (Linux).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let parent = pid.to_string();
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|child| {
             let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
             // After the command name: the state, then the parent's id.
             let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-            rest.split_whitespace().nth(1) == Some(pid.to_string().as_str())
+            rest.split_whitespace().nth(1) == Some(parent.as_str())
         })
         .collect()
 }
