@@ -3,7 +3,8 @@
 //! (a worker answers a prompt without reading its conversation only when the prompt was
 //! committed 5 s after it began hearing every abort, its margin for other machines' clocks);
 //! text tokens per second delivered to SSE clients with the provider streaming as fast as it
-//! can; and each service's resident memory before and after. Run with `make bench` (release
+//! can; the lag again at rates offered evenly, below the most the machine takes and at the
+//! goal's; and each service's resident memory before and after. Run with `make bench` (release
 //! binaries).
 
 use std::time::{Duration, Instant};
@@ -21,6 +22,12 @@ const CLIENTS: usize = 50;
 const SESSIONS_PER_CLIENT: usize = 20;
 const ROUNDS: usize = 3;
 const WAIT: Duration = Duration::from_secs(120);
+/// Prompts per second the paced runs offer, all clients together (`OC_BENCH_RATES`,
+/// comma-separated; 500 and the goal for prompts accepted per second, 1,000).
+fn paced_rates() -> Vec<f64> {
+    let rates = std::env::var("OC_BENCH_RATES").unwrap_or_else(|_| "500,1000".into());
+    rates.split(',').map(|r| r.trim().parse().expect("OC_BENCH_RATES: numbers")).collect()
+}
 
 #[tokio::main]
 async fn main() {
@@ -36,18 +43,32 @@ async fn main() {
         .collect()
         .await;
 
-    accepted_per_second(&system, &alice, &sessions, "just started").await;
+    accepted_per_second(&system, &alice, &sessions, "just started", None).await;
     // The same sessions again, once the worker answers prompts from what it holds (a warm-up
     // the bench chooses, not a wait for a condition: none says when the margin has passed).
     tokio::time::sleep_until((up + Duration::from_secs(6)).into()).await;
-    accepted_per_second(&system, &alice, &sessions, "running").await;
+    accepted_per_second(&system, &alice, &sessions, "running", None).await;
+    // Rates offered evenly rather than as fast as the clients can: the lag the read models keep
+    // at loads below the machine's most, and at the goal's rate.
+    for rate in paced_rates() {
+        let pace = Some(Duration::from_secs_f64(CLIENTS as f64 / rate));
+        let when = format!("paced at {rate} prompts/s");
+        accepted_per_second(&system, &alice, &sessions, &when, pace).await;
+    }
     tokens_per_second(&system, &alice, &ws.id).await;
     memory(&system, "after load");
 }
 
-/// 50 clients, each prompting its sessions in turn without waiting for replies; `when` labels
-/// the run.
-async fn accepted_per_second(system: &System, bearer: &str, sessions: &[String], when: &str) {
+/// 50 clients, each prompting its sessions in turn without waiting for replies: as soon as its
+/// last prompt was answered, or every `pace` when given (the clients' starts spread over one
+/// `pace`); `when` labels the run.
+async fn accepted_per_second(
+    system: &System,
+    bearer: &str,
+    sessions: &[String],
+    when: &str,
+    pace: Option<Duration>,
+) {
     let db = system.db().await;
     let replies_before = replies_shown(&db).await;
     let projector = system.projector.as_ref().expect("a projector").ops_url.clone();
@@ -67,10 +88,20 @@ async fn accepted_per_second(system: &System, bearer: &str, sessions: &[String],
     }
     let cpu_before = cpu_by_process(system);
     let started = Instant::now();
-    let clients = sessions.chunks(SESSIONS_PER_CLIENT).map(|mine| async move {
+    let clients = sessions.chunks(SESSIONS_PER_CLIENT).enumerate().map(|(i, mine)| async move {
         let (mut accepted, mut busy) = (0, 0);
+        let mut ticks = pace.map(|every| {
+            let first = started + every.mul_f64(i as f64 / CLIENTS as f64);
+            let mut ticks = tokio::time::interval_at(first.into(), every);
+            // A client that fell behind sends at once and keeps its rate from there.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
         for _ in 0..ROUNDS {
             for session in mine {
+                if let Some(ticks) = ticks.as_mut() {
+                    ticks.tick().await;
+                }
                 let body =
                     json!({ "parts": [{ "type": "text", "text": "bench [[fake tokens=1]]" }] });
                 let answer =
