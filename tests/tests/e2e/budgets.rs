@@ -408,6 +408,50 @@ async fn thresholds_and_exhaustion_are_raised_once_a_period_on_the_bus_and_in_th
     }
 }
 
+/// A reply's thresholds are checked against the organization as the instance completing it
+/// holds it, without a read. Here the second instance took the organization in before it had a
+/// budget, and the instances do not follow each other's commits: the next prompt's commit
+/// brought its copy up to date, so the threshold that prompt's reply crossed is raised, whichever
+/// instance completes it.
+#[tokio::test]
+async fn a_threshold_is_raised_by_an_instance_that_held_the_organization_before_its_budget() {
+    let mut system = System::start_with(SystemOptions {
+        service_env: vec![("OC_FOLLOW_COMMITS", "false".into())],
+        ..Default::default()
+    })
+    .await;
+    let second = system.start_command(false).await;
+    system.command.push(second);
+    let alice = system.token("alice").await;
+    let o = priced_org(&system, &[]).await;
+    let session = system.create_session(&alice, &o.ws.id).await.id;
+    let (status, body) = prompt_on(&system, 1, &alice, &session, "[[fake tokens=1]]").await;
+    assert_eq!(status, 202, "{body}");
+    idle(&system, &alice, &session, &body).await;
+    // Through the first instance.
+    let budget = set_budget(
+        &system,
+        &o.org,
+        json!({ "scope": { "type": "organization" },
+        "amountUsd": 0.15, "period": { "type": "month" }, "thresholds": [50] }),
+    )
+    .await;
+
+    // $0.0001 + $0.09 of $0.15 is over 60 %.
+    let (status, body) = prompt_on(&system, 1, &alice, &session, "[[fake tokens=900]]").await;
+    assert_eq!(status, 202, "{body}");
+    idle(&system, &alice, &session, &body).await;
+    let audit = format!("/org/{}/audit", o.org.id);
+    let alert = eventually("the threshold's alert in the audit trail", WAIT, || async {
+        let a = system.get(&alice, &audit, None).await;
+        let items = a.body["items"].as_array()?.clone();
+        items.into_iter().find(|e| e["type"] == "organization.budget_alert")
+    })
+    .await;
+    assert_eq!(alert["details"]["budgetID"], budget.as_str(), "{alert}");
+    assert_eq!(alert["details"]["alert"], json!({ "type": "threshold", "percent": 50 }), "{alert}");
+}
+
 #[tokio::test]
 async fn holds_taken_on_twenty_connections_at_the_same_instant_never_overlap() {
     // The statement itself, without HTTP in front of it to spread the calls out: twenty
