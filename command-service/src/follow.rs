@@ -8,52 +8,123 @@
 //! `oc.evt.>`) advances the state this instance holds of its aggregate (or starts one, for an
 //! aggregate's first event), so the next command routed here finds it current.
 //!
+//! While this instance's relay holds the outbox, every event reaches the bus through it: the
+//! relay hands this follower what it published (`crate::relay::Relayed`), and the follower does
+//! not subscribe, so a lone instance hears nothing back from the bus.
+//!
 //! Best effort, and never trusted: an event missed or late leaves the state behind, and the
 //! commit's check catches that as before. Events this instance committed itself, or that do not
-//! follow on from what it holds, are skipped by their `Nats-Msg-Id` without being parsed.
+//! follow on from what it holds, are skipped by their `Nats-Msg-Id` (or their place, from the
+//! relay) without being parsed.
 
 use std::sync::Arc;
 
 use cqrs_es::Aggregate;
 use cqrs_es::persist::SerializedEvent;
 use futures::StreamExt;
+use platform::stored_event::StoredEvent;
 use schemas::envelope::Envelope;
 use schemas::subjects;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregates::{ApiKey, Organization, Session, Workspace};
+use crate::relay::Relayed;
 use crate::startup::AppState;
 
-/// Follow the bus until shutdown; a lost subscription is taken again.
-pub async fn run(nats: async_nats::Client, state: Arc<AppState>, shutdown: CancellationToken) {
-    let follow = || follow(&nats, &state, &shutdown);
+/// Follow this instance's relay and, while it does not relay, the bus, until shutdown; a lost
+/// subscription is taken again.
+pub async fn run(
+    nats: async_nats::Client,
+    state: Arc<AppState>,
+    relayed: Relayed,
+    shutdown: CancellationToken,
+) {
+    // (behind a lock only to lend the receivers to each attempt in turn)
+    let relayed = tokio::sync::Mutex::new(relayed);
+    let follow = || async { follow(&nats, &state, &mut *relayed.lock().await, &shutdown).await };
     platform::retry::until_stopped("following committed events", &shutdown, follow).await;
 }
 
 async fn follow(
     nats: &async_nats::Client,
     state: &AppState,
+    relayed: &mut Relayed,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut events = nats.subscribe(subjects::ALL_DOMAIN_EVENTS).await?;
     loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            msg = events.next() => msg,
+        // Subscribed only while this instance's relay does not relay (and so tells nothing).
+        let relaying = *relayed.relaying.borrow_and_update();
+        let mut bus = match relaying {
+            true => None,
+            false => Some(nats.subscribe(subjects::ALL_DOMAIN_EVENTS).await?),
         };
-        let Some(msg) = msg else { anyhow::bail!("the subscription ended") };
-        let id = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str());
-        if let Some((aggregate, sequence)) = id.and_then(event_position)
-            && !follows_on(state, aggregate, sequence).await
-        {
-            continue;
-        }
-        match serde_json::from_slice::<Envelope<Value>>(&msg.payload) {
-            Ok(envelope) => apply(state, envelope).await,
-            Err(e) => tracing::debug!(error = %e, subject = %msg.subject, "unreadable event"),
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                // (an error: the relay is gone for good, and `relaying` stays as it was)
+                Ok(()) = relayed.relaying.changed() => break,
+                Some(events) = relayed.events.recv() => {
+                    for event in events {
+                        let sequence = usize::try_from(event.sequence).unwrap_or(0);
+                        if follows_on(state, &event.aggregate_id, sequence).await {
+                            apply(state, from_relay(event, sequence)).await;
+                        }
+                    }
+                }
+                msg = next_on(&mut bus) => {
+                    let Some(msg) = msg else { anyhow::bail!("the subscription ended") };
+                    follow_message(state, msg).await;
+                }
+            }
         }
     }
+}
+
+/// The next message of `bus`; never, without one.
+async fn next_on(bus: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
+    match bus {
+        Some(bus) => bus.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An event another instance's relay published.
+async fn follow_message(state: &AppState, msg: async_nats::Message) {
+    let id = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str());
+    if let Some((aggregate, sequence)) = id.and_then(event_position)
+        && !follows_on(state, aggregate, sequence).await
+    {
+        return;
+    }
+    let envelope = match serde_json::from_slice::<Envelope<Value>>(&msg.payload) {
+        Ok(envelope) => envelope,
+        Err(e) => return tracing::debug!(error = %e, subject = %msg.subject, "unreadable event"),
+    };
+    let Some(sequence) = envelope.sequence.and_then(|s| usize::try_from(s).ok()) else { return };
+    let event = SerializedEvent::new(
+        envelope.aggregate_id,
+        sequence,
+        envelope.aggregate_type,
+        envelope.event_type,
+        envelope.event_version,
+        envelope.payload,
+        Value::Object(Default::default()),
+    );
+    apply(state, event).await;
+}
+
+/// An event this instance's relay published, as the caches take it.
+fn from_relay(event: StoredEvent, sequence: usize) -> SerializedEvent {
+    SerializedEvent::new(
+        event.aggregate_id,
+        sequence,
+        event.aggregate_type,
+        event.event_type,
+        event.event_version,
+        event.payload,
+        Value::Object(Default::default()),
+    )
 }
 
 /// `<aggregateID>:<sequence>`, an event's id.
@@ -71,18 +142,8 @@ async fn follows_on(state: &AppState, aggregate: &str, sequence: usize) -> bool 
         || state.api_keys.follows_on(aggregate, sequence).await
 }
 
-async fn apply(state: &AppState, envelope: Envelope<Value>) {
-    let Some(sequence) = envelope.sequence.and_then(|s| usize::try_from(s).ok()) else { return };
-    let id = envelope.aggregate_id.clone();
-    let event = SerializedEvent::new(
-        envelope.aggregate_id,
-        sequence,
-        envelope.aggregate_type,
-        envelope.event_type,
-        envelope.event_version,
-        envelope.payload,
-        Value::Object(Default::default()),
-    );
+async fn apply(state: &AppState, event: SerializedEvent) {
+    let id = event.aggregate_id.clone();
     let events = vec![event];
     match events[0].aggregate_type.as_str() {
         Session::TYPE => state.sessions.follow(&id, events).await,

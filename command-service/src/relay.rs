@@ -29,6 +29,9 @@
 //!   poll covers lost wake-ups. (Not a PostgreSQL NOTIFY: a transaction that notifies takes one
 //!   global lock at commit, held through its flush, so every commit of every instance would wait
 //!   for the one before it.)
+//! - What it reads from the outbox (other instances' commits among them) goes on to this
+//!   instance's follower once on the bus (`crate::follow`): while this instance relays, its
+//!   follower does not hear the bus, which would only echo what the relay published.
 //! - The relay's statements commit without waiting for the disk (a lost delete only sends the
 //!   batch again, which the dedup window drops), so the next batch does not queue behind a flush.
 //! - An event the bus can never take (over its payload limit) is parked in `parked_events` and
@@ -44,7 +47,7 @@ use platform::stored_event::StoredEvent;
 use schemas::envelope::metadata;
 use schemas::subjects;
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Arbitrary but fixed: the advisory lock key that elects the active relay.
@@ -57,6 +60,9 @@ const LEADER_IDLE: Duration = Duration::from_secs(5);
 /// Bytes of events handed to the relay and not yet published, at most: beyond it, commits are
 /// read back from the outbox (a burst of large prompts cannot grow the instance's memory).
 const HANDOFF_BYTES: usize = 8 * 1024 * 1024;
+/// Batches of relayed events waiting for this instance's follower, at most (beyond, a batch is
+/// not followed: following is best effort, and the commits' checks catch what it misses).
+const FOLLOWER_BATCHES: usize = 64;
 /// A hand-off older than this is not published from memory but read back from the outbox: long
 /// after its commit, JetStream's duplicate window is all that would keep a copy of it sent
 /// meanwhile from going in twice, and the outbox read needs none.
@@ -91,6 +97,17 @@ struct LocalRelay {
     wake: Notify,
     handoffs: mpsc::UnboundedSender<Handoff>,
     room: Arc<Semaphore>,
+    /// [`Self::active`] for the follower, which hears the bus only while it is false.
+    relaying: watch::Sender<bool>,
+    /// The events read from the outbox and published, for the follower.
+    relayed: mpsc::Sender<Vec<StoredEvent>>,
+}
+
+/// What this instance's relay tells its follower (`crate::follow`): whether it relays, and
+/// what it published from the outbox meanwhile.
+pub struct Relayed {
+    pub relaying: watch::Receiver<bool>,
+    pub events: mpsc::Receiver<Vec<StoredEvent>>,
 }
 
 /// What this instance's commands hand to its relay: given to [`run`], so an instance has one
@@ -98,9 +115,13 @@ struct LocalRelay {
 pub struct Handoffs(mpsc::UnboundedReceiver<Handoff>);
 
 impl Wake {
-    /// The wake-ups, and the hand-offs for this instance's relay (dropped if it runs none:
-    /// commits are then never handed over, as no relay here holds the lock).
-    pub fn start(nats: async_nats::Client, shutdown: CancellationToken) -> (Self, Handoffs) {
+    /// The wake-ups, the hand-offs for this instance's relay (dropped if it runs none: commits
+    /// are then never handed over, as no relay here holds the lock), and what the relay tells
+    /// the follower.
+    pub fn start(
+        nats: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> (Self, Handoffs, Relayed) {
         let to_bus = Arc::new(Notify::new());
         let wakes = to_bus.clone();
         tokio::spawn(async move {
@@ -113,14 +134,19 @@ impl Wake {
             }
         });
         let (handoffs, received) = mpsc::unbounded_channel();
+        let (relaying, relaying_seen) = watch::channel(false);
+        let (relayed, followed) = mpsc::channel(FOLLOWER_BATCHES);
         let local = Arc::new(LocalRelay {
             active: AtomicBool::new(false),
             busy: AtomicBool::new(false),
             wake: Notify::new(),
             handoffs,
             room: Arc::new(Semaphore::new(HANDOFF_BYTES)),
+            relaying,
+            relayed,
         });
-        (Self { to_bus, local }, Handoffs(received))
+        let relayed = Relayed { relaying: relaying_seen, events: followed };
+        (Self { to_bus, local }, Handoffs(received), relayed)
     }
 
     /// After a commit of `events` (with their outbox positions; `bytes` as stored),
@@ -164,6 +190,7 @@ struct ActiveFlag(Arc<LocalRelay>);
 impl ActiveFlag {
     fn set(&self, active: bool) {
         self.0.active.store(active, Ordering::Release);
+        self.0.relaying.send_if_modified(|was| std::mem::replace(was, active) != active);
         metrics::gauge!("outbox_relay_active").set(if active { 1.0 } else { 0.0 });
     }
 }
@@ -263,7 +290,7 @@ async fn publish_handed(
         handed.into_iter().partition(|h| h.at.elapsed() < HANDOFF_FRESH);
     let events: Vec<_> = fresh.into_iter().flat_map(|h| h.events).collect();
     let handed = events.len() as u64;
-    publish(&mut relay.conn, js, events).await?;
+    publish(&mut relay.conn, js, &events).await?;
     metrics::counter!("outbox_handed_off_total").increment(handed);
     Ok(stale.is_empty())
 }
@@ -307,7 +334,7 @@ async fn drain(
     // reports 1 while the outbox moves).
     flag.set(relay.active);
     if relay.active {
-        while publish_batch(&mut relay.conn, js).await? == BATCH as usize {}
+        while publish_batch(&mut relay.conn, js, &flag.0).await? == BATCH as usize {}
     }
     Ok(())
 }
@@ -331,7 +358,11 @@ async fn wait(wakes: &mut Option<async_nats::Subscriber>, poll_at: tokio::time::
 
 /// Publish up to one batch read from the outbox, on the connection holding the relay's lock.
 /// Returns how many events were read.
-async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyhow::Result<usize> {
+async fn publish_batch(
+    conn: &mut PgConnection,
+    js: &jetstream::Context,
+    local: &LocalRelay,
+) -> anyhow::Result<usize> {
     let started = Instant::now();
     // The batch's outbox rows first, then each one's event by its key: a plain join let the
     // planner hash the whole `events` table for every batch (measured: 9-15 ms a batch at a
@@ -366,8 +397,13 @@ async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyh
             Ok((row.try_get::<i64, _>("position")?, event))
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    publish(conn, js, events).await?;
+    publish(conn, js, &events).await?;
     metrics::histogram!("outbox_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    // (this instance's own commits among them are skipped by the follower unread)
+    let published = events.into_iter().map(|(_, event)| event).collect();
+    if let Err(mpsc::error::TrySendError::Full(_)) = local.relayed.try_send(published) {
+        metrics::counter!("relayed_batches_not_followed_total").increment(1);
+    }
     Ok(read)
 }
 
@@ -376,7 +412,7 @@ async fn publish_batch(conn: &mut PgConnection, js: &jetstream::Context) -> anyh
 async fn publish(
     conn: &mut PgConnection,
     js: &jetstream::Context,
-    events: Vec<(i64, StoredEvent)>,
+    events: &[(i64, StoredEvent)],
 ) -> anyhow::Result<()> {
     if events.is_empty() {
         return Ok(());
@@ -389,7 +425,7 @@ async fn publish(
     let mut spans = Vec::new();
     // Room for the body under the server's payload limit, after the headers (the msg id).
     let room = js.client().server_info().max_payload.saturating_sub(1024);
-    for (position, event) in &events {
+    for (position, event) in events {
         let position = *position;
         let (subject, envelope) = event.to_envelope()?;
         let body = serde_json::to_vec(&envelope)?;

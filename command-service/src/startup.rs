@@ -90,7 +90,7 @@ impl Application {
             spend: spend.clone(),
         };
         let keks = platform::config::load::<identity::ProviderKeysConfig>()?.keks()?;
-        let (wake, handoffs) = relay::Wake::start(nats.clone(), shutdown.clone());
+        let (wake, handoffs, relayed) = relay::Wake::start(nats.clone(), shutdown.clone());
         // The projector's progress, for synchronous prompts that wait for the read models.
         let notifications = platform::notifications::Notifications::new();
         let state = Arc::new(AppState {
@@ -151,7 +151,7 @@ impl Application {
         }
         if cfg.follow_commits {
             let (nats, state, stop) = (nats.clone(), state.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(crate::follow::run(nats, state, stop)));
+            tasks.push(tokio::spawn(crate::follow::run(nats, state, relayed, stop)));
         }
         {
             let (nats, state, stop) = (nats.clone(), state.clone(), shutdown.clone());

@@ -1,8 +1,9 @@
 //! A command instance decides from the aggregates it holds, without reading them first, and its
 //! commit checks they were still current: whatever another instance committed meanwhile (a
 //! membership removed, a reply completed) counts at once, as if every command read first.
-//! Instances also follow each other's commits on the bus, so that a session prompted through
-//! either finds its state current, rather than found stale at commit and decided again.
+//! Instances also follow each other's commits (from the bus, or the relaying one from its
+//! relay), so that a session prompted through either finds its state current, rather than found
+//! stale at commit and decided again.
 
 use e2e_tests::System;
 use e2e_tests::api::Created;
@@ -103,4 +104,35 @@ async fn an_instance_follows_the_others_commits_and_decides_from_current_states(
     let followed = metric(0, "aggregate_events_followed_total").await
         + metric(1, "aggregate_events_followed_total").await;
     assert!(followed >= PROMPTS as f64, "events followed: {followed}");
+}
+
+/// Command instances subscribed to the domain events on the bus, as NATS counts them.
+async fn following_the_bus(system: &System) -> usize {
+    let url = format!("{}/connz?subs=1&limit=1000", system.nats.monitor_url(0));
+    let connz: Value = system.http.get(url).send().await.unwrap().json().await.unwrap();
+    let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+    let subscribed = |c: &&Value| {
+        let subs = c["subscriptions_list"].as_array();
+        subs.is_some_and(|s| s.iter().any(|s| s == "oc.evt.>"))
+    };
+    connections.iter().filter(|c| c["name"] == "command-service").filter(subscribed).count()
+}
+
+/// The relaying instance hears what it publishes from its relay (the test above fails without
+/// it), not back from the bus: alone, an instance subscribes to no domain event; a second, which
+/// does not relay, follows the bus.
+#[tokio::test]
+async fn the_relaying_instance_follows_from_its_relay_and_the_others_from_the_bus() {
+    let mut system = System::start().await;
+    let alice = system.token("alice").await;
+    let org = system.create_org(&alice, "Acme").await;
+    let _ = system.create_workspace(&alice, &org.id, "main").await;
+    let alone =
+        e2e_tests::within(WAIT, || async { (following_the_bus(&system).await == 0).then_some(()) });
+    assert!(alone.await.is_some(), "a lone relaying instance subscribed to the domain events");
+    let second = system.start_command(false).await;
+    system.command.push(second);
+    let one =
+        e2e_tests::within(WAIT, || async { (following_the_bus(&system).await == 1).then_some(()) });
+    assert!(one.await.is_some(), "the instance that does not relay follows the bus");
 }
