@@ -60,9 +60,11 @@ const LEADER_IDLE: Duration = Duration::from_secs(5);
 /// Bytes of events handed to the relay and not yet published, at most: beyond it, commits are
 /// read back from the outbox (a burst of large prompts cannot grow the instance's memory).
 const HANDOFF_BYTES: usize = 8 * 1024 * 1024;
-/// Batches of relayed events waiting for this instance's follower, at most (beyond, a batch is
-/// not followed: following is best effort, and the commits' checks catch what it misses).
-const FOLLOWER_BATCHES: usize = 64;
+/// Batches of relayed events waiting for this instance's follower, at most: a few batches'
+/// memory, as the relay's own (beyond, a batch is not followed: following is best effort, and
+/// the commits' checks catch what it misses). The follower only applies events to states in
+/// memory, far faster than batches come.
+const FOLLOWER_BATCHES: usize = 4;
 /// A hand-off older than this is not published from memory but read back from the outbox: long
 /// after its commit, JetStream's duplicate window is all that would keep a copy of it sent
 /// meanwhile from going in twice, and the outbox read needs none.
