@@ -89,7 +89,12 @@ pub trait Directory: Send + Sync {
     /// Events a commit's check found committed after what this directory holds, in order.
     async fn advance(&self, _events: Vec<SerializedEvent>) {}
     /// What a completed reply of `org` is charged against: its prompt rates, and its budgets,
-    /// each with the alerts it may still raise at `time` (one read of the organization).
+    /// each with the alerts it may still raise at `time`. From the organization as this
+    /// instance holds it, without reading what was committed since (it follows every
+    /// instance's commits, and the reply's prompt was checked at its commit against the copy
+    /// it was decided from); read only if none is held. A threshold missed on a copy still
+    /// stale is raised by the budget's next reply, and an alert's own command is checked at its
+    /// commit.
     async fn spend_rules(&self, org: &OrganizationId, time: i64)
     -> Result<SpendRules, DomainError>;
     /// Whether `user` may manage connection `id` of `org` (as the command would decide).
@@ -334,6 +339,15 @@ impl<A: cqrs_es::Aggregate + Clone + 'static> Replayed<A> {
         }
         Ok(ctx.aggregate)
     }
+
+    /// `id` as this instance holds it, without reading what was committed since; read as
+    /// [`Self::load`] only when none is held.
+    async fn held(&self, id: &str) -> Result<A, DomainError> {
+        match self.cache.peek(id).await {
+            Some(cached) => Ok(cached.0.clone()),
+            None => self.load(id, None).await,
+        }
+    }
 }
 
 impl EventStoreDirectory {
@@ -483,7 +497,11 @@ impl Directory for EventStoreDirectory {
         org: &OrganizationId,
         time: i64,
     ) -> Result<SpendRules, DomainError> {
-        let organization = &self.organization(org).await?;
+        let organization = &match self.reads {
+            // (answering a decision: what is held, noted for its commit's check)
+            Some(_) => self.organization(org).await?,
+            None => self.orgs.held(org.as_str()).await?,
+        };
         let budgets = organization
             .budgets()
             .map(|b| {

@@ -14,7 +14,6 @@ use tracing::Instrument;
 use crate::aggregates::SessionCommand;
 use crate::error::{CommandError, DomainError};
 use crate::executor::CommandContext;
-use crate::read_set::ReadSet;
 use crate::startup::AppState;
 
 /// Requests handled at once per instance.
@@ -119,14 +118,8 @@ async fn complete(state: &AppState, report: CompleteMessage) -> CommandReply {
             // (migrations/0027, 0022); thresholds it crossed are raised now (missed ones are
             // raised by the next reply of the budget).
             if let Some(user) = user {
-                // The budgets as this instance holds its organization, without reading what
-                // was committed since: it follows every instance's commits (`crate::follow`),
-                // and each prompt's commit checked the organization its decision used. A
-                // catch-up read here was one statement per reply for every organization, with
-                // or without budgets; an alert's own command is checked at its commit.
-                let held = state.directory.answering_from_cache(&ReadSet::default());
-                let directory = held.unwrap_or_else(|| state.directory.clone());
-                let rules = match directory.spend_rules(&org, schemas::now_ms()).await {
+                // (the organization as held: no read per reply, `Directory::spend_rules`)
+                let rules = match state.directory.spend_rules(&org, schemas::now_ms()).await {
                     Ok(rules) => rules,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the organization's budgets");
