@@ -172,6 +172,7 @@ impl Application {
             ready,
             shutdown_grace_secs: common.shutdown_grace_secs,
             workers: None,
+            http2_cleartext: common.http2_cleartext,
             shutdown: shutdown.clone(),
         };
         let server = http::serve(spec, move |c| {

@@ -71,6 +71,13 @@ pub struct CommonConfig {
     pub log_format: String,
     /// `OC_SHUTDOWN_GRACE_SECS`: how long work in hand may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// `OC_HTTP2_CLEARTEXT`: the command and query APIs also take cleartext HTTP/2 with prior
+    /// knowledge, for a front that multiplexes upstream (Envoy, HAProxy, Caddy): thousands of
+    /// event streams then share a few connections instead of holding a socket each. Off by
+    /// default, and only for a trusted front: HTTP/2's own limits per connection (concurrent
+    /// streams, header list size) are then the `h2` crate's defaults, which are far looser
+    /// than HTTP/1.1's limits per request.
+    pub http2_cleartext: bool,
 }
 
 impl Default for CommonConfig {
@@ -87,6 +94,7 @@ impl Default for CommonConfig {
             run_migrations: true,
             log_format: "pretty".into(),
             shutdown_grace_secs: 20,
+            http2_cleartext: false,
         }
     }
 }

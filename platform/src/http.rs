@@ -191,6 +191,11 @@ pub struct ServerSpec {
     pub shutdown_grace_secs: u64,
     /// Worker threads; `None` uses one per core.
     pub workers: Option<usize>,
+    /// Whether the API listener also takes cleartext HTTP/2 with prior knowledge (told apart from
+    /// HTTP/1.1 by a connection's first bytes). A front that multiplexes upstream (Envoy,
+    /// HAProxy, Caddy) then carries thousands of event streams over a few connections instead of
+    /// a socket each.
+    pub http2_cleartext: bool,
     /// The process's shutdown signal: the server stops taking requests and finishes those in
     /// hand (up to `shutdown_grace_secs`) when it fires.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -208,6 +213,7 @@ where
         ready,
         shutdown_grace_secs,
         workers,
+        http2_cleartext,
         shutdown,
     } = spec;
     let ops_apart = ops_listener.is_some();
@@ -226,7 +232,7 @@ where
         stop_on(&shutdown, &ops_server);
         tokio::spawn(ops_server);
     }
-    let mut server = actix_web::HttpServer::new(move || {
+    let server = actix_web::HttpServer::new(move || {
         let (metrics, ready) = (metrics.clone(), ready.clone());
         actix_web::App::new()
             .wrap_fn(record_request)
@@ -238,8 +244,12 @@ where
             })
             .configure(routes.clone())
             .default_service(web::to(not_found))
-    })
-    .listen(listener)?
+    });
+    let mut server = if http2_cleartext {
+        server.listen_auto_h2c(listener)?
+    } else {
+        server.listen(listener)?
+    }
     .disable_signals()
     .shutdown_timeout(shutdown_grace_secs);
     if let Some(n) = workers {

@@ -41,6 +41,7 @@ pub async fn run(
         ready,
         shutdown_grace_secs: common.shutdown_grace_secs,
         workers: Some(1),
+        http2_cleartext: false,
         shutdown: shutdown.clone(),
     };
     let server = tokio::spawn(http::serve(spec, |_| {})?);

@@ -14,6 +14,7 @@ pub mod api;
 pub mod bench;
 pub mod browser;
 pub mod front;
+pub mod http2;
 pub mod nats;
 pub mod opencode;
 pub mod otlp;

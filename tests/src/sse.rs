@@ -21,13 +21,18 @@ impl Event {
     }
 }
 
-type Inner = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
+pub type Inner = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
 
 pub struct SseClient {
     inner: Inner,
 }
 
 impl SseClient {
+    /// A client reading `events`, however they arrive (another HTTP client, another protocol).
+    pub fn from_events(events: Inner) -> SseClient {
+        SseClient { inner: events }
+    }
+
     /// Open `url` (a full stream URL), optionally resuming after `last_event_id`.
     pub async fn connect(
         url: &str,

@@ -15,6 +15,7 @@ mod consistency_waits;
 mod decisions_from_cache;
 mod durability;
 mod group_commits;
+mod http2;
 mod interest;
 mod isolation;
 mod limits;
