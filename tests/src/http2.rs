@@ -76,8 +76,18 @@ impl Http2 {
         bearer: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let res = self.send.clone().send_request(self.request(method, path, bearer, body)).await;
-        let res = res.expect("an HTTP/2 response");
+        self.answer(self.request(method, path, bearer, body)).await
+    }
+
+    /// GET `path` as of `consistency` (a consistency token): the status and the JSON answer.
+    pub async fn get(&self, path: &str, bearer: &str, consistency: &str) -> (u16, Value) {
+        let mut req = self.request("GET", path, bearer, None);
+        req.headers_mut().insert("x-consistency-token", consistency.parse().expect("a token"));
+        self.answer(req).await
+    }
+
+    async fn answer(&self, req: hyper::Request<Full<Bytes>>) -> (u16, Value) {
+        let res = self.send.clone().send_request(req).await.expect("an HTTP/2 response");
         let status = res.status().as_u16();
         let bytes = res.into_body().collect().await.expect("the body").to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))

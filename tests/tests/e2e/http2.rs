@@ -60,7 +60,7 @@ async fn prompts_and_streams_share_one_http2_connection_per_service() {
     }
 
     // Each session's reply has its own length, so a stream given another session's is noticed.
-    let mut replies = Vec::new();
+    let (mut replies, mut tokens) = (Vec::new(), Vec::new());
     for (n, session) in sessions.iter().enumerate() {
         let text = format!("hello [[fake tokens={}]]", 5 + n);
         let body = json!({ "parts": [{ "type": "text", "text": text }] });
@@ -68,17 +68,18 @@ async fn prompts_and_streams_share_one_http2_connection_per_service() {
         let (status, accepted) = command.send("POST", &path, &alice, Some(&body)).await;
         assert_eq!(status, 202, "{accepted}");
         replies.push(accepted["assistantMessageID"].as_str().unwrap().to_owned());
+        tokens.push(accepted["consistencyToken"].as_str().unwrap().to_owned());
     }
     for (n, stream) in &mut streams {
         let events = stream.until(WAIT, is_idle).await;
         assert_eq!(reply_text(&events, &replies[*n]), fake_text(5 + *n), "session {n}");
     }
 
-    // Reads answer over it as well.
+    // Reads answer over it as well, as of the prompt's consistency token.
     let path = format!("/session/{}/message", sessions[2].id);
-    let (status, messages) = query.send("GET", &path, &alice, None).await;
+    let (status, messages) = query.get(&path, &alice, &tokens[2]).await;
     assert_eq!(status, 200, "{messages}");
-    assert_eq!(messages[1]["parts"][0]["text"], fake_text(7));
+    assert_eq!(messages[0]["parts"][0]["text"], "hello [[fake tokens=7]]");
 }
 
 #[tokio::test]
