@@ -1,5 +1,5 @@
-//! What every service does first: apply migrations, install metrics, and connect to PostgreSQL
-//! and NATS. Each service then adds its own parts.
+//! What every service does first: raise its open-file limit, apply migrations, install metrics,
+//! and connect to PostgreSQL and NATS. Each service then adds its own parts.
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -20,14 +20,15 @@ pub struct Foundation {
 /// batches of keys.
 pub type PoolFor = fn(&CommonConfig) -> anyhow::Result<deadpool_postgres::Pool>;
 
-/// Migrate (if configured), install the metrics recorder labelled `service`, and connect, to
-/// PostgreSQL with `pool` (`db::pool` for most). Connections are lazy or retried, so this
-/// succeeds while dependencies are still starting.
+/// Raise the open-file limit, migrate (if configured), install the metrics recorder labelled
+/// `service`, and connect, to PostgreSQL with `pool` (`db::pool` for most). Connections are
+/// lazy or retried, so this succeeds while dependencies are still starting.
 pub async fn foundation(
     common: &CommonConfig,
     service: &'static str,
     pool: PoolFor,
 ) -> anyhow::Result<Foundation> {
+    raise_open_file_limit();
     if common.run_migrations {
         db::migrate_with_retry(&common.database_url, 30).await?;
     }
@@ -37,4 +38,23 @@ pub async fn foundation(
     bus::report_traffic(&nats);
     let js = bus::jetstream(nats.clone());
     Ok(Foundation { metrics, db, nats, nats_losses, js })
+}
+
+/// Raise this process's soft limit on open files to its hard limit, as Go's runtime and nginx
+/// (`worker_rlimit_nofile`) do. Every event stream over HTTP/1.1, and every database and NATS
+/// connection, is a file; services are often started with a soft limit of 1,024 (systemd's
+/// default, and a container's under recent Docker and containerd) under a far higher hard limit,
+/// which would cap a query instance at about a thousand streams and refuse the next
+/// connections unanswered. Where the limit cannot be raised, the service runs with what it has.
+fn raise_open_file_limit() {
+    let before = rlimit::Resource::NOFILE.get().map(|(soft, _)| soft);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok(before), Ok(now)) if now > before => {
+            tracing::info!(before, now, "open-file limit raised to the hard limit");
+        }
+        (Ok(now), Ok(_)) => tracing::debug!(now, "open-file limit already at its hard limit"),
+        (_, Err(e)) | (Err(e), _) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit; running with it as is");
+        }
+    }
 }

@@ -35,6 +35,9 @@ pub struct SystemOptions {
     pub nats_cluster: bool,
     /// Run a PostgreSQL server of the test's own (`System::restart_postgres`), not the machine's.
     pub own_postgres: bool,
+    /// Start every service with this soft limit on open files (under the machine's hard limit),
+    /// as systemd and recent container runtimes start services with 1,024.
+    pub open_files: Option<u64>,
 }
 
 impl Default for SystemOptions {
@@ -50,6 +53,7 @@ impl Default for SystemOptions {
             nats_auth: false,
             nats_cluster: false,
             own_postgres: false,
+            open_files: None,
         }
     }
 }
@@ -254,7 +258,15 @@ impl System {
         port: u16,
         extra: &[(&str, &str)],
     ) -> Service {
-        let mut cmd = Command::new(bin(name));
+        let mut cmd = match self.opts.open_files {
+            // The shell lowers the soft limit, then becomes the service (same process).
+            Some(files) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg(format!("ulimit -Sn {files} && exec \"$0\"")).arg(bin(name));
+                sh
+            }
+            None => Command::new(bin(name)),
+        };
         self.env(&mut cmd);
         cmd.env(addr_var, format!("127.0.0.1:{port}"));
         let url = format!("http://127.0.0.1:{port}");

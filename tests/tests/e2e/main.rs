@@ -21,6 +21,7 @@ mod isolation;
 mod limits;
 mod nats_cluster;
 mod nats_restart;
+mod open_files;
 mod opencode_api;
 mod opencode_cli;
 mod opencode_sdk;
