@@ -162,7 +162,7 @@ impl Application {
             }));
         }
 
-        let listener = TcpListener::bind(&cfg.command_addr)?;
+        let listener = http::api_listener(&cfg.command_addr)?;
         let port = listener.local_addr()?.port();
         let data = web::Data::from(state);
         let spec = http::ServerSpec {

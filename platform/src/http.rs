@@ -177,6 +177,38 @@ where
     }
 }
 
+/// Connections the kernel queues for an API listener while its accept loop is busy: actix-web's
+/// own default (the kernel caps it at `net.core.somaxconn`). `TcpListener::bind` queues 128, and
+/// past that the kernel drops new connections' SYNs, which their clients resend only after a
+/// second, then three: a reconnect storm (an instance's streams coming back after it stopped)
+/// would wait seconds instead of queueing.
+pub const ACCEPT_BACKLOG: i32 = 1024;
+
+/// Bind an API listener on `addr` (the first of its addresses that binds), with
+/// `ACCEPT_BACKLOG`.
+pub fn api_listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind");
+    for addr in addr.to_socket_addrs()? {
+        let bound = (|| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(ACCEPT_BACKLOG)?;
+            Ok::<_, std::io::Error>(socket.into())
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// What every service's HTTP server shares: operational endpoints, request ids and metrics,
 /// problem+json for bad input and unknown routes, no signal handling of its own (the process's
 /// shutdown token stops it), and a bounded graceful shutdown.

@@ -135,7 +135,7 @@ impl Application {
             });
             ready
         };
-        let listener = TcpListener::bind(&cfg.query_addr)?;
+        let listener = http::api_listener(&cfg.query_addr)?;
         let ops_listener = TcpListener::bind(&cfg.query_ops_addr)?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
