@@ -184,29 +184,12 @@ where
 /// would wait seconds instead of queueing.
 pub const ACCEPT_BACKLOG: i32 = 1024;
 
-/// Bind an API listener on `addr` (the first of its addresses that binds), with
-/// `ACCEPT_BACKLOG`.
+/// Bind an API listener on `addr` as `TcpListener::bind` does, then give it `ACCEPT_BACKLOG`
+/// (listening again on a listening socket only sets its queue's length).
 pub fn api_listener(addr: &str) -> std::io::Result<std::net::TcpListener> {
-    use std::net::ToSocketAddrs;
-    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind");
-    for addr in addr.to_socket_addrs()? {
-        let bound = (|| {
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            )?;
-            socket.set_reuse_address(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(ACCEPT_BACKLOG)?;
-            Ok::<_, std::io::Error>(socket.into())
-        })();
-        match bound {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+    let listener = std::net::TcpListener::bind(addr)?;
+    socket2::SockRef::from(&listener).listen(ACCEPT_BACKLOG)?;
+    Ok(listener)
 }
 
 /// What every service's HTTP server shares: operational endpoints, request ids and metrics,

@@ -47,13 +47,13 @@ pub async fn foundation(
 /// which would cap a query instance at about a thousand streams and refuse the next
 /// connections unanswered. Where the limit cannot be raised, the service runs with what it has.
 fn raise_open_file_limit() {
-    let before = rlimit::Resource::NOFILE.get().map(|(soft, _)| soft);
-    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
-        (Ok(before), Ok(now)) if now > before => {
+    let before = rlimit::Resource::NOFILE.get().map_or(0, |(soft, _)| soft);
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if now > before => {
             tracing::info!(before, now, "open-file limit raised to the hard limit");
         }
-        (Ok(now), Ok(_)) => tracing::debug!(now, "open-file limit already at its hard limit"),
-        (_, Err(e)) | (Err(e), _) => {
+        Ok(now) => tracing::debug!(now, "open-file limit already at its hard limit"),
+        Err(e) => {
             tracing::warn!(error = %e, "cannot raise the open-file limit; running with it as is");
         }
     }
