@@ -7,6 +7,7 @@ use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtim
 use tokio_postgres::NoTls;
 
 use crate::config::CommonConfig;
+use crate::problem::Problem;
 
 /// How long a request waits for a connection before it gets a 503 instead of hanging.
 const POOL_WAIT: Duration = Duration::from_secs(3);
@@ -38,12 +39,72 @@ pub fn keyed_batch_pool(cfg: &CommonConfig) -> anyhow::Result<Pool> {
 
 /// The pool tenant reads go through, connecting as `user` (a role without superuser or
 /// BYPASSRLS, a member of `oc_reader`: see migrations/0013…). A request binds a connection to
-/// its caller (`oc.user_id`, `oc.org_scope`); the binding is reset when the connection goes back
-/// to the pool, so a read that forgot to bind sees no tenant's rows rather than the previous
-/// caller's.
+/// its caller ([`bind`]: `oc.user_id`, `oc.org_scope`), and the binding is undone before the
+/// connection goes back to the pool (see [`Bound`]), so a read that forgot to bind sees no
+/// tenant's rows rather than the previous caller's. Connections are handed out as they are, with
+/// no statement on the way out.
 pub fn reader_pool(cfg: &CommonConfig, user: &str, password: Option<&str>) -> anyhow::Result<Pool> {
-    let reset = RecyclingMethod::Custom("RESET oc.user_id; RESET oc.org_scope".into());
-    build(cfg, Some(user), password.filter(|p| !p.is_empty()), reset, None)
+    build(cfg, Some(user), password.filter(|p| !p.is_empty()), RecyclingMethod::Fast, None)
+}
+
+/// A connection of [`reader_pool`] reading on behalf of `user_id`, limited to `org_scope` where
+/// it is not empty (an API key's organization). Both settings are set by one statement, so a
+/// connection is never half bound.
+pub async fn bind(pool: &Pool, user_id: &str, org_scope: &str) -> Result<Bound, Problem> {
+    let db = pool.get().await?;
+    let stmt = db
+        .prepare_cached(
+            "SELECT set_config('oc.user_id', $1, false), set_config('oc.org_scope', $2, false)",
+        )
+        .await?;
+    // Unbound again once it is dropped, even if this statement failed halfway.
+    let bound = Bound(Unbinding(Some(db)));
+    bound.query_one(&stmt, &[&user_id, &org_scope]).await?;
+    Ok(bound)
+}
+
+/// A reader connection bound to a caller. When dropped, it is unbound after the request, off its
+/// path, and only then goes back to the pool; one that cannot be unbound (the statement fails,
+/// the runtime is gone) is closed instead, never handed to another caller.
+pub struct Bound(Unbinding);
+
+/// Undoes [`bind`]'s settings.
+const UNBIND: &str = "RESET oc.user_id; RESET oc.org_scope";
+
+/// A bound connection: closed if dropped while it holds it.
+struct Unbinding(Option<deadpool_postgres::Object>);
+
+impl Drop for Unbinding {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(deadpool_postgres::Object::take(conn));
+        }
+    }
+}
+
+impl std::ops::Deref for Bound {
+    type Target = deadpool_postgres::Object;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.0.as_ref().expect("a bound connection is held until dropped")
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let mut held = Unbinding(self.0.0.take());
+        let unbind = async move {
+            if let Some(conn) = &held.0
+                && conn.batch_execute(UNBIND).await.is_ok()
+            {
+                drop(held.0.take()); // back to the pool
+            }
+        };
+        // Never polled (no runtime, or it is stopping): dropping it closes the connection.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn(unbind));
+        }
+    }
 }
 
 /// A pool on the configured database, as `user` (else the URL's), sized and timed out alike,

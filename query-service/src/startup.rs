@@ -44,7 +44,7 @@ impl AppState {
         &self,
         req: &actix_web::HttpRequest,
         user: &identity::AuthUser,
-    ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
+    ) -> Result<platform::db::Bound, platform::problem::Problem> {
         let token = crate::consistency::token(req)?;
         if let Some(token) = &token {
             let progress = &self.notifications.progress;
@@ -59,21 +59,14 @@ impl AppState {
         Ok(db)
     }
 
-    /// A database connection reading as `oc_reader` on behalf of `user` (no consistency wait).
+    /// A database connection reading as `oc_reader` on behalf of `user` (no consistency wait),
+    /// unbound again once dropped (`platform::db::Bound`).
     pub async fn bind(
         &self,
         user: &identity::AuthUser,
-    ) -> Result<deadpool_postgres::Object, platform::problem::Problem> {
-        let db = self.db.get().await?;
-        // Reset when the connection returns to the pool (`platform::db::reader_pool`).
-        let stmt = db
-            .prepare_cached(
-                "SELECT set_config('oc.user_id', $1, false), set_config('oc.org_scope', $2, false)",
-            )
-            .await?;
+    ) -> Result<platform::db::Bound, platform::problem::Problem> {
         let scope = user.scope.as_ref().map_or("", |o| o.as_str());
-        db.query_one(&stmt, &[&user.user_id.as_str(), &scope]).await?;
-        Ok(db)
+        platform::db::bind(&self.db, user.user_id.as_str(), scope).await
     }
 }
 

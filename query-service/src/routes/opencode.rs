@@ -30,7 +30,7 @@ pub(super) async fn workspace_of(
     state: &AppState,
     user: &AuthUser,
     directory: Option<&str>,
-) -> Result<(WorkspaceId, OrganizationId, deadpool_postgres::Object), Problem> {
+) -> Result<(WorkspaceId, OrganizationId, platform::db::Bound), Problem> {
     let (ws, granted, db) = workspace_row(req, state, user, directory).await?;
     Ok((ws, granted.organization_id, db))
 }
@@ -41,7 +41,7 @@ pub(super) async fn workspace_row(
     state: &AppState,
     user: &AuthUser,
     directory: Option<&str>,
-) -> Result<(WorkspaceId, access::Granted, deadpool_postgres::Object), Problem> {
+) -> Result<(WorkspaceId, access::Granted, platform::db::Bound), Problem> {
     let directory = directory_of(req, directory);
     let ws = workspace_meant(directory.as_deref(), user)?;
     let db = state.reader(req, user).await?;

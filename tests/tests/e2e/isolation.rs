@@ -291,3 +291,29 @@ async fn no_state_check_or_key_scope_answers_before_not_found() {
         assert!(system.get(&key, &path, None).await.is_problem(404), "{path}");
     }
 }
+
+/// A reader connection goes back to the pool only once its caller's binding is undone (after the
+/// request, off its path): the next read on that connection, bound or not, is not the last
+/// caller's.
+#[tokio::test]
+async fn a_pooled_reader_connection_forgets_its_last_caller() {
+    let system = System::start().await;
+    let cfg = platform::config::CommonConfig {
+        database_url: system.db_url.clone(),
+        database_pool_size: 1,
+        ..Default::default()
+    };
+    let pool = platform::db::reader_pool(&cfg, "oc_query_reader", None).unwrap();
+    let caller = "SELECT pg_backend_pid(), coalesce(current_setting('oc.user_id', true), ''), \
+                  coalesce(current_setting('oc.org_scope', true), '')";
+    let bound = platform::db::bind(&pool, "usr_bob", "org_bobs").await.unwrap();
+    let row = bound.query_one(caller, &[]).await.unwrap();
+    let (pid, user, scope): (i32, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((user.as_str(), scope.as_str()), ("usr_bob", "org_bobs"));
+    drop(bound);
+    // The pool's one connection, once it is back (the pool waits for it).
+    let next = pool.get().await.unwrap();
+    let row = next.query_one(caller, &[]).await.unwrap();
+    let seen: (i32, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(seen, (pid, String::new(), String::new()), "the same connection, unbound");
+}
