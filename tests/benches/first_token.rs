@@ -57,6 +57,11 @@ async fn main() {
             "  from the start line (session created, stream opened, prompted) to first delta {}",
             percentiles(&burst.from_start)
         );
+        println!(
+            "    of which the session created {}; its stream opened {}",
+            percentiles(&burst.created),
+            percentiles(&burst.opened)
+        );
     }
     let started = std::time::Instant::now();
     let flood = run(&system, &alice, &ws.id, (BACK_TO_BACK, 20), instant).await;

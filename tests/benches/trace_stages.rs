@@ -18,6 +18,18 @@ const SAMPLES: usize = 30;
 
 const ROOT: &str = "POST /session/{id}/prompt_async";
 
+/// The stream each new session opens before its prompt.
+const STREAM_ROOT: &str = "GET /session/{id}/event";
+
+/// The steps of opening a session's stream, in milliseconds after its request arrived.
+const STREAM_MILESTONES: &[&str] = &[
+    "caller authenticated",
+    "session's access checked (its organization read)",
+    "stream lease taken",
+    "session's feed ready (its start position known)",
+    "answered (the stream's head sent)",
+];
+
 /// The milestones of one prompt, in milliseconds after its request arrived.
 const MILESTONES: &[&str] = &[
     "caller authenticated",
@@ -48,6 +60,7 @@ async fn main() {
     burst(&system, &alice, &ws.id, 10, "warm [[fake tokens=20]]").await;
     for n in levels() {
         let mut traces = Vec::new();
+        let mut opens = Vec::new();
         for _ in 0..SAMPLES.div_ceil(n) {
             tokio::time::sleep(Duration::from_millis(500)).await; // the last burst's exports
             collector.clear();
@@ -64,6 +77,12 @@ async fn main() {
                 .await
                 .unwrap_or_else(|| panic!("fewer than {n} complete traces")),
             );
+            opens.extend(
+                collector
+                    .traces_rooted_at("query-service", STREAM_ROOT)
+                    .iter()
+                    .filter_map(|t| stream_milestones(t)),
+            );
         }
         if std::env::var_os("OC_BENCH_SPANS").is_some() {
             print_spans(&collector.traces_rooted_at("command-service", ROOT)[0]);
@@ -77,7 +96,28 @@ async fn main() {
             let at: Vec<f64> = traces.iter().map(|t| t[i]).collect();
             println!("  {name}: {}", percentiles(&at));
         }
+        println!("  the sessions' streams opened before, {} of them:", opens.len());
+        for (i, name) in STREAM_MILESTONES.iter().enumerate() {
+            let at: Vec<f64> = opens.iter().map(|t| t[i]).collect();
+            println!("    {name}: {}", percentiles(&at));
+        }
     }
+}
+
+/// The milestones of a stream's opening (see [`STREAM_MILESTONES`]).
+fn stream_milestones(trace: &[ReceivedSpan]) -> Option<Vec<f64>> {
+    let root = trace.iter().find(|s| s.name == STREAM_ROOT)?;
+    let step = |name: &str| {
+        trace.iter().find(|s| s.parent_span_id == root.span_id && s.name == name).map(|s| s.end_ns)
+    };
+    let at = |ns: u64| (ns as f64 - root.start_ns as f64) / 1e6;
+    Some(vec![
+        at(step("authenticate")?),
+        at(step("session access")?),
+        at(step("stream lease")?),
+        at(step("feed ready")?),
+        at(root.end_ns),
+    ])
 }
 
 /// Every span of one trace, in the order they began, each with its start and end in

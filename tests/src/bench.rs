@@ -53,6 +53,21 @@ fn database_pool_size(deployed: bool) -> usize {
     if deployed { 8 } else { 16 }
 }
 
+/// `OC_BENCH_SERVICE_ENV`: more environment for every service, as `NAME=value` separated by
+/// spaces (`TOKIO_WORKER_THREADS=1 OC_HTTP_WORKERS=1`, say), to compare settings on one build.
+fn more_service_env() -> Vec<(&'static str, String)> {
+    let given = std::env::var("OC_BENCH_SERVICE_ENV").unwrap_or_default();
+    given
+        .split_whitespace()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').expect("OC_BENCH_SERVICE_ENV: NAME=value");
+            // Read once per run, so the names live as long as the run.
+            let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+            (name, value.to_owned())
+        })
+        .collect()
+}
+
 /// [`system`], with more environment for every service (trace export, say).
 pub async fn system_with(sessions: usize, env: Vec<(&'static str, String)>) -> System {
     let deployed = deployed();
@@ -61,6 +76,7 @@ pub async fn system_with(sessions: usize, env: Vec<(&'static str, String)>) -> S
         ("OC_SSE_STREAMS_PER_USER", (sessions * 4).to_string()),
     ];
     service_env.extend(env);
+    service_env.extend(more_service_env());
     let mut system = System::start_with(SystemOptions {
         worker_env: vec![("OC_WORKER_CONCURRENCY", (sessions * 2).to_string())],
         service_env,
@@ -114,6 +130,10 @@ pub struct Burst {
     /// Per session, from the start line (before the session was created) to its first delta:
     /// what a user starting a new conversation waits.
     pub from_start: Vec<f64>,
+    /// Per session, from the start line: its creation answered, and its stream opened (the
+    /// stream's first event read).
+    pub created: Vec<f64>,
+    pub opened: Vec<f64>,
 }
 
 /// `n` new sessions at the same instant, each created, its stream opened and `prompt` sent.
@@ -125,7 +145,9 @@ pub async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &s
             start_line.wait().await;
             let began = Instant::now();
             let session = system.create_session(bearer, ws).await;
+            let created = began.elapsed();
             let mut stream = system.watch(bearer, &session).await;
+            let opened = began.elapsed();
             let start = Instant::now();
             system.prompt(bearer, &session.id, prompt).await;
             let accepted = start.elapsed();
@@ -133,11 +155,12 @@ pub async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &s
             let first = start.elapsed();
             let whole = began.elapsed();
             stream.until(WAIT, crate::sse::is_idle).await;
-            ((ms(accepted), ms(first)), ms(whole))
+            ((ms(accepted), ms(first)), (ms(whole), (ms(created), ms(opened))))
         }
     });
-    let (samples, from_start) = join_all(runs).await.into_iter().unzip();
-    Burst { samples, from_start }
+    let (samples, timings): (Vec<Sample>, Vec<_>) = join_all(runs).await.into_iter().unzip();
+    let (from_start, (created, opened)) = timings.into_iter().unzip();
+    Burst { samples, from_start, created, opened }
 }
 
 /// Samples the floor is taken from at least: one request's time (at one session) varies by a

@@ -25,9 +25,11 @@ use async_nats::jetstream::stream::RawMessageErrorKind;
 use futures::StreamExt;
 use identity::{AuthUser, Authenticator};
 use platform::problem::Problem;
+use platform::telemetry::trace_step;
 use schemas::ids::{OrganizationId, SessionId};
 use schemas::subjects;
 use tokio::sync::{broadcast, mpsc};
+use tracing::Instrument;
 
 use crate::access;
 use crate::hub::{Frame, Subscription};
@@ -52,20 +54,22 @@ pub async fn stream(
     id: web::Path<SessionId>,
 ) -> Result<impl actix_web::Responder, Problem> {
     let last_event_id = last_event_id(&req)?;
-    let org = {
+    let org = async {
         // The session's own token (a client that just created it) needs no wait for the
         // projector: the session's organization is read from the event store if the read models
         // lack it. Another aggregate's token is read-your-writes, as for every read.
         let own = crate::consistency::token(&req)?.is_some_and(|t| t.aggregate_id == id.as_str());
         let db = if own { state.bind(&user).await? } else { state.reader(&req, &user).await? };
-        access::session_as_committed(&db, &id, &user, Action::Read).await?
+        access::session_as_committed(&db, &id, &user, Action::Read).await
     };
+    let org = org.instrument(trace_step("session access")).await?;
     // One more open stream for this user, if they are under the cap (held until it ends).
-    let lease = state.streams.take(&user.user_id).await?;
+    let lease = state.streams.take(&user.user_id).instrument(trace_step("stream lease")).await?;
     // The session's live events from a known position on: nothing after it can be missed. A
     // feed that cannot start (NATS unreachable) would not know what this client is owed.
     let wait = state.cfg.consistency_wait();
-    let Some(live) = state.hub.subscribe(org.as_str(), id.as_str(), wait).await else {
+    let live = state.hub.subscribe(org.as_str(), id.as_str(), wait);
+    let Some(live) = live.instrument(trace_step("feed ready")).await else {
         return Err(Problem::unavailable("the session's events cannot be followed now; retry"));
     };
     let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
