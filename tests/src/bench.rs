@@ -54,7 +54,7 @@ fn database_pool_size(deployed: bool) -> usize {
 }
 
 /// `OC_BENCH_SERVICE_ENV`: more environment for every service, as `NAME=value` separated by
-/// spaces (`TOKIO_WORKER_THREADS=1 OC_HTTP_WORKERS=1`, say), to compare settings on one build.
+/// spaces (`TOKIO_WORKER_THREADS=1`, say), to compare settings on one build.
 fn more_service_env() -> Vec<(&'static str, String)> {
     let given = std::env::var("OC_BENCH_SERVICE_ENV").unwrap_or_default();
     given
