@@ -155,12 +155,16 @@ pub async fn burst(system: &System, bearer: &str, ws: &str, n: usize, prompt: &s
             let first = start.elapsed();
             let whole = began.elapsed();
             stream.until(WAIT, crate::sse::is_idle).await;
-            ((ms(accepted), ms(first)), (ms(whole), (ms(created), ms(opened))))
+            ((ms(accepted), ms(first)), ms(whole), ms(created), ms(opened))
         }
     });
-    let (samples, timings): (Vec<Sample>, Vec<_>) = join_all(runs).await.into_iter().unzip();
-    let (from_start, (created, opened)) = timings.into_iter().unzip();
-    Burst { samples, from_start, created, opened }
+    let sessions: Vec<(Sample, f64, f64, f64)> = join_all(runs).await;
+    Burst {
+        samples: sessions.iter().map(|s| s.0).collect(),
+        from_start: sessions.iter().map(|s| s.1).collect(),
+        created: sessions.iter().map(|s| s.2).collect(),
+        opened: sessions.iter().map(|s| s.3).collect(),
+    }
 }
 
 /// Samples the floor is taken from at least: one request's time (at one session) varies by a
