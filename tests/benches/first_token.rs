@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::System;
 use e2e_tests::bench::{
-    Sample, burst, cpu_by_process, levels, ms, percentiles, provider_direct, quantile,
+    Sample, burst, cpu_by_process, durable_commit_floor, levels, ms, percentiles, provider_direct,
+    quantile,
 };
 use e2e_tests::process::resident_kb;
 use futures::future::join_all;
@@ -45,6 +46,8 @@ async fn main() {
     let floor = provider_direct(&system, 1).await;
     let one = run(&system, &alice, &ws.id, (1, 60), instant).await;
     report("1 session, instant replies", &one, &floor);
+    let (commit, trip) = durable_commit_floor(&system).await;
+    println!("  a durable commit of one row on the database {commit}; a round trip alone {trip}");
     for &n in &levels {
         let floor = provider_direct(&system, n).await;
         let prompts = if n > 50 { 4 } else { 8 };

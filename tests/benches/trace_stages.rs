@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use e2e_tests::bench::{burst, levels, percentiles};
+use e2e_tests::bench::{burst, durable_commit_floor, levels, percentiles};
 use e2e_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use e2e_tests::within;
 
@@ -58,6 +58,9 @@ async fn main() {
     let ws = system.create_workspace(&alice, &org.id, "bench").await;
     // Warm up (connections, caches), then forget the warm-up's spans.
     burst(&system, &alice, &ws.id, 10, "warm [[fake tokens=20]]").await;
+    // What "events committed" cannot be shorter than here.
+    let (commit, trip) = durable_commit_floor(&system).await;
+    println!("a durable commit of one row on the database {commit}; a round trip alone {trip}");
     for n in levels() {
         let mut traces = Vec::new();
         let mut opens = Vec::new();

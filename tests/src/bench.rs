@@ -209,6 +209,32 @@ async fn direct_round(system: &System, n: usize) -> Vec<f64> {
     join_all(runs).await
 }
 
+/// The database's part of a prompt's commit that no code of ours can shorten: single-row
+/// inserts on the run's database, each its own transaction committed as the event store's are
+/// (answered once the write-ahead log is flushed to disk), one after another; beside as many
+/// bare round trips (`SELECT 1`). Returns both as [`percentiles`], in milliseconds, after a few
+/// that are not counted.
+pub async fn durable_commit_floor(system: &System) -> (String, String) {
+    const SAMPLES: usize = 200;
+    let db = system.db().await;
+    db.batch_execute("CREATE TABLE IF NOT EXISTS bench_commit_floor (n bigint)").await.unwrap();
+    let insert = db.prepare("INSERT INTO bench_commit_floor VALUES ($1)").await.unwrap();
+    let select = db.prepare("SELECT 1").await.unwrap();
+    let (mut commits, mut trips) = (Vec::new(), Vec::new());
+    for i in 0..SAMPLES + 10 {
+        let start = Instant::now();
+        db.execute(&insert, &[&(i as i64)]).await.expect("a durable commit");
+        let committed = ms(start.elapsed());
+        let start = Instant::now();
+        db.query_one(&select, &[]).await.expect("a round trip");
+        if i >= 10 {
+            commits.push(committed);
+            trips.push(ms(start.elapsed()));
+        }
+    }
+    (percentiles(&commits), percentiles(&trips))
+}
+
 /// CPU seconds used so far by the whole machine (the part no process below accounts for is
 /// mostly PostgreSQL, whose processes come and go), each service, NATS, the fake provider and
 /// the benchmark's own client; the instances of one service, the NATS servers of a cluster and
