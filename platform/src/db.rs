@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts};
+use futures::future::BoxFuture;
 use tokio_postgres::NoTls;
 
 use crate::config::CommonConfig;
@@ -51,16 +52,35 @@ pub fn reader_pool(cfg: &CommonConfig, user: &str, password: Option<&str>) -> an
 /// it is not empty (an API key's organization). Both settings are set by one statement, so a
 /// connection is never half bound.
 pub async fn bind(pool: &Pool, user_id: &str, org_scope: &str) -> Result<Bound, Problem> {
+    let (bound, ()) = bind_then(pool, user_id, org_scope, |_| Box::pin(async { Ok(()) })).await?;
+    Ok(bound)
+}
+
+/// The first read of a connection bound as [`bind`] binds it, sent with the binding in one
+/// round trip: statements on one connection run in the order they are sent, so `first` reads
+/// as the caller, and a request's first answer no longer waits for a round trip of its own.
+/// If the binding fails, so does this, whatever `first` found.
+pub async fn bind_then<T>(
+    pool: &Pool,
+    user_id: &str,
+    org_scope: &str,
+    first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> BoxFuture<'c, Result<T, Problem>>,
+) -> Result<(Bound, T), Problem> {
     let db = pool.get().await?;
     let stmt = db
         .prepare_cached(
             "SELECT set_config('oc.user_id', $1, false), set_config('oc.org_scope', $2, false)",
         )
         .await?;
-    // Unbound again once it is dropped, even if this statement failed halfway.
+    // Unbound again once it is dropped, even if the binding failed halfway.
     let bound = Bound(Unbinding(Some(db)));
-    bound.query_one(&stmt, &[&user_id, &org_scope]).await?;
-    Ok(bound)
+    // `join!` polls in order: the binding is sent before anything of `first`. (A binding sent
+    // and left unpolled would hold up the connection's later answers: both are awaited here.)
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user_id, &org_scope];
+    let (binding, found) = futures::join!(bound.query_one(&stmt, &params), first(&bound));
+    binding?;
+    let found = found?;
+    Ok((bound, found))
 }
 
 /// A reader connection bound to a caller. When dropped, it is unbound after the request, off its

@@ -133,14 +133,21 @@ pub async fn session(
 /// in an organization created a moment ago. Its organization, and the caller's role in it, come
 /// from the event store, and the policy decides as it does for a projected session. For an event
 /// stream opened right after the session was created, so the stream does not wait for the
-/// projector.
+/// projector. On a connection of its own, bound to the caller with the read models' lookup in
+/// the same round trip (`platform::db::bind_then`).
 pub async fn session_as_committed(
-    db: &deadpool_postgres::Client,
+    state: &crate::startup::AppState,
     session: &SessionId,
     user: &AuthUser,
     action: Action,
 ) -> Result<OrganizationId, Problem> {
-    match self::session(db, session, user, action).await {
+    let (id, caller) = (session.clone(), user.clone());
+    let (db, projected) = state
+        .bind_then(user, move |db| {
+            Box::pin(async move { Ok(self::session(db, &id, &caller, action).await) })
+        })
+        .await?;
+    match projected {
         Err(p) if p.status == 404 => {}
         other => return other.map(|granted| granted.organization_id),
     }
@@ -180,10 +187,12 @@ pub async fn lost(
             return None;
         }
     }
-    let db = state.bind(user).await.ok()?;
     let found = match what {
-        Readable::Session(s) => session_as_committed(&db, s, user, Action::Read).await.map(drop),
-        Readable::Workspace(w) => workspace(&db, w, user, Action::Read).await.map(drop),
+        Readable::Session(s) => session_as_committed(state, s, user, Action::Read).await.map(drop),
+        Readable::Workspace(w) => match state.bind(user).await {
+            Ok(db) => workspace(&db, w, user, Action::Read).await.map(drop),
+            Err(_) => return None,
+        },
     };
     match found {
         Err(p) if p.status == 404 || p.status == 403 => Some("access"),

@@ -19,6 +19,9 @@ use crate::hub::Hub;
 use crate::routes;
 
 /// What request handlers share.
+/// A read on a bound connection (see [`AppState::reader_then`]).
+pub type ReadFuture<'c, T> = futures::future::BoxFuture<'c, Result<T, platform::problem::Problem>>;
+
 pub struct AppState {
     /// The read pool; take connections with `reader`, which binds them to the caller.
     pub db: deadpool_postgres::Pool,
@@ -45,18 +48,41 @@ impl AppState {
         req: &actix_web::HttpRequest,
         user: &identity::AuthUser,
     ) -> Result<platform::db::Bound, platform::problem::Problem> {
+        let (db, ()) = self.reader_then(req, user, |_| Box::pin(async { Ok(()) })).await?;
+        Ok(db)
+    }
+
+    /// [`Self::reader`], with the request's first read sent with the binding (and the token's
+    /// check) in one round trip (`platform::db::bind_then`): what `first` finds, unless the
+    /// token is not the caller's to read.
+    pub async fn reader_then<T: Send>(
+        &self,
+        req: &actix_web::HttpRequest,
+        user: &identity::AuthUser,
+        first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> ReadFuture<'c, T> + Send + 'static,
+    ) -> Result<(platform::db::Bound, T), platform::problem::Problem> {
         let token = crate::consistency::token(req)?;
         if let Some(token) = &token {
             let progress = &self.notifications.progress;
             crate::consistency::wait_for(&self.db, progress, token, self.cfg.consistency_wait())
                 .await?;
         }
-        let db = self.bind(user).await?;
-        if let Some(token) = &token {
-            // A token is read like the aggregate it names: another tenant's is "not found".
-            crate::access::aggregate(&db, &token.aggregate_id, user).await?;
-        }
-        Ok(db)
+        let caller = user.clone();
+        self.bind_then(user, move |db| {
+            Box::pin(async move {
+                // A token is read like the aggregate it names: another tenant's is "not found".
+                let check = async {
+                    match &token {
+                        Some(t) => crate::access::aggregate(db, &t.aggregate_id, &caller).await,
+                        None => Ok(()),
+                    }
+                };
+                let (checked, found) = futures::join!(check, first(db));
+                checked?;
+                found
+            })
+        })
+        .await
     }
 
     /// A database connection reading as `oc_reader` on behalf of `user` (no consistency wait),
@@ -67,6 +93,17 @@ impl AppState {
     ) -> Result<platform::db::Bound, platform::problem::Problem> {
         let scope = user.scope.as_ref().map_or("", |o| o.as_str());
         platform::db::bind(&self.db, user.user_id.as_str(), scope).await
+    }
+
+    /// [`Self::bind`], with the connection's first read sent in the same round trip
+    /// (`platform::db::bind_then`).
+    pub async fn bind_then<T>(
+        &self,
+        user: &identity::AuthUser,
+        first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> ReadFuture<'c, T>,
+    ) -> Result<(platform::db::Bound, T), platform::problem::Problem> {
+        let scope = user.scope.as_ref().map_or("", |o| o.as_str());
+        platform::db::bind_then(&self.db, user.user_id.as_str(), scope, first).await
     }
 }
 

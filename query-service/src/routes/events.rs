@@ -58,9 +58,11 @@ pub async fn stream(
         // The session's own token (a client that just created it) needs no wait for the
         // projector: the session's organization is read from the event store if the read models
         // lack it. Another aggregate's token is read-your-writes, as for every read.
-        let own = crate::consistency::token(&req)?.is_some_and(|t| t.aggregate_id == id.as_str());
-        let db = if own { state.bind(&user).await? } else { state.reader(&req, &user).await? };
-        access::session_as_committed(&db, &id, &user, Action::Read).await
+        let token = crate::consistency::token(&req)?;
+        if token.is_some_and(|t| t.aggregate_id != id.as_str()) {
+            drop(state.reader(&req, &user).await?);
+        }
+        access::session_as_committed(&state, &id, &user, Action::Read).await
     };
     let org = org.instrument(trace_step("session access")).await?;
     // One more open stream for this user, if they are under the cap (held until it ends).

@@ -44,8 +44,12 @@ pub(super) async fn workspace_row(
 ) -> Result<(WorkspaceId, access::Granted, platform::db::Bound), Problem> {
     let directory = directory_of(req, directory);
     let ws = workspace_meant(directory.as_deref(), user)?;
-    let db = state.reader(req, user).await?;
-    let granted = access::workspace(&db, &ws, user, Action::Read).await?;
+    let (meant, caller) = (ws.clone(), user.clone());
+    let (db, granted) = state
+        .reader_then(req, user, move |db| {
+            Box::pin(async move { access::workspace(db, &meant, &caller, Action::Read).await })
+        })
+        .await?;
     Ok((ws, granted, db))
 }
 

@@ -67,8 +67,12 @@ pub async fn get(
     state: web::Data<AppState>,
     id: web::Path<SessionId>,
 ) -> Result<HttpResponse, Problem> {
-    let db = state.reader(&req, &user).await?;
-    let session = access::session(&db, &id, &user, Action::Read).await?;
+    let (id, caller) = (id.into_inner(), user.clone());
+    let (_db, session) = state
+        .reader_then(&req, &user, move |db| {
+            Box::pin(async move { access::session(db, &id, &caller, Action::Read).await })
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(session_view(&session.row)?))
 }
 
@@ -83,8 +87,12 @@ pub async fn messages(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, Problem> {
     let (limit, before) = (query.limit()?, query.after()?);
-    let db = state.reader(&req, &user).await?;
-    let session = access::session(&db, &id, &user, Action::Read).await?;
+    let (session_id, caller) = (id.clone(), user.clone());
+    let (db, session) = state
+        .reader_then(&req, &user, move |db| {
+            Box::pin(async move { access::session(db, &session_id, &caller, Action::Read).await })
+        })
+        .await?;
     let workspace: WorkspaceId = crate::page::parse_id(session.row.get("workspace_id"))?;
     let directory = identity::directory::of_workspace(&workspace);
     let rows = db

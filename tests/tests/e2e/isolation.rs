@@ -298,22 +298,60 @@ async fn no_state_check_or_key_scope_answers_before_not_found() {
 #[tokio::test]
 async fn a_pooled_reader_connection_forgets_its_last_caller() {
     let system = System::start().await;
-    let cfg = platform::config::CommonConfig {
-        database_url: system.db_url.clone(),
-        database_pool_size: 1,
-        ..Default::default()
-    };
-    let pool = platform::db::reader_pool(&cfg, "oc_query_reader", None).unwrap();
-    let caller = "SELECT pg_backend_pid(), coalesce(current_setting('oc.user_id', true), ''), \
-                  coalesce(current_setting('oc.org_scope', true), '')";
+    let pool = reader_pool_of_one(&system);
     let bound = platform::db::bind(&pool, "usr_bob", "org_bobs").await.unwrap();
-    let row = bound.query_one(caller, &[]).await.unwrap();
+    let row = bound.query_one(CALLER, &[]).await.unwrap();
     let (pid, user, scope): (i32, String, String) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((user.as_str(), scope.as_str()), ("usr_bob", "org_bobs"));
     drop(bound);
     // The pool's one connection, once it is back (the pool waits for it).
     let next = pool.get().await.unwrap();
-    let row = next.query_one(caller, &[]).await.unwrap();
+    let row = next.query_one(CALLER, &[]).await.unwrap();
     let seen: (i32, String, String) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(seen, (pid, String::new(), String::new()), "the same connection, unbound");
+}
+
+/// A reader connection's first read goes out with its binding, in the same round trip: it still
+/// reads as the caller just bound (statements on one connection run in the order sent), and the
+/// next caller's first read on the same connection reads as them, not as the last.
+#[tokio::test]
+async fn a_first_read_sent_with_its_binding_reads_as_the_caller_bound() {
+    let system = System::start().await;
+    let pool = reader_pool_of_one(&system);
+    // Prepared before, as the service's reads are: each first read goes out at once.
+    pool.get().await.unwrap().prepare_cached(CALLER).await.unwrap();
+    let mut seen = Vec::new();
+    for (user, scope) in [("usr_ann", "org_anns"), ("usr_bob", "")] {
+        let (bound, row) = platform::db::bind_then(&pool, user, scope, |db| {
+            Box::pin(async move {
+                let stmt = db.prepare_cached(CALLER).await?;
+                Ok(db.query_one(&stmt, &[]).await?)
+            })
+        })
+        .await
+        .unwrap();
+        drop(bound);
+        let (pid, user, scope): (i32, String, String) = (row.get(0), row.get(1), row.get(2));
+        seen.push((pid, user, scope));
+    }
+    let pid = seen[0].0;
+    assert_eq!(
+        seen,
+        [(pid, "usr_ann".into(), "org_anns".into()), (pid, "usr_bob".into(), String::new())],
+        "each first read, on the pool's one connection, as its own caller"
+    );
+}
+
+/// Who a reader connection reads as: its backend, `oc.user_id` and `oc.org_scope`.
+const CALLER: &str = "SELECT pg_backend_pid(), coalesce(current_setting('oc.user_id', true), ''), \
+                      coalesce(current_setting('oc.org_scope', true), '')";
+
+/// The query service's reader pool on `system`'s database, with one connection.
+fn reader_pool_of_one(system: &System) -> deadpool_postgres::Pool {
+    let cfg = platform::config::CommonConfig {
+        database_url: system.db_url.clone(),
+        database_pool_size: 1,
+        ..Default::default()
+    };
+    platform::db::reader_pool(&cfg, "oc_query_reader", None).unwrap()
 }
