@@ -56,6 +56,9 @@ pub async fn bind(pool: &Pool, user_id: &str, org_scope: &str) -> Result<Bound, 
     Ok(bound)
 }
 
+/// A read on a connection bound as [`bind_then`] binds it.
+pub type ReadFuture<'c, T> = BoxFuture<'c, Result<T, Problem>>;
+
 /// The first read of a connection bound as [`bind`] binds it, sent with the binding in one
 /// round trip: statements on one connection run in the order they are sent, so `first` reads
 /// as the caller, and a request's first answer no longer waits for a round trip of its own.
@@ -64,7 +67,7 @@ pub async fn bind_then<T>(
     pool: &Pool,
     user_id: &str,
     org_scope: &str,
-    first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> BoxFuture<'c, Result<T, Problem>>,
+    first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> ReadFuture<'c, T>,
 ) -> Result<(Bound, T), Problem> {
     let db = pool.get().await?;
     let stmt = db

@@ -19,9 +19,6 @@ use crate::hub::Hub;
 use crate::routes;
 
 /// What request handlers share.
-/// A read on a bound connection (see [`AppState::reader_then`]).
-pub type ReadFuture<'c, T> = futures::future::BoxFuture<'c, Result<T, platform::problem::Problem>>;
-
 pub struct AppState {
     /// The read pool; take connections with `reader`, which binds them to the caller.
     pub db: deadpool_postgres::Pool,
@@ -59,7 +56,9 @@ impl AppState {
         &self,
         req: &actix_web::HttpRequest,
         user: &identity::AuthUser,
-        first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> ReadFuture<'c, T> + Send + 'static,
+        first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> platform::db::ReadFuture<'c, T>
+        + Send
+        + 'static,
     ) -> Result<(platform::db::Bound, T), platform::problem::Problem> {
         let token = crate::consistency::token(req)?;
         if let Some(token) = &token {
@@ -91,8 +90,7 @@ impl AppState {
         &self,
         user: &identity::AuthUser,
     ) -> Result<platform::db::Bound, platform::problem::Problem> {
-        let scope = user.scope.as_ref().map_or("", |o| o.as_str());
-        platform::db::bind(&self.db, user.user_id.as_str(), scope).await
+        platform::db::bind(&self.db, user.user_id.as_str(), org_scope(user)).await
     }
 
     /// [`Self::bind`], with the connection's first read sent in the same round trip
@@ -100,11 +98,15 @@ impl AppState {
     pub async fn bind_then<T>(
         &self,
         user: &identity::AuthUser,
-        first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> ReadFuture<'c, T>,
+        first: impl for<'c> FnOnce(&'c deadpool_postgres::Object) -> platform::db::ReadFuture<'c, T>,
     ) -> Result<(platform::db::Bound, T), platform::problem::Problem> {
-        let scope = user.scope.as_ref().map_or("", |o| o.as_str());
-        platform::db::bind_then(&self.db, user.user_id.as_str(), scope, first).await
+        platform::db::bind_then(&self.db, user.user_id.as_str(), org_scope(user), first).await
     }
+}
+
+/// The organization an API key limits its caller to (`oc.org_scope`); empty for a signed-in user.
+fn org_scope(user: &identity::AuthUser) -> &str {
+    user.scope.as_ref().map_or("", |o| o.as_str())
 }
 
 pub struct Application {
